@@ -1,0 +1,444 @@
+"""Read-only access to the layers of an overlay stack.
+
+A layer is anything that can answer "what is at this path?" without following symlinks:
+a directory on disk (:class:`DiskLayer`), or an in-memory tree described by a stack file or a
+composefs dump (:class:`MemoryLayer`).  Paths inside a layer are tuples of ``bytes``
+components; ``()`` is the layer root.  Names are bytes and are never trusted.
+
+Disk layers are walked with directory file descriptors opened ``O_PATH | O_NOFOLLOW``; the
+final component is ``lstat``-ed through its parent's descriptor, extended attributes are
+read with the ``l*xattr`` calls on ``/proc/self/fd/<dirfd>/<name>`` (so the last component is
+never followed), and only regular files are ever opened for reading, with a size bound.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import stat as _stat
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import xattr as _xattr
+
+Path = tuple[bytes, ...]
+
+KINDS = ("file", "dir", "symlink", "chardev", "blockdev", "fifo", "socket")
+
+#: xattr name prefixes that carry overlay meaning in one namespace or the other.
+OVERLAY_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+
+#: Longest symlink target and xattr value we keep (the kernel caps both at 64 KiB / PATH_MAX).
+MAX_XATTR_VALUE = 65536
+MAX_READ = 1 << 20
+
+
+class LayerError(Exception):
+    """A layer cannot be read (missing, not a directory, permission denied, ...)."""
+
+
+def _kind_of(mode: int) -> str:
+    if _stat.S_ISREG(mode):
+        return "file"
+    if _stat.S_ISDIR(mode):
+        return "dir"
+    if _stat.S_ISLNK(mode):
+        return "symlink"
+    if _stat.S_ISCHR(mode):
+        return "chardev"
+    if _stat.S_ISBLK(mode):
+        return "blockdev"
+    if _stat.S_ISFIFO(mode):
+        return "fifo"
+    return "socket"
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """What one layer holds at one path (the layer's own lstat, plus its overlay xattrs)."""
+
+    kind: str
+    mode: int = 0o644
+    size: int = 0
+    uid: int = 0
+    gid: int = 0
+    rdev: tuple[int, int] = (0, 0)
+    target: bytes | None = None
+    #: Only xattrs whose names start with one of OVERLAY_PREFIXES, as (name, value) pairs.
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+    #: fs-verity digest of a regular file, as (algorithm id, digest bytes), if it has one.
+    verity: tuple[int, bytes] | None = None
+
+    def xattr(self, name: bytes) -> bytes | None:
+        for key, value in self.xattrs:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == "dir"
+
+    @property
+    def is_reg(self) -> bool:
+        return self.kind == "file"
+
+    @property
+    def is_whiteout_dev(self) -> bool:
+        return self.kind == "chardev" and self.rdev == (0, 0)
+
+
+class Layer:
+    """Interface every layer implements.  All methods are read-only."""
+
+    #: A short label (``A``, ``upper``) and, for disk layers, the absolute path.
+    label: str = ""
+    path: str | None = None
+
+    def node(self, path: Path) -> Node | None:
+        """The entry at ``path`` (not following a final symlink), or None when absent.
+
+        None is also returned when a parent component is missing or not a directory.
+        """
+        raise NotImplementedError
+
+    def listdir(self, path: Path) -> list[bytes]:
+        """Names in the directory at ``path`` (unsorted); ``[]`` when it is not a directory."""
+        raise NotImplementedError
+
+    def scan(self, path: Path) -> dict[bytes, Node]:
+        """Every entry of the directory at ``path`` with its node (one read of the directory)."""
+        result = {}
+        for name in self.listdir(path):
+            n = self.node(path + (name,))
+            if n is not None:
+                result[name] = n
+        return result
+
+    def read(self, path: Path, limit: int = 4096) -> bytes:
+        """Up to ``limit`` bytes of the regular file at ``path`` (b"" for anything else)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- memory layers
+
+
+@dataclass
+class MemoryLayer(Layer):
+    """A layer held in memory: a stack file's inline entries, a composefs dump, a demo."""
+
+    label: str = ""
+    path: str | None = None
+    nodes: dict[Path, Node] = field(default_factory=dict)
+    contents: dict[Path, bytes] = field(default_factory=dict)
+    children: dict[Path, list[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if () not in self.nodes:
+            self.nodes[()] = Node("dir", 0o755)
+        for p in list(self.nodes):
+            if p:
+                self._link(p)
+
+    def _link(self, p: Path) -> None:
+        parent = p[:-1]
+        kids = self.children.setdefault(parent, [])
+        if p[-1] not in kids:
+            kids.append(p[-1])
+
+    def add(self, path: Path, node: Node, content: bytes | None = None) -> None:
+        """Add an entry; missing parents are created as plain directories."""
+        for i in range(1, len(path)):
+            if path[:i] not in self.nodes:
+                self.nodes[path[:i]] = Node("dir", 0o755)
+                self._link(path[:i])
+        self.nodes[path] = node
+        if path:
+            self._link(path)
+        if content is not None:
+            self.contents[path] = content
+
+    def node(self, path: Path) -> Node | None:
+        for i in range(len(path)):
+            parent = self.nodes.get(path[:i])
+            if parent is None or not parent.is_dir:
+                return None
+        return self.nodes.get(path)
+
+    def listdir(self, path: Path) -> list[bytes]:
+        n = self.node(path)
+        if n is None or not n.is_dir:
+            return []
+        return list(self.children.get(path, ()))
+
+    def read(self, path: Path, limit: int = 4096) -> bytes:
+        n = self.node(path)
+        if n is None or not n.is_reg:
+            return b""
+        data = self.contents.get(path)
+        if data is None:
+            return b"\0" * min(n.size, limit)
+        return data[:limit]
+
+
+# ----------------------------------------------------------------------------- disk layers
+
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_PATH_DIR = getattr(os, "O_PATH", 0) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# FS_IOC_MEASURE_VERITY = _IOWR('f', 134, struct fsverity_digest)
+_FS_IOC_MEASURE_VERITY = 0xC0046686
+
+
+def _measure_verity(fd: int) -> tuple[int, bytes] | None:
+    import fcntl
+    import struct
+
+    buf = bytearray(struct.pack("HH", 0, 64) + bytes(64))
+    try:
+        fcntl.ioctl(fd, _FS_IOC_MEASURE_VERITY, buf, True)
+    except OSError:
+        return None
+    algo, size = struct.unpack_from("HH", buf)
+    return algo, bytes(buf[4 : 4 + size])
+
+
+def read_overlay_xattrs(dirfd: int, name: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """Overlay xattrs of ``name`` in the directory ``dirfd``, never following a symlink."""
+    where = b"/proc/self/fd/%d/%s" % (dirfd, name) if name else b"/proc/self/fd/%d" % dirfd
+    try:
+        names = _xattr.listxattr(where, symlink=True)
+    except OSError as e:
+        if e.errno in (_errno.ENOTSUP, _errno.ENODATA, _errno.ENOENT):
+            return ()
+        raise
+    result = []
+    for key in names:
+        bkey = key.encode("utf-8", "surrogateescape") if isinstance(key, str) else key
+        if not bkey.startswith(OVERLAY_PREFIXES):
+            continue
+        try:
+            value = _xattr.getxattr(where, key, symlink=True)
+        except OSError as e:
+            if e.errno == _errno.ENODATA:
+                continue
+            raise
+        result.append((bkey, bytes(value[:MAX_XATTR_VALUE])))
+    return tuple(result)
+
+
+class DiskLayer(Layer):
+    """A layer directory on disk, read through directory descriptors, never through symlinks."""
+
+    def __init__(self, path: str | bytes, label: str = "", *, want_verity: bool = False):
+        p = os.fsdecode(path)
+        if not os.path.isabs(p):
+            raise LayerError(f"layer path is not absolute: {p!r}")
+        self.path = p
+        self.label = label or p
+        self.want_verity = want_verity
+        try:
+            self._root = os.open(p, _O_PATH_DIR)
+        except FileNotFoundError:
+            raise LayerError(f"layer directory does not exist: {p}") from None
+        except NotADirectoryError:
+            raise LayerError(f"layer is not a directory: {p}") from None
+        except PermissionError:
+            raise LayerError(f"layer directory is not readable: {p}") from None
+        except OSError as e:
+            raise LayerError(f"cannot open layer {p}: {e.strerror}") from None
+        self._fds: OrderedDict[Path, int] = OrderedDict()
+        self._scans: OrderedDict[Path, dict[bytes, Node]] = OrderedDict()
+        self._max_fds = 64
+        self._max_scans = 4
+
+    # -- descriptors
+    def _dirfd(self, path: Path) -> int | None:
+        """A descriptor of the directory at ``path``, or None when it is not a directory."""
+        if not path:
+            return self._root
+        fd = self._fds.get(path)
+        if fd is not None:
+            self._fds.move_to_end(path)
+            return fd
+        parent = self._dirfd(path[:-1])
+        if parent is None:
+            return None
+        try:
+            fd = os.open(path[-1], _O_PATH_DIR, dir_fd=parent)
+        except OSError:
+            return None
+        self._fds[path] = fd
+        if len(self._fds) > self._max_fds:
+            _, old = self._fds.popitem(last=False)
+            os.close(old)
+        return fd
+
+    def _node_at(self, dirfd: int, name: bytes, st: os.stat_result | None = None) -> Node | None:
+        if st is None:
+            try:
+                st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        kind = _kind_of(st.st_mode)
+        target = None
+        if kind == "symlink":
+            try:
+                target = os.readlink(name, dir_fd=dirfd)[:4096]
+            except OSError:
+                target = b""
+        xattrs = read_overlay_xattrs(dirfd, name)
+        verity = None
+        if kind == "file" and self.want_verity:
+            verity = self._verity(dirfd, name)
+        rdev = (os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in ("chardev", "blockdev") else (0, 0)
+        return Node(
+            kind,
+            _stat.S_IMODE(st.st_mode),
+            st.st_size,
+            st.st_uid,
+            st.st_gid,
+            rdev,
+            target,
+            xattrs,
+            verity,
+        )
+
+    def _verity(self, dirfd: int, name: bytes) -> tuple[int, bytes] | None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dirfd)
+        except OSError:
+            return None
+        try:
+            if not _stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return _measure_verity(fd)
+        finally:
+            os.close(fd)
+
+    # -- interface
+    def node(self, path: Path) -> Node | None:
+        if not path:
+            return self._node_root()
+        cached = self._scans.get(path[:-1])
+        if cached is not None:
+            return cached.get(path[-1])
+        dirfd = self._dirfd(path[:-1])
+        if dirfd is None:
+            return None
+        return self._node_at(dirfd, path[-1])
+
+    def _node_root(self) -> Node:
+        st = os.stat(self._root)
+        return Node("dir", _stat.S_IMODE(st.st_mode), st.st_size, st.st_uid, st.st_gid,
+                    xattrs=read_overlay_xattrs(self._root, b""))
+
+    def listdir(self, path: Path) -> list[bytes]:
+        dirfd = self._dirfd(path)
+        if dirfd is None:
+            return []
+        try:
+            fd = os.open(".", _O_DIR, dir_fd=dirfd)
+        except OSError:
+            return []
+        try:
+            return [os.fsencode(e.name) for e in os.scandir(fd)]
+        finally:
+            os.close(fd)
+
+    def scan(self, path: Path) -> dict[bytes, Node]:
+        cached = self._scans.get(path)
+        if cached is not None:
+            return cached
+        dirfd = self._dirfd(path)
+        result: dict[bytes, Node] = {}
+        if dirfd is None:
+            return result
+        try:
+            fd = os.open(".", _O_DIR, dir_fd=dirfd)
+        except OSError:
+            return result
+        try:
+            for entry in os.scandir(fd):
+                name = os.fsencode(entry.name)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                n = self._node_at(dirfd, name, st)
+                if n is not None:
+                    result[name] = n
+        finally:
+            os.close(fd)
+        self._scans[path] = result
+        if len(self._scans) > self._max_scans:
+            self._scans.popitem(last=False)
+        return result
+
+    def read(self, path: Path, limit: int = 4096) -> bytes:
+        if not path:
+            return b""
+        dirfd = self._dirfd(path[:-1])
+        if dirfd is None:
+            return b""
+        try:
+            fd = os.open(path[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY,
+                         dir_fd=dirfd)
+        except OSError:
+            return b""
+        try:
+            if not _stat.S_ISREG(os.fstat(fd).st_mode):
+                return b""
+            return os.read(fd, min(limit, MAX_READ))
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._scans.clear()
+        if self._root >= 0:
+            os.close(self._root)
+            self._root = -1
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def split_path(path: str | bytes) -> Path:
+    """``/a/b`` (or ``a/b``) as a component tuple; ``.`` components and empty ones dropped."""
+    b = os.fsencode(path)
+    out: list[bytes] = []
+    for part in b.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            if out:
+                out.pop()
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def join_path(path: Iterable[bytes]) -> bytes:
+    return b"/" + b"/".join(path)
+
+
+def iter_tree(layer: Layer, start: Path = ()) -> Iterator[tuple[Path, Node]]:
+    """Every entry below ``start`` (depth first), each directory read once."""
+    stack = [start]
+    while stack:
+        p = stack.pop()
+        for name, n in sorted(layer.scan(p).items()):
+            yield p + (name,), n
+            if n.is_dir:
+                stack.append(p + (name,))

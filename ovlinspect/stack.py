@@ -1,0 +1,46 @@
+"""A described overlay stack: its layers, in kernel order, and its mount options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .layers import Layer
+
+
+@dataclass
+class Stack:
+    """Layers top first, the way the kernel numbers them.
+
+    ``upper`` is kernel layer 0 when present; ``lowers`` are the regular lower layers (top
+    first); ``data`` the data-only lower layers, in order.  ``options`` is the mount option
+    string as typed (``metacopy=on,redirect_dir=on``), without the layer options.
+    """
+
+    lowers: list[Layer]
+    data: list[Layer] = field(default_factory=list)
+    upper: Layer | None = None
+    workdir: str | None = None
+    options: str = ""
+    #: Where the stack came from, for display: "demo:seed", "/mnt/merged", "stack.toml", ...
+    source: str = ""
+    #: A one-paragraph description (demos and stack files carry one).
+    description: str = ""
+    #: Module parameter overrides (name -> value as in /sys/module/overlay/parameters);
+    #: None reads the running kernel's.
+    params: dict[str, str] | None = None
+    #: The mountpoint when the stack is a live mount.
+    mountpoint: str | None = None
+
+    @property
+    def layers(self) -> list[tuple[str, Layer]]:
+        """(role, layer) in the order of the JSON contract: upper, lower..., data..."""
+        out: list[tuple[str, Layer]] = []
+        if self.upper is not None:
+            out.append(("upper", self.upper))
+        out += [("lower", l) for l in self.lowers]
+        out += [("data", l) for l in self.data]
+        return out
+
+    def close(self) -> None:
+        for _, layer in self.layers:
+            layer.close()
