@@ -1,0 +1,363 @@
+"""Command line: ``ovlinspect explain``, ``check``, ``mounts``, ``demo``, ``export``, ``build``.
+
+``main(argv) -> int`` never raises for bad input: it prints one line to stderr and returns 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+from .engine import Engine, Resolution, show, show_path
+from .rules import RULES, Finding
+from .sources import InputError, check_privileges, demo_names, load_target, stack_from_args
+from .stack import Stack
+
+COMMANDS = ("explain", "check", "mounts", "demo", "export", "build", "rules")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise InputError(f"{self.prog}: {message}")
+
+
+def _stack_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lowerdir", help="lower layers in the kernel's syntax: A:B::C (top first, :: before data-only layers)")
+    p.add_argument("--upperdir")
+    p.add_argument("--workdir")
+    p.add_argument("-o", "--options", default="", help="mount options, as mount -o takes them")
+    p.add_argument("--from-inspect", metavar="FILE", help="docker/podman inspect JSON ('-' for stdin)")
+    p.add_argument("--pid", type=int, help="inspect a mount in this process's mount namespace")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ovlinspect", description="Predict what overlayfs does with every path, and why.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    e = sub.add_parser("explain", help="how the kernel resolves paths")
+    e.add_argument("args", nargs="*", metavar="[TARGET] PATH")
+    e.add_argument("--observe", action="store_true", help="also do what a program would do through the merged path (live mounts)")
+    _stack_args(e)
+    c = sub.add_parser("check", help="every problem of the stack")
+    c.add_argument("args", nargs="*", metavar="TARGET")
+    _stack_args(c)
+    m = sub.add_parser("mounts", help="list overlay mounts")
+    m.add_argument("--pid", type=int)
+    m.add_argument("--json", action="store_true")
+    d = sub.add_parser("demo", help="built-in demo stacks")
+    d.add_argument("name", nargs="?")
+    d.add_argument("--list", action="store_true")
+    x = sub.add_parser("export", help="write a loaded stack as one self-contained stack file")
+    x.add_argument("args", nargs="*", metavar="TARGET")
+    _stack_args(x)
+    b = sub.add_parser("build", help="materialize a stack file into layer directories")
+    b.add_argument("stackfile")
+    b.add_argument("dest")
+    b.add_argument("--mount", metavar="MOUNTPOINT", nargs="?", const="", default=None)
+    sub.add_parser("rules", help="list the diagnostics")
+    return p
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[str]]:
+    """The stack named by the arguments, and the positional arguments left (paths)."""
+    if ns.lowerdir:
+        stack = stack_from_args(ns.lowerdir, ns.upperdir, ns.workdir, ns.options)
+        rest = positional
+    elif ns.from_inspect:
+        from .inspect_json import InspectError, load_inspect
+
+        try:
+            text = sys.stdin.read() if ns.from_inspect == "-" else open(ns.from_inspect).read()
+            info = load_inspect(text)
+        except OSError as err:
+            raise InputError(f"{ns.from_inspect}: {err.strerror}") from None
+        except InspectError as err:
+            raise InputError(str(err)) from None
+        from .options import join_lowerdir
+
+        stack = stack_from_args(join_lowerdir(info.lowers, info.datas), info.upper, info.work,
+                                ns.options, source=f"inspect:{info.name}")
+        rest = positional
+    else:
+        if not positional:
+            raise InputError("name a stack: a mountpoint, demo:NAME, a stack file, or --lowerdir")
+        stack = load_target(positional[0], ns.pid)
+        rest = positional[1:]
+        if ns.options:
+            stack.options = ",".join(x for x in (stack.options, ns.options) if x)
+    return stack, rest
+
+
+def _engine(stack: Stack) -> Engine:
+    from .options import OptionError
+
+    try:
+        engine = Engine(stack)
+    except OptionError as e:
+        raise InputError(f"bad options: {e}") from None
+    check_privileges(stack, engine.options.userxattr)
+    return engine
+
+
+# ---------------------------------------------------------------------------- text output
+
+
+def _layers_text(engine: Engine) -> list[str]:
+    out = []
+    for i, (role, layer) in enumerate(engine.stack.layers):
+        where = layer.path or "(in memory)"
+        out.append(f"  {i}  {role:<5}  {show(layer.label.encode())}  {show(os.fsencode(where)) if layer.path else where}")
+    return out
+
+
+def _options_text(engine: Engine) -> str:
+    o = engine.options
+    return (f"metacopy={'on' if o.metacopy else 'off'} redirect_dir={o.redirect_dir} "
+            f"verity={o.verity}" + (" userxattr" if o.userxattr else ""))
+
+
+def _finding_text(f: Finding) -> list[str]:
+    return [f"  {f.severity:<7} {f.rule}: {show(f.message.encode())}", f"          fix: {f.hint}"]
+
+
+def _describe(engine: Engine, res: Resolution) -> list[str]:
+    lines = [show_path(res.path)]
+    if res.errno:
+        lines.append(f"  lstat     fails: {res.errno}")
+    else:
+        what = res.kind or "?"
+        if res.kind == "file":
+            what += f", {res.size} bytes"
+        if res.kind == "symlink":
+            what += f" -> {show(res.target)}"
+        lines.append(f"  lstat     ok: {what}, mode {res.mode:04o}, owner {res.uid}:{res.gid}")
+        lines.append(f"  metadata  {engine.where(res.metadata)}" if res.metadata else "  metadata  -")
+        if res.kind == "file":
+            lines.append(f"  data      {engine.where(res.data)}" if res.data else "  data      none")
+            lines.append(f"  open      {'fails: ' + res.open_errno if res.open_errno else 'ok'}")
+        if res.kind == "dir":
+            names = engine.entries(res)
+            shown = ", ".join(show(n) for n in names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+            lines.append(f"  readdir   {shown if names else '(empty)'}")
+    logs = res.kernel_log + (res.open_log if not res.errno else [])
+    for log in logs:
+        lines.append(f"  dmesg     {log}")
+    lines.append("  why")
+    lines += [f"    {n}. {step}" for n, step in enumerate(res.trace, 1)]
+    if res.findings:
+        lines.append("  findings")
+        for f in res.findings:
+            lines += ["  " + x for x in _finding_text(f)]
+    return lines
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_explain(ns: argparse.Namespace) -> int:
+    stack, paths = _load(ns, ns.args)
+    if not paths:
+        raise InputError("explain: name at least one PATH inside the merged tree (/ is the root)")
+    engine = _engine(stack)
+    results: list[Resolution] = []
+    if not engine.mount_errno:
+        results = [engine.explain(_merged_path(engine, p)) for p in paths]
+    observed = None
+    if ns.observe:
+        if not stack.mountpoint:
+            raise InputError("--observe needs a live mount as TARGET")
+        from .observe import compare, observe
+
+        observed = [observe(stack.mountpoint, r.path) for r in results]
+    if ns.json:
+        doc = engine.document(results)
+        if observed is not None:
+            for pj, r, ob in zip(doc["paths"], results, observed):
+                pj["observed"] = ob.as_json()
+                pj["mismatches"] = compare(engine, r, ob)
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        return 0
+    out = [f"stack  {stack.source}  (kernel {engine.kernel}; {_options_text(engine)})"]
+    out += _layers_text(engine)
+    if engine.mount_errno:
+        out.append(f"mount  fails: {engine.mount_errno}: " + "; ".join(engine.options.mount_log))
+    for i, res in enumerate(results):
+        out.append("")
+        out += _describe(engine, res)
+        if observed is not None:
+            ob = observed[i]
+            out.append(f"  observed  {ob.summary()}")
+            for m in compare(engine, res, ob):
+                out.append(f"  MISMATCH  {m}")
+    print("\n".join(out))
+    return 0
+
+
+def _merged_path(engine: Engine, p: str) -> bytes:
+    """A PATH argument: absolute inside the merged tree, or a path under the live mountpoint."""
+    b = os.fsencode(p)
+    mp = engine.stack.mountpoint
+    if mp:
+        mpb = os.fsencode(mp.rstrip("/"))
+        if b == mpb or b.startswith(mpb + b"/"):
+            return b[len(mpb):] or b"/"
+    return b
+
+
+def cmd_check(ns: argparse.Namespace) -> int:
+    stack, rest = _load(ns, ns.args)
+    if rest:
+        raise InputError(f"check: unexpected argument {rest[0]!r}")
+    engine = _engine(stack)
+    count = 0
+
+    def progress(n: int) -> None:
+        nonlocal count
+        count = n
+
+    findings = engine.check(progress)
+    errors = sum(1 for f in findings if f.severity == "error")
+    warnings = sum(1 for f in findings if f.severity == "warning")
+    if ns.json:
+        print(json.dumps({
+            "version": 1,
+            "kernel": engine.kernel,
+            "source": stack.source,
+            "options": engine.options.as_json(),
+            "mount_errno": engine.mount_errno,
+            "paths_checked": count,
+            "summary": {"error": errors, "warning": warnings,
+                        "info": len(findings) - errors - warnings},
+            "findings": [f.as_json() for f in findings],
+        }, indent=2, ensure_ascii=False))
+    else:
+        out = [f"stack  {stack.source}  (kernel {engine.kernel}; {_options_text(engine)})"]
+        out += _layers_text(engine)
+        out.append("")
+        order = {"error": 0, "warning": 1, "info": 2}
+        for f in sorted(findings, key=lambda f: (order[f.severity], f.rule, f.path)):
+            out.append(f"{f.severity:<7} {f.rule:<26} {show(f.path)}")
+            out.append(f"        {show(f.message.encode())}")
+            out.append(f"        fix: {f.hint}")
+        out.append(f"{errors} error(s), {warnings} warning(s), "
+                   f"{len(findings) - errors - warnings} note(s) in {count} paths")
+        print("\n".join(out))
+    return 1 if errors else 0
+
+
+def cmd_rules(ns: argparse.Namespace) -> int:
+    for r in RULES.values():
+        print(f"{r.id:<26} {r.severity:<8} {r.title}")
+    return 0
+
+
+def cmd_mounts(ns: argparse.Namespace) -> int:
+    from .mounts import list_mounts
+
+    rows = list_mounts(ns.pid)
+    if ns.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no overlay mounts")
+        return 0
+    for r in rows:
+        print(f"{r['health']:<8} {show(os.fsencode(r['mountpoint']))}  upper={'yes' if r['upper'] else 'no'} "
+              f"lower={r['lowers']} data={r['datas']}  {r['detail']}")
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    if ns.list:
+        from .sources import demo_stack
+
+        for name in demo_names():
+            desc = demo_stack(name).description.strip().splitlines()
+            print(f"{name:<20} {desc[0] if desc else ''}")
+        return 0
+    name = ns.name or "seed"
+    from .sources import demo_stack
+
+    stack = demo_stack(name)
+    return _interactive(stack)
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    from .stackfile import dump_stack
+
+    stack, rest = _load(ns, ns.args)
+    if rest:
+        raise InputError(f"export: unexpected argument {rest[0]!r}")
+    engine = _engine(stack)
+    del engine
+    sys.stdout.write(dump_stack(stack))
+    return 0
+
+
+def cmd_build(ns: argparse.Namespace) -> int:
+    from .build import build_stack
+    from .stackfile import StackFileError, load_stack
+
+    try:
+        stack = load_stack(ns.stackfile)
+    except StackFileError as e:
+        raise InputError(str(e)) from None
+    built = build_stack(stack, ns.dest)
+    print(f"built {len(stack.layers)} layers under {ns.dest}")
+    print(f"lowerdir={built.lowerdir_string()}")
+    if ns.mount is not None:
+        target = ns.mount or os.path.join(ns.dest, "merged")
+        os.makedirs(target, exist_ok=True)
+        built.mount(target)
+        print(f"mounted on {target}")
+    return 0
+
+
+def _interactive(stack: Stack) -> int:
+    engine = _engine(stack)
+    from .ui.app import run_app
+
+    return run_app(engine)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+            # `ovlinspect /mnt/merged` or `ovlinspect demo:seed`: the interactive view
+            if len(argv) != 1:
+                raise InputError(f"unknown command {argv[0]!r}; try `ovlinspect --help`")
+            return _interactive(load_target(argv[0]))
+        parser = build_parser()
+        ns = parser.parse_args(argv)
+        if ns.command is None:
+            parser.print_help()
+            return 0
+        return {
+            "explain": cmd_explain,
+            "check": cmd_check,
+            "mounts": cmd_mounts,
+            "demo": cmd_demo,
+            "export": cmd_export,
+            "build": cmd_build,
+            "rules": cmd_rules,
+        }[ns.command](ns)
+    except InputError as e:
+        print(f"ovlinspect: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,1010 @@
+"""The resolution engine: what the kernel does with each path of an overlay stack, and why.
+
+This follows the lookup of Linux 6.16+ (``fs/overlayfs/namei.c``), as written down in
+``overlayfs-semantics.md``: per-layer lookup of one component, the walk of absolute
+redirects from the layer root, the loop over the lower stack, the deferred (lazy) lookup of
+data in data-only layers at open, and the readdir merge.  Every step is recorded in a trace,
+so the prediction can be explained.
+
+Layers are numbered as the kernel numbers them: 0 is the upper slot (even without an upper
+layer), 1..n the regular lower layers, then the data-only layers.  :meth:`Engine.json_index`
+turns that into the index of the JSON contract (which lists the upper only when present).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .layers import Layer, Node, Path, split_path
+from .options import ModuleDefaults, Options, effective_options
+from .rules import Finding
+from .stack import Stack
+
+METACOPY_MIN = 4
+METACOPY_MAX = 68
+MAX_SYMLINK_HOPS = 40
+
+
+def errname(code: int) -> str:
+    return _errno.errorcode.get(code, str(code))
+
+
+def pd2(path: Path) -> str:
+    """The kernel's ``%pd2``: the last two components, ``/foo`` right under the root."""
+    if not path:
+        return "/"
+    parent = path[-2] if len(path) > 1 else b"/"
+    if parent == b"/":
+        return "/" + path[-1].decode("utf-8", "backslashreplace")
+    return (parent + b"/" + path[-1]).decode("utf-8", "backslashreplace")
+
+
+def show(b: bytes | None) -> str:
+    """Bytes for a trace line: decoded, with undecodable bytes and controls made visible."""
+    if b is None:
+        return ""
+    text = b.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def show_path(path: Path) -> str:
+    return show(b"/" + b"/".join(path))
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A place in one layer: kernel layer number and path inside that layer."""
+
+    layer: int
+    path: Path
+
+
+class LookupFailed(Exception):
+    def __init__(self, errno: str, log: str | None, why: str, rule: str | None = None,
+                 layers: list[int] | None = None):
+        super().__init__(why)
+        self.errno = errno
+        self.log = log
+        self.why = why
+        self.rule = rule
+        self.layers = layers or []
+
+
+@dataclass
+class _LookupData:
+    """The state the kernel carries through one lookup (``struct ovl_lookup_data``)."""
+
+    name: bytes
+    last: bool = False
+    is_dir: bool = False
+    opaque: bool = False
+    xwhiteouts: bool = False
+    stop: bool = False
+    redirect: bytes | None = None
+    upperredirect: bytes | None = None
+    metacopy: int = 0
+    absolute_redirect: bool = False
+    # not kernel state: bookkeeping for explanations and findings
+    cleared_by: Ref | None = None
+    redirect_from: Ref | None = None
+    abs_redirect_value: bytes | None = None
+
+
+@dataclass
+class Resolution:
+    """The engine's answer for one merged path."""
+
+    path: Path
+    errno: str | None = None
+    kind: str | None = None
+    size: int | None = None
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    target: bytes | None = None
+    metadata: Ref | None = None
+    data: Ref | None = None
+    open_errno: str | None = None
+    kernel_log: list[str] = field(default_factory=list)
+    open_log: list[str] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    # directory context (like the kernel's ovl_entry): used to look up children
+    upper: Path | None = None
+    lowers: list[Ref] = field(default_factory=list)
+    merge: bool = False
+    xwhiteouts: bool = False
+    opaque: bool = False
+    #: set when the final component was reached through a symlink in a parent
+    via_symlink: bool = False
+    #: the data lookup was deferred to open, with this absolute redirect
+    lowerdata_redirect: bytes | None = None
+    metacopy: bool = False
+    metacopy_size: int = 0
+    redirect: bytes | None = None
+    whiteout: Ref | None = None
+    _entries: list[bytes] | None = None
+    _hidden: dict[bytes, str] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.errno is None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.errno is None and self.kind == "dir"
+
+
+class Engine:
+    """Predicts the kernel's behaviour for a :class:`Stack`."""
+
+    def __init__(self, stack: Stack, options: Options | None = None, kernel: str | None = None):
+        self.stack = stack
+        self.kernel = kernel or os.uname().release
+        self.klayers: list[Layer | None] = [stack.upper] + list(stack.lowers) + list(stack.data)
+        self.nlower = len(stack.lowers)
+        self.ndata = len(stack.data)
+        if options is None:
+            defaults = (ModuleDefaults.from_mapping(stack.params) if stack.params is not None
+                        else ModuleDefaults.read())
+            options = effective_options(stack.options, has_upper=stack.upper is not None,
+                                        n_lower=self.nlower, n_data=self.ndata, defaults=defaults)
+        self.options = options
+        self.prefix: bytes = options.xattr_prefix
+        self.other_prefix = b"user.overlay." if self.prefix == b"trusted.overlay." else b"trusted.overlay."
+        self.check_redirect = options.redirect_follow or self.ndata > 0
+        self.root_lowers: list[Ref] = [Ref(i, ()) for i in range(1, self.nlower + 1)]
+        self._cache: OrderedDict[Path, Resolution] = OrderedDict()
+        self._root = self._make_root()
+
+    # ------------------------------------------------------------------ layer numbering
+    @property
+    def has_upper(self) -> bool:
+        return self.stack.upper is not None
+
+    def json_index(self, klayer: int) -> int:
+        return klayer if self.has_upper else klayer - 1
+
+    def kernel_index(self, json_index: int) -> int:
+        return json_index if self.has_upper else json_index + 1
+
+    def role(self, klayer: int) -> str:
+        if klayer == 0:
+            return "upper"
+        return "lower" if klayer <= self.nlower else "data"
+
+    def layer(self, klayer: int) -> Layer:
+        layer = self.klayers[klayer]
+        assert layer is not None
+        return layer
+
+    def label(self, klayer: int) -> str:
+        layer = self.klayers[klayer]
+        name = layer.label if layer is not None and layer.label else ""
+        return f"{self.role(klayer)} {self.json_index(klayer)}" + (f" ({name})" if name else "")
+
+    def where(self, ref: Ref) -> str:
+        return f"{self.label(ref.layer)}:{show_path(ref.path)}"
+
+    @property
+    def mount_errno(self) -> str | None:
+        return self.options.mount_errno
+
+    # -------------------------------------------------------------------- xattr helpers
+    def _x(self, node: Node, suffix: bytes) -> bytes | None:
+        return node.xattr(self.prefix + suffix)
+
+    def is_whiteout(self, node: Node) -> bool:
+        if node.is_whiteout_dev:
+            return True
+        return node.is_reg and node.size == 0 and self._x(node, b"whiteout") is not None
+
+    def opaque_value(self, node: Node) -> bytes | None:
+        v = self._x(node, b"opaque")
+        # the kernel reads one byte; a longer value fails with ERANGE and counts as none
+        return v if v is not None and len(v) == 1 else None
+
+    # ------------------------------------------------------------------------- the root
+    def _make_root(self) -> Resolution:
+        res = Resolution(path=(), kind="dir", merge=True)
+        res.upper = () if self.has_upper else None
+        res.lowers = self.root_lowers
+        top = Ref(0, ()) if self.has_upper else (Ref(1, ()) if self.nlower else None)
+        if top is None:
+            res.errno = "EINVAL"
+            return res
+        node = self.layer(top.layer).node(())
+        self._fill_attrs(res, node)
+        res.metadata = top
+        res.trace.append(f"root: merged directory of {self._stack_text(res)}")
+        # opaque=x on a lower root (not the lowest) enables xattr whiteouts there
+        for ref in self.root_lowers[:-1]:
+            n = self.layer(ref.layer).node(())
+            if n is not None and self.opaque_value(n) == b"x":
+                res.xwhiteouts = True
+        return res
+
+    def _stack_text(self, res: Resolution) -> str:
+        parts = []
+        if res.upper is not None:
+            parts.append(self.where(Ref(0, res.upper)))
+        parts += [self.where(r) for r in res.lowers]
+        return ", ".join(parts) if parts else "nothing"
+
+    @staticmethod
+    def _fill_attrs(res: Resolution, node: Node | None) -> None:
+        if node is None:
+            return
+        res.kind = node.kind
+        res.size = node.size
+        res.mode = node.mode
+        res.uid = node.uid
+        res.gid = node.gid
+        res.target = node.target
+
+    # ---------------------------------------------------------------- public resolution
+    def resolve(self, path: str | bytes | Path) -> Resolution:
+        """Resolve a merged path as ``lstat`` would (a final symlink is not followed)."""
+        comps = path if isinstance(path, tuple) else split_path(path)
+        return self._resolve(tuple(comps), hops=0)
+
+    def _resolve(self, comps: Path, hops: int) -> Resolution:
+        cur = self._root
+        if cur.errno:
+            return cur
+        for i, name in enumerate(comps):
+            sub = comps[: i + 1]
+            child = self._cache.get(sub)
+            if child is None:
+                child = self._lookup(cur, name)
+                if child.errno is None and child.kind == "dir":
+                    self._cache[sub] = child
+                    if len(self._cache) > 4096:
+                        self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(sub)
+            if i == len(comps) - 1:
+                return child
+            if child.errno is not None:
+                return self._fail_through(comps, child)
+            if child.kind == "symlink":
+                return self._through_symlink(comps, i, child, hops)
+            if child.kind != "dir":
+                res = Resolution(path=comps, errno="ENOTDIR")
+                res.trace.append(f"{show_path(sub)} is a {child.kind}, not a directory: ENOTDIR")
+                return res
+            cur = child
+        return cur
+
+    def _fail_through(self, comps: Path, parent: Resolution) -> Resolution:
+        res = Resolution(path=comps, errno=parent.errno)
+        res.kernel_log = list(parent.kernel_log)
+        res.trace = [f"parent {show_path(parent.path)} fails first:"] + list(parent.trace)
+        res.findings = list(parent.findings)
+        return res
+
+    def _through_symlink(self, comps: Path, i: int, link: Resolution, hops: int) -> Resolution:
+        if hops >= MAX_SYMLINK_HOPS:
+            res = Resolution(path=comps, errno="ELOOP")
+            res.trace.append("too many levels of symbolic links: ELOOP")
+            return res
+        target = link.target or b""
+        base = () if target.startswith(b"/") else comps[:i]
+        joined = base + tuple(c for c in target.split(b"/") if c) + comps[i + 1 :]
+        new = split_path(b"/" + b"/".join(joined))
+        res = self._resolve(new, hops + 1)
+        res = Resolution(**{**res.__dict__})
+        res.trace = [f"{show_path(comps[: i + 1])} is a symlink to {show(target)!r}; the path "
+                     f"walk follows it to {show_path(new)}"
+                     + (" (absolute: resolved inside the merged tree)" if target.startswith(b"/") else "")
+                     ] + res.trace
+        res.path = comps
+        res.via_symlink = True
+        return res
+
+    # --------------------------------------------------------------------- the lookup
+    def _lookup(self, parent: Resolution, name: bytes) -> Resolution:
+        path = parent.path + (name,)
+        res = Resolution(path=path)
+        t = res.trace
+        d = _LookupData(name=name, last=(False if self.check_redirect else not parent.lowers))
+        try:
+            self._lookup_layers(parent, d, res)
+        except LookupFailed as e:
+            res.errno = e.errno
+            if e.log:
+                res.kernel_log.append(e.log)
+            t.append(f"=> {e.why}: {e.errno}")
+            if e.rule:
+                res.findings.append(Finding(e.rule, b"/" + b"/".join(path), e.why,
+                                            [self.json_index(x) for x in e.layers]))
+            res.upper = None
+            res.lowers = []
+        else:
+            self._file_findings(res)
+        self._namespace_findings(parent, name, res)
+        return res
+
+    def _check_follow(self, d: _LookupData, path: Path) -> None:
+        if d.metacopy and not self.options.metacopy:
+            raise LookupFailed(
+                "EPERM",
+                f"overlayfs: refusing to follow metacopy origin for ({pd2(path)})",
+                "a metacopy file would have to be followed, but metacopy is off",
+                "metacopy-refused",
+            )
+        if (d.redirect is not None or d.upperredirect is not None) and not self.options.redirect_follow:
+            raise LookupFailed(
+                "EPERM",
+                f"overlayfs: refusing to follow redirect for ({pd2(path)})",
+                f"a redirect would have to be followed, but redirect_dir={self.options.redirect_dir}",
+                "redirect-refused",
+                [d.redirect_from.layer] if d.redirect_from else [],
+            )
+
+    def _lookup_layers(self, parent: Resolution, d: _LookupData, res: Resolution) -> None:
+        path = res.path
+        t = res.trace
+        upper_path: Path | None = None
+        uppermetacopy = False
+        metacopy_size = 0
+        roe = self.root_lowers
+        poe = parent.lowers
+        if parent.upper is not None:
+            upper_path = self._lookup_layer(0, parent.upper, d, res)
+            if upper_path is not None and not d.is_dir:
+                uppermetacopy = d.metacopy > 0
+                metacopy_size = d.metacopy
+            if d.redirect is not None:
+                d.upperredirect = d.redirect
+                if d.redirect.startswith(b"/"):
+                    poe = roe
+                    t.append(f"upper redirect {show(d.redirect)!r} is absolute: the lower lookup "
+                             "starts again from the layer roots")
+            res.opaque = d.opaque
+        if d.stop and parent.lowers and poe:
+            t.append("the lower layers are not looked at")
+        stack: list[Ref] = []
+        i = 0
+        while not d.stop and i < len(poe):
+            lower = poe[i]
+            self._check_follow(d, path)
+            if not self.check_redirect:
+                d.last = i == len(poe) - 1
+            elif d.is_dir or not self.ndata:
+                d.last = lower.layer == self.nlower
+            this = self._lookup_layer(lower.layer, lower.path, d, res)
+            if this is None:
+                i += 1
+                continue
+            ref = Ref(lower.layer, this)
+            if upper_path is None and not d.is_dir and not stack and d.metacopy:
+                metacopy_size = d.metacopy
+            if d.metacopy and stack:
+                t.append(f"{self.where(ref)}: intermediate metacopy, not kept in the stack")
+            else:
+                stack.append(ref)
+            if d.stop:
+                break
+            if d.redirect is not None and d.redirect.startswith(b"/") and poe is not roe:
+                poe = roe
+                i = lower.layer - 1
+                t.append("absolute redirect: continuing from the root stack below "
+                         f"{self.label(lower.layer)}")
+            i += 1
+
+        deferred: bytes | None = None
+        if d.metacopy and stack and self.ndata and d.absolute_redirect:
+            d.metacopy = 0
+            deferred = d.redirect
+            t.append(f"metacopy with absolute redirect {show(deferred)!r} and no data found in the "
+                     "regular layers: data lookup deferred to open, in the data-only layers")
+        else:
+            self._check_follow(d, path)
+
+        if d.metacopy or (uppermetacopy and not stack):
+            layers = [r.layer for r in stack] + ([0] if uppermetacopy else [])
+            rule = "metacopy-without-data"
+            why = "metacopy file with no lower data found"
+            if d.cleared_by is not None and self.ndata and d.abs_redirect_value is not None:
+                rule = "lowerdata-redirect-broken"
+                why = (f"the absolute redirect {show(d.abs_redirect_value)!r} walked through the plain "
+                       f"directory {self.where(d.cleared_by)}, which cancels the lookup in the "
+                       "data-only layers; no data found")
+                layers = layers + [d.cleared_by.layer]
+            elif uppermetacopy and self.ndata and d.upperredirect and d.upperredirect.startswith(b"/"):
+                why = ("an upper metacopy cannot reach data-only layers directly; its redirect "
+                       f"{show(d.upperredirect)!r} found nothing in the regular layers")
+            raise LookupFailed(
+                "EIO",
+                f"overlayfs: metacopy with no lower data found - abort lookup ({pd2(path)})",
+                why, rule, layers)
+
+        if upper_path is None and not stack:
+            res.errno = "ENOENT"
+            if res.whiteout is not None:
+                t.append(f"=> hidden by the whiteout in {self.where(res.whiteout)}: ENOENT")
+            else:
+                t.append("=> in no layer: ENOENT")
+            return
+
+        # positive: build the inode
+        res.upper = upper_path
+        res.lowers = stack
+        res.xwhiteouts = d.xwhiteouts
+        top = Ref(0, upper_path) if upper_path is not None else stack[0]
+        node = self.layer(top.layer).node(top.path)
+        self._fill_attrs(res, node)
+        res.metadata = top
+        res.metacopy_size = metacopy_size
+        if d.is_dir:
+            real = node
+            res.merge = (upper_path is not None and bool(stack)) or len(stack) > 1 or (
+                real is not None and self._x(real, b"origin") is not None)
+            res.redirect = d.upperredirect or d.redirect
+            t.append(("merged" if res.merge else "non-merged (readdir passes through)")
+                     + f" directory: {self._stack_text(res)}")
+            return
+        if res.kind != "file":
+            return
+        res.redirect = d.redirect
+        if upper_path is not None and not uppermetacopy:
+            res.data = Ref(0, upper_path)
+            t.append(f"data: {self.where(res.data)} (upper file, not a metacopy)")
+            return
+        res.metacopy = uppermetacopy or len(stack) > 1 or deferred is not None
+        if deferred is not None:
+            res.lowerdata_redirect = deferred
+            self._lazy_data(res, deferred)
+        else:
+            res.data = stack[-1]
+            if res.data != res.metadata:
+                t.append(f"data: {self.where(res.data)} (below the metacopy)")
+            else:
+                t.append(f"data: {self.where(res.data)}")
+        if res.open_errno is None and self.options.verity != "off" and res.metacopy:
+            self._verity(res)
+
+    def _lookup_layer(self, li: int, base: Path, d: _LookupData, res: Resolution) -> Path | None:
+        """One layer: one step for a relative name, a walk from the root for an absolute one."""
+        if not d.name.startswith(b"/"):
+            return self._single(li, base, d, d.name, 0, b"", res)
+        res.trace.append(f"{self.label(li)}: walking {show(d.name)!r} from the layer root")
+        rem = len(d.name) - 1
+        cur: Path | None = base
+        found: Path | None = None
+        while cur is not None:
+            n = self.layer(li).node(cur)
+            if n is None or not n.is_dir:
+                break
+            start = len(d.name) - rem
+            nxt = d.name.find(b"/", start)
+            if nxt < 0:
+                nxt = len(d.name)
+            comp = d.name[start:nxt]
+            post = d.name[nxt:]
+            cur = self._single(li, cur, d, comp, start, post, res)
+            found = cur
+            if not post:
+                break
+            rem -= len(comp) + 1
+        return found
+
+    def _single(self, li: int, base: Path, d: _LookupData, name: bytes, prelen: int,
+                post: bytes, res: Resolution) -> Path | None:
+        """One path component in one layer (``ovl_lookup_single``)."""
+        t = res.trace
+        layer = self.layer(li)
+        last_element = not post
+        is_upper = li == 0
+        p = base + (name,)
+        where = self.where(Ref(li, p))
+        node = layer.node(p)
+        if node is None:
+            t.append(f"{where}: absent")
+            return None
+        if self.is_whiteout(node):
+            d.stop = d.opaque = True
+            kind = "0/0 whiteout" if node.is_whiteout_dev else "xattr whiteout"
+            t.append(f"{where}: {kind}; lower layers are hidden")
+            if last_element:
+                res.whiteout = Ref(li, p)
+            return None
+        if last_element and d.metacopy and not node.is_reg:
+            d.stop = True
+            t.append(f"{where}: {node.kind}, but a metacopy above needs a regular file; stop")
+            return None
+        if not node.is_dir:
+            if d.is_dir or not last_element:
+                d.stop = True
+                t.append(f"{where}: {node.kind}, " + (
+                    "hides the directories below" if d.is_dir else "not a directory; the walk stops"))
+                return None
+            mc = self._metacopy_size(li, p, node)
+            d.metacopy = mc
+            d.stop = not mc
+            if not mc:
+                if node.is_reg and self._x(node, b"redirect") is not None:
+                    t.append(f"{where}: regular file (its redirect xattr is ignored: not a metacopy)")
+                    res.findings.append(Finding(
+                        "redirect-ignored", b"/" + b"/".join(res.path),
+                        f"{where} carries a redirect xattr but no metacopy xattr; the kernel "
+                        "serves the file itself", [self.json_index(li)]))
+                else:
+                    t.append(f"{where}: {node.kind}" + (f", {node.size} bytes" if node.is_reg else ""))
+                return p
+            if d.last:
+                t.append(f"{where}: metacopy file (bottom layer: redirect not read)")
+                return p
+            t.append(f"{where}: metacopy file ({node.size} bytes)")
+        else:
+            if last_element:
+                d.is_dir = True
+            if d.last:
+                t.append(f"{where}: directory (bottom layer: opaque and redirect not read)")
+                return p
+            val = self.opaque_value(node)
+            if last_element and not is_upper and val == b"x":
+                d.xwhiteouts = True
+                t.append(f"{where}: directory with opaque=x (holds xattr whiteouts; not opaque)")
+            elif val == b"y":
+                d.stop = True
+                if last_element:
+                    d.opaque = True
+                t.append(f"{where}: opaque directory; lower layers are hidden" + (
+                    "" if last_element else " (the walk goes on in this layer)"))
+                return p
+            else:
+                t.append(f"{where}: directory")
+        self._check_redirect(li, p, node, d, prelen, post, res)
+        return p
+
+    def _check_redirect(self, li: int, p: Path, node: Node, d: _LookupData, prelen: int,
+                        post: bytes, res: Resolution) -> None:
+        if d.absolute_redirect and not node.is_reg:
+            d.cleared_by = Ref(li, p)
+        d.absolute_redirect = False
+        value = self._x(node, b"redirect")
+        if value is None:
+            if d.cleared_by == Ref(li, p):
+                res.trace.append(f"  {self.where(Ref(li, p))} has no redirect: the absolute redirect "
+                                 "no longer counts (data-only layers will not be searched)")
+            return
+        buf = value.split(b"\0", 1)[0]
+        if not self._valid_redirect(value, buf):
+            raise LookupFailed("EINVAL", f"overlayfs: invalid redirect ({show(buf)})",
+                               f"invalid redirect xattr {show(value)!r} on {self.where(Ref(li, p))}",
+                               "invalid-redirect", [li])
+        d.redirect_from = Ref(li, p)
+        if buf.startswith(b"/"):
+            d.absolute_redirect = True
+            d.stop = False
+            d.cleared_by = None
+            new = buf + post
+            d.abs_redirect_value = new
+            res.trace.append(f"  absolute redirect {show(buf)!r}: now looking for {show(new)!r}")
+        else:
+            new = d.name[:prelen] + buf + post
+            res.trace.append(f"  relative redirect {show(buf)!r}: now looking for {show(new)!r}")
+        d.redirect = new
+        d.name = new
+
+    @staticmethod
+    def _valid_redirect(raw: bytes, buf: bytes) -> bool:
+        if not raw:
+            return False
+        if buf.startswith(b"/"):
+            return all(buf.split(b"/")[1:])
+        return b"/" not in buf
+
+    def _metacopy_size(self, li: int, p: Path, node: Node) -> int:
+        if not node.is_reg:
+            return 0
+        v = self._x(node, b"metacopy")
+        if v is None:
+            return 0
+        if len(v) == 0:
+            return METACOPY_MIN
+        if len(v) < METACOPY_MIN:
+            raise LookupFailed(
+                "EIO", f"overlayfs: metacopy file '{show(p[-1])}' has too small xattr",
+                f"the metacopy xattr on {self.where(Ref(li, p))} is {len(v)} bytes (at least 4 needed)",
+                "metacopy-invalid", [li])
+        return len(v)
+
+    # ---------------------------------------------------------------- data-only layers
+    def data_lookup(self, redirect: bytes) -> tuple[Ref | None, str, list[str]]:
+        """The lazy lookup in the data-only layers: (found, errno if not, trace)."""
+        trace: list[str] = []
+        err = "ENOENT"
+        for li in range(self.nlower + 1, self.nlower + self.ndata + 1):
+            ref, err, why = self._data_walk(li, redirect)
+            trace.append(f"{self.label(li)}: {why}")
+            if ref is not None:
+                return ref, "", trace
+        return None, err, trace
+
+    def _data_walk(self, li: int, redirect: bytes) -> tuple[Ref | None, str, str]:
+        layer = self.layer(li)
+        cur: list[bytes] = []
+        comps = [c for c in redirect.split(b"/") if c]
+        for k, comp in enumerate(comps):
+            final = k == len(comps) - 1
+            if comp == b".":
+                continue
+            if comp == b"..":
+                if not cur:
+                    return None, "EXDEV", f"'..' would leave the layer root: EXDEV"
+                cur.pop()
+                continue
+            n = layer.node(tuple(cur) + (comp,))
+            here = show_path(tuple(cur) + (comp,))
+            if n is None:
+                return None, "ENOENT", f"{here} absent: ENOENT"
+            if final:
+                if n.is_reg:
+                    return Ref(li, tuple(cur) + (comp,)), "", f"{here}: regular file, {n.size} bytes"
+                return None, "ENOENT", f"{here} is a {n.kind}, not a regular file: ENOENT"
+            if n.kind == "symlink":
+                return None, "ELOOP", f"{here} is a symlink (no symlinks allowed): ELOOP"
+            if not n.is_dir:
+                return None, "ENOTDIR", f"{here} is a {n.kind}: ENOTDIR"
+            cur.append(comp)
+        n = layer.node(tuple(cur))
+        if n is not None and n.is_reg:
+            return Ref(li, tuple(cur)), "", f"{show_path(tuple(cur))}: regular file"
+        return None, "ENOENT", f"{show_path(tuple(cur))} is not a regular file: ENOENT"
+
+    def _lazy_data(self, res: Resolution, redirect: bytes) -> None:
+        ref, err, trace = self.data_lookup(redirect)
+        res.trace.append(f"at open: lazy lookup of {show(redirect)!r} in the data-only layers")
+        res.trace += ["  " + x for x in trace]
+        if ref is None:
+            res.open_errno = err
+            code = getattr(_errno, err, 0)
+            res.open_log.append(f"overlayfs: lazy lowerdata lookup failed ({pd2(res.path)}, err=-{code})")
+            res.trace.append(f"=> open fails: {err} (lstat still succeeds)")
+            res.findings.append(Finding(
+                "lowerdata-missing", b"/" + b"/".join(res.path),
+                f"open fails with {err}: {show(redirect)!r} is not a regular file in any data-only "
+                "layer", [self.json_index(r.layer) for r in res.lowers[:1]]))
+        else:
+            res.data = ref
+            res.trace.append(f"data: {self.where(ref)}")
+
+    def _verity(self, res: Resolution) -> None:
+        """fs-verity validation at open (``ovl_maybe_validate_verity``)."""
+        meta = res.metadata
+        assert meta is not None
+        mnode = self.layer(meta.layer).node(meta.path)
+        name = show(res.path[-1]) if res.path else "/"
+        require = self.options.verity == "require"
+
+        def fail(errno: str, log: str, why: str, rule: str = "verity-failure") -> None:
+            res.open_errno = errno
+            res.open_log.append(log)
+            res.data = None
+            res.trace.append(f"=> open fails: {why}: {errno}")
+            res.findings.append(Finding(rule, b"/" + b"/".join(res.path), why,
+                                        [self.json_index(meta.layer)]))
+
+        if res.metacopy_size <= METACOPY_MIN:
+            if require:
+                fail("EIO", f"overlayfs: metacopy file '{name}' has no digest specified",
+                     "verity=require but the metacopy xattr holds no digest")
+            return
+        value = self._x(mnode, b"metacopy") if mnode else None
+        if value is None:
+            return
+        mname = show(meta.path[-1]) if meta.path else "/"
+        if len(value) > METACOPY_MAX:
+            fail("ERANGE", "overlayfs: failed to get metacopy (-34)",
+                 f"the metacopy xattr is {len(value)} bytes (at most 68)", "metacopy-invalid")
+            return
+        if value[0] != 0:
+            fail("EIO", f"overlayfs: metacopy file '{mname}' has unsupported version",
+                 f"metacopy header version {value[0]} (only 0 is known)", "metacopy-invalid")
+            return
+        if value[1] != len(value):
+            fail("EIO", f"overlayfs: metacopy file '{mname}' has invalid xattr size",
+                 f"metacopy header says {value[1]} bytes, the xattr has {len(value)}",
+                 "metacopy-invalid")
+            return
+        algo = value[3]
+        if algo == 0:
+            if require:
+                fail("EIO", f"overlayfs: metacopy file '{mname}' has no digest specified",
+                     "verity=require but the metacopy header names no digest algorithm")
+            return
+        data = res.data
+        if data is None:
+            return
+        dnode = self.layer(data.layer).node(data.path)
+        dname = show(data.path[-1]) if data.path else "/"
+        if dnode is None or dnode.verity is None:
+            fail("EIO", f"overlayfs: lower file '{dname}' has no fs-verity digest",
+                 f"{self.where(data)} has no fs-verity digest")
+            return
+        got_algo, got = dnode.verity
+        if got_algo != algo or got != value[4:]:
+            fail("EIO", f"overlayfs: lower file '{dname}' has the wrong fs-verity digest",
+                 f"{self.where(data)} has a different fs-verity digest than the metacopy names")
+
+    # ----------------------------------------------------------------------- findings
+    def _file_findings(self, res: Resolution) -> None:
+        if res.kind != "file" or res.errno is not None:
+            return
+        here = b"/" + b"/".join(res.path)
+        # a regular layer served an absolute redirect meant for a data-only layer
+        if (self.ndata and res.data is not None and res.lowerdata_redirect is None
+                and res.data.layer != 0 and res.data.layer <= self.nlower
+                and res.data != res.metadata and res.redirect and res.redirect.startswith(b"/")):
+            ref, _, _ = self.data_lookup(res.redirect)
+            if ref is not None:
+                res.findings.append(Finding(
+                    "shadowed-lowerdata", here,
+                    f"{self.where(res.data)} intercepts the redirect {show(res.redirect)!r}: read() "
+                    f"returns its bytes, not those of {self.where(ref)}",
+                    [self.json_index(res.data.layer), self.json_index(ref.layer)]))
+                res.trace.append(f"! shadowing: {self.where(ref)} also holds this path, but the "
+                                 "regular layers are searched first")
+        if res.data is not None and res.metacopy and res.open_errno is None:
+            dnode = self.layer(res.data.layer).node(res.data.path)
+            if dnode is not None and res.size is not None and dnode.size != res.size:
+                res.findings.append(Finding(
+                    "metacopy-size-mismatch", here,
+                    f"stat says {res.size} bytes, read() returns the {dnode.size} bytes of "
+                    f"{self.where(res.data)}",
+                    [self.json_index(res.data.layer)]))
+
+    def _namespace_findings(self, parent: Resolution, name: bytes, res: Resolution) -> None:
+        """Overlay xattrs in the other namespace, or escaped, are ignored by this mount."""
+        refs: list[Ref] = []
+        if res.metadata is not None:
+            refs.append(res.metadata)
+        for ref in refs:
+            node = self.layer(ref.layer).node(ref.path)
+            if node is None:
+                continue
+            ignored = [k for k, _ in node.xattrs
+                       if k.startswith(self.other_prefix)
+                       or k.startswith(self.prefix + b"overlay")]
+            meaningful = [k for k in ignored
+                          if k.rsplit(b".", 1)[-1] in (b"metacopy", b"redirect", b"opaque", b"whiteout")]
+            if meaningful:
+                names = ", ".join(show(k) for k in meaningful)
+                effect = ""
+                if res.kind == "file" and any(k.endswith(b"metacopy") for k in meaningful):
+                    effect = "; the file is served as it is in its layer (zeros for a sparse metacopy)"
+                res.findings.append(Finding(
+                    "xattr-namespace-mismatch", b"/" + b"/".join(res.path),
+                    f"{self.where(ref)} carries {names}, which this mount ignores (it reads "
+                    f"{show(self.prefix)}*){effect}", [self.json_index(ref.layer)]))
+
+    # ------------------------------------------------------------------------- readdir
+    def entries(self, res: Resolution) -> list[bytes]:
+        """The names ``readdir`` lists for a directory (sorted), phantoms included."""
+        if res._entries is not None:
+            return res._entries
+        names: list[bytes] = []
+        hidden: dict[bytes, str] = {}
+        if not res.is_dir:
+            res._entries = []
+            return []
+        if not res.merge:
+            real = Ref(0, res.upper) if res.upper is not None else res.lowers[0]
+            names = sorted(self.layer(real.layer).listdir(real.path))
+        else:
+            seen: set[bytes] = set()
+            reads: list[Ref] = ([Ref(0, res.upper)] if res.upper is not None else []) + list(res.lowers)
+            for ref in reads:
+                layer = self.layer(ref.layer)
+                scan = layer.scan(ref.path)
+                in_x = res.xwhiteouts and ref.layer != 0 and self._layer_xwhiteouts(ref)
+                for name, node in scan.items():
+                    if name in seen:
+                        continue
+                    seen.add(name)
+                    if node.is_whiteout_dev:
+                        hidden[name] = f"0/0 whiteout in {self.where(Ref(ref.layer, ref.path + (name,)))}"
+                        continue
+                    if in_x and node.is_reg:
+                        child = self.resolve(res.path + (name,))
+                        if child.errno is not None:
+                            hidden[name] = (f"xattr-whiteout check in {self.label(ref.layer)}: "
+                                            f"lookup gives {child.errno}")
+                            continue
+                    names.append(name)
+            names.sort()
+        res._entries = names
+        res._hidden = hidden
+        return names
+
+    def hidden_entries(self, res: Resolution) -> dict[bytes, str]:
+        self.entries(res)
+        return res._hidden or {}
+
+    def _layer_xwhiteouts(self, ref: Ref) -> bool:
+        layer = self.layer(ref.layer)
+        n = layer.node(ref.path)
+        if n is not None and self.opaque_value(n) == b"x":
+            return True
+        if ref.layer < self.nlower:
+            root = layer.node(())
+            return root is not None and self.opaque_value(root) == b"x"
+        return False
+
+    # ---------------------------------------------------------------- explain & check
+    def explain(self, path: str | bytes | Path) -> Resolution:
+        """:meth:`resolve` plus the directory listing and the listing's phantom entries."""
+        res = self.resolve(path)
+        if res.is_dir:
+            names = self.entries(res)
+            for name in names:
+                child = self.resolve(res.path + (name,))
+                if child.errno == "ENOENT":
+                    res.findings.append(self._phantom(res, name, child))
+        return res
+
+    def _phantom(self, parent: Resolution, name: bytes, child: Resolution) -> Finding:
+        where = self.where(child.whiteout) if child.whiteout else "a lower layer"
+        why = ("the directory is not merged, so readdir passes its whiteout through"
+               if not parent.merge else
+               "an xattr whiteout whose directory lacks opaque=x in the lower layer")
+        return Finding("phantom-whiteout", b"/" + b"/".join(parent.path + (name,)),
+                       f"readdir lists {show(name)!r} but lookup gives ENOENT ({where}): {why}",
+                       [self.json_index(child.whiteout.layer)] if child.whiteout else [])
+
+    def walk(self, progress: Callable[[int], None] | None = None,
+             cancel: Callable[[], bool] | None = None) -> Iterator[Resolution]:
+        """Resolve every path the merged tree lists, directory by directory (depth first).
+
+        Each layer directory is read once; only the current branch is held in memory.
+        """
+        count = 0
+        stack: list[Resolution] = [self._root]
+        yield self._root
+        while stack:
+            if cancel is not None and cancel():
+                return
+            dirres = stack.pop()
+            for name in self.entries(dirres):
+                child = self._lookup(dirres, name)
+                count += 1
+                if child.errno == "ENOENT":
+                    child.findings.append(self._phantom(dirres, name, child))
+                yield child
+                if child.is_dir:
+                    stack.append(child)
+            dirres._entries = None
+            if progress is not None:
+                progress(count)
+
+    def stack_findings(self) -> list[Finding]:
+        """Findings about the stack as a whole (mount refusal, shadowing hazards)."""
+        out: list[Finding] = []
+        if self.options.mount_errno:
+            msg = "; ".join(self.options.mount_log) or "the mount is refused"
+            out.append(Finding("mount-refused", b"/", f"mount fails with {self.options.mount_errno}: {msg}"))
+        if self.ndata:
+            tops: dict[bytes, int] = {}
+            for li in range(self.nlower + 1, self.nlower + self.ndata + 1):
+                for name, n in self.layer(li).scan(()).items():
+                    if n.is_dir:
+                        tops.setdefault(name, li)
+            regular = ([0] if self.has_upper else []) + list(range(1, self.nlower + 1))
+            for li in regular:
+                for name, n in self.layer(li).scan(()).items():
+                    if name in tops and n.is_dir and self.opaque_value(n) != b"y":
+                        out.append(Finding(
+                            "shadowing-hazard", b"/" + name,
+                            f"{self.where(Ref(li, (name,)))} is a directory with the same name as "
+                            f"the top-level directory {show_path((name,))} of "
+                            f"{self.label(tops[name])}: a redirect into it walks this directory "
+                            "first, and any file added there will intercept redirects",
+                            [self.json_index(li), self.json_index(tops[name])]))
+        return out
+
+    def check(self, progress: Callable[[int], None] | None = None,
+              cancel: Callable[[], bool] | None = None) -> list[Finding]:
+        findings = self.stack_findings()
+        if self.options.mount_errno:
+            return findings
+        for res in self.walk(progress, cancel):
+            findings.extend(res.findings)
+        return findings
+
+    def with_options(self, options: str) -> "Engine":
+        """The same layers under other mount options (what-if)."""
+        stack = Stack(lowers=self.stack.lowers, data=self.stack.data, upper=self.stack.upper,
+                      workdir=self.stack.workdir, options=options, source=self.stack.source,
+                      description=self.stack.description, params=self.stack.params,
+                      mountpoint=self.stack.mountpoint)
+        return Engine(stack, kernel=self.kernel)
+
+    # ----------------------------------------------------------------------- per layer
+    def layer_view(self, res: Resolution) -> list[tuple[int, Path, Node | None, str]]:
+        """For each layer: (kernel layer, path looked at, its node, its role for ``res``).
+
+        Roles: metadata, data, metadata+data, stack (a lower copy merged or chained),
+        whiteout, hidden (present but not used), intercepting (a regular layer entry
+        on the redirect path meant for a data-only layer), absent.
+        """
+        out = []
+        used = {r.layer: r.path for r in res.lowers}
+        if res.upper is not None:
+            used[0] = res.upper
+        for li in range(len(self.klayers)):
+            if self.klayers[li] is None:
+                continue
+            path = used.get(li, res.path)
+            if res.data is not None and res.data.layer == li:
+                path = res.data.path
+            elif li > self.nlower and res.redirect and res.redirect.startswith(b"/"):
+                path = split_path(res.redirect)
+            node = self.layer(li).node(path)
+            role = "absent" if node is None else "hidden"
+            if res.whiteout is not None and res.whiteout.layer == li:
+                role = "whiteout"
+                path = res.whiteout.path
+            if res.metadata is not None and res.metadata.layer == li:
+                role = "metadata+data" if res.data == res.metadata else "metadata"
+            elif res.data is not None and res.data.layer == li:
+                role = "data"
+                if any(f.rule == "shadowed-lowerdata" for f in res.findings):
+                    role = "intercepting"
+            elif li in used:
+                role = "stack"
+            out.append((li, path, node, role))
+        return out
+
+    # ---------------------------------------------------------------------------- json
+    def ref_json(self, ref: Ref | None) -> dict | None:
+        if ref is None:
+            return None
+        return {"layer": self.json_index(ref.layer), "path": _j(b"/" + b"/".join(ref.path))}
+
+    def to_json(self, res: Resolution) -> dict:
+        ok = res.errno is None
+        is_file = ok and res.kind == "file"
+        entries = [_j(n) for n in self.entries(res)] if ok and res.kind == "dir" else None
+        logs = res.kernel_log + (res.open_log if ok else [])
+        return {
+            "path": _j(b"/" + b"/".join(res.path)),
+            "errno": res.errno,
+            "type": res.kind if ok else None,
+            "size": res.size if ok else None,
+            "mode": res.mode if ok else None,
+            "target": _j(res.target) if ok and res.target is not None else None,
+            "metadata": self.ref_json(res.metadata) if ok else None,
+            "data": self.ref_json(res.data) if is_file else None,
+            "open_errno": res.open_errno if is_file else None,
+            "entries": entries,
+            "kernel_log": "\n".join(logs) if logs else None,
+            "trace": list(res.trace),
+            "findings": [f.as_json() for f in res.findings],
+        }
+
+    def document(self, paths: list[Resolution]) -> dict:
+        return {
+            "version": 1,
+            "kernel": self.kernel,
+            "source": self.stack.source,
+            "layers": [
+                {"index": i, "role": role, "path": layer.path if layer.path else None,
+                 "label": layer.label}
+                for i, (role, layer) in enumerate(self.stack.layers)
+            ],
+            "options": self.options.as_json(),
+            "mount_errno": self.options.mount_errno,
+            "mount_log": list(self.options.mount_log),
+            "paths": [self.to_json(r) for r in paths],
+        }
+
+
+def _j(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")

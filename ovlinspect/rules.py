@@ -1,0 +1,155 @@
+"""The diagnostics ovlinspect reports: stable ids, severities, and what to do about each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    severity: str  # error | warning | info
+    title: str
+    hint: str
+
+
+RULES: dict[str, Rule] = {
+    r.id: r
+    for r in [
+        Rule(
+            "shadowed-lowerdata",
+            "error",
+            "a regular layer's file serves the bytes meant for a data-only layer",
+            "remove the file from the regular layer, or give the object store a prefix no "
+            "regular layer uses (for example /.cfs/...) and rewrite the redirects",
+        ),
+        Rule(
+            "lowerdata-redirect-broken",
+            "error",
+            "a regular layer's directory on the redirect path turns lookup into EIO",
+            "remove or rename the directory in the regular layer, or move the object store "
+            "under a prefix no regular layer uses (the /.cfs workaround)",
+        ),
+        Rule(
+            "lowerdata-missing",
+            "error",
+            "open fails: the redirect target is not a regular file in any data-only layer",
+            "add the object to the data-only layer (or fix the redirect xattr)",
+        ),
+        Rule(
+            "metacopy-refused",
+            "error",
+            "a metacopy file is refused (EPERM) because metacopy is off",
+            "mount with metacopy=on, or make the file a full copy",
+        ),
+        Rule(
+            "redirect-refused",
+            "error",
+            "a redirect is refused (EPERM) because redirects are not followed",
+            "mount with redirect_dir=on (or follow), or remove the redirect xattr",
+        ),
+        Rule(
+            "invalid-redirect",
+            "error",
+            "the redirect xattr is malformed (EINVAL)",
+            "a redirect is an absolute path without empty components, or one relative name",
+        ),
+        Rule(
+            "metacopy-without-data",
+            "error",
+            "a metacopy file finds no data below it (EIO)",
+            "add the data file to a lower layer, fix the redirect, or drop the metacopy xattr",
+        ),
+        Rule(
+            "metacopy-invalid",
+            "error",
+            "the metacopy xattr cannot be used (EIO/ERANGE)",
+            "rewrite the metacopy xattr: empty, or a 4-byte header (version 0, len) plus digest",
+        ),
+        Rule(
+            "verity-failure",
+            "error",
+            "fs-verity validation fails at open (EIO)",
+            "enable fs-verity on the data file with the digest the metacopy names, or mount "
+            "with verity=off",
+        ),
+        Rule(
+            "xattr-namespace-mismatch",
+            "warning",
+            "overlay xattrs this mount ignores (other namespace or escaped)",
+            "write the xattrs in the namespace the mount reads (trusted.overlay. or, with "
+            "userxattr, user.overlay.)",
+        ),
+        Rule(
+            "phantom-whiteout",
+            "warning",
+            "readdir lists an entry that lookup reports as ENOENT",
+            "a whiteout only hides entries in a merged directory: remove it, or mark the "
+            "parent with opaque=x for xattr whiteouts",
+        ),
+        Rule(
+            "metacopy-size-mismatch",
+            "warning",
+            "stat reports a size different from the bytes read returns",
+            "set the metacopy file's size to the data file's size",
+        ),
+        Rule(
+            "shadowing-hazard",
+            "warning",
+            "a regular layer holds a directory named like a top-level directory of a "
+            "data-only layer; a future file there will intercept redirects",
+            "give the object store a unique prefix (the /.cfs workaround from the lazy "
+            "lowerdata thread)",
+        ),
+        Rule(
+            "inode-alias",
+            "warning",
+            "two merged paths share one lower inode; the second looked up fails with ESTALE",
+            "put a whiteout at the redirect source in the upper layer",
+        ),
+        Rule(
+            "redirect-ignored",
+            "info",
+            "a redirect xattr on a file that is not a metacopy is ignored",
+            "remove the stray redirect xattr",
+        ),
+        Rule(
+            "lookup-error",
+            "error",
+            "lookup fails for a reason the kernel reports",
+            "see the kernel log line",
+        ),
+        Rule(
+            "mount-refused",
+            "error",
+            "the kernel refuses to mount this stack",
+            "fix the options or layers named in the message",
+        ),
+    ]
+}
+
+
+@dataclass
+class Finding:
+    rule: str
+    path: bytes
+    message: str
+    layers: list[int] = field(default_factory=list)
+
+    @property
+    def severity(self) -> str:
+        return RULES[self.rule].severity
+
+    @property
+    def hint(self) -> str:
+        return RULES[self.rule].hint
+
+    def as_json(self) -> dict:
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "message": self.message,
+            "path": self.path.decode("utf-8", "surrogateescape"),
+            "layers": list(self.layers),
+            "hint": self.hint,
+        }

@@ -1,0 +1,120 @@
+"""Where stacks come from: kernel-syntax arguments, live mounts, stack files, demos, inspect JSON."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+
+from .layers import DiskLayer, LayerError
+from .stack import Stack
+
+
+class InputError(Exception):
+    """Bad input: the message is one line for the user; the CLI exits 2."""
+
+
+def _disk(path: str, label: str, base: str | None = None, want_verity: bool = False) -> DiskLayer:
+    p = path
+    if not os.path.isabs(p):
+        if base is None:
+            raise InputError(f"layer path {p!r} is relative and cannot be resolved; give an absolute path")
+        p = os.path.join(base, p)
+    try:
+        return DiskLayer(p, label, want_verity=want_verity)
+    except LayerError as e:
+        raise InputError(str(e)) from None
+
+
+def _verity_wanted(options: str) -> bool:
+    return "verity=on" in options or "verity=require" in options
+
+
+def stack_from_args(lowerdir: str, upperdir: str | None = None, workdir: str | None = None,
+                    options: str = "", source: str = "") -> Stack:
+    """A stack given the way ``mount -t overlay`` takes it (relative paths: from the cwd)."""
+    from .options import OptionError, split_lowerdir
+
+    try:
+        regular, data = split_lowerdir(lowerdir)
+    except OptionError as e:
+        raise InputError(f"bad --lowerdir: {e}") from None
+    cwd = os.getcwd()
+    verity = _verity_wanted(options)
+    lowers = [_disk(p, os.path.basename(p.rstrip("/")) or p, cwd) for p in regular]
+    datas = [_disk(p, os.path.basename(p.rstrip("/")) or p, cwd, verity) for p in data]
+    upper = _disk(upperdir, "upper", cwd) if upperdir else None
+    return Stack(lowers=lowers, data=datas, upper=upper,
+                 workdir=os.path.abspath(workdir) if workdir else None,
+                 options=options, source=source or f"lowerdir={lowerdir}")
+
+
+def live_stack(target: str, pid: int | None = None) -> Stack:
+    """The stack of the overlay mount that contains ``target`` (read from mountinfo)."""
+    from .mountinfo import NotOverlayError, find_overlay_mount, layer_path_problem
+
+    proc = f"/proc/{pid}" if pid else "/proc/self"
+    root = f"/proc/{pid}/root" if pid else ""
+    try:
+        entry = find_overlay_mount(target, proc_root=proc)
+    except NotOverlayError as e:
+        raise InputError(str(e)) from None
+    except OSError as e:
+        raise InputError(f"cannot read {proc}/mountinfo: {e.strerror}") from None
+    paths = list(entry.lowers) + list(entry.datas) + ([entry.upperdir] if entry.upperdir else [])
+    for p in paths:
+        problem = layer_path_problem(p)
+        if problem:
+            raise InputError(
+                f"{entry.mountpoint}: {problem}; name the layers yourself with --lowerdir "
+                "(and --upperdir/--workdir) or --layer-root")
+    opts = ",".join(k if v is None else f"{k}={v}" for k, v in entry.options)
+    verity = _verity_wanted(opts)
+    lowers = [_disk(root + p, os.path.basename(p.rstrip("/")) or p) for p in entry.lowers]
+    datas = [_disk(root + p, os.path.basename(p.rstrip("/")) or p, want_verity=verity) for p in entry.datas]
+    upper = _disk(root + entry.upperdir, "upper") if entry.upperdir else None
+    return Stack(lowers=lowers, data=datas, upper=upper, workdir=entry.workdir, options=opts,
+                 source=entry.mountpoint, mountpoint=entry.mountpoint)
+
+
+def demo_names() -> list[str]:
+    base = resources.files("ovlinspect") / "demos"
+    return sorted(p.name[:-5] for p in base.iterdir() if p.name.endswith(".toml"))
+
+
+def demo_stack(name: str) -> Stack:
+    from .stackfile import loads_stack
+
+    base = resources.files("ovlinspect") / "demos"
+    f = base / f"{name}.toml"
+    if not f.is_file():
+        raise InputError(f"no demo named {name!r}; `ovlinspect demo --list` shows them")
+    stack = loads_stack(f.read_text(), str(base))
+    stack.source = f"demo:{name}"
+    return stack
+
+
+def load_target(target: str, pid: int | None = None) -> Stack:
+    """``demo:NAME``, a stack file (``.toml``), or a path on a mounted overlay."""
+    if target.startswith("demo:"):
+        return demo_stack(target[5:])
+    if target.endswith(".toml") and os.path.isfile(target):
+        from .stackfile import StackFileError, load_stack
+
+        try:
+            stack = load_stack(target)
+        except StackFileError as e:
+            raise InputError(str(e)) from None
+        stack.source = target
+        return stack
+    if pid is None and not os.path.exists(target):
+        raise InputError(f"{target}: no such file or directory")
+    return live_stack(target, pid)
+
+
+def check_privileges(stack: Stack, userxattr: bool) -> None:
+    """trusted.overlay.* xattrs are invisible without CAP_SYS_ADMIN: refuse to guess."""
+    if userxattr or os.geteuid() == 0:
+        return
+    if any(isinstance(l, DiskLayer) for _, l in stack.layers):
+        raise InputError("reading trusted.overlay.* xattrs needs root (CAP_SYS_ADMIN); run "
+                         "ovlinspect as root, or inspect a userxattr mount")
