@@ -1,0 +1,148 @@
+"""The engine on in-memory stacks: the seed thread's cases and the reference's tables."""
+
+import pytest
+
+from memstack import T, engine, layer, metacopy
+
+DATA = b"hello data from C\n"
+
+
+def seed(b_entries, options="metacopy=on", c_entries=None):
+    a = layer("A", {"/foo": metacopy()})
+    b = layer("B", b_entries)
+    c = layer("C", c_entries if c_entries is not None else {"/1e": "dir", "/1e/abcdef": DATA})
+    return engine([a, b], [c], options=options)
+
+
+def rules(res):
+    return {f.rule for f in res.findings}
+
+
+def test_seed_clean_serves_data_layer():
+    e = seed({})
+    r = e.explain("/foo")
+    assert r.errno is None and r.size == 18
+    assert (r.data.layer, r.data.path) == (3, (b"1e", b"abcdef"))
+    assert e.to_json(r)["data"] == {"layer": 2, "path": "/1e/abcdef"}
+    assert rules(r) == set()
+
+
+def test_seed_shadowed_by_regular_file():
+    e = seed({"/1e": "dir", "/1e/abcdef": b"B's 19 bytes here!\n"})
+    r = e.explain("/foo")
+    assert r.errno is None
+    assert e.to_json(r)["data"] == {"layer": 1, "path": "/1e/abcdef"}
+    assert "shadowed-lowerdata" in rules(r)
+
+
+@pytest.mark.parametrize("b", [
+    {"/1e": "dir"},
+    {"/1e": "dir", "/1e/abcdef": "dir"},
+    {"/1e": "dir", "/1e/abcdef": "wh"},
+    {"/1e": "dir", "/1e/abcdef": ("symlink", {}, {"target": b"x"})},
+    {"/1e": "dir", "/1e/abcdef": metacopy(None)},
+])
+def test_seed_directory_on_redirect_path_is_eio(b):
+    r = seed(b).explain("/foo")
+    assert r.errno == "EIO"
+    assert r.kernel_log == ["overlayfs: metacopy with no lower data found - abort lookup (/foo)"]
+    assert "lowerdata-redirect-broken" in rules(r)
+
+
+@pytest.mark.parametrize("b", [
+    {"/1e": b"file"},
+    {"/1e": "wh"},
+    {"/1e": ("symlink", {}, {"target": b"/"})},
+    {"/1e": ("dir", {T + b"opaque": b"y"})},
+])
+def test_seed_things_that_keep_the_redirect(b):
+    e = seed(b)
+    r = e.resolve("/foo")
+    assert r.errno is None and r.data.layer == 3
+
+
+def test_redirected_b_dir_makes_open_fail():
+    e = seed({"/1e": ("dir", {T + b"redirect": b"/zz"}), "/zz": "dir", "/zz/abcdef": b"zz"})
+    r = e.resolve("/foo")
+    assert r.errno is None and r.open_errno == "ENOENT"
+    assert r.open_log == ["overlayfs: lazy lowerdata lookup failed (/foo, err=-2)"]
+
+
+@pytest.mark.parametrize("c, err", [
+    ({}, "ENOENT"),
+    ({"/1e": "dir", "/1e/abcdef": "dir"}, "ENOENT"),
+    ({"/1e": ("symlink", {}, {"target": b"x"})}, "ELOOP"),
+])
+def test_missing_data(c, err):
+    r = seed({}, c_entries=c).explain("/foo")
+    assert r.errno is None and r.open_errno == err
+    assert "lowerdata-missing" in rules(r)
+
+
+def test_defaults_refuse_metacopy_in_upper_regular_layer():
+    r = seed({}, options="").explain("/foo")
+    assert r.errno == "EPERM"
+    assert r.kernel_log == ["overlayfs: refusing to follow metacopy origin for (/foo)"]
+    assert "metacopy-refused" in rules(r)
+
+
+def test_single_regular_layer_relaxation():
+    a = layer("A", {"/foo": metacopy()})
+    c = layer("C", {"/1e": "dir", "/1e/abcdef": DATA})
+    r = engine([a], [c]).resolve("/foo")
+    assert r.errno is None and r.data.layer == 2
+
+
+def test_mount_conflict():
+    e = engine([layer("A", {}), layer("B", {})], options="metacopy=on,redirect_dir=nofollow")
+    assert e.mount_errno == "EINVAL"
+
+
+@pytest.mark.parametrize("value", [b"1e/abcdef", b"//1e", b"/1e/abcdef/"])
+def test_invalid_redirect(value):
+    a = layer("A", {"/foo": metacopy(value)})
+    c = layer("C", {})
+    r = engine([a], [c]).explain("/foo")
+    assert r.errno == "EINVAL" and "invalid-redirect" in rules(r)
+
+
+def test_phantom_whiteout_in_non_merged_dir():
+    a = layer("A", {"/solo": "dir", "/solo/f": b"f", "/solo/wh": "wh"})
+    b = layer("B", {})
+    e = engine([a, b])
+    r = e.explain("/solo")
+    assert e.entries(r) == [b"f", b"wh"]
+    assert "phantom-whiteout" in rules(r)
+
+
+def test_whiteout_hides_in_merged_dir():
+    a = layer("A", {"/d": "dir", "/d/wh": "wh"})
+    b = layer("B", {"/d": "dir", "/d/wh": b"x", "/d/f": b"f"})
+    e = engine([a, b])
+    r = e.explain("/d")
+    assert e.entries(r) == [b"f"]
+    assert e.resolve("/d/wh").errno == "ENOENT"
+
+
+def test_user_namespace_xattrs_are_ignored():
+    a = layer("A", {"/foo": ("file", {b"user.overlay.metacopy": b"", b"user.overlay.redirect": b"/x"},
+                             {"size": 18})})
+    c = layer("C", {"/x": DATA})
+    r = engine([a], [c]).explain("/foo")
+    assert r.errno is None and r.data.layer == 1
+    assert "xattr-namespace-mismatch" in rules(r)
+
+
+def test_shadowing_hazard():
+    a = layer("A", {"/foo": metacopy()})
+    b = layer("B", {"/1e": "dir"})
+    c = layer("C", {"/1e": "dir", "/1e/abcdef": DATA})
+    e = engine([a, b], [c], options="metacopy=on")
+    assert {f.rule for f in e.stack_findings()} == {"shadowing-hazard"}
+
+
+def test_check_walks_everything():
+    e = seed({"/1e": "dir", "/1e/abcdef": b"B"})
+    found = {(f.rule, f.path) for f in e.check()}
+    assert ("shadowed-lowerdata", b"/foo") in found
+    assert ("shadowing-hazard", b"/1e") in found
