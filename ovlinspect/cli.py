@@ -31,6 +31,7 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--options", default="", help="mount options, as mount -o takes them")
     p.add_argument("--from-inspect", metavar="FILE", help="docker/podman inspect JSON ('-' for stdin)")
     p.add_argument("--pid", type=int, help="inspect a mount in this process's mount namespace")
+    p.add_argument("--layer-root", metavar="DIR", help="resolve relative layer paths of a live mount from DIR")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mounts", help="list overlay mounts")
     m.add_argument("--pid", type=int)
     m.add_argument("--json", action="store_true")
+    m.add_argument("--deep", action="store_true", help="check every path of every mount")
     d = sub.add_parser("demo", help="built-in demo stacks")
     d.add_argument("name", nargs="?")
     d.add_argument("--list", action="store_true")
@@ -87,7 +89,7 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
     else:
         if not positional:
             raise InputError("name a stack: a mountpoint, demo:NAME, a stack file, or --lowerdir")
-        stack = load_target(positional[0], ns.pid)
+        stack = load_target(positional[0], ns.pid, ns.layer_root)
         rest = positional[1:]
         if ns.options:
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
@@ -192,8 +194,9 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         out += _describe(engine, res)
         if observed is not None:
             ob = observed[i]
-            out.append(f"  observed  {ob.summary()}")
-            for m in compare(engine, res, ob):
+            mismatches = compare(engine, res, ob)
+            out.append(f"  observed  {ob.summary()}" + ("" if mismatches else "  (matches the prediction)"))
+            for m in mismatches:
                 out.append(f"  MISMATCH  {m}")
     print("\n".join(out))
     return 0
@@ -260,7 +263,7 @@ def cmd_rules(ns: argparse.Namespace) -> int:
 def cmd_mounts(ns: argparse.Namespace) -> int:
     from .mounts import list_mounts
 
-    rows = list_mounts(ns.pid)
+    rows = list_mounts(ns.pid, deep=ns.deep)
     if ns.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0

@@ -48,7 +48,7 @@ def stack_from_args(lowerdir: str, upperdir: str | None = None, workdir: str | N
                  options=options, source=source or f"lowerdir={lowerdir}")
 
 
-def live_stack(target: str, pid: int | None = None) -> Stack:
+def live_stack(target: str, pid: int | None = None, layer_root: str | None = None) -> Stack:
     """The stack of the overlay mount that contains ``target`` (read from mountinfo)."""
     from .mountinfo import NotOverlayError, find_overlay_mount, layer_path_problem
 
@@ -60,6 +60,13 @@ def live_stack(target: str, pid: int | None = None) -> Stack:
         raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"cannot read {proc}/mountinfo: {e.strerror}") from None
+    if layer_root:
+        def rel(p: str) -> str:
+            return p if os.path.isabs(p) and p != "/" else os.path.join(layer_root, p.lstrip("/"))
+
+        entry.lowers = [rel(p) for p in entry.lowers]
+        entry.datas = [rel(p) for p in entry.datas]
+        entry.upperdir = rel(entry.upperdir) if entry.upperdir else None
     paths = list(entry.lowers) + list(entry.datas) + ([entry.upperdir] if entry.upperdir else [])
     for p in paths:
         problem = layer_path_problem(p)
@@ -93,7 +100,7 @@ def demo_stack(name: str) -> Stack:
     return stack
 
 
-def load_target(target: str, pid: int | None = None) -> Stack:
+def load_target(target: str, pid: int | None = None, layer_root: str | None = None) -> Stack:
     """``demo:NAME``, a stack file (``.toml``), or a path on a mounted overlay."""
     if target.startswith("demo:"):
         return demo_stack(target[5:])
@@ -108,7 +115,7 @@ def load_target(target: str, pid: int | None = None) -> Stack:
         return stack
     if pid is None and not os.path.exists(target):
         raise InputError(f"{target}: no such file or directory")
-    return live_stack(target, pid)
+    return live_stack(target, pid, layer_root)
 
 
 def check_privileges(stack: Stack, userxattr: bool) -> None:
