@@ -48,6 +48,8 @@ def show(b: bytes | None) -> str:
     if b is None:
         return ""
     text = b.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 

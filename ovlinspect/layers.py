@@ -235,13 +235,15 @@ def read_overlay_xattrs(dirfd: int, name: bytes) -> tuple[tuple[bytes, bytes], .
 class DiskLayer(Layer):
     """A layer directory on disk, read through directory descriptors, never through symlinks."""
 
-    def __init__(self, path: str | bytes, label: str = "", *, want_verity: bool = False):
+    def __init__(self, path: str | bytes, label: str = "", *, want_verity: bool = False,
+                 want_xattrs: bool = True):
         p = os.fsdecode(path)
         if not os.path.isabs(p):
             raise LayerError(f"layer path is not absolute: {p!r}")
         self.path = p
         self.label = label or p
         self.want_verity = want_verity
+        self.want_xattrs = want_xattrs
         try:
             self._root = os.open(p, _O_PATH_DIR)
         except FileNotFoundError:
@@ -256,6 +258,9 @@ class DiskLayer(Layer):
         self._scans: OrderedDict[Path, dict[bytes, Node]] = OrderedDict()
         self._max_fds = 64
         self._max_scans = 4
+        self._nodes: OrderedDict[Path, Node | None] = OrderedDict()
+        self._max_nodes = 4096
+        self._root_node: Node | None = None
 
     # -- descriptors
     def _dirfd(self, path: Path) -> int | None:
@@ -292,7 +297,7 @@ class DiskLayer(Layer):
                 target = os.readlink(name, dir_fd=dirfd)[:4096]
             except OSError:
                 target = b""
-        xattrs = read_overlay_xattrs(dirfd, name)
+        xattrs = read_overlay_xattrs(dirfd, name) if self.want_xattrs else ()
         verity = None
         if kind == "file" and self.want_verity:
             verity = self._verity(dirfd, name)
@@ -324,14 +329,21 @@ class DiskLayer(Layer):
     # -- interface
     def node(self, path: Path) -> Node | None:
         if not path:
-            return self._node_root()
+            if self._root_node is None:
+                self._root_node = self._node_root()
+            return self._root_node
         cached = self._scans.get(path[:-1])
         if cached is not None:
             return cached.get(path[-1])
+        if path in self._nodes:
+            self._nodes.move_to_end(path)
+            return self._nodes[path]
         dirfd = self._dirfd(path[:-1])
-        if dirfd is None:
-            return None
-        return self._node_at(dirfd, path[-1])
+        n = None if dirfd is None else self._node_at(dirfd, path[-1])
+        self._nodes[path] = n
+        if len(self._nodes) > self._max_nodes:
+            self._nodes.popitem(last=False)
+        return n
 
     def _node_root(self) -> Node:
         st = os.stat(self._root)
@@ -403,6 +415,7 @@ class DiskLayer(Layer):
             os.close(fd)
         self._fds.clear()
         self._scans.clear()
+        self._nodes.clear()
         if self._root >= 0:
             os.close(self._root)
             self._root = -1

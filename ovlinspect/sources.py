@@ -13,14 +13,16 @@ class InputError(Exception):
     """Bad input: the message is one line for the user; the CLI exits 2."""
 
 
-def _disk(path: str, label: str, base: str | None = None, want_verity: bool = False) -> DiskLayer:
+def _disk(path: str, label: str, base: str | None = None, want_verity: bool = False,
+          data: bool = False) -> DiskLayer:
     p = path
     if not os.path.isabs(p):
         if base is None:
             raise InputError(f"layer path {p!r} is relative and cannot be resolved; give an absolute path")
         p = os.path.join(base, p)
     try:
-        return DiskLayer(p, label, want_verity=want_verity)
+        # the kernel ignores overlay xattrs on data-only layers: do not read them there
+        return DiskLayer(p, label, want_verity=want_verity, want_xattrs=not data)
     except LayerError as e:
         raise InputError(str(e)) from None
 
@@ -41,7 +43,7 @@ def stack_from_args(lowerdir: str, upperdir: str | None = None, workdir: str | N
     cwd = os.getcwd()
     verity = _verity_wanted(options)
     lowers = [_disk(p, os.path.basename(p.rstrip("/")) or p, cwd) for p in regular]
-    datas = [_disk(p, os.path.basename(p.rstrip("/")) or p, cwd, verity) for p in data]
+    datas = [_disk(p, os.path.basename(p.rstrip("/")) or p, cwd, verity, data=True) for p in data]
     upper = _disk(upperdir, "upper", cwd) if upperdir else None
     return Stack(lowers=lowers, data=datas, upper=upper,
                  workdir=os.path.abspath(workdir) if workdir else None,
@@ -77,7 +79,8 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
     opts = ",".join(k if v is None else f"{k}={v}" for k, v in entry.options)
     verity = _verity_wanted(opts)
     lowers = [_disk(root + p, os.path.basename(p.rstrip("/")) or p) for p in entry.lowers]
-    datas = [_disk(root + p, os.path.basename(p.rstrip("/")) or p, want_verity=verity) for p in entry.datas]
+    datas = [_disk(root + p, os.path.basename(p.rstrip("/")) or p, want_verity=verity, data=True)
+             for p in entry.datas]
     upper = _disk(root + entry.upperdir, "upper") if entry.upperdir else None
     return Stack(lowers=lowers, data=datas, upper=upper, workdir=entry.workdir, options=opts,
                  source=entry.mountpoint, mountpoint=entry.mountpoint)
