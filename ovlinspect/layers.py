@@ -210,9 +210,12 @@ def _measure_verity(fd: int) -> tuple[int, bytes] | None:
 
 def read_overlay_xattrs(dirfd: int, name: bytes) -> tuple[tuple[bytes, bytes], ...]:
     """Overlay xattrs of ``name`` in the directory ``dirfd``, never following a symlink."""
+    # For the directory itself (no name) the magic link /proc/self/fd/N must be followed: it
+    # leads to the descriptor already open, never elsewhere.  A named entry is never followed.
     where = b"/proc/self/fd/%d/%s" % (dirfd, name) if name else b"/proc/self/fd/%d" % dirfd
+    nofollow = bool(name)
     try:
-        names = _xattr.listxattr(where, symlink=True)
+        names = _xattr.listxattr(where, symlink=nofollow)
     except OSError as e:
         if e.errno in (_errno.ENOTSUP, _errno.ENODATA, _errno.ENOENT):
             return ()
@@ -223,7 +226,7 @@ def read_overlay_xattrs(dirfd: int, name: bytes) -> tuple[tuple[bytes, bytes], .
         if not bkey.startswith(OVERLAY_PREFIXES):
             continue
         try:
-            value = _xattr.getxattr(where, key, symlink=True)
+            value = _xattr.getxattr(where, key, symlink=nofollow)
         except OSError as e:
             if e.errno == _errno.ENODATA:
                 continue
