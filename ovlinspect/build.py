@@ -1,0 +1,259 @@
+"""Materialize a stack (memory or disk layers) as real directories, ready to mount.
+
+:func:`build_stack` writes every layer to ``dest/<index>-<name>`` (index in the order of the
+JSON contract: upper first, then the regular lowers top first, then the data-only layers),
+with directories, files (content, and sparse size by truncation), symlinks, 0/0 whiteouts and
+other device nodes, fifos, sockets, owners, permission bits and xattrs, plus ``dest/work``
+when there is an upper layer.  :class:`BuiltStack` then mounts the result with ``mount(2)`` or
+the new mount API (:mod:`ovlinspect.mountapi`).
+
+Creating ``trusted.*`` xattrs and device nodes needs root (CAP_SYS_ADMIN / CAP_MKNOD):
+:class:`BuildError` says so instead of failing half-way with a bare EPERM.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import re
+import stat as _stat
+from dataclasses import dataclass, field
+
+from .layers import Layer, MemoryLayer, Node, Path, iter_tree, join_path
+from .stack import Stack
+
+__all__ = ["BuildError", "BuiltStack", "build_stack", "split_options", "join_lowerdir"]
+
+#: Bytes copied from a disk layer's file; the rest of a larger file is left sparse.
+COPY_LIMIT = 1 << 20
+
+
+class BuildError(Exception):
+    """The stack cannot be materialized here (not root, destination not empty, ...)."""
+
+
+def _fallback_join_lowerdir(lowers: list[str], data: list[str]) -> str:
+    def esc(p: str) -> str:
+        return re.sub(r"([\\:,])", r"\\\1", p)
+
+    s = ":".join(esc(p) for p in lowers)
+    for d in data:
+        s += "::" + esc(d)
+    return s
+
+
+def join_lowerdir(lowers: list[str], data: list[str] = ()) -> str:  # type: ignore[assignment]
+    """The legacy ``lowerdir=`` value for these layers (the options module's, when present)."""
+    try:
+        from .options import join_lowerdir as _join  # type: ignore[attr-defined]
+    except ImportError:
+        return _fallback_join_lowerdir(list(lowers), list(data))
+    return _join(list(lowers), list(data))
+
+
+def split_options(options: str) -> list[tuple[str, str | None]]:
+    """``"a=b,c"`` as ``[("a", "b"), ("c", None)]``; a backslash escapes a comma."""
+    out: list[tuple[str, str | None]] = []
+    cur = []
+    items = []
+    i = 0
+    while i < len(options):
+        ch = options[i]
+        if ch == "\\" and i + 1 < len(options):
+            cur.append(options[i : i + 2])
+            i += 2
+            continue
+        if ch == ",":
+            items.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    items.append("".join(cur))
+    for item in items:
+        if not item:
+            continue
+        if "=" in item:
+            k, v = item.split("=", 1)
+            out.append((k, v))
+        else:
+            out.append((item, None))
+    return out
+
+
+@dataclass
+class BuiltStack:
+    """Directories of a materialized stack, and how to mount them."""
+
+    dest: str
+    #: (role, label, directory) in JSON-contract order: upper, lowers, data.
+    dirs: list[tuple[str, str, str]]
+    upper: str | None
+    lowers: list[str]
+    data: list[str]
+    workdir: str | None
+    options: str = ""
+    mounts: list[str] = field(default_factory=list)
+
+    def dir_of(self, label: str) -> str:
+        for _, name, d in self.dirs:
+            if name == label:
+                return d
+        raise KeyError(label)
+
+    @property
+    def layer_dirs(self) -> list[str]:
+        """Directories indexed like the ``layers`` list of ``explain --json``."""
+        return [d for _, _, d in self.dirs]
+
+    def lowerdir_string(self) -> str:
+        return join_lowerdir(self.lowers, self.data)
+
+    def mount(self, target: str, api: str = "legacy", options: str | None = None) -> None:
+        """Mount the stack at ``target``; raises ``mountapi.MountError`` when the kernel refuses."""
+        from . import mountapi
+
+        opts = self.options if options is None else options
+        if api == "legacy":
+            mountapi.mount_overlay_legacy(target, self.lowerdir_string(), self.upper, self.workdir, opts)
+        elif api == "fsconfig":
+            mountapi.mount_overlay_fsconfig(target, self.lowers, self.data, self.upper, self.workdir,
+                                            split_options(opts))
+        else:
+            raise ValueError(f"unknown mount api {api!r} (legacy or fsconfig)")
+        self.mounts.append(target)
+
+    def umount_all(self) -> None:
+        from . import mountapi
+
+        while self.mounts:
+            mountapi.umount(self.mounts.pop(), detach=True)
+
+
+def _safe_name(label: str, fallback: str) -> str:
+    name = os.path.basename(label.rstrip("/")) if "/" in label else label
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", name)[:64]
+    return name or fallback
+
+
+def _needs_root(stack: Stack) -> str | None:
+    for _, layer in stack.layers:
+        for path, node in _entries(layer):
+            for name, _ in node.xattrs:
+                if name.startswith(b"trusted."):
+                    return f"the trusted.* xattr {name.decode('utf-8', 'replace')} on {os.fsdecode(join_path(path))}"
+            if node.kind in ("chardev", "blockdev"):
+                return f"the device node {os.fsdecode(join_path(path))}"
+    return None
+
+
+def _entries(layer: Layer) -> list[tuple[Path, Node]]:
+    root = layer.node(())
+    return [((), root if root is not None else Node("dir", 0o755))] + list(iter_tree(layer))
+
+
+def build_stack(stack: Stack, dest: str) -> BuiltStack:
+    """Write every layer of ``stack`` below ``dest`` (created if missing, must be empty)."""
+    dest = os.path.abspath(dest)
+    if os.geteuid() != 0:
+        why = _needs_root(stack)
+        if why is not None:
+            raise BuildError(f"building this stack needs root: {why} cannot be created by uid {os.geteuid()}")
+    os.makedirs(dest, exist_ok=True)
+    if os.listdir(dest):
+        raise BuildError(f"destination is not empty: {dest}")
+    dirs: list[tuple[str, str, str]] = []
+    upper = None
+    lowers: list[str] = []
+    data: list[str] = []
+    for index, (role, layer) in enumerate(stack.layers):
+        name = _safe_name(layer.label, role)
+        d = os.path.join(dest, f"{index}-{name}")
+        os.mkdir(d, 0o755)
+        _write_layer(layer, d)
+        dirs.append((role, layer.label or name, d))
+        if role == "upper":
+            upper = d
+        elif role == "lower":
+            lowers.append(d)
+        else:
+            data.append(d)
+    workdir = None
+    if upper is not None:
+        workdir = os.path.join(dest, "work")
+        os.mkdir(workdir, 0o755)
+    return BuiltStack(dest, dirs, upper, lowers, data, workdir, stack.options)
+
+
+def _content(layer: Layer, path: Path, node: Node) -> bytes:
+    if isinstance(layer, MemoryLayer):
+        data = layer.contents.get(path)
+        return b"" if data is None else data[: node.size]
+    return layer.read(path, min(node.size, COPY_LIMIT))
+
+
+def _write_layer(layer: Layer, root: str) -> None:
+    dirs_to_finish: list[tuple[bytes, Node]] = []
+    broot = os.fsencode(root)
+    for path, node in _entries(layer):
+        where = broot + join_path(path) if path else broot
+        try:
+            _create(layer, path, node, where)
+        except PermissionError as e:
+            raise BuildError(
+                f"cannot create {os.fsdecode(where)} ({node.kind}): {e.strerror}"
+                + ("; this needs root" if os.geteuid() != 0 else "")
+            ) from None
+        if node.kind == "dir":
+            dirs_to_finish.append((where, node))
+    # Directory modes last (deepest first), so a read-only directory can still be filled.
+    for where, node in reversed(dirs_to_finish):
+        os.chmod(where, node.mode)
+
+
+def _create(layer: Layer, path: Path, node: Node, where: bytes) -> None:
+    kind = node.kind
+    if kind == "dir":
+        if path:
+            os.mkdir(where, 0o700)
+    elif kind == "file":
+        fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            data = _content(layer, path, node)
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.ftruncate(fd, node.size)
+        finally:
+            os.close(fd)
+    elif kind == "symlink":
+        os.symlink(node.target or b"", where)
+    elif kind in ("chardev", "blockdev"):
+        fmt = _stat.S_IFCHR if kind == "chardev" else _stat.S_IFBLK
+        os.mknod(where, fmt | 0o600, os.makedev(*node.rdev))
+    elif kind == "fifo":
+        os.mkfifo(where, 0o600)
+    elif kind == "socket":
+        os.mknod(where, _stat.S_IFSOCK | 0o600)
+    else:
+        raise BuildError(f"unknown entry kind {kind!r} at {os.fsdecode(where)}")
+    for name, value in node.xattrs:
+        try:
+            os.setxattr(where, name, value, follow_symlinks=False)
+        except OSError as e:
+            hint = ""
+            if e.errno == _errno.EPERM and name.startswith(b"trusted."):
+                hint = " (trusted.* xattrs need root)"
+            elif e.errno == _errno.EPERM and name.startswith(b"user.") and kind != "file" and kind != "dir":
+                hint = " (user.* xattrs are only allowed on regular files and directories)"
+            raise BuildError(
+                f"cannot set xattr {name.decode('utf-8', 'replace')} on {os.fsdecode(where)}: {e.strerror}{hint}"
+            ) from None
+    try:
+        os.chown(where, node.uid, node.gid, follow_symlinks=False)
+    except PermissionError:
+        if os.geteuid() == 0:
+            raise
+    if kind not in ("symlink", "dir"):
+        os.chmod(where, node.mode)

@@ -1,0 +1,179 @@
+"""Random stacks, the kernel as judge (property-based, seeded and derandomized).
+
+Small name alphabet (a, b, 1e, foo), depth up to 3, an upper layer or not, 1-3 regular lowers
+and 0-2 data-only layers, every entry kind (dir, file, symlink, 0/0 whiteout, xattr whiteout,
+fifo) and random overlay xattrs (opaque y/x/z, redirects absolute/relative/invalid, metacopy
+empty/short/header/digest, whiteout, under trusted.overlay., user.overlay. and the escaped
+trusted.overlay.overlay.) with random option sets.  Every case is built on a fresh tmpfs,
+mounted, observed and compared field by field with the engine's prediction.  Mounts the kernel
+refuses are compared too: the engine must predict that the mount fails, with the same errno.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harness import (
+    Case,
+    case_toml,
+    format_disagreements,
+    paths_of_case,
+    private_tmpfs,
+    prediction_disagreements,
+    refresh_stale,
+    run_kernel,
+)
+
+pytestmark = pytest.mark.kernel
+
+NAMES = ["a", "b", "1e", "foo"]
+PREFIXES = ["trusted.overlay.", "trusted.overlay.", "trusted.overlay.", "user.overlay.", "trusted.overlay.overlay."]
+SHA256_36 = "00240001" + "cd" * 32
+
+rel_path = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map(lambda parts: "/" + "/".join(parts))
+
+
+@st.composite
+def redirect_value(draw) -> str:
+    kind = draw(st.sampled_from(["abs", "abs", "abs", "rel", "rel", "invalid"]))
+    if kind == "abs":
+        return draw(rel_path)
+    if kind == "rel":
+        return draw(st.sampled_from(NAMES))
+    return draw(st.sampled_from(["a/b", "//a", "/a/", "", "/../a"]))
+
+
+@st.composite
+def entry(draw, role: str) -> dict:
+    path = draw(rel_path)
+    kinds = ["dir", "file", "file", "symlink", "whiteout", "xwhiteout", "fifo", "metacopy", "metacopy"]
+    if role == "data":
+        kinds = ["file", "file", "file", "dir", "symlink", "whiteout", "metacopy"]
+    kind = draw(st.sampled_from(kinds))
+    prefix = draw(st.sampled_from(PREFIXES))
+    x: dict[str, str] = {}
+    xh: dict[str, str] = {}
+    e: dict = {"path": path}
+    if kind == "dir":
+        e["type"] = "dir"
+        if draw(st.booleans()):
+            x[prefix + "opaque"] = draw(st.sampled_from(["y", "y", "x", "z"]))
+        if draw(st.integers(0, 3)) == 0:
+            x[prefix + "redirect"] = draw(redirect_value())
+    elif kind == "file":
+        e["type"] = "file"
+        e["size"] = draw(st.sampled_from([None, 0, 18]))
+        if e["size"] is None:
+            del e["size"]
+        if draw(st.integers(0, 5)) == 0:
+            x[prefix + "redirect"] = draw(redirect_value())
+    elif kind == "metacopy":
+        e["type"] = "file"
+        e["size"] = draw(st.sampled_from([18, 18, 5, 0]))
+        mcv = draw(st.sampled_from(["empty", "empty", "short", "header", "digest"]))
+        if mcv == "empty":
+            x[prefix + "metacopy"] = ""
+        else:
+            xh[prefix + "metacopy"] = {"short": "0000", "header": "00040000", "digest": SHA256_36}[mcv]
+        if draw(st.integers(0, 4)) != 0:
+            x[prefix + "redirect"] = draw(redirect_value())
+    elif kind == "symlink":
+        e["type"] = "symlink"
+        e["target"] = draw(st.sampled_from(["a", "../b", "1e/foo", "foo"]))
+    elif kind == "whiteout":
+        e["type"] = "whiteout"
+    elif kind == "xwhiteout":
+        e["type"] = "file"
+        e["size"] = draw(st.sampled_from([0, 0, 0, 7]))
+        x[prefix + "whiteout"] = ""
+    else:
+        e["type"] = "fifo"
+    if prefix.startswith("user.") and e["type"] not in ("file", "dir"):
+        x = {}  # user.* xattrs exist only on regular files and directories
+        xh = {}
+    if x:
+        e["xattrs"] = x
+    if xh:
+        e["xattrs_hex"] = xh
+    return e
+
+
+def _consistent(entries: list[dict]) -> list[dict]:
+    """Drop entries that would need a non-directory as a parent (first one wins)."""
+    kinds: dict[str, str] = {}
+    out = []
+    for e in entries:
+        p = e["path"]
+        parts = p.strip("/").split("/")
+        ancestors = ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
+        if p in kinds:
+            continue
+        if any(kinds.get(a, "dir") != "dir" for a in ancestors):
+            continue
+        if e["type"] != "dir" and any(k.startswith(p + "/") for k in kinds):
+            continue
+        for a in ancestors:
+            kinds.setdefault(a, "dir")
+        kinds[p] = e["type"]
+        out.append(e)
+    return out
+
+
+@st.composite
+def layer_entries(draw, role: str) -> list[dict]:
+    return _consistent(draw(st.lists(entry(role), min_size=0, max_size=6)))
+
+
+@st.composite
+def options(draw) -> str:
+    opts = []
+    mc = draw(st.sampled_from([None, None, "on", "off"]))
+    if mc:
+        opts.append(f"metacopy={mc}")
+    rd = draw(st.sampled_from([None, None, None, "on", "follow", "nofollow", "off"]))
+    if rd:
+        opts.append(f"redirect_dir={rd}")
+    if draw(st.integers(0, 5)) == 0:
+        opts.append("userxattr")
+    vr = draw(st.sampled_from([None, None, None, None, "off", "on", "require"]))
+    if vr:
+        opts.append(f"verity={vr}")
+    return ",".join(opts)
+
+
+@st.composite
+def random_case(draw) -> Case:
+    layers = []
+    if draw(st.booleans()):
+        layers.append(("upper", "U", draw(layer_entries("upper"))))
+    for name in ["A", "B", "D"][: draw(st.integers(1, 3))]:
+        layers.append(("lower", name, draw(layer_entries("lower"))))
+    for name in ["C", "E"][: draw(st.integers(0, 2))]:
+        layers.append(("data", name, draw(layer_entries("data"))))
+    case = Case("random", layers, draw(options()))
+    return case
+
+
+def run_random(case: Case, api: str = "legacy"):
+    """(result, disagreements) for one random case on a fresh private tmpfs."""
+    with private_tmpfs() as tmp:
+        res = run_kernel(case, tmp, api)
+        if res.unavailable:
+            return res, None
+        refresh_stale(res, api)
+        return res, prediction_disagreements(res)
+
+
+@settings(max_examples=int(os.environ.get("OVLK_EXAMPLES", "60")), derandomize=True, deadline=None,
+          database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=random_case(), api=st.sampled_from(["legacy", "legacy", "fsconfig"]))
+def test_random_stack(case: Case, api: str, kernel_ready) -> None:
+    res, dis = run_random(case, api)
+    if dis is None:
+        pytest.skip(res.unavailable)
+    assert not dis, format_disagreements(f"a random stack ({api}, -o {case.options or '(defaults)'})", dis,
+                                         case_toml(case))
