@@ -281,8 +281,9 @@ def cmd_demo(ns: argparse.Namespace) -> int:
         from .sources import demo_stack
 
         for name in demo_names():
-            desc = demo_stack(name).description.strip().splitlines()
-            print(f"{name:<20} {desc[0] if desc else ''}")
+            desc = " ".join(demo_stack(name).description.split())
+            first = desc.split(": ")[0].split(". ")[0]
+            print(f"{name:<16} {first[:100]}")
         return 0
     name = ns.name or "seed"
     from .sources import demo_stack

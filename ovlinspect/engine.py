@@ -754,6 +754,17 @@ class Engine:
                     [self.json_index(res.data.layer), self.json_index(ref.layer)]))
                 res.trace.append(f"! shadowing: {self.where(ref)} also holds this path, but the "
                                  "regular layers are searched first")
+        if (res.upper is not None and res.metacopy and res.data is not None and res.data.layer != 0
+                and res.data.path != res.path):
+            other = self.resolve(res.data.path)
+            if other.errno is None and other.metadata == res.data:
+                res.findings.append(Finding(
+                    "inode-alias", here,
+                    f"{show(here)} and {show_path(res.data.path)} both resolve to the lower inode "
+                    f"{self.where(res.data)}; on a fresh mount the one looked up second fails "
+                    "with ESTALE (\"overlayfs: failed to get inode (-116)\"); this prediction "
+                    "assumes this path is looked up first",
+                    [self.json_index(res.data.layer)]))
         if res.data is not None and res.metacopy and res.open_errno is None:
             dnode = self.layer(res.data.layer).node(res.data.path)
             if dnode is not None and res.size is not None and dnode.size != res.size:

@@ -114,12 +114,6 @@ RULES: dict[str, Rule] = {
             "remove the stray redirect xattr",
         ),
         Rule(
-            "lookup-error",
-            "error",
-            "lookup fails for a reason the kernel reports",
-            "see the kernel log line",
-        ),
-        Rule(
             "mount-refused",
             "error",
             "the kernel refuses to mount this stack",

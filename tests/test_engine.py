@@ -146,3 +146,17 @@ def test_check_walks_everything():
     found = {(f.rule, f.path) for f in e.check()}
     assert ("shadowed-lowerdata", b"/foo") in found
     assert ("shadowing-hazard", b"/1e") in found
+
+
+def test_inode_alias_after_rename():
+    up = layer("U", {"/foo": ("file", {T + b"metacopy": b"", T + b"redirect": b"/bar"}, {"size": 3})})
+    a = layer("A", {"/bar": b"A:bar"})
+    e = engine([a], upper=up, options="metacopy=on")
+    r = e.explain("/foo")
+    assert r.errno is None and e.to_json(r)["data"] == {"layer": 1, "path": "/bar"}
+    assert "inode-alias" in rules(r)
+    # the safe shape: a whiteout at the redirect source hides the alias
+    up2 = layer("U", {"/foo": ("file", {T + b"metacopy": b"", T + b"redirect": b"/bar"}, {"size": 3}),
+                      "/bar": "wh"})
+    e2 = engine([a], upper=up2, options="metacopy=on")
+    assert "inode-alias" not in rules(e2.explain("/foo"))
