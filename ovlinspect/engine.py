@@ -129,6 +129,8 @@ class Resolution:
     metacopy_size: int = 0
     redirect: bytes | None = None
     whiteout: Ref | None = None
+    #: overlay inodes of this directory and its ancestors: hash key (the first lower) -> upper
+    inode_keys: dict | None = None
     _entries: list[bytes] | None = None
     _hidden: dict[bytes, str] | None = None
 
@@ -222,6 +224,7 @@ class Engine:
         node = self.layer(top.layer).node(())
         self._fill_attrs(res, node)
         res.metadata = top
+        res.inode_keys = {}
         res.trace.append(f"root: merged directory of {self._stack_text(res)}")
         # opaque=x on a lower root (not the lowest) enables xattr whiteouts there
         for ref in self.root_lowers[:-1]:
@@ -443,6 +446,7 @@ class Engine:
         self._fill_attrs(res, node)
         res.metadata = top
         res.metacopy_size = metacopy_size
+        self._inode_alias(parent, res, stack)
         if d.is_dir:
             real = node
             res.merge = (upper_path is not None and bool(stack)) or len(stack) > 1 or (
@@ -470,6 +474,33 @@ class Engine:
                 t.append(f"data: {self.where(res.data)}")
         if res.open_errno is None and self.options.verity != "off" and res.metacopy:
             self._verity(res)
+
+    def _inode_alias(self, parent: Resolution, res: Resolution, stack: list[Ref]) -> None:
+        """Overlay inodes with a lower are hashed by their first lower inode (``ovl_get_inode``).
+
+        A directory whose first lower is already the inode of one of its ancestors, with a
+        different upper, fails ``ovl_verify_inode``: ESTALE.  With the same (no) upper it would
+        share the ancestor's inode, and the dentry alias would make a loop: ELOOP.
+        """
+        keys = dict(parent.inode_keys or {})
+        if stack and res.kind == "dir":
+            key = stack[0]
+            if key in keys:
+                other_upper = keys[key]
+                if res.upper is not None and other_upper != res.upper:
+                    raise LookupFailed(
+                        "ESTALE", "overlayfs: failed to get inode (-116)",
+                        f"this directory's first lower {self.where(key)} is already the inode "
+                        "of an ancestor with another upper directory (inode aliasing)",
+                        "inode-alias", [key.layer])
+                if res.upper is None and other_upper is None:
+                    raise LookupFailed(
+                        "ELOOP", None,
+                        f"this directory would share the inode of its ancestor ({self.where(key)}): "
+                        "the directory alias would make a loop", "inode-alias", [key.layer])
+            keys[key] = res.upper
+        if res.kind == "dir":
+            res.inode_keys = keys
 
     def _lookup_layer(self, li: int, base: Path, d: _LookupData, res: Resolution) -> Path | None:
         """One layer: one step for a relative name, a walk from the root for an absolute one."""
