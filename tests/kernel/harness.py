@@ -306,19 +306,22 @@ def _listxattr_at(pfd: int, name: str) -> list[str]:
 
 
 def observe(mountpoint: str, paths: list[str]) -> dict[str, Observation]:
-    """What the kernel shows for each path; lookups in the given order, listings afterwards.
+    """What the kernel shows for each path, in the given order.
 
     Paths are resolved inside the mount as inside a root (``openat2`` with RESOLVE_IN_ROOT),
     so a symlink in the middle of a path stays in the merged tree.  Only reads: ``lstat``,
-    ``readlink``, ``open(O_RDONLY)`` + ``read`` and ``readdir``.  Listings come last because
-    reading a merged directory can look its entries up.
+    ``readlink``, ``open(O_RDONLY)`` + ``read`` and ``readdir``.  A directory is listed right
+    after its ``lstat``, as ``ls -l`` would: with paths ordered parents first (as
+    :func:`paths_of_case` orders them), every directory is listed before any of its entries
+    is looked up.  The order matters: a merged directory listed after a lookup of one of its
+    entries failed hides that entry, and inode aliasing makes the second of two aliases fail
+    with ESTALE (see :func:`refresh_stale`).
     """
     out: dict[str, Observation] = {}
     rootfd = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for p in paths:
-            out[p] = _observe_one(rootfd, p)
-        for p, o in out.items():
+            o = out[p] = _observe_one(rootfd, p)
             if o.type == "dir":
                 try:
                     fd = openat2_in_root(rootfd, p, os.O_RDONLY | os.O_DIRECTORY)

@@ -44,7 +44,7 @@ def redirect_value(draw) -> str:
         return draw(rel_path)
     if kind == "rel":
         return draw(st.sampled_from(NAMES))
-    return draw(st.sampled_from(["a/b", "//a", "/a/", "", "/../a"]))
+    return draw(st.sampled_from(["a/b", "//a", "/a/", "", "/../a", "..", ".", "/./a", "/a/../b"]))
 
 
 @st.composite

@@ -319,6 +319,22 @@ case("kinds-fifo-symlink-upper-over-lower",
       ("lower", "B", [])], "",
      {"/p": {"type": "fifo"}, "/s": {"type": "symlink", "target": "../t"}, "/dd": {"type": "dir"}})
 
+# Redirects with a "." or ".." component: the kernel's per-layer lookup of such a name fails
+# with EACCES, which aborts the whole lookup (found by the random test).
+for _where, _layers in (
+    ("upper-dir", lambda r: [("upper", "U", [rdir("/d", r)]), ("lower", "A", [f("/a/x")]), ("lower", "B", [])]),
+    ("lower-dir", lambda r: [("lower", "A", [rdir("/d", r)]), ("lower", "B", [f("/a/x")])]),
+):
+    for _r in ("/../a", "..", ".", "/./a"):
+        case(f"dot-redirect-{_where}-{_r}", _layers(_r), "", {"/d": lookup_err("EACCES")}, paths=["/", "/d", "/a"])
+case("dot-redirect-metacopy-into-lower", [("lower", "A", [mc("/d", "/../a")]), ("lower", "B", [f("/a", size=18)])],
+     ON, {"/d": lookup_err("EACCES")}, paths=["/", "/d", "/a"])
+
+#: Engine disagreements reported to the lead and not fixed yet: case-name prefix -> reason.
+KNOWN_ENGINE_BUGS = {
+    "dot-redirect-": "engine: a redirect with a '.' or '..' component must fail the lookup with EACCES",
+}
+
 _ids = [c.name for c in CASES]
 assert len(set(_ids)) == len(_ids), "duplicate case names"
 
@@ -340,7 +356,14 @@ def test_table(case: Case, api: str, tmpfs: str) -> None:
         pytest.skip(res.unavailable)
     refresh_stale(res, api)
     dis = prediction_disagreements(res)
+    _known(case, dis)
     assert not dis, format_disagreements(f"{case.name} ({api})", dis, case_toml(case))
+
+
+def _known(case: Case, dis) -> None:
+    for prefix, reason in KNOWN_ENGINE_BUGS.items():
+        if dis and case.name.startswith(prefix):
+            pytest.xfail(reason)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.mount_errno is None], ids=[c.name for c in CASES if c.mount_errno is None])
@@ -352,4 +375,5 @@ def test_table_live(case: Case, tmpfs: str) -> None:
     except PredictionUnavailable as e:
         pytest.skip(str(e))
     dis = compare(res.obs, pred, aliased=res.aliased)
+    _known(case, dis)
     assert not dis, format_disagreements(f"{case.name} (live)", dis, case_toml(case))
