@@ -536,6 +536,10 @@ class Engine:
         is_upper = li == 0
         p = base + (name,)
         where = self.where(Ref(li, p))
+        if name in (b"", b".", b".."):
+            # lookup_one() refuses these names outright
+            raise LookupFailed("EACCES", None, f"{self.label(li)}: the name {show(name)!r} cannot be "
+                               "looked up in a layer (a redirect led here)", "invalid-redirect", [li])
         node = layer.node(p)
         if node is None:
             t.append(f"{where}: absent")
