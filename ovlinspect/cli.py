@@ -91,8 +91,9 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
             raise InputError("name a stack: a mountpoint, demo:NAME, a stack file, or --lowerdir")
         stack = load_target(positional[0], ns.pid, ns.layer_root)
         rest = positional[1:]
-        if ns.options:
+        if ns.options:  # what-if: the mount's options with these on top, as typed
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
+            stack.effective = None
     return stack, rest
 
 

@@ -152,6 +152,8 @@ class Engine:
         self.klayers: list[Layer | None] = [stack.upper] + list(stack.lowers) + list(stack.data)
         self.nlower = len(stack.lowers)
         self.ndata = len(stack.data)
+        if options is None and stack.effective is not None:
+            options = stack.effective  # type: ignore[assignment]
         if options is None:
             defaults = (ModuleDefaults.from_mapping(stack.params) if stack.params is not None
                         else ModuleDefaults.read())

@@ -82,8 +82,12 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
     datas = [_disk(root + p, os.path.basename(p.rstrip("/")) or p, want_verity=verity, data=True)
              for p in entry.datas]
     upper = _disk(root + entry.upperdir, "upper") if entry.upperdir else None
+    from .options import ModuleDefaults, options_from_shown
+
+    effective = options_from_shown(entry.options, has_upper=upper is not None,
+                                   defaults=ModuleDefaults.read())
     return Stack(lowers=lowers, data=datas, upper=upper, workdir=entry.workdir, options=opts,
-                 source=entry.mountpoint, mountpoint=entry.mountpoint)
+                 source=entry.mountpoint, mountpoint=entry.mountpoint, effective=effective)
 
 
 def demo_names() -> list[str]:

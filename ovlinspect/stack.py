@@ -30,6 +30,9 @@ class Stack:
     params: dict[str, str] | None = None
     #: The mountpoint when the stack is a live mount.
     mountpoint: str | None = None
+    #: Effective options already known (a live mount's, read back from mountinfo); when None
+    #: the engine computes them from ``options`` as the kernel would at mount time.
+    effective: object | None = None
 
     @property
     def layers(self) -> list[tuple[str, Layer]]:
