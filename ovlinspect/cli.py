@@ -21,7 +21,7 @@ COMMANDS = ("explain", "check", "mounts", "demo", "export", "build", "rules")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
-        raise InputError(f"{self.prog}: {message}")
+        raise InputError(message if self.prog == "ovlinspect" else f"{self.prog.split()[-1]}: {message}")
 
 
 def _stack_args(p: argparse.ArgumentParser) -> None:
@@ -60,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("dest")
     b.add_argument("--mount", metavar="MOUNTPOINT", nargs="?", const="", default=None)
     sub.add_parser("rules", help="list the diagnostics")
+    _SUBPARSERS.clear()
+    _SUBPARSERS.update(sub.choices)
     return p
+
+
+_SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
 
 
 # ---------------------------------------------------------------------------- loading
@@ -340,7 +345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise InputError(f"unknown command {argv[0]!r}; try `ovlinspect --help`")
             return _interactive(load_target(argv[0]))
         parser = build_parser()
-        ns = parser.parse_args(argv)
+        if argv and argv[0] in COMMANDS:
+            # options may come between the TARGET and the PATHs
+            ns = _SUBPARSERS[argv[0]].parse_intermixed_args(argv[1:])
+            ns.command = argv[0]
+        else:
+            ns = parser.parse_args(argv)
         if ns.command is None:
             parser.print_help()
             return 0

@@ -1,0 +1,132 @@
+"""The command line: output contracts, exit statuses, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from ovlinspect.cli import main
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_explain_json_contract(capsys):
+    rc, out, err = run(capsys, "explain", "--json", "demo:seed", "/foo", "/", "/nope")
+    assert rc == 0 and err == ""
+    doc = json.loads(out)
+    assert doc["version"] == 1
+    assert [l["role"] for l in doc["layers"]] == ["lower", "lower", "data"]
+    assert doc["options"] == {"metacopy": True, "redirect_dir": "on", "userxattr": False, "verity": "off"}
+    assert doc["mount_errno"] is None
+    foo, root, nope = doc["paths"]
+    assert foo["errno"] is None and foo["type"] == "file" and foo["size"] == 18 and foo["mode"] == 0o644
+    assert foo["metadata"] == {"layer": 0, "path": "/foo"}
+    assert foo["data"] == {"layer": 1, "path": "/1e/abcdef"}
+    assert foo["open_errno"] is None and foo["entries"] is None
+    assert "shadowed-lowerdata" in {f["rule"] for f in foo["findings"]}
+    assert all(set(f) >= {"rule", "severity", "message"} for f in foo["findings"])
+    assert root["type"] == "dir" and root["entries"] == ["1e", "bar", "etc", "foo"]
+    assert nope["errno"] == "ENOENT" and nope["type"] is None and nope["metadata"] is None
+
+
+def test_explain_eio_has_kernel_log(capsys):
+    rc, out, _ = run(capsys, "explain", "--json", "demo:seed-eio", "/foo")
+    p = json.loads(out)["paths"][0]
+    assert p["errno"] == "EIO"
+    assert p["kernel_log"] == "overlayfs: metacopy with no lower data found - abort lookup (/foo)"
+    assert p["size"] is None and p["data"] is None
+
+
+def test_explain_text(capsys):
+    rc, out, _ = run(capsys, "explain", "demo:missing-object", "/usr/lib/libgone.so")
+    assert rc == 0
+    assert "open      fails: ENOENT" in out
+    assert "lazy lowerdata lookup failed (lib/libgone.so, err=-2)" in out
+
+
+def test_check_exit_status(capsys):
+    assert run(capsys, "check", "demo:seed")[0] == 1
+    rc, out, _ = run(capsys, "check", "--json", "demo:namespaces")
+    assert rc == 0  # warnings only
+    doc = json.loads(out)
+    assert doc["summary"]["error"] == 0 and doc["summary"]["warning"] == 2
+
+
+def test_what_if_options_on_a_target(capsys):
+    rc, out, _ = run(capsys, "explain", "--json", "demo:seed", "-o", "metacopy=off", "/foo")
+    assert json.loads(out)["paths"][0]["errno"] == "EPERM"
+
+
+def test_mount_conflict_is_predicted(capsys):
+    rc, out, _ = run(capsys, "explain", "--json", "demo:seed", "-o", "redirect_dir=nofollow", "/foo")
+    doc = json.loads(out)
+    assert rc == 0 and doc["mount_errno"] == "EINVAL" and doc["paths"] == []
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["explain", "--lowerdir", "/does/not/exist:/tmp", "/x"], "does not exist"),
+    (["explain", "--lowerdir", "a:::b", "/x"], "lowerdir"),
+    (["explain", "--lowerdir", "/tmp:/", "-o", "bogus", "/x"], "bogus"),
+    (["explain", "--lowerdir", "/tmp:/", "-o", "metacopy=maybe", "/x"], "metacopy"),
+    (["check", "/proc"], "not on an overlay mount"),
+    (["check", "demo:nope"], "no demo named"),
+    (["explain", "demo:seed"], "PATH"),
+    (["check", "/no/such/path"], "no such file"),
+    (["frobnicate", "x"], "unknown command"),
+    (["explain", "--from-inspect", "/no/such.json", "/x"], "No such file"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, needle):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2
+    assert out == ""
+    assert err.count("\n") == 1 and needle.lower() in err.lower(), err
+
+
+def test_stack_file_target_and_export_round_trip(capsys, tmp_path):
+    rc, out, _ = run(capsys, "export", "demo:seed")
+    assert rc == 0
+    f = tmp_path / "seed.toml"
+    f.write_text(out)
+    rc, out2, _ = run(capsys, "explain", "--json", str(f), "/foo")
+    rc, out1, _ = run(capsys, "explain", "--json", "demo:seed", "/foo")
+    strip = lambda o: [{k: v for k, v in p.items()} for p in json.loads(o)["paths"]]  # noqa: E731
+    assert strip(out1) == strip(out2)
+
+
+def test_bad_stack_file(capsys, tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("version = 1\n[[layer]]\nrole = 'sideways'\n")
+    rc, out, err = run(capsys, "check", str(f))
+    assert rc == 2 and "sideways" in err and err.count("\n") == 1
+
+
+def test_from_inspect(capsys, tmp_path):
+    a, b, c = (tmp_path / x for x in "abc")
+    for d in (a, b, c):
+        d.mkdir()
+    (a / "f").write_text("a")
+    inspect = [{"Id": "abc123", "Name": "/web", "GraphDriver": {"Name": "overlay2", "Data": {
+        "LowerDir": f"{b}:{c}", "UpperDir": str(a), "WorkDir": str(tmp_path / "w"),
+        "MergedDir": str(tmp_path / "m")}}}]
+    j = tmp_path / "inspect.json"
+    j.write_text(json.dumps(inspect))
+    rc, out, err = run(capsys, "explain", "--json", "--from-inspect", str(j), "/f")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert [l["role"] for l in doc["layers"]] == ["upper", "lower", "lower"]
+    assert doc["paths"][0]["metadata"] == {"layer": 0, "path": "/f"}
+
+
+def test_hostile_names_are_shown_literally(capsys):
+    from memstack import engine, layer
+    from ovlinspect.cli import _describe
+
+    e = engine([layer("A", {b"/[red]x": b"1", b"/esc\x1b[31mred": b"2", b"/bad\xff": b"3"}), layer("B", {})])
+    out = "\n".join(_describe(e, e.explain("/")))
+    assert "[red]x" in out and "\x1b" not in out and "\\x1b[31mred" in out and "bad\\xff" in out
