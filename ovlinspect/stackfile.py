@@ -563,9 +563,13 @@ def _entry_lines(layer: Layer, path: Path, node: Node) -> list[str]:
     if node.gid:
         lines.append(f"gid = {node.gid}")
     text_x, hex_x = [], []
+    # The loader reads xattrs before xattrs_hex: keep the order by writing everything in hex
+    # once a text-safe xattr follows one that needs hex.
+    textual = [_utf8(n) is not None and _text_ok(v) is not None for n, v in node.xattrs]
+    all_hex = any(not a and b for i, a in enumerate(textual) for b in textual[i + 1:])
     for name, value in node.xattrs:
         n = _utf8(name)
-        v = _text_ok(value)
+        v = None if all_hex else _text_ok(value)
         if n is not None and v is not None:
             text_x.append(f"{_toml_str(n)} = {_toml_str(v)}")
         else:

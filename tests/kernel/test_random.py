@@ -19,10 +19,13 @@ from hypothesis import strategies as st
 
 from harness import (
     Case,
+    PredictionUnavailable,
     case_toml,
+    compare,
     format_disagreements,
     paths_of_case,
     private_tmpfs,
+    predict_live,
     prediction_disagreements,
     refresh_stale,
     run_kernel,
@@ -158,22 +161,57 @@ def random_case(draw) -> Case:
     return case
 
 
-def run_random(case: Case, api: str = "legacy"):
-    """(result, disagreements) for one random case on a fresh private tmpfs."""
+def run_random(case: Case, api: str = "legacy", live: bool = False):
+    """(result, disagreements) for one random case on a fresh private tmpfs.
+
+    With ``live``, the mounted overlay is also explained as a live TARGET and compared; its
+    disagreements are labelled "(live)"; PredictionUnavailable propagates when the CLI
+    cannot take a live TARGET.
+    """
     with private_tmpfs() as tmp:
         res = run_kernel(case, tmp, api)
         if res.unavailable:
             return res, None
         refresh_stale(res, api)
-        return res, prediction_disagreements(res)
+        dis = prediction_disagreements(res)
+        if live and res.mount_errno is None:
+            pred = predict_live(res.target, res.paths)
+            for x in compare(res.obs, pred, aliased=res.aliased):
+                x.field = f"{x.field} (live)"
+                dis.append(x)
+        return res, dis
+
+
+_LIVE: list[bool] = []
+
+
+def _live_supported() -> bool:
+    """Whether ``explain --json MOUNTPOINT`` works (checked once on a tiny mount)."""
+    if not _LIVE:
+        case = Case("probe", [("lower", "A", [{"path": "/a", "type": "file"}]), ("lower", "B", [])])
+        try:
+            run_random(case, live=True)
+            _LIVE.append(True)
+        except PredictionUnavailable:
+            _LIVE.append(False)
+    return _LIVE[0]
 
 
 @settings(max_examples=int(os.environ.get("OVLK_EXAMPLES", "60")), derandomize=True, deadline=None,
           database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(case=random_case(), api=st.sampled_from(["legacy", "legacy", "fsconfig"]))
 def test_random_stack(case: Case, api: str, kernel_ready) -> None:
-    res, dis = run_random(case, api)
+    try:
+        res, dis = run_random(case, api, live=_live_supported())
+    except PredictionUnavailable as e:
+        pytest.skip(str(e))
     if dis is None:
         pytest.skip(res.unavailable)
     assert not dis, format_disagreements(f"a random stack ({api}, -o {case.options or '(defaults)'})", dis,
                                          case_toml(case))
+
+
+def test_live_target_supported(kernel_ready) -> None:
+    """The random stacks are also compared as live mounts, when the CLI takes a TARGET."""
+    if not _live_supported():
+        pytest.skip("live TARGET not supported yet")
