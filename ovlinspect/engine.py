@@ -165,6 +165,9 @@ class Engine:
         self.check_redirect = options.redirect_follow or self.ndata > 0
         self.root_lowers: list[Ref] = [Ref(i, ()) for i in range(1, self.nlower + 1)]
         self._cache: OrderedDict[Path, Resolution] = OrderedDict()
+        #: build the step-by-step trace (off while walking a whole stack for check)
+        self.tracing = True
+        self._labels = [self._make_label(k) for k in range(len(self.klayers))]
         self._root = self._make_root()
 
     # ------------------------------------------------------------------ layer numbering
@@ -189,6 +192,9 @@ class Engine:
         return layer
 
     def label(self, klayer: int) -> str:
+        return self._labels[klayer]
+
+    def _make_label(self, klayer: int) -> str:
         layer = self.klayers[klayer]
         name = layer.label if layer is not None and layer.label else ""
         return f"{self.role(klayer)} {self.json_index(klayer)}" + (f" ({name})" if name else "")
@@ -227,7 +233,8 @@ class Engine:
         self._fill_attrs(res, node)
         res.metadata = top
         res.inode_keys = {}
-        res.trace.append(f"root: merged directory of {self._stack_text(res)}")
+        if self.tracing:
+            res.trace.append(f"root: merged directory of {self._stack_text(res)}")
         # opaque=x on a lower root (not the lowest) enables xattr whiteouts there
         for ref in self.root_lowers[:-1]:
             n = self.layer(ref.layer).node(())
@@ -282,7 +289,8 @@ class Engine:
                 return self._through_symlink(comps, i, child, hops)
             if child.kind != "dir":
                 res = Resolution(path=comps, errno="ENOTDIR")
-                res.trace.append(f"{show_path(sub)} is a {child.kind}, not a directory: ENOTDIR")
+                if self.tracing:
+                    res.trace.append(f"{show_path(sub)} is a {child.kind}, not a directory: ENOTDIR")
                 return res
             cur = child
         return cur
@@ -297,7 +305,8 @@ class Engine:
     def _through_symlink(self, comps: Path, i: int, link: Resolution, hops: int) -> Resolution:
         if hops >= MAX_SYMLINK_HOPS:
             res = Resolution(path=comps, errno="ELOOP")
-            res.trace.append("too many levels of symbolic links: ELOOP")
+            if self.tracing:
+                res.trace.append("too many levels of symbolic links: ELOOP")
             return res
         target = link.target or b""
         base = () if target.startswith(b"/") else comps[:i]
@@ -325,7 +334,8 @@ class Engine:
             res.errno = e.errno
             if e.log:
                 res.kernel_log.append(e.log)
-            t.append(f"=> {e.why}: {e.errno}")
+            if self.tracing:
+                t.append(f"=> {e.why}: {e.errno}")
             if e.rule:
                 res.findings.append(Finding(e.rule, b"/" + b"/".join(path), e.why,
                                             [self.json_index(x) for x in e.layers]))
@@ -370,11 +380,13 @@ class Engine:
                 d.upperredirect = d.redirect
                 if d.redirect.startswith(b"/"):
                     poe = roe
-                    t.append(f"upper redirect {show(d.redirect)!r} is absolute: the lower lookup "
-                             "starts again from the layer roots")
+                    if self.tracing:
+                        t.append(f"upper redirect {show(d.redirect)!r} is absolute: the lower lookup "
+                                 "starts again from the layer roots")
             res.opaque = d.opaque
         if d.stop and parent.lowers and poe:
-            t.append("the lower layers are not looked at")
+            if self.tracing:
+                t.append("the lower layers are not looked at")
         stack: list[Ref] = []
         i = 0
         while not d.stop and i < len(poe):
@@ -392,7 +404,8 @@ class Engine:
             if upper_path is None and not d.is_dir and not stack and d.metacopy:
                 metacopy_size = d.metacopy
             if d.metacopy and stack:
-                t.append(f"{self.where(ref)}: intermediate metacopy, not kept in the stack")
+                if self.tracing:
+                    t.append(f"{self.where(ref)}: intermediate metacopy, not kept in the stack")
             else:
                 stack.append(ref)
             if d.stop:
@@ -400,16 +413,18 @@ class Engine:
             if d.redirect is not None and d.redirect.startswith(b"/") and poe is not roe:
                 poe = roe
                 i = lower.layer - 1
-                t.append("absolute redirect: continuing from the root stack below "
-                         f"{self.label(lower.layer)}")
+                if self.tracing:
+                    t.append("absolute redirect: continuing from the root stack below "
+                             f"{self.label(lower.layer)}")
             i += 1
 
         deferred: bytes | None = None
         if d.metacopy and stack and self.ndata and d.absolute_redirect:
             d.metacopy = 0
             deferred = d.redirect
-            t.append(f"metacopy with absolute redirect {show(deferred)!r} and no data found in the "
-                     "regular layers: data lookup deferred to open, in the data-only layers")
+            if self.tracing:
+                t.append(f"metacopy with absolute redirect {show(deferred)!r} and no data found in the "
+                         "regular layers: data lookup deferred to open, in the data-only layers")
         else:
             self._check_follow(d, path)
 
@@ -434,9 +449,11 @@ class Engine:
         if upper_path is None and not stack:
             res.errno = "ENOENT"
             if res.whiteout is not None:
-                t.append(f"=> hidden by the whiteout in {self.where(res.whiteout)}: ENOENT")
+                if self.tracing:
+                    t.append(f"=> hidden by the whiteout in {self.where(res.whiteout)}: ENOENT")
             else:
-                t.append("=> in no layer: ENOENT")
+                if self.tracing:
+                    t.append("=> in no layer: ENOENT")
             return
 
         # positive: build the inode
@@ -454,15 +471,17 @@ class Engine:
             res.merge = (upper_path is not None and bool(stack)) or len(stack) > 1 or (
                 real is not None and self._x(real, b"origin") is not None)
             res.redirect = d.upperredirect or d.redirect
-            t.append(("merged" if res.merge else "non-merged (readdir passes through)")
-                     + f" directory: {self._stack_text(res)}")
+            if self.tracing:
+                t.append(("merged" if res.merge else "non-merged (readdir passes through)")
+                         + f" directory: {self._stack_text(res)}")
             return
         if res.kind != "file":
             return
         res.redirect = d.redirect
         if upper_path is not None and not uppermetacopy:
             res.data = Ref(0, upper_path)
-            t.append(f"data: {self.where(res.data)} (upper file, not a metacopy)")
+            if self.tracing:
+                t.append(f"data: {self.where(res.data)} (upper file, not a metacopy)")
             return
         res.metacopy = uppermetacopy or len(stack) > 1 or deferred is not None
         if deferred is not None:
@@ -471,9 +490,11 @@ class Engine:
         else:
             res.data = stack[-1]
             if res.data != res.metadata:
-                t.append(f"data: {self.where(res.data)} (below the metacopy)")
+                if self.tracing:
+                    t.append(f"data: {self.where(res.data)} (below the metacopy)")
             else:
-                t.append(f"data: {self.where(res.data)}")
+                if self.tracing:
+                    t.append(f"data: {self.where(res.data)}")
         if res.open_errno is None and self.options.verity != "off" and res.metacopy:
             self._verity(res)
 
@@ -508,7 +529,8 @@ class Engine:
         """One layer: one step for a relative name, a walk from the root for an absolute one."""
         if not d.name.startswith(b"/"):
             return self._single(li, base, d, d.name, 0, b"", res)
-        res.trace.append(f"{self.label(li)}: walking {show(d.name)!r} from the layer root")
+        if self.tracing:
+            res.trace.append(f"{self.label(li)}: walking {show(d.name)!r} from the layer root")
         rem = len(d.name) - 1
         cur: Path | None = base
         found: Path | None = None
@@ -537,68 +559,80 @@ class Engine:
         last_element = not post
         is_upper = li == 0
         p = base + (name,)
-        where = self.where(Ref(li, p))
+        where = self.where(Ref(li, p)) if self.tracing else ""
         if name in (b"", b".", b".."):
             # lookup_one() refuses these names outright
             raise LookupFailed("EACCES", None, f"{self.label(li)}: the name {show(name)!r} cannot be "
                                "looked up in a layer (a redirect led here)", "invalid-redirect", [li])
         node = layer.node(p)
         if node is None:
-            t.append(f"{where}: absent")
+            if self.tracing:
+                t.append(f"{where}: absent")
             return None
         if self.is_whiteout(node):
             d.stop = d.opaque = True
             kind = "0/0 whiteout" if node.is_whiteout_dev else "xattr whiteout"
-            t.append(f"{where}: {kind}; lower layers are hidden")
+            if self.tracing:
+                t.append(f"{where}: {kind}; lower layers are hidden")
             if last_element:
                 res.whiteout = Ref(li, p)
             return None
         if last_element and d.metacopy and not node.is_reg:
             d.stop = True
-            t.append(f"{where}: {node.kind}, but a metacopy above needs a regular file; stop")
+            if self.tracing:
+                t.append(f"{where}: {node.kind}, but a metacopy above needs a regular file; stop")
             return None
         if not node.is_dir:
             if d.is_dir or not last_element:
                 d.stop = True
-                t.append(f"{where}: {node.kind}, " + (
-                    "hides the directories below" if d.is_dir else "not a directory; the walk stops"))
+                if self.tracing:
+                    t.append(f"{where}: {node.kind}, " + (
+                        "hides the directories below" if d.is_dir else "not a directory; the walk stops"))
                 return None
             mc = self._metacopy_size(li, p, node)
             d.metacopy = mc
             d.stop = not mc
             if not mc:
                 if node.is_reg and self._x(node, b"redirect") is not None:
-                    t.append(f"{where}: regular file (its redirect xattr is ignored: not a metacopy)")
+                    if self.tracing:
+                        t.append(f"{where}: regular file (its redirect xattr is ignored: not a metacopy)")
                     res.findings.append(Finding(
                         "redirect-ignored", b"/" + b"/".join(res.path),
-                        f"{where} carries a redirect xattr but no metacopy xattr; the kernel "
+                        f"{self.where(Ref(li, p))} carries a redirect xattr but no metacopy xattr; the kernel "
                         "serves the file itself", [self.json_index(li)]))
                 else:
-                    t.append(f"{where}: {node.kind}" + (f", {node.size} bytes" if node.is_reg else ""))
+                    if self.tracing:
+                        t.append(f"{where}: {node.kind}" + (f", {node.size} bytes" if node.is_reg else ""))
                 return p
             if d.last:
-                t.append(f"{where}: metacopy file (bottom layer: redirect not read)")
+                if self.tracing:
+                    t.append(f"{where}: metacopy file (bottom layer: redirect not read)")
                 return p
-            t.append(f"{where}: metacopy file ({node.size} bytes)")
+            if self.tracing:
+                t.append(f"{where}: metacopy file ({node.size} bytes)")
         else:
             if last_element:
                 d.is_dir = True
             if d.last:
-                t.append(f"{where}: directory (bottom layer: opaque and redirect not read)")
+                if self.tracing:
+                    t.append(f"{where}: directory (bottom layer: opaque and redirect not read)")
                 return p
             val = self.opaque_value(node)
             if last_element and not is_upper and val == b"x":
                 d.xwhiteouts = True
-                t.append(f"{where}: directory with opaque=x (holds xattr whiteouts; not opaque)")
+                if self.tracing:
+                    t.append(f"{where}: directory with opaque=x (holds xattr whiteouts; not opaque)")
             elif val == b"y":
                 d.stop = True
                 if last_element:
                     d.opaque = True
-                t.append(f"{where}: opaque directory; lower layers are hidden" + (
-                    "" if last_element else " (the walk goes on in this layer)"))
+                if self.tracing:
+                    t.append(f"{where}: opaque directory; lower layers are hidden" + (
+                        "" if last_element else " (the walk goes on in this layer)"))
                 return p
             else:
-                t.append(f"{where}: directory")
+                if self.tracing:
+                    t.append(f"{where}: directory")
         self._check_redirect(li, p, node, d, prelen, post, res)
         return p
 
@@ -610,8 +644,9 @@ class Engine:
         value = self._x(node, b"redirect")
         if value is None:
             if d.cleared_by == Ref(li, p):
-                res.trace.append(f"  {self.where(Ref(li, p))} has no redirect: the absolute redirect "
-                                 "no longer counts (data-only layers will not be searched)")
+                if self.tracing:
+                    res.trace.append(f"  {self.where(Ref(li, p))} has no redirect: the absolute redirect "
+                                     "no longer counts (data-only layers will not be searched)")
             return
         buf = value.split(b"\0", 1)[0]
         if not self._valid_redirect(value, buf):
@@ -625,10 +660,12 @@ class Engine:
             d.cleared_by = None
             new = buf + post
             d.abs_redirect_value = new
-            res.trace.append(f"  absolute redirect {show(buf)!r}: now looking for {show(new)!r}")
+            if self.tracing:
+                res.trace.append(f"  absolute redirect {show(buf)!r}: now looking for {show(new)!r}")
         else:
             new = d.name[:prelen] + buf + post
-            res.trace.append(f"  relative redirect {show(buf)!r}: now looking for {show(new)!r}")
+            if self.tracing:
+                res.trace.append(f"  relative redirect {show(buf)!r}: now looking for {show(new)!r}")
         d.redirect = new
         d.name = new
 
@@ -662,7 +699,8 @@ class Engine:
         err = "ENOENT"
         for li in range(self.nlower + 1, self.nlower + self.ndata + 1):
             ref, err, why = self._data_walk(li, redirect)
-            trace.append(f"{self.label(li)}: {why}")
+            if self.tracing:
+                trace.append(f"{self.label(li)}: {why}")
             if ref is not None:
                 return ref, "", trace
         return None, err, trace
@@ -700,20 +738,24 @@ class Engine:
 
     def _lazy_data(self, res: Resolution, redirect: bytes) -> None:
         ref, err, trace = self.data_lookup(redirect)
-        res.trace.append(f"at open: lazy lookup of {show(redirect)!r} in the data-only layers")
-        res.trace += ["  " + x for x in trace]
+        if self.tracing:
+            res.trace.append(f"at open: lazy lookup of {show(redirect)!r} in the data-only layers")
+        if self.tracing:
+            res.trace += ["  " + x for x in trace]
         if ref is None:
             res.open_errno = err
             code = getattr(_errno, err, 0)
             res.open_log.append(f"overlayfs: lazy lowerdata lookup failed ({pd2(res.path)}, err=-{code})")
-            res.trace.append(f"=> open fails: {err} (lstat still succeeds)")
+            if self.tracing:
+                res.trace.append(f"=> open fails: {err} (lstat still succeeds)")
             res.findings.append(Finding(
                 "lowerdata-missing", b"/" + b"/".join(res.path),
                 f"open fails with {err}: {show(redirect)!r} is not a regular file in any data-only "
                 "layer", [self.json_index(r.layer) for r in res.lowers[:1]]))
         else:
             res.data = ref
-            res.trace.append(f"data: {self.where(ref)}")
+            if self.tracing:
+                res.trace.append(f"data: {self.where(ref)}")
 
     def _verity(self, res: Resolution) -> None:
         """fs-verity validation at open (``ovl_maybe_validate_verity``)."""
@@ -727,7 +769,8 @@ class Engine:
             res.open_errno = errno
             res.open_log.append(log)
             res.data = None
-            res.trace.append(f"=> open fails: {why}: {errno}")
+            if self.tracing:
+                res.trace.append(f"=> open fails: {why}: {errno}")
             res.findings.append(Finding(rule, b"/" + b"/".join(res.path), why,
                                         [self.json_index(meta.layer)]))
 
@@ -789,8 +832,9 @@ class Engine:
                     f"{self.where(res.data)} intercepts the redirect {show(res.redirect)!r}: read() "
                     f"returns its bytes, not those of {self.where(ref)}",
                     [self.json_index(res.data.layer), self.json_index(ref.layer)]))
-                res.trace.append(f"! shadowing: {self.where(ref)} also holds this path, but the "
-                                 "regular layers are searched first")
+                if self.tracing:
+                    res.trace.append(f"! shadowing: {self.where(ref)} also holds this path, but the "
+                                     "regular layers are searched first")
         if (res.upper is not None and res.metacopy and res.data is not None and res.data.layer != 0
                 and res.data.path != res.path):
             other = self.resolve(res.data.path)
@@ -915,6 +959,13 @@ class Engine:
 
         Each layer directory is read once; only the current branch is held in memory.
         """
+        if self.tracing:
+            # a quiet twin on the same layers: no traces, and no shared caches with
+            # interactive resolution that may run on another thread meanwhile
+            quiet = Engine(self.stack, options=self.options, kernel=self.kernel)
+            quiet.tracing = False
+            yield from quiet.walk(progress, cancel)
+            return
         count = 0
         stack: list[Resolution] = [self._root]
         yield self._root

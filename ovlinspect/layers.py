@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import threading
 import stat as _stat
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -257,6 +258,8 @@ class DiskLayer(Layer):
             raise LayerError(f"layer directory is not readable: {p}") from None
         except OSError as e:
             raise LayerError(f"cannot open layer {p}: {e.strerror}") from None
+        # one lock: descriptors are cached and evicted, and the UI reads from several threads
+        self._lock = threading.RLock()
         self._fds: OrderedDict[Path, int] = OrderedDict()
         self._scans: OrderedDict[Path, dict[bytes, Node]] = OrderedDict()
         self._max_fds = 64
@@ -330,7 +333,7 @@ class DiskLayer(Layer):
             os.close(fd)
 
     # -- interface
-    def node(self, path: Path) -> Node | None:
+    def _node(self, path: Path) -> Node | None:
         if not path:
             if self._root_node is None:
                 self._root_node = self._node_root()
@@ -353,7 +356,7 @@ class DiskLayer(Layer):
         return Node("dir", _stat.S_IMODE(st.st_mode), st.st_size, st.st_uid, st.st_gid,
                     xattrs=read_overlay_xattrs(self._root, b""))
 
-    def listdir(self, path: Path) -> list[bytes]:
+    def _listdir(self, path: Path) -> list[bytes]:
         dirfd = self._dirfd(path)
         if dirfd is None:
             return []
@@ -366,7 +369,7 @@ class DiskLayer(Layer):
         finally:
             os.close(fd)
 
-    def scan(self, path: Path) -> dict[bytes, Node]:
+    def _scan(self, path: Path) -> dict[bytes, Node]:
         cached = self._scans.get(path)
         if cached is not None:
             return cached
@@ -395,7 +398,7 @@ class DiskLayer(Layer):
             self._scans.popitem(last=False)
         return result
 
-    def read(self, path: Path, limit: int = 4096) -> bytes:
+    def _read(self, path: Path, limit: int = 4096) -> bytes:
         if not path:
             return b""
         dirfd = self._dirfd(path[:-1])
@@ -413,7 +416,27 @@ class DiskLayer(Layer):
         finally:
             os.close(fd)
 
+    def node(self, path: Path) -> Node | None:
+        with self._lock:
+            return self._node(path)
+
+    def listdir(self, path: Path) -> list[bytes]:
+        with self._lock:
+            return self._listdir(path)
+
+    def scan(self, path: Path) -> dict[bytes, Node]:
+        with self._lock:
+            return self._scan(path)
+
+    def read(self, path: Path, limit: int = 4096) -> bytes:
+        with self._lock:
+            return self._read(path, limit)
+
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
@@ -425,7 +448,7 @@ class DiskLayer(Layer):
 
     def __del__(self) -> None:
         try:
-            self.close()
+            self._close()
         except Exception:
             pass
 
