@@ -160,3 +160,87 @@ def test_inode_alias_after_rename():
                       "/bar": "wh"})
     e2 = engine([a], upper=up2, options="metacopy=on")
     assert "inode-alias" not in rules(e2.explain("/foo"))
+
+
+# ---------------------------------------------------------------- one test per remaining rule
+
+
+def test_rule_redirect_refused():
+    a = layer("A", {"/newdir": ("dir", {T + b"redirect": b"/old/dir"})})
+    b = layer("B", {"/old/dir/b": b"b"})
+    assert engine([a, b]).resolve("/newdir").errno is None  # lower-only: follow becomes on
+    up = layer("U", {"/newdir": ("dir", {T + b"redirect": b"/old/dir"})})
+    e = engine([b], upper=up, options="redirect_dir=nofollow")
+    r = e.explain("/newdir")
+    assert r.errno == "EPERM" and "redirect-refused" in rules(r)
+    assert r.kernel_log == ["overlayfs: refusing to follow redirect for (/newdir)"]
+
+
+def test_rule_metacopy_without_data():
+    a = layer("A", {"/foo": metacopy(None)})
+    b = layer("B", {})
+    r = engine([a, b], options="metacopy=on").explain("/foo")
+    assert r.errno == "EIO" and "metacopy-without-data" in rules(r)
+
+
+def test_rule_metacopy_invalid_too_small():
+    a = layer("A", {"/foo": metacopy(value=b"\0\0")})
+    r = engine([a], [layer("C", {"/1e/abcdef": DATA})]).explain("/foo")
+    assert r.errno == "EIO" and "metacopy-invalid" in rules(r)
+    assert r.kernel_log == ["overlayfs: metacopy file 'foo' has too small xattr"]
+
+
+def test_rule_metacopy_size_mismatch():
+    a = layer("A", {"/foo": metacopy(size=100)})
+    r = engine([a], [layer("C", {"/1e/abcdef": DATA})]).explain("/foo")
+    assert r.size == 100 and "metacopy-size-mismatch" in rules(r)
+
+
+SHA = bytes([0, 36, 0, 1]) + b"\xcd" * 32
+
+
+def test_rule_verity_failure_no_digest_on_data():
+    a = layer("A", {"/foo": metacopy(value=SHA)})
+    c = layer("C", {"/1e/abcdef": DATA})
+    r = engine([a], [c], options="verity=on").explain("/foo")
+    assert r.errno is None and r.open_errno == "EIO" and "verity-failure" in rules(r)
+    assert r.open_log == ["overlayfs: lower file 'abcdef' has no fs-verity digest"]
+    assert engine([a], [c], options="verity=off").resolve("/foo").open_errno is None
+
+
+def test_rule_verity_require_without_digest():
+    a = layer("A", {"/foo": metacopy()})
+    c = layer("C", {"/1e/abcdef": DATA})
+    r = engine([a], [c], options="verity=require").explain("/foo")
+    assert r.open_errno == "EIO"
+    assert r.open_log == ["overlayfs: metacopy file 'foo' has no digest specified"]
+
+
+def test_verity_matching_digest_opens():
+    from ovlinspect.layers import Node
+    a = layer("A", {"/foo": metacopy(value=SHA)})
+    c = layer("C", {})
+    c.add((b"1e", b"abcdef"), Node("file", 0o644, 18, verity=(1, b"\xcd" * 32)), DATA)
+    assert engine([a], [c], options="verity=on").resolve("/foo").open_errno is None
+
+
+def test_rule_redirect_ignored():
+    a = layer("A", {"/foo": ("file", {T + b"redirect": b"/x"}, {"size": 3, "content": b"abc"})})
+    r = engine([a], [layer("C", {"/x": b"x"})]).explain("/foo")
+    assert r.errno is None and r.data.layer == 1 and "redirect-ignored" in rules(r)
+
+
+def test_rule_mount_refused():
+    e = engine([layer("A", {})], options="")  # one lower layer and no upper
+    assert e.mount_errno == "EINVAL"
+    assert [f.rule for f in e.check()] == ["mount-refused"]
+
+
+def test_every_rule_has_a_test():
+    import pathlib
+
+    from ovlinspect.rules import RULES
+
+    here = pathlib.Path(__file__).read_text()
+    for rule in RULES:
+        assert f'"{rule}"' in here, rule
