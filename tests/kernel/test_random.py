@@ -38,6 +38,8 @@ PREFIXES = ["trusted.overlay.", "trusted.overlay.", "trusted.overlay.", "user.ov
 SHA256_36 = "00240001" + "cd" * 32
 
 rel_path = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map(lambda parts: "/" + "/".join(parts))
+#: Overlay xattrs put where they mean nothing (opaque on a file, metacopy on a directory, ...).
+NOISE = ["opaque", "metacopy", "redirect", "whiteout", "origin", "impure"]
 
 
 @st.composite
@@ -52,7 +54,7 @@ def redirect_value(draw) -> str:
 
 @st.composite
 def entry(draw, role: str) -> dict:
-    path = draw(rel_path)
+    path = "/" if role != "data" and draw(st.integers(0, 12)) == 0 else draw(rel_path)
     kinds = ["dir", "file", "file", "symlink", "whiteout", "xwhiteout", "fifo", "metacopy", "metacopy"]
     if role == "data":
         kinds = ["file", "file", "file", "dir", "symlink", "whiteout", "metacopy"]
@@ -86,7 +88,7 @@ def entry(draw, role: str) -> dict:
             x[prefix + "redirect"] = draw(redirect_value())
     elif kind == "symlink":
         e["type"] = "symlink"
-        e["target"] = draw(st.sampled_from(["a", "../b", "1e/foo", "foo"]))
+        e["target"] = draw(st.sampled_from(["a", "../b", "1e/foo", "foo", "/a/b", "."]))
     elif kind == "whiteout":
         e["type"] = "whiteout"
     elif kind == "xwhiteout":
@@ -95,6 +97,14 @@ def entry(draw, role: str) -> dict:
         x[prefix + "whiteout"] = ""
     else:
         e["type"] = "fifo"
+    if path == "/":
+        e = {"path": "/", "type": "dir"}
+        if draw(st.booleans()):
+            x = {prefix + "opaque": draw(st.sampled_from(["y", "x"]))}
+    if draw(st.integers(0, 7)) == 0 and not xh:
+        x.setdefault(prefix + draw(st.sampled_from(NOISE)), draw(st.sampled_from(["", "y", "x", "/a"])))
+    if e["type"] in ("file", "dir", "fifo") and draw(st.integers(0, 5)) == 0:
+        e["mode"] = draw(st.sampled_from(["0700", "0000", "4755", "1777", "0640"]))
     if prefix.startswith("user.") and e["type"] not in ("file", "dir"):
         x = {}  # user.* xattrs exist only on regular files and directories
         xh = {}

@@ -330,9 +330,19 @@ for _where, _layers in (
 case("dot-redirect-metacopy-into-lower", [("lower", "A", [mc("/d", "/../a")]), ("lower", "B", [f("/a", size=18)])],
      ON, {"/d": lookup_err("EACCES")}, paths=["/", "/d", "/a"])
 
+# opaque=x on the lowest layer's root never enables xattr whiteouts in that layer, even when a
+# higher layer's root has opaque=x too (found by the random test).
+case("xwhiteout-lowest-root-x-with-top-root-x",
+     [("lower", "A", [opq("/", "x"), f("/a")]), ("lower", "B", [opq("/", "x"), xwh("/foo")])], "",
+     {"/": {"entries": ["a", "foo"]}, "/foo": lookup_err("ENOENT")})
+case("xwhiteout-middle-root-x",
+     [("lower", "A", [f("/a")]), ("lower", "B", [opq("/", "x"), xwh("/foo")]), ("lower", "D", [f("/d")])], "",
+     {"/": {"entries": ["a", "d"]}, "/foo": lookup_err("ENOENT")})
+
 #: Engine disagreements reported to the lead and not fixed yet: case-name prefix -> reason.
 KNOWN_ENGINE_BUGS = {
     "dot-redirect-": "engine: a redirect with a '.' or '..' component must fail the lookup with EACCES",
+    "xwhiteout-lowest-root-x": "engine: the lowest layer's root opaque=x never enables xattr whiteouts",
 }
 
 _ids = [c.name for c in CASES]
