@@ -387,3 +387,39 @@ def test_table_live(case: Case, tmpfs: str) -> None:
     dis = compare(res.obs, pred, aliased=res.aliased)
     _known(case, dis)
     assert not dis, format_disagreements(f"{case.name} (live)", dis, case_toml(case))
+
+
+@pytest.mark.parametrize("api", ["legacy", "fsconfig"])
+def test_layer_directories_with_separator_characters(api: str, tmpfs: str) -> None:
+    """Layer directories named with ':', ',' and '\\' go through lowerdir escaping both ways."""
+    import os
+
+    from harness import build, mount_errno, observe, paths_of_case, predict
+    from ovlinspect.build import BuiltStack
+
+    case = Case("separators", [("upper", "U", [f("/u"), wh("/gone")]), ("lower", "A", A_FOO + [f("/gone")]),
+                               ("lower", "B", [f("/b")]), ("data", "C", C_DATA)], ON)
+    built = build(case, os.path.join(tmpfs, "layers"))
+    renamed = []
+    for (role, label, path), new in zip(built.dirs, ["up,per", "lo:wer A", "back\\slash", "da::ta,C"]):
+        dest = os.path.join(os.path.dirname(path), new)
+        os.rename(path, dest)
+        renamed.append((role, label, dest))
+    b = BuiltStack(built.dest, renamed, renamed[0][2], [renamed[1][2], renamed[2][2]], [renamed[3][2]],
+                   built.workdir, built.options)
+    paths = paths_of_case(case)
+    pred = predict(b, paths)
+    target = os.path.join(tmpfs, "merged")
+    assert mount_errno(b, target, api) is None
+    obs = observe(target, paths)
+    assert obs["/foo"].data.startswith(b"C:/1e/abcdef")
+    assert [l["path"] for l in pred["layers"]] == b.layer_dirs
+    dis = compare(obs, pred, b.layer_dirs)
+    assert not dis, format_disagreements(f"separators ({api})", dis, case_toml(case))
+    try:
+        live = predict_live(target, paths)
+    except PredictionUnavailable as e:
+        pytest.skip(str(e))
+    assert [l["path"] for l in live["layers"]] == b.layer_dirs
+    dis = compare(obs, live)
+    assert not dis, format_disagreements(f"separators ({api}, live)", dis, case_toml(case))
