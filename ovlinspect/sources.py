@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 
-from .layers import DiskLayer, LayerError
+from .layers import DiskLayer, Layer, LayerError
 from .stack import Stack
 
 
@@ -14,12 +14,24 @@ class InputError(Exception):
 
 
 def _disk(path: str, label: str, base: str | None = None, want_verity: bool = False,
-          data: bool = False) -> DiskLayer:
+          data: bool = False) -> Layer:
+    """A layer directory, or a composefs dump file standing for one."""
     p = path
     if not os.path.isabs(p):
         if base is None:
             raise InputError(f"layer path {p!r} is relative and cannot be resolved; give an absolute path")
         p = os.path.join(base, p)
+    if os.path.isfile(p):  # a composefs dump file describes a layer
+        from .composefs import DumpError, load_dump
+
+        try:
+            layer = load_dump(p, label)
+            layer.path = p
+            return layer
+        except DumpError as e:
+            raise InputError(f"{p}: {e}") from None
+        except OSError as e:
+            raise InputError(f"{p}: {e.strerror}") from None
     try:
         # the kernel ignores overlay xattrs on data-only layers: do not read them there
         return DiskLayer(p, label, want_verity=want_verity, want_xattrs=not data)

@@ -130,3 +130,23 @@ def test_hostile_names_are_shown_literally(capsys):
     e = engine([layer("A", {b"/[red]x": b"1", b"/esc\x1b[31mred": b"2", b"/bad\xff": b"3"}), layer("B", {})])
     out = "\n".join(_describe(e, e.explain("/")))
     assert "[red]x" in out and "\x1b" not in out and "\\x1b[31mred" in out and "bad\\xff" in out
+
+
+def test_composefs_dump_as_a_layer(capsys, tmp_path):
+    objects = tmp_path / "objects" / "1e"
+    objects.mkdir(parents=True)
+    (objects / "abcdef").write_bytes(b"hello data from C\n")
+    dump = tmp_path / "image.dump"
+    dump.write_text("/ 0 40755 2 0 0 0 0.0 - - -\n"
+                    "/foo 18 100644 1 0 0 0 0.0 1e/abcdef - -\n"
+                    "/missing 5 100644 1 0 0 0 0.0 2f/0000 - -\n")
+    lowerdir = f"{dump}::{tmp_path / 'objects'}"
+    rc, out, _ = run(capsys, "explain", "--json", "--lowerdir", lowerdir, "/foo", "/missing", "/")
+    foo, missing, root = json.loads(out)["paths"]
+    assert foo["data"] == {"layer": 1, "path": "/1e/abcdef"}
+    assert missing["open_errno"] == "ENOENT"
+    assert root["entries"] == ["foo", "missing"]  # the image root's 256 whiteouts stay hidden
+    assert run(capsys, "check", "--lowerdir", lowerdir)[0] == 1
+    dump.write_text("/ 0 40755 2 0 0 0 0.0 - - -\n/a/b 1 100644 1 0 0 0 0.0 - - -\n")
+    rc, out, err = run(capsys, "check", "--lowerdir", lowerdir)
+    assert rc == 2 and "parent" in err and err.count("\n") == 1
