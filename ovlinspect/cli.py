@@ -156,6 +156,8 @@ def _describe(engine: Engine, res: Resolution) -> list[str]:
     logs = res.kernel_log + (res.open_log if not res.errno else [])
     for log in logs:
         lines.append(f"  dmesg     {log}")
+    lines.append("  layers")
+    lines += _layers_at(engine, res)
     lines.append("  why")
     lines += [f"    {n}. {step}" for n, step in enumerate(res.trace, 1)]
     if res.findings:
@@ -163,6 +165,34 @@ def _describe(engine: Engine, res: Resolution) -> list[str]:
         for f in res.findings:
             lines += ["  " + x for x in _finding_text(f)]
     return lines
+
+
+def _layers_at(engine: Engine, res: Resolution) -> list[str]:
+    """Each layer at this path, side by side: what it holds, its xattrs, its role."""
+    from .xattrs import decode_xattrs
+
+    rows = []
+    for li, path, node, role in engine.layer_view(res):
+        what = "-"
+        if node is not None:
+            what = node.kind
+            if node.kind == "file":
+                what += f" {node.size}B"
+            elif node.kind == "chardev":
+                what += f" {node.rdev[0]}:{node.rdev[1]}" + (" (whiteout)" if node.is_whiteout_dev else "")
+            elif node.kind == "symlink":
+                what += f" -> {show(node.target)}"
+            what += f" {node.mode:04o}"
+        rows.append((engine.label(li), show_path(path), what, role, node))
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    out = []
+    for label, path, what, role, node in rows:
+        out.append(f"    {label:<{w[0]}}  {path:<{w[1]}}  {what:<{w[2]}}  {role}")
+        if node is not None:
+            for x in decode_xattrs(node, engine.prefix):
+                note = f"  [{x.note}]" if x.note else ""
+                out.append(f"    {'':<{w[0]}}    {x.summary}{note}")
+    return out
 
 
 # ---------------------------------------------------------------------------- commands

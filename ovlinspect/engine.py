@@ -1060,6 +1060,8 @@ class Engine:
                     role = "intercepting"
             elif li in used:
                 role = "stack"
+            elif li > self.nlower and not (res.redirect and res.redirect.startswith(b"/")):
+                role = "data-only (never merged)"
             out.append((li, path, node, role))
         return out
 

@@ -1,0 +1,153 @@
+"""What each overlay xattr on a layer entry means to a given mount, decoded into plain data.
+
+The decoding follows the kernel's reading: the metacopy header (``struct ovl_metacopy``:
+version, len, flags, fs-verity algorithm, digest), redirects (used up to the first NUL,
+absolute or one relative name), ``opaque`` (``y`` opaque, ``x`` holds xattr whiteouts, any
+other value ignored), xattr whiteouts (only on zero-size regular files), and the attributes
+the mount ignores (the other namespace, or the escaped ``overlay.overlay.*`` form).  Text
+fields are already made safe for display (control bytes and invalid UTF-8 escaped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .layers import Node
+
+VERITY_ALGOS = {1: "sha256", 2: "sha512"}
+DIGEST_SIZES = {1: 32, 2: 64}
+METACOPY_MIN = 4
+METACOPY_MAX = 68
+
+
+def safe(b: bytes | None, limit: int | None = None) -> str:
+    """Bytes as display text: undecodable bytes as \\xNN, control characters escaped."""
+    if b is None:
+        return ""
+    cut = b[:limit] if limit is not None else b
+    text = cut.decode("utf-8", "backslashreplace")
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text + ("…" if limit is not None and len(b) > limit else "")
+
+
+@dataclass(frozen=True)
+class Metacopy:
+    """A decoded metacopy xattr."""
+
+    size: int
+    version: int = 0
+    length: int = METACOPY_MIN
+    flags: int = 0
+    algo: int = 0
+    digest: bytes = b""
+
+    @property
+    def problems(self) -> list[str]:
+        """What the kernel refuses: at lookup (too small) or at open with verity on."""
+        out = []
+        if 0 < self.size < METACOPY_MIN:
+            out.append(f"{self.size} bytes, less than 4: EIO at lookup")
+            return out
+        if self.size > METACOPY_MAX:
+            out.append(f"{self.size} bytes, more than 68: ERANGE at open with verity")
+        if self.size and self.version != 0:
+            out.append(f"version {self.version}, not 0: EIO at open with verity")
+        if self.size and self.length != self.size:
+            out.append(f"header len {self.length} but {self.size} bytes: EIO at open with verity")
+        want = DIGEST_SIZES.get(self.algo)
+        if self.algo and want is None:
+            out.append(f"unknown digest algorithm {self.algo}")
+        elif want is not None and len(self.digest) != want:
+            out.append(f"{len(self.digest)}-byte digest, {VERITY_ALGOS[self.algo]} has {want}")
+        return out
+
+    def summary(self) -> str:
+        if self.size == 0:
+            return "metacopy (empty: no digest)"
+        if self.size < METACOPY_MIN:
+            return f"metacopy ({self.size} bytes: too small)"
+        text = f"metacopy v{self.version} len {self.length} flags 0x{self.flags:02x}"
+        if self.algo:
+            text += f" {VERITY_ALGOS.get(self.algo, f'algo {self.algo}')} {self.digest.hex()}"
+        else:
+            text += " no digest"
+        return text
+
+
+def decode_metacopy(value: bytes) -> Metacopy:
+    if len(value) < METACOPY_MIN:
+        return Metacopy(size=len(value))
+    return Metacopy(size=len(value), version=value[0], length=value[1], flags=value[2],
+                    algo=value[3], digest=bytes(value[4:]))
+
+
+@dataclass(frozen=True)
+class OverlayXattr:
+    """One overlay xattr of a layer entry, as a given mount reads it."""
+
+    name: bytes
+    value: bytes
+    #: metacopy, redirect, opaque, whiteout, origin, impure, ... or "escaped" / "other-namespace"
+    key: str
+    #: whether the mount acts on it
+    active: bool
+    #: one line, safe for display
+    summary: str
+    #: why the kernel refuses or ignores it, if it does
+    note: str = ""
+    metacopy: Metacopy | None = None
+    #: a redirect as the kernel uses it (up to the first NUL)
+    redirect: bytes | None = None
+
+
+def decode_xattrs(node: Node, prefix: bytes) -> list[OverlayXattr]:
+    """Every overlay xattr of ``node``; ``prefix`` is the namespace the mount reads."""
+    out: list[OverlayXattr] = []
+    for name, value in node.xattrs:
+        if name.startswith(prefix + b"overlay"):
+            out.append(OverlayXattr(name, value, "escaped", False,
+                                    f"{safe(name)}={safe(value, 60)}",
+                                    "escaped: meant for a nested overlay, ignored by this one"))
+            continue
+        if not name.startswith(prefix):
+            out.append(OverlayXattr(name, value, "other-namespace", False,
+                                    f"{safe(name)}={safe(value, 60)}",
+                                    f"ignored: this mount reads {safe(prefix)}*"))
+            continue
+        key = safe(name[len(prefix):])
+        if key == "metacopy":
+            mc = decode_metacopy(value)
+            note = "; ".join(mc.problems)
+            if not node.is_reg:
+                note = "ignored: not a regular file"
+            out.append(OverlayXattr(name, value, key, node.is_reg, mc.summary(), note, metacopy=mc))
+        elif key == "redirect":
+            used = value.split(b"\0", 1)[0]
+            kind = "absolute" if used.startswith(b"/") else "relative"
+            valid = bool(value) and (all(used.split(b"/")[1:]) if used.startswith(b"/") else b"/" not in used)
+            note = "" if valid else "invalid: EINVAL at lookup"
+            if node.is_reg and valid and node.xattr(prefix + b"metacopy") is None:
+                note = "ignored: the file is not a metacopy"
+            out.append(OverlayXattr(name, value, key, valid, f"redirect → {safe(used)} ({kind})",
+                                    note, redirect=used))
+        elif key == "opaque":
+            if value == b"y":
+                out.append(OverlayXattr(name, value, key, node.is_dir, "opaque=y: hides the lower layers"))
+            elif value == b"x":
+                out.append(OverlayXattr(name, value, key, node.is_dir,
+                                        "opaque=x: holds xattr whiteouts (not opaque)",
+                                        "honoured on lower layers only"))
+            else:
+                out.append(OverlayXattr(name, value, key, False, f"opaque={safe(value, 20)}",
+                                        "ignored: only y and x mean something"))
+        elif key == "whiteout":
+            ok = node.is_reg and node.size == 0
+            out.append(OverlayXattr(name, value, key, ok, "xattr whiteout",
+                                    "" if ok else "ignored: not a zero-size regular file"))
+        elif key in ("origin", "upper"):
+            out.append(OverlayXattr(name, value, key, True,
+                                    f"{key}: file handle {value[:16].hex()}" + ("…" if len(value) > 16 else "")))
+        else:
+            out.append(OverlayXattr(name, value, key, True, f"{key}={safe(value, 60)}"))
+    return out
