@@ -1,0 +1,624 @@
+"""The interactive view: ``ovlinspect /mnt/merged``, ``ovlinspect demo [NAME]``.
+
+Layout: the stack header on top; the merged tree on the left; on the right the layer columns for
+the selected path and the explanation; along the bottom the problems (filled by a background
+scan), search and what-if tabs.  The app gets a ready :class:`~ovlinspect.engine.Engine`; every
+slow operation runs in a worker thread with its own engine (see :mod:`.session`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Footer, Input, TabbedContent, TabPane, Tree
+from textual.worker import get_current_worker
+
+from ..engine import Engine, Resolution
+from ..layers import Path, split_path
+from ..options import OptionError
+from ..rules import RULES, Finding
+from .commands import OvlCommands
+from .details import Explanation, LayerColumns, Selection, explanation, raw_explanation
+from .header import StackHeader
+from .merged_tree import SEVERITY_RANK, Entry, MergedTree
+from .palette import LayerPalette
+from .panels import PathList, SearchPanel, WhatIfPanel
+from .problems import ProblemsPanel, ProblemTree
+from .render import esc_str, path_text
+from .screens import HelpScreen, PreviewScreen, WhatIfScreen
+from .session import (
+    WHATIF_CHOICES,
+    Change,
+    EngineClone,
+    Lister,
+    current_choices,
+    diff_outcomes,
+    union_walk,
+    whatif_options,
+)
+
+#: How long after start a first error found by the scan is selected by itself.
+AUTO_JUMP_WINDOW = 1.5
+#: Seconds between progress messages from a worker.
+BATCH_SECONDS = 0.1
+
+
+# ------------------------------------------------------------------------------ messages
+
+
+@dataclass
+class ScanUpdate(Message):
+    gen: int
+    findings: list[Finding]
+    scanned: int
+    done: bool = False
+    elapsed: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class SearchUpdate(Message):
+    gen: int
+    paths: list[Path]
+    scanned: int
+    done: bool = False
+
+
+@dataclass
+class WhatIfUpdate(Message):
+    gen: int
+    changes: list[Change] = field(default_factory=list)
+    scanned: int = 0
+    done: bool = False
+    error: str | None = None
+
+
+# ------------------------------------------------------------------------------ the app
+
+
+class OvlInspectApp(App[int]):
+    """ovlinspect's interactive view of one stack."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "ovlinspect"
+    COMMANDS = App.COMMANDS | {OvlCommands}
+
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark,f1", "help", "Help", key_display="?"),
+        Binding("slash", "search", "Search", key_display="/"),
+        Binding("h", "toggle_hidden", "Hidden"),
+        Binding("r", "follow_redirect", "Redirect"),
+        Binding("p", "preview", "Preview"),
+        Binding("w", "whatif", "What-if"),
+        Binding("n", "next_problem", "Next problem"),
+        Binding("N", "prev_problem", "Prev problem", show=False),
+        Binding("M", "whatif_toggle('metacopy')", "metacopy", show=False),
+        Binding("R", "whatif_toggle('redirect_dir')", "redirect_dir", show=False),
+        Binding("U", "whatif_toggle('userxattr')", "userxattr", show=False),
+        Binding("V", "whatif_toggle('verity')", "verity", show=False),
+        Binding("W", "reset_whatif", "Real options", show=False),
+        Binding("z", "maximize_panel", "Zoom", show=False),
+        Binding("escape", "escape", "Back", show=False),
+    ]
+
+    def __init__(self, engine: Engine, *, auto_jump: bool = True, observe: bool = True) -> None:
+        super().__init__()
+        self.base = engine
+        self.engine = engine
+        self.palette = LayerPalette(engine)
+        self.lister = Lister(engine)
+        self.selection = Selection(())
+        self.res: Resolution | None = None
+        self.auto_jump = auto_jump
+        self.observe_live = observe
+        self.started = time.monotonic()
+        self.scan_gen = 0
+        self.search_gen = 0
+        self.whatif_gen = 0
+        self.findings_at: dict[Path, list[Finding]] = {}
+        self.problem_index = -1
+        self.theme = "textual-dark"
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        yield StackHeader(id="header")
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield MergedTree(self.lister, self.palette, id="tree")
+            with Vertical(id="right"):
+                yield LayerColumns(self.engine, self.palette, id="columns")
+                yield Explanation(id="explain")
+        with TabbedContent(id="bottom", initial="tab-problems"):
+            with TabPane("Problems", id="tab-problems"):
+                yield ProblemsPanel(self.palette, id="problems")
+            with TabPane("Search", id="tab-search"):
+                yield SearchPanel(id="search")
+            with TabPane("What-if", id="tab-whatif"):
+                yield WhatIfPanel(id="whatif")
+        yield Footer()
+
+    @property
+    def tree(self) -> MergedTree:
+        return self.query_one("#tree", MergedTree)
+
+    @property
+    def problems(self) -> ProblemsPanel:
+        return self.query_one("#problems", ProblemsPanel)
+
+    def on_mount(self) -> None:
+        self.query_one("#left").border_title = "merged tree"
+        self.query_one("#explain").border_title = "explanation"
+        self.query_one("#columns").border_title = "layers at this path"
+        self.query_one(StackHeader).show(self.engine, self.palette, self.base)
+        self.tree.focus()
+        self.select(Selection(()))
+        self.start_scan()
+
+    def on_unmount(self) -> None:
+        self.lister.close()
+
+    # ------------------------------------------------------------------ selection
+    def select(self, sel: Selection) -> None:
+        """Show ``sel`` in the layer columns and the explanation."""
+        self.selection = sel
+        columns = self.query_one(LayerColumns)
+        explain = self.query_one(Explanation)
+        if sel.raw:
+            assert sel.layer is not None
+            self.res = None
+            columns.show(self.engine, self.palette, sel, None)
+            explain.show_text(raw_explanation(self.engine, self.palette, sel.layer, sel.path))
+            return
+        res = self.engine.resolve(sel.path)
+        self.res = res
+        columns.show(self.engine, self.palette, sel, res)
+        explain.show_text(explanation(self.engine, self.palette, res, self.findings_at.get(sel.path, []),
+                                      self._observed(res), whatif=self.engine is not self.base))
+
+    def _observed(self, res: Resolution) -> tuple[str, list[str]] | None:
+        mp = self.engine.stack.mountpoint
+        if not (mp and self.observe_live) or self.engine is not self.base:
+            return None
+        try:
+            from ..observe import compare, observe
+        except ImportError:
+            return None
+        try:
+            ob = observe(mp, res.path)
+            return ob.summary(), compare(self.engine, res, ob)
+        except OSError as e:
+            return f"cannot observe: {e.strerror}", []
+
+    @on(Tree.NodeHighlighted, "#tree")
+    def _tree_highlighted(self, event: Tree.NodeHighlighted[Entry]) -> None:
+        e = event.node.data
+        if e is None:
+            return
+        if e.kind in ("merged", "whiteout"):
+            self.select(Selection(e.path))
+        elif e.kind == "copy":
+            self.select(Selection(e.path, layer=e.layer))
+        elif e.kind in ("layerpath", "datalayer"):
+            self.select(Selection(e.path, layer=e.layer, raw=True))
+
+    def goto_path(self, path: Path, focus: bool = True) -> None:
+        """Reveal ``path`` in the merged tree (loading directories on the way) and select it."""
+        self.run_worker(self._goto(path, focus), group="goto", exclusive=True, exit_on_error=False)
+
+    async def _goto(self, path: Path, focus: bool) -> None:
+        tree = self.tree
+        node = await tree.reveal(path)
+        if node is None or node.data is None or node.data.path != path:
+            # not listed (hidden by a whiteout, or below a failing directory): show it anyway
+            self.select(Selection(path))
+        if focus:
+            tree.focus()
+
+    # ------------------------------------------------------------------ problems scan
+    def start_scan(self) -> None:
+        self.scan_gen += 1
+        self.findings_at = {}
+        tree = self.tree
+        tree.problems_at = {}
+        tree.problems_below = {}
+        self.problem_index = -1
+        self._scan(self.engine, self.scan_gen)
+
+    @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
+    def _scan(self, engine: Engine, gen: int) -> None:
+        worker = get_current_worker()
+        t0 = time.monotonic()
+        clone = EngineClone(engine)
+        count = 0
+        try:
+            e = clone.engine
+            batch: list[Finding] = list(e.stack_findings())
+            last = t0
+            if not e.mount_errno:
+                for res in e.walk(cancel=lambda: worker.is_cancelled):
+                    if worker.is_cancelled:
+                        return
+                    count += 1
+                    if res.findings:
+                        batch.extend(res.findings)
+                    now = time.monotonic()
+                    if now - last >= BATCH_SECONDS:
+                        self.post_message(ScanUpdate(gen, batch, count))
+                        batch = []
+                        last = now
+            self.post_message(ScanUpdate(gen, batch, count, done=True, elapsed=time.monotonic() - t0))
+        except Exception as err:  # a layer vanished, a permission changed: report, don't crash
+            self.post_message(ScanUpdate(gen, [], count, done=True, elapsed=time.monotonic() - t0,
+                                         error=f"{type(err).__name__}: {err}"))
+        finally:
+            clone.close()
+
+    def on_scan_update(self, msg: ScanUpdate) -> None:
+        if msg.gen != self.scan_gen:
+            return
+        panel = self.problems
+        tree = self.tree
+        for f in msg.findings:
+            path = split_path(f.path)
+            self.findings_at.setdefault(path, []).append(f)
+            sev = RULES[f.rule].severity if f.rule in RULES else "error"
+            rank = SEVERITY_RANK[sev]
+            tree.problems_at.setdefault(path, [0, 0, 0])[rank] += 1
+            for i in range(len(path)):
+                tree.problems_below.setdefault(path[:i], [0, 0, 0])[rank] += 1
+        panel.add(msg.findings, msg.scanned)
+        if msg.done:
+            panel.finish(msg.scanned, msg.elapsed, msg.error)
+        if msg.findings:
+            tree.repaint_labels()
+            if self.selection.path in {split_path(f.path) for f in msg.findings}:
+                self.select(self.selection)
+        self._maybe_auto_jump()
+
+    def _maybe_auto_jump(self) -> None:
+        """On a stack with errors, open on the first one (unless the user has moved)."""
+        if not self.auto_jump or time.monotonic() - self.started > AUTO_JUMP_WINDOW:
+            return
+        if self.selection.path != () or self.tree.cursor_line > 0 or self.focused is not self.tree:
+            return
+        first = self.problems.first_error()
+        if first is None or first.severity != "error":
+            return
+        self.auto_jump = False
+        self.problem_index = 0
+        self.goto_path(split_path(first.path), focus=True)
+
+    @on(ProblemTree.Chosen)
+    def _problem_chosen(self, msg: ProblemTree.Chosen) -> None:
+        path = split_path(msg.finding.path)
+        if msg.jump:
+            self.run_worker(self._goto(path, True), group="goto", exclusive=True, exit_on_error=False)
+        else:
+            self.select(Selection(path))
+
+    def problem_list(self) -> list[Finding]:
+        panel = self.problems
+        out: list[Finding] = []
+        for key in sorted(panel.groups, key=lambda k: (SEVERITY_RANK[k[0]], k[1])):
+            out += panel.groups[key].findings
+        return out
+
+    def _step_problem(self, step: int) -> None:
+        findings = self.problem_list()
+        if not findings:
+            self.notify("no problems found (yet)", timeout=2)
+            return
+        self.problem_index = (self.problem_index + step) % len(findings)
+        f = findings[self.problem_index]
+        self.run_worker(self._goto(split_path(f.path), True), group="goto", exclusive=True,
+                        exit_on_error=False)
+
+    def action_next_problem(self) -> None:
+        self._step_problem(1)
+
+    def action_prev_problem(self) -> None:
+        self._step_problem(-1)
+
+    def action_rescan(self) -> None:
+        self.problems.restart(self.palette)
+        self.start_scan()
+
+    # ------------------------------------------------------------------ search
+    def action_search(self) -> None:
+        self.query_one("#bottom", TabbedContent).active = "tab-search"
+        self.query_one("#search-input", Input).focus()
+
+    @on(SearchPanel.Query)
+    def _search_query(self, msg: SearchPanel.Query) -> None:
+        self.search_gen += 1
+        results = self.query_one("#search-results", PathList)
+        results.reset()
+        panel = self.query_one(SearchPanel)
+        if not msg.text:
+            self.workers.cancel_group(self, "search")
+            panel.set_status(Text("type to search the merged tree", style="dim"))
+            return
+        needle = msg.text.encode("utf-8", "surrogateescape").lower()
+        if msg.problems_only:
+            self._search_problems(needle, self.problem_list(), self.search_gen)
+        else:
+            self._search_tree(self.engine, needle, self.search_gen)
+
+    @work(thread=True, exclusive=True, group="search", exit_on_error=False)
+    def _search_tree(self, engine: Engine, needle: bytes, gen: int) -> None:
+        worker = get_current_worker()
+        clone = EngineClone(engine)
+        try:
+            found: list[Path] = []
+            count = 0
+            last = time.monotonic()
+            for res in clone.engine.walk(cancel=lambda: worker.is_cancelled):
+                if worker.is_cancelled:
+                    return
+                count += 1
+                if needle in (b"/" + b"/".join(res.path)).lower():
+                    found.append(res.path)
+                now = time.monotonic()
+                if now - last >= BATCH_SECONDS:
+                    self.post_message(SearchUpdate(gen, found, count))
+                    found = []
+                    last = now
+            self.post_message(SearchUpdate(gen, found, count, done=True))
+        finally:
+            clone.close()
+
+    @work(thread=True, exclusive=True, group="search", exit_on_error=False)
+    def _search_problems(self, needle: bytes, findings: list[Finding], gen: int) -> None:
+        seen: set[bytes] = set()
+        found: list[Path] = []
+        for f in findings:
+            if f.path in seen:
+                continue
+            seen.add(f.path)
+            if needle in f.path.lower():
+                found.append(split_path(f.path))
+        self.post_message(SearchUpdate(gen, found, len(seen), done=True))
+
+    def on_search_update(self, msg: SearchUpdate) -> None:
+        if msg.gen != self.search_gen:
+            return
+        results = self.query_one("#search-results", PathList)
+        rows = []
+        for p in msg.paths:
+            t = path_text(p, "bold")
+            fs = self.findings_at.get(p)
+            if fs:
+                t.append("  " + ", ".join(sorted({f.rule for f in fs})), "#ff8787")
+            rows.append((p, t))
+        results.add_paths(rows)
+        status = Text()
+        n = len(results.paths)
+        status.append(f"{n}{'+' if n >= 1000 else ''} match{'es' if n != 1 else ''}", "bold")
+        status.append(f" in {msg.scanned:,} paths", "dim")
+        status.append("" if msg.done else "  searching…", "#87afd7")
+        self.query_one(SearchPanel).set_status(status)
+
+    @on(PathList.Chosen)
+    def _path_chosen(self, msg: PathList.Chosen) -> None:
+        if msg.jump:
+            self.run_worker(self._goto(msg.path, True), group="goto", exclusive=True, exit_on_error=False)
+        else:
+            self.select(Selection(msg.path))
+
+    # ------------------------------------------------------------------ hidden entries
+    def action_toggle_hidden(self) -> None:
+        tree = self.tree
+        tree.show_hidden = not tree.show_hidden
+        self.reload_tree()
+        self.notify("showing what the merged view hides" if tree.show_hidden
+                    else "showing the merged view only", timeout=2)
+
+    def reload_tree(self) -> None:
+        tree = self.tree
+        expanded = tree.expanded_paths()
+        cursor = self.selection.path
+        tree.restart(self.lister, self.palette)
+        self.run_worker(self._restore(expanded, cursor), group="goto", exclusive=True, exit_on_error=False)
+
+    async def _restore(self, expanded: list[Path], cursor: Path) -> None:
+        tree = self.tree
+        await tree.ensure_loaded(tree.root)
+        for p in sorted(expanded, key=len):
+            node = tree.find_loaded(p)
+            if node is not None:
+                node.expand()
+                await tree.ensure_loaded(node)
+        await tree.reveal(cursor)
+        self.select(Selection(cursor) if not self.selection.raw else self.selection)
+
+    # ------------------------------------------------------------------ redirects, preview
+    def action_follow_redirect(self, k: int | None = None) -> None:
+        columns = self.query_one(LayerColumns)
+        if not columns.targets:
+            self.notify("the selected path has no redirect", timeout=2)
+            return
+        if k is None or k not in columns.targets:
+            k = min(columns.targets)
+        tgt = columns.follow(k)
+        if tgt is not None:
+            msg = Text("redirect on ")
+            msg.append(self.engine.label(k))
+            msg.append(" leads to ")
+            msg.append(self.engine.where(tgt))
+            self.notify(esc_str(msg.plain).plain, timeout=3, markup=False)
+
+    def action_goto_redirect(self) -> None:
+        res = self.res
+        if res is None or res.redirect is None or not res.redirect.startswith(b"/"):
+            self.notify("the selected path has no absolute redirect", timeout=2)
+            return
+        self.goto_path(split_path(res.redirect))
+
+    def action_preview(self) -> None:
+        if self.res is None:
+            self.notify("select a merged path to preview", timeout=2)
+            return
+        self.push_screen(PreviewScreen(self.engine, self.palette, self.res))
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_maximize_panel(self) -> None:
+        if self.screen.maximized is not None:
+            self.screen.minimize()
+            return
+        w = self.focused
+        while w is not None and w.parent is not None and w.id not in ("left", "columns", "explain", "bottom"):
+            w = w.parent  # type: ignore[assignment]
+        if w is not None:
+            self.screen.maximize(w, container=False)
+
+    def action_escape(self) -> None:
+        if self.screen.maximized is not None:
+            self.screen.minimize()
+        elif self.focused is not self.tree:
+            self.tree.focus()
+
+    # ------------------------------------------------------------------ what-if
+    def action_whatif(self) -> None:
+        def done(choices: dict | None) -> None:
+            if choices is not None:
+                self.apply_whatif(choices)
+
+        self.push_screen(WhatIfScreen(self.engine, self.base), done)
+
+    def action_whatif_toggle(self, key: str) -> None:
+        values = WHATIF_CHOICES[key]
+        now = current_choices(self.engine)[key]
+        start = values.index(now) if now in values else -1
+        # the kernel adjusts some values (a lower-only mount turns redirect_dir=follow into on):
+        # step on to the next value that makes a difference
+        for i in range(1, len(values) + 1):
+            nxt = values[(start + i) % len(values)]
+            choices = current_choices(self.engine)
+            choices[key] = nxt
+            try:
+                trial = self.base.with_options(whatif_options(self.base.stack.options, choices))
+            except OptionError:
+                continue
+            if current_choices(trial)[key] != now:
+                self.apply_whatif(choices)
+                return
+        self.notify(f"no other value of {key} changes this stack's mount", timeout=2)
+
+    def set_whatif_option(self, key: str, value: str) -> None:
+        choices = current_choices(self.engine)
+        choices[key] = value
+        self.apply_whatif(choices)
+
+    def action_reset_whatif(self) -> None:
+        self.apply_whatif(current_choices(self.base))
+
+    def apply_whatif(self, choices: dict[str, str]) -> None:
+        if choices == current_choices(self.base):
+            self.set_engine(self.base)
+            return
+        opts = whatif_options(self.base.stack.options, choices)
+        try:
+            engine = self.base.with_options(opts)
+        except OptionError as e:
+            self.notify(esc_str(str(e)).plain, severity="error", title="what-if", markup=False)
+            return
+        self.set_engine(engine)
+
+    def set_engine(self, engine: Engine) -> None:
+        if engine is self.engine:
+            return
+        self.engine = engine
+        self.palette = LayerPalette(engine)
+        self.lister = Lister(engine)
+        self.query_one(StackHeader).show(engine, self.palette, self.base)
+        self.query_one(LayerColumns).engine = engine
+        tree = self.tree
+        tree.changed = set()
+        self.problems.restart(self.palette, note="what-if options" if engine is not self.base else "")
+        self.start_scan()
+        self.reload_tree()
+        self.whatif_gen += 1
+        panel = self.query_one(WhatIfPanel)
+        if engine is self.base:
+            self.workers.cancel_group(self, "whatif")
+            panel.idle()
+            return
+        panel.query_one(PathList).reset()
+        self.query_one("#bottom", TabbedContent).active = "tab-whatif"
+        if engine.mount_errno:
+            t = Text()
+            t.append(f"The kernel would refuse this mount: {engine.mount_errno}. ", "bold #ff5f5f")
+            t.append_text(esc_str("; ".join(engine.options.mount_log)))
+            panel.set_status(t)
+            return
+        self._whatif_diff(self.base, engine, self.whatif_gen)
+
+    @work(thread=True, exclusive=True, group="whatif", exit_on_error=False)
+    def _whatif_diff(self, base: Engine, engine: Engine, gen: int) -> None:
+        worker = get_current_worker()
+        a, b = EngineClone(base), EngineClone(engine)
+        count = 0
+        try:
+            batch: list[Change] = []
+            last = time.monotonic()
+            for path, ra, rb in union_walk(a.engine, b.engine, cancel=lambda: worker.is_cancelled):
+                if worker.is_cancelled:
+                    return
+                count += 1
+                c = diff_outcomes(a.engine, b.engine, ra, rb, path)
+                if c is not None:
+                    batch.append(c)
+                now = time.monotonic()
+                if now - last >= BATCH_SECONDS:
+                    self.post_message(WhatIfUpdate(gen, batch, count))
+                    batch = []
+                    last = now
+            self.post_message(WhatIfUpdate(gen, batch, count, done=True))
+        except Exception as err:
+            self.post_message(WhatIfUpdate(gen, [], count, done=True, error=f"{type(err).__name__}: {err}"))
+        finally:
+            a.close()
+            b.close()
+
+    def on_what_if_update(self, msg: WhatIfUpdate) -> None:
+        if msg.gen != self.whatif_gen:
+            return
+        panel = self.query_one(WhatIfPanel)
+        panel.add_changes(msg.changes)
+        tree = self.tree
+        if msg.changes:
+            tree.changed.update(c.path for c in msg.changes)
+            tree.repaint_labels()
+        n = len(tree.changed)
+        t = Text()
+        t.append("what-if ", "bold")
+        changed = [f"{k}={v}" for k, v in current_choices(self.engine).items()
+                   if v != current_choices(self.base)[k]]
+        t.append(", ".join(changed), "bold #ff87ff")
+        t.append(f": {n:,} path{'s' if n != 1 else ''} resolve differently", "bold")
+        t.append(f"  (compared {msg.scanned:,} paths{'' if msg.done else ', comparing…'})", "dim")
+        if msg.error:
+            t.append(f"  comparison failed: {msg.error}", "red")
+        if msg.done and n == 0:
+            t.append("  nothing changes", "#87d787")
+        panel.set_status(t)
+
+
+def run_app(engine: Engine) -> int:
+    """Run the interactive view on ``engine`` until the user quits; the exit status."""
+    app = OvlInspectApp(engine)
+    result = app.run()
+    return result if isinstance(result, int) else 0
+
+
+__all__ = ["OvlInspectApp", "run_app"]

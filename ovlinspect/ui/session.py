@@ -1,0 +1,239 @@
+"""Engine plumbing for the interactive view (no Textual here: plain, testable Python).
+
+The screen reads one engine from the UI thread.  Work that may be slow (listing a large
+directory, the problems scan, search, the what-if comparison) runs in threads, and each thread
+gets its **own** engine over freshly opened layers (:func:`clone_engine`): an :class:`Engine`
+keeps caches, and a :class:`~ovlinspect.layers.DiskLayer` an LRU of directory descriptors,
+neither of which is safe to share between threads.  Memory layers are immutable once loaded
+and are shared.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from ..engine import Engine, Ref, Resolution
+from ..layers import DiskLayer, Layer, Node, Path
+from ..options import split_options
+from ..stack import Stack
+
+#: Children resolved per directory chunk: a larger directory shows a "more" entry.
+CHUNK = 500
+
+#: The mount options the what-if view can change, with the values each can take.
+WHATIF_CHOICES: dict[str, tuple[str, ...]] = {
+    "metacopy": ("on", "off"),
+    "redirect_dir": ("on", "follow", "nofollow", "off"),
+    "userxattr": ("on", "off"),
+    "verity": ("off", "on", "require"),
+}
+
+
+def _reopen(layer: Layer | None, opened: list[Layer]) -> Layer | None:
+    if isinstance(layer, DiskLayer) and layer.path:
+        fresh = DiskLayer(layer.path, layer.label, want_verity=layer.want_verity)
+        opened.append(fresh)
+        return fresh
+    return layer
+
+
+class EngineClone:
+    """An engine for another thread: same layers (reopened when on disk), same options."""
+
+    def __init__(self, engine: Engine):
+        self.opened: list[Layer] = []
+        s = engine.stack
+        stack = Stack(
+            lowers=[_reopen(l, self.opened) for l in s.lowers],  # type: ignore[misc]
+            data=[_reopen(l, self.opened) for l in s.data],  # type: ignore[misc]
+            upper=_reopen(s.upper, self.opened),
+            workdir=s.workdir, options=s.options, source=s.source,
+            description=s.description, params=s.params, mountpoint=s.mountpoint,
+        )
+        self.engine = Engine(stack, options=engine.options, kernel=engine.kernel)
+
+    def close(self) -> None:
+        for layer in self.opened:
+            layer.close()
+        self.opened = []
+
+
+def current_choices(engine: Engine) -> dict[str, str]:
+    """The effective values of the what-if options for ``engine``."""
+    o = engine.options
+    return {
+        "metacopy": "on" if o.metacopy else "off",
+        "redirect_dir": o.redirect_dir,
+        "userxattr": "on" if o.userxattr else "off",
+        "verity": o.verity,
+    }
+
+
+def whatif_options(base: str, choices: dict[str, str]) -> str:
+    """``base`` (a mount option string) with the what-if options replaced by ``choices``."""
+    pairs = [(k, v) for k, v in split_options(base) if k not in WHATIF_CHOICES]
+    for key, value in choices.items():
+        if key == "userxattr":
+            if value == "on":
+                pairs.append(("userxattr", None))
+        else:
+            pairs.append((key, value))
+    return ",".join(k if v is None else f"{k}={v}" for k, v in pairs)
+
+
+# ------------------------------------------------------------------------------ listing
+
+
+@dataclass
+class Child:
+    name: bytes
+    res: Resolution
+    #: (kernel layer, path, node) of copies the merged view hides (only when asked for)
+    hidden_copies: list[tuple[int, Path, Node]] = field(default_factory=list)
+
+
+@dataclass
+class Listing:
+    path: Path
+    names: list[bytes] = field(default_factory=list)
+    children: list[Child] = field(default_factory=list)
+    hidden: dict[bytes, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Lister:
+    """Lists merged directories in a worker thread, one call at a time."""
+
+    def __init__(self, engine: Engine):
+        self.clone = EngineClone(engine)
+        self.lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        return self.clone.engine
+
+    def close(self) -> None:
+        with self.lock:
+            self.clone.close()
+
+    def list_dir(self, path: Path, count: int = CHUNK, with_hidden: bool = False) -> Listing:
+        with self.lock:
+            e = self.engine
+            res = e.resolve(path)
+            if not res.is_dir:
+                return Listing(path, error=res.errno or f"not a directory ({res.kind})")
+            names = list(e.entries(res))
+            hidden = dict(e.hidden_entries(res)) if with_hidden else {}
+            children = [self._child(path, n, with_hidden) for n in names[:count]]
+            return Listing(path, names, children, hidden)
+
+    def resolve_children(self, path: Path, names: list[bytes], with_hidden: bool = False) -> list[Child]:
+        with self.lock:
+            return [self._child(path, n, with_hidden) for n in names]
+
+    def _child(self, path: Path, name: bytes, with_hidden: bool) -> Child:
+        e = self.engine
+        res = e.resolve(path + (name,))
+        copies: list[tuple[int, Path, Node]] = []
+        if with_hidden:
+            for k, p, node, role in e.layer_view(res):
+                if role == "hidden" and node is not None:
+                    copies.append((k, p, node))
+        return Child(name, res, copies)
+
+    def list_layer(self, k: int, path: Path) -> list[tuple[bytes, Node]]:
+        """A raw layer directory (for data-only layers, which the merged view never lists)."""
+        with self.lock:
+            layer = self.engine.klayers[k]
+            if layer is None:
+                return []
+            return sorted(layer.scan(path).items())
+
+
+# ------------------------------------------------------------------------------ walking
+
+
+def union_walk(a: Engine, b: Engine, cancel: Callable[[], bool] = lambda: False
+               ) -> Iterator[tuple[Path, Resolution, Resolution]]:
+    """Every path listed by either engine's merged tree, with both resolutions (depth first)."""
+    stack: list[Path] = [()]
+    while stack:
+        if cancel():
+            return
+        p = stack.pop()
+        ra, rb = a.resolve(p), b.resolve(p)
+        names: set[bytes] = set()
+        for eng, r in ((a, ra), (b, rb)):
+            if r.is_dir:
+                names.update(eng.entries(r))
+                # entries are cached on the (cached) directory resolution: drop them, as
+                # Engine.walk does, so a long walk does not hold every listing
+                r._entries = None
+                r._hidden = None
+        dirs = []
+        for n in sorted(names):
+            cp = p + (n,)
+            ca, cb = a.resolve(cp), b.resolve(cp)
+            yield cp, ca, cb
+            if ca.is_dir or cb.is_dir:
+                dirs.append(cp)
+        stack.extend(reversed(dirs))
+
+
+def outcome(res: Resolution) -> tuple:
+    """What a program sees at a path: the part of a resolution that a what-if may change."""
+    return (res.errno, res.kind if res.errno is None else None,
+            res.size if res.errno is None and res.kind != "dir" else None,
+            res.metadata if res.errno is None else None,
+            res.data if res.errno is None and res.kind == "file" else None,
+            res.open_errno if res.errno is None else None)
+
+
+def describe_outcome(engine: Engine, res: Resolution) -> str:
+    """One short phrase: ``EIO``, ``file from lower 0 (A), data lower 1 (B):/1e/abcdef``."""
+    if res.errno:
+        return res.errno
+    out = res.kind or "?"
+    if res.metadata is not None:
+        out += f" from {engine.label(res.metadata.layer)}"
+    if res.kind == "file":
+        if res.open_errno:
+            out += f", open {res.open_errno}"
+        elif res.data is not None and res.data != res.metadata:
+            out += f", data {engine.where(res.data)}"
+    return out
+
+
+@dataclass
+class Change:
+    path: Path
+    before: str
+    after: str
+
+
+def diff_outcomes(a: Engine, b: Engine, ra: Resolution, rb: Resolution, path: Path) -> Change | None:
+    if outcome(ra) == outcome(rb):
+        return None
+    return Change(path, describe_outcome(a, ra), describe_outcome(b, rb))
+
+
+def ref_chain(res: Resolution) -> list[Ref]:
+    """The layers a resolution goes through, top first (upper, lower stack, data)."""
+    chain: list[Ref] = []
+    if res.upper is not None:
+        chain.append(Ref(0, res.upper))
+    chain += list(res.lowers)
+    if res.data is not None and res.data not in chain:
+        chain.append(res.data)
+    return chain
+
+
+def redirect_target(res: Resolution, k: int) -> Ref | None:
+    """Where the redirect on layer ``k``'s entry leads: the next layer of the chain."""
+    chain = ref_chain(res)
+    for i, ref in enumerate(chain):
+        if ref.layer == k and i + 1 < len(chain):
+            return chain[i + 1]
+    return None
