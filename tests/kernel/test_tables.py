@@ -339,10 +339,32 @@ case("xwhiteout-middle-root-x",
      [("lower", "A", [f("/a")]), ("lower", "B", [opq("/", "x"), xwh("/foo")]), ("lower", "D", [f("/d")])], "",
      {"/": {"entries": ["a", "d"]}, "/foo": lookup_err("ENOENT")})
 
+# Impure upper directories (trusted.overlay.impure=y, which the kernel itself writes on an upper
+# parent once a merged directory below it has been looked up or something was copied up): on a
+# stack whose layers share one filesystem, readdir looks every upper entry up to compute d_ino,
+# hides the entries whose lookup fails, and fails as a whole in a non-merged upper directory.
+_IMP = {TO + "impure": "y"}
+case("impure-upper-root-hides-failing-entry",
+     [("upper", "U", [d("/", xattrs=_IMP), mc("/x"), f("/u")]), ("lower", "A", [f("/a")]), ("lower", "B", [])], "",
+     {"/": {"entries": ["a", "u"]}, "/x": lookup_err("EPERM")}, paths=["/", "/x", "/u", "/a"])
+case("impure-upper-merged-dir-hides-failing-entries",
+     [("upper", "U", [d("/d", xattrs=_IMP), mc("/d/x"), rdir("/d/r", "//bad"), f("/d/u")]),
+      ("lower", "A", [f("/d/a")]), ("lower", "B", [])], "",
+     {"/d": {"entries": ["a", "u"]}, "/d/x": lookup_err("EPERM"), "/d/r": lookup_err("EINVAL")},
+     paths=["/", "/d", "/d/x", "/d/r", "/d/u", "/d/a"])
+case("impure-upper-only-dir-readdir-fails",
+     [("upper", "U", [d("/d", xattrs=_IMP), mc("/d/x"), f("/d/u")]), ("lower", "A", [f("/a")]), ("lower", "B", [])],
+     "", {"/d": {"readdir_errno": "EPERM", "entries": None}, "/d/x": lookup_err("EPERM")},
+     paths=["/", "/d", "/d/x", "/d/u", "/a"])
+case("impure-upper-dir-all-entries-fine",
+     [("upper", "U", [d("/d", xattrs=_IMP), f("/d/u"), d("/d/e")]), ("lower", "A", [f("/d/a")]), ("lower", "B", [])],
+     "", {"/d": {"entries": ["a", "e", "u"]}})
+
 #: Engine disagreements reported to the lead and not fixed yet: case-name prefix -> reason.
 KNOWN_ENGINE_BUGS = {
     "dot-redirect-": "engine: a redirect with a '.' or '..' component must fail the lookup with EACCES",
     "xwhiteout-lowest-root-x": "engine: the lowest layer's root opaque=x never enables xattr whiteouts",
+    "impure-upper-": "engine: readdir of an impure upper directory hides (or fails on) entries whose lookup fails",
 }
 
 _ids = [c.name for c in CASES]
@@ -423,3 +445,32 @@ def test_layer_directories_with_separator_characters(api: str, tmpfs: str) -> No
     assert [l["path"] for l in live["layers"]] == b.layer_dirs
     dis = compare(obs, live)
     assert not dis, format_disagreements(f"separators ({api}, live)", dis, case_toml(case))
+
+
+def test_lookup_of_a_merged_directory_writes_to_the_upper_layer(tmpfs: str) -> None:
+    """Observing a read-write overlay is not read-only for its layers: looking up a merged
+    directory records ``origin`` on it and ``impure`` on its upper parent, and a later mount
+    of the same directories then hides failing upper entries from the parent's listing."""
+    import os
+
+    from harness import build, mount_errno, observe, paths_of_case, predict
+
+    case = Case("origin", [("upper", "U", [mc("/x"), d("/a"), f("/u")]), ("lower", "A", [d("/a")]),
+                           ("lower", "B", [])], "")
+    built = build(case, os.path.join(tmpfs, "layers"))
+    target = os.path.join(tmpfs, "merged")
+    assert mount_errno(built, target) is None
+    assert sorted(os.listdir(target)) == ["a", "u", "x"]  # pristine upper: x is listed
+    os.lstat(os.path.join(target, "a"))
+    built.umount_all()
+    assert os.getxattr(built.upper, "trusted.overlay.impure") == b"y"
+    assert os.getxattr(os.path.join(built.upper, "a"), "trusted.overlay.origin")
+    paths = paths_of_case(case)
+    pred = predict(built, paths)  # the described stack as the kernel left it
+    assert mount_errno(built, target) is None
+    obs = observe(target, paths)
+    assert obs["/"].entries == ["a", "u"]
+    dis = compare(obs, pred, built.layer_dirs)
+    if dis:
+        _known(Case("impure-upper-after-lookup", case.layers), dis)
+    assert not dis, format_disagreements("origin/impure written by a lookup", dis, case_toml(case))
