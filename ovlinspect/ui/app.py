@@ -40,6 +40,7 @@ from .session import (
     Lister,
     current_choices,
     diff_outcomes,
+    ordered_walk,
     union_walk,
     whatif_options,
 )
@@ -109,7 +110,8 @@ class OvlInspectApp(App[int]):
         Binding("escape", "escape", "Back", show=False),
     ]
 
-    def __init__(self, engine: Engine, *, auto_jump: bool = True, observe: bool = True) -> None:
+    def __init__(self, engine: Engine, *, auto_jump: bool = True,
+                 auto_jump_window: float | None = AUTO_JUMP_WINDOW, observe: bool = True) -> None:
         super().__init__()
         self.base = engine
         self.engine = engine
@@ -118,6 +120,7 @@ class OvlInspectApp(App[int]):
         self.selection = Selection(())
         self.res: Resolution | None = None
         self.auto_jump = auto_jump
+        self.auto_jump_window = auto_jump_window
         self.observe_live = observe
         self.started = time.monotonic()
         self.scan_gen = 0
@@ -154,6 +157,7 @@ class OvlInspectApp(App[int]):
         return self.query_one("#problems", ProblemsPanel)
 
     def on_mount(self) -> None:
+        self.started = time.monotonic()
         self.query_one("#left").border_title = "merged tree"
         self.query_one("#explain").border_title = "explanation"
         self.query_one("#columns").border_title = "layers at this path"
@@ -285,7 +289,9 @@ class OvlInspectApp(App[int]):
 
     def _maybe_auto_jump(self) -> None:
         """On a stack with errors, open on the first one (unless the user has moved)."""
-        if not self.auto_jump or time.monotonic() - self.started > AUTO_JUMP_WINDOW:
+        if not self.auto_jump:
+            return
+        if self.auto_jump_window is not None and time.monotonic() - self.started > self.auto_jump_window:
             return
         if self.selection.path != () or self.tree.cursor_line > 0 or self.focused is not self.tree:
             return
@@ -360,7 +366,7 @@ class OvlInspectApp(App[int]):
             found: list[Path] = []
             count = 0
             last = time.monotonic()
-            for res in clone.engine.walk(cancel=lambda: worker.is_cancelled):
+            for res in ordered_walk(clone.engine, cancel=lambda: worker.is_cancelled):
                 if worker.is_cancelled:
                     return
                 count += 1
@@ -417,9 +423,9 @@ class OvlInspectApp(App[int]):
     def action_toggle_hidden(self) -> None:
         tree = self.tree
         tree.show_hidden = not tree.show_hidden
+        self.query_one("#left").border_title = (
+            "merged tree + what it hides (h)" if tree.show_hidden else "merged tree")
         self.reload_tree()
-        self.notify("showing what the merged view hides" if tree.show_hidden
-                    else "showing the merged view only", timeout=2)
 
     def reload_tree(self) -> None:
         tree = self.tree
@@ -447,13 +453,7 @@ class OvlInspectApp(App[int]):
             return
         if k is None or k not in columns.targets:
             k = min(columns.targets)
-        tgt = columns.follow(k)
-        if tgt is not None:
-            msg = Text("redirect on ")
-            msg.append(self.engine.label(k))
-            msg.append(" leads to ")
-            msg.append(self.engine.where(tgt))
-            self.notify(esc_str(msg.plain).plain, timeout=3, markup=False)
+        columns.follow(k)
 
     def action_goto_redirect(self) -> None:
         res = self.res

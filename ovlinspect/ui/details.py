@@ -35,6 +35,9 @@ ROLE_STYLE = {
     "stack": "",
     "hidden": "dim",
     "absent": "dim",
+    "data-only (never merged)": "dim",
+    "looked at": "",
+    "redirect target": "bold #d75f00",
 }
 ROLE_HELP = {
     "metadata": "gives the inode (stat)",
@@ -45,7 +48,20 @@ ROLE_HELP = {
     "stack": "merged into the directory",
     "hidden": "present, not used",
     "absent": "nothing here",
+    "data-only (never merged)": "reached only through metacopy redirects",
+    "looked at": "the lookup fails (see the explanation)",
+    "redirect target": "what the redirect meant; a regular layer answered first",
 }
+
+
+def ui_role(engine: Engine, res: Resolution, k: int, role: str) -> str:
+    """The model's role, made more telling where the screen knows more."""
+    if role == "hidden" and res.errno:
+        return "looked at"
+    if (role == "hidden" and k > engine.nlower and res.redirect is not None
+            and any(f.rule == "shadowed-lowerdata" for f in res.findings)):
+        return "redirect target"
+    return role
 
 
 @dataclass
@@ -139,12 +155,13 @@ class LayerColumns(Horizontal):
                     sources[tgt.layer] = k
                     self.targets[k] = tgt
         for k, p, node, role in view:
+            role = ui_role(engine, res, k, role)
             col = self.column(k)
             col.border_title = palette.chip(k)  # type: ignore[assignment]
             col.border_subtitle = Text(role, style=ROLE_STYLE.get(role, ""))  # type: ignore[assignment]
             col.set_class(role in ("metadata", "data", "metadata+data", "intercepting"), "-used")
             col.set_class(role == "intercepting", "-intercepting")
-            col.set_class(role in ("absent", "hidden"), "-idle")
+            col.set_class(role in ("absent", "hidden", "data-only (never merged)"), "-idle")
             col.styles.border = ("round" if role not in ("metadata", "metadata+data") else "heavy",
                                  palette.color(k))
             col.update(self._column_text(engine, palette, res, k, p, node, role,
@@ -257,6 +274,10 @@ def explanation(engine: Engine, pal: LayerPalette, res: Resolution, extra_findin
     if whatif:
         t.append("  what-if prediction", Style(color="black", bgcolor="#ff87ff"))
     t.append("\n")
+    if engine.mount_errno:
+        t.append(f"mount  ✖ {engine.mount_errno}", "bold #ff5f5f")
+        t.append(": the kernel refuses these options; below, what lookup would do if it did not\n",
+                 "#ff8787")
     # lstat
     t.append("lstat  ", "bold")
     if res.errno:

@@ -423,16 +423,42 @@ class MergedTree(Tree[Entry]):
             t.append(" ")
             for k in dots:
                 t.append("●", pal.style(k))
-        if res.kind == "symlink" and res.errno is None:
-            t.append(" → ", "dim")
-            t.append_text(esc(res.target, "dim", limit=40))
+        # what is wrong first (the pane is narrow), then what the entry is
         if res.errno == "ENOENT":
             t.append("  phantom: lookup ENOENT", "bold #ffd75f")
         elif res.errno:
             t.append(f" {res.errno} ", Style(color="white", bgcolor="#d70000", bold=True))
-            t.append(" ")
         if res.open_errno:
+            t.append(" ")
             t.append(f" open {res.open_errno} ", Style(color="white", bgcolor="#af005f", bold=True))
+        rules = {f.rule for f in res.findings}
+        if "shadowed-lowerdata" in rules:
+            t.append(" ")
+            t.append(" SHADOWED ", Style(color="white", bgcolor="#d75f00", bold=True))
+        counts = list(self.problems_at.get(e.path, [0, 0, 0]))
+        for f in res.findings:
+            sev = RULES[f.rule].severity if f.rule in RULES else "info"
+            if not counts[SEVERITY_RANK[sev]]:
+                counts[SEVERITY_RANK[sev]] = 1
+        if "shadowed-lowerdata" in rules and counts[0] == 1:
+            counts[0] = 0  # SHADOWED says it already
+        marks = [(SEVERITY_MARK[s], SEVERITY_STYLE[s]) for s, n in zip(("error", "warning", "info"), counts) if n]
+        if marks:
+            t.append(" ")
+            for mark, style in marks:
+                t.append(mark, style)
+        below = self.problems_below.get(e.path)
+        if below and res.is_dir:
+            parts = [f"{n}{SEVERITY_MARK[s]}" for s, n in zip(("error", "warning", "info"), below) if n]
+            if parts:
+                worst = "error" if below[0] else ("warning" if below[1] else "info")
+                t.append("  (" + " ".join(parts) + " below)", SEVERITY_STYLE[worst])
+        if e.path in self.changed:
+            t.append(" ")
+            t.append(" Δ what-if ", Style(color="black", bgcolor="#ff87ff", bold=True))
+        if res.kind == "symlink" and res.errno is None:
+            t.append(" → ", "dim")
+            t.append_text(esc(res.target, "dim", limit=40))
         if res.redirect is not None:
             t.append("  ⇒", "bold #5fafff")
             t.append_text(esc(res.redirect, "#5fafff", limit=32))
@@ -442,33 +468,8 @@ class MergedTree(Tree[Entry]):
             t.append("  opaque", "#af87ff")
         if res.whiteout is not None and res.errno:
             t.append("  whited out", "#af87ff")
-        # problems: at this path (resolution + scan) and below (directories)
-        rules = {f.rule for f in res.findings}
-        if "shadowed-lowerdata" in rules:
-            t.append(" SHADOWED ", Style(color="white", bgcolor="#d75f00", bold=True))
-        counts = list(self.problems_at.get(e.path, [0, 0, 0]))
-        for f in res.findings:
-            if f.rule == "shadowed-lowerdata":
-                continue
-            sev = RULES[f.rule].severity if f.rule in RULES else "info"
-            if not counts[SEVERITY_RANK[sev]]:
-                counts[SEVERITY_RANK[sev]] = 1
-        shown = [r for r in sorted(rules) if r != "shadowed-lowerdata"]
-        for sev, n in zip(("error", "warning", "info"), counts):
-            if n:
-                t.append(f"  {SEVERITY_MARK[sev]}", SEVERITY_STYLE[sev])
-        if shown:
-            t.append(" " + ",".join(shown), "dim")
-        below = self.problems_below.get(e.path)
-        if below and res.is_dir:
-            parts = [f"{n}{SEVERITY_MARK[s]}" for s, n in zip(("error", "warning", "info"), below) if n]
-            if parts:
-                worst = "error" if below[0] else ("warning" if below[1] else "info")
-                t.append("  (" + " ".join(parts) + " below)", SEVERITY_STYLE[worst])
         if e.hidden_copies and self.show_hidden:
             t.append(f"  +{len(e.hidden_copies)} hidden", "dim italic")
-        if e.path in self.changed:
-            t.append("  Δ what-if", Style(color="black", bgcolor="#ff87ff", bold=True))
         return t
 
 

@@ -178,7 +178,29 @@ class ProblemsPanel(Vertical):
         if error:
             self.note = f"scan failed: {error}"
         self.query_one("#scan-progress", ProgressBar).display = False
+        self._sort_groups()
         self.update_status()
+
+    def _sort_groups(self) -> None:
+        """The scan finds problems in walk order: show each group sorted by path once it is done."""
+        tree = self.tree
+        cursor = tree.cursor_node.data if tree.cursor_node is not None else None
+        for g in self.groups.values():
+            g.findings.sort(key=lambda f: f.path)
+            assert g.node is not None
+            g.node.remove_children()
+            g.shown = 0
+            g.more = None
+            for f in g.findings[:PAGE]:
+                self._add_finding(g, f)
+            if len(g.findings) > PAGE:
+                self._update_more(g)
+        if cursor is not None and cursor.finding is not None:
+            for g in self.groups.values():
+                assert g.node is not None
+                for child in g.node.children:
+                    if child.data is not None and child.data.finding is cursor.finding:
+                        tree.call_after_refresh(tree.move_cursor, child)
 
     def _group_label(self, g: Group) -> Text:
         t = Text()
@@ -215,7 +237,7 @@ class ProblemsPanel(Vertical):
         t.append("· ", "dim")
         if self.done:
             t.append(f"scanned {self.scanned:,} paths", "dim")
-            if self.elapsed is not None:
+            if self.elapsed is not None and self.elapsed >= 1:
                 t.append(f" in {self.elapsed:.1f} s", "dim")
         else:
             t.append(f"scanning… {self.scanned:,} paths", Style(color="#87afd7"))

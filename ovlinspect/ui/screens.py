@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -63,24 +64,27 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark,f1", "dismiss", "Close")]
 
     def compose(self) -> ComposeResult:
-        t = Text()
-        t.append("ovlinspect: what overlayfs does with every path, and why\n\n", "bold #5fafff")
-        for title, rows in KEYS:
-            t.append(title + "\n", "bold underline")
-            for key, what in rows:
-                t.append(f"  {key:<26}", "bold #ffd75f")
-                t.append(what + "\n")
-            t.append("\n")
-        t.append("Markers in the tree\n", "bold underline")
-        for mark, what in LEGEND:
-            t.append(f"  {mark:<14}", "bold")
-            t.append(what + "\n")
-        t.append("\nLayer columns: one per layer, with its role for the selected path: metadata, data, "
-                 "intercepting, whiteout, stack (merged directory), hidden, absent. The heavy border is "
-                 "the layer that gives the inode.", "dim")
         with VerticalScroll(id="help-body"):
-            yield Static(t)
+            yield Static(Text("ovlinspect: what overlayfs does with every path, and why",
+                              style="bold #5fafff"))
+            for title, rows in KEYS:
+                yield Static(_table(title, [(Text(k, style="bold"), Text(w)) for k, w in rows]))
+            yield Static(_table("Markers in the tree", [(Text(m, style="bold"), Text(w)) for m, w in LEGEND]))
+            yield Static(Text("Layer columns: one per layer, with its role for the selected path: metadata, "
+                              "data, intercepting, whiteout, stack (merged directory), hidden, absent. The "
+                              "heavy border is the layer that gives the inode.", style="dim"))
         yield Label(Text("escape closes", style="dim"), id="help-foot")
+
+
+def _table(title: str, rows: list[tuple[Text, Text]]) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.title = Text(title, style="bold #ffd75f")
+    table.title_justify = "left"
+    table.add_column(width=24, no_wrap=True)
+    table.add_column(ratio=1)
+    for a, b in rows:
+        table.add_row(a, b)
+    return table
 
 
 class WhatIfScreen(ModalScreen[dict | None]):

@@ -155,6 +155,32 @@ class Lister:
 # ------------------------------------------------------------------------------ walking
 
 
+def ordered_walk(engine: Engine, cancel: Callable[[], bool] = lambda: False) -> Iterator[Resolution]:
+    """Every path of the merged tree in the order the tree shows them (pre-order, sorted).
+
+    Only the directories on the current branch hold their listings.
+    """
+    root = engine.resolve(())
+    stack: list[tuple[Path, Iterator[bytes]]] = []
+    if root.is_dir:
+        stack.append(((), iter(list(engine.entries(root)))))
+    while stack:
+        if cancel():
+            return
+        path, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
+            continue
+        res = engine.resolve(path + (name,))
+        yield res
+        if res.is_dir:
+            listing = list(engine.entries(res))
+            res._entries = None  # do not keep every listing on the engine's cached resolutions
+            res._hidden = None
+            stack.append((res.path, iter(listing)))
+
+
 def union_walk(a: Engine, b: Engine, cancel: Callable[[], bool] = lambda: False
                ) -> Iterator[tuple[Path, Resolution, Resolution]]:
     """Every path listed by either engine's merged tree, with both resolutions (depth first)."""

@@ -19,6 +19,8 @@ def _no_cursor_blink(monkeypatch):
 
 
 def demo_app(name: str, **kwargs) -> OvlInspectApp:
+    # no time limit on the first error opening by itself: a slow machine must not change the screen
+    kwargs.setdefault("auto_jump_window", None)
     return OvlInspectApp(Engine(demo_stack(name), kernel=KERNEL), **kwargs)
 
 

@@ -371,7 +371,7 @@ async def test_command_palette_has_our_commands():
 
 
 async def test_memory_stack_fixture_works_without_demos():
-    app = OvlInspectApp(engine(seed_stack()))
+    app = OvlInspectApp(engine(seed_stack()), auto_jump_window=None)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         assert app.selection.path == (b"foo",)

@@ -1,0 +1,91 @@
+"""SVG snapshots of the main states, on the demo stacks (pytest --snapshot-update to accept)."""
+
+from __future__ import annotations
+
+from conftest import demo_app, settle
+
+from ovlinspect.ui.app import OvlInspectApp
+from ui_stacks import engine, hostile_stack
+
+SIZE = (130, 40)
+
+
+def _keys(*keys: str):
+    async def run_before(pilot) -> None:
+        await settle(pilot)
+        for key in keys:
+            await pilot.press(key)
+            await settle(pilot)
+
+    return run_before
+
+
+def _goto(path: tuple[bytes, ...], *keys: str):
+    async def run_before(pilot) -> None:
+        await settle(pilot)
+        pilot.app.goto_path(path)
+        await settle(pilot)
+        for key in keys:
+            await pilot.press(key)
+            await settle(pilot)
+
+    return run_before
+
+
+class TestFirstScreen:
+    def test_seed(self, snap_compare):
+        """The seed stack opens on its error: B intercepts the data meant for C."""
+        assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=_keys())
+
+    def test_seed_eio(self, snap_compare):
+        """A plain directory on the redirect path turns lookup into EIO."""
+        assert snap_compare(demo_app("seed-eio"), terminal_size=SIZE, run_before=_keys())
+
+    def test_composefs(self, snap_compare):
+        """A composefs-style stack: the first error opened, directories count problems below."""
+        assert snap_compare(demo_app("composefs"), terminal_size=SIZE, run_before=_keys())
+
+    def test_whiteouts(self, snap_compare):
+        """Only warnings: the cursor stays on the root."""
+        assert snap_compare(demo_app("whiteouts"), terminal_size=SIZE, run_before=_keys())
+
+
+class TestStates:
+    def test_hidden_entries(self, snap_compare):
+        """h shows whiteouts and lower copies (here in /etc)."""
+        assert snap_compare(demo_app("whiteouts"), terminal_size=SIZE,
+                            run_before=_goto((b"etc",), "right", "h"))
+
+    def test_data_only_layer_contents(self, snap_compare):
+        """h adds the data-only layers' own contents to the tree."""
+        assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=_keys("h", "end", "right"))
+
+    def test_follow_redirect(self, snap_compare):
+        """r highlights the column the redirect leads to."""
+        assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=_keys("r"))
+
+    def test_preview(self, snap_compare):
+        """p shows the bytes of every file the lookup touches, side by side."""
+        assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=_keys("p"))
+
+    def test_whatif_metacopy_off(self, snap_compare):
+        """M: the stack under metacopy=off, and which paths change."""
+        assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=_keys("M"))
+
+    def test_whatif_refused(self, snap_compare):
+        """R: redirect_dir=nofollow conflicts with metacopy=on; the kernel refuses the mount."""
+        assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=_keys("R"))
+
+    def test_search(self, snap_compare):
+        """/ searches the merged tree."""
+        assert snap_compare(demo_app("composefs", auto_jump=False), terminal_size=SIZE,
+                            run_before=_keys("slash", "o", "s"))
+
+    def test_help(self, snap_compare):
+        assert snap_compare(demo_app("seed", auto_jump=False), terminal_size=SIZE,
+                            run_before=_keys("question_mark"))
+
+    def test_hostile_names(self, snap_compare):
+        """Markup and escape sequences in names, labels and xattrs are shown literally."""
+        app = OvlInspectApp(engine(hostile_stack()), auto_jump=False)
+        assert snap_compare(app, terminal_size=SIZE, run_before=_goto((b"red",)))
