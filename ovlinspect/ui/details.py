@@ -18,7 +18,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Static
 
 from ..engine import Engine, Ref, Resolution
-from ..layers import Node, Path
+from ..layers import Node, Path, split_path
 from ..rules import RULES
 from .merged_tree import SEVERITY_MARK, SEVERITY_STYLE
 from .palette import LayerPalette
@@ -38,6 +38,9 @@ ROLE_STYLE = {
     "data-only (never merged)": "dim",
     "looked at": "",
     "redirect target": "bold #d75f00",
+    "redirect target (not reached)": "bold #d75f00",
+    "on the redirect path": "",
+    "cause": "bold white on #d70000",
 }
 ROLE_HELP = {
     "metadata": "gives the inode (stat)",
@@ -51,7 +54,52 @@ ROLE_HELP = {
     "data-only (never merged)": "reached only through metacopy redirects",
     "looked at": "the lookup fails (see the explanation)",
     "redirect target": "what the redirect meant; a regular layer answered first",
+    "redirect target (not reached)": "what the redirect meant; the lookup fails before it",
+    "on the redirect path": "the lookup walks through this",
+    "cause": "the lookup fails here (see the explanation)",
 }
+
+
+def failed_view(engine: Engine, res: Resolution, view: list) -> tuple[list, set[int]]:
+    """A failed lookup keeps no chain: show the layers below a redirect at the redirect's path.
+
+    The engine's view of a failed lookup looks at the merged path in every layer; when the top
+    entry carries an absolute redirect, the interesting entries below are at the redirect path
+    (the plain directory that cancels it, the data-only file it meant).
+    """
+    involved = {engine.kernel_index(j) for f in res.findings for j in f.layers}
+    redirect: bytes | None = None
+    top = None
+    for k, p, node, role in view:
+        if node is not None:
+            top = k
+            for d in decode(node, engine.prefix):
+                if d.redirect is not None and d.redirect.startswith(b"/") and d.active:
+                    redirect = d.redirect
+            break
+    out = []
+    on_path: set[int] = set()
+    for k, p, node, role in view:
+        if redirect is not None and top is not None and k > top:
+            rp = split_path(redirect)
+            layer = engine.klayers[k]
+            found: Path | None = None
+            if layer is not None:
+                # the deepest prefix of the redirect this layer holds: where the walk stopped
+                for i in range(len(rp), 0, -1):
+                    if layer.node(rp[:i]) is not None:
+                        found = rp[:i]
+                        break
+            if found is not None:
+                assert layer is not None
+                p, node = found, layer.node(found)
+                on_path.add(k)
+                role = "redirect target" if k > engine.nlower and found == rp else "on the redirect path"
+        below = any(j > k for j in involved)
+        if k in involved and node is not None and not (k == top and below):
+            role = "cause"
+        out.append((k, p, node, role))
+    return out, on_path
 
 
 def ui_role(engine: Engine, res: Resolution, k: int, role: str) -> str:
@@ -61,6 +109,8 @@ def ui_role(engine: Engine, res: Resolution, k: int, role: str) -> str:
     if (role == "hidden" and k > engine.nlower and res.redirect is not None
             and any(f.rule == "shadowed-lowerdata" for f in res.findings)):
         return "redirect target"
+    if role == "redirect target" and res.errno:
+        return "redirect target (not reached)"
     return role
 
 
@@ -145,11 +195,17 @@ class LayerColumns(Horizontal):
             return
         assert res is not None
         view = engine.layer_view(res)
+        on_path: set[int] = set()
+        if res.errno:
+            view, on_path = failed_view(engine, res, view)
         sources: dict[int, int] = {}  # target layer -> layer whose redirect leads there
         redirects: dict[int, Ref | None] = {}
         for k, p, node, role in view:
             if node is not None and any(d.redirect is not None for d in decode(node, engine.prefix)):
                 tgt = redirect_target(res, k)
+                if tgt is None and res.errno:
+                    # a failed lookup keeps no chain: the first entry below on the redirect path
+                    tgt = next((Ref(k2, p2) for k2, p2, n2, _ in view if k2 > k and k2 in on_path), None)
                 redirects[k] = tgt
                 if tgt is not None:
                     sources[tgt.layer] = k
@@ -160,7 +216,7 @@ class LayerColumns(Horizontal):
             col.border_title = palette.chip(k)  # type: ignore[assignment]
             col.border_subtitle = Text(role, style=ROLE_STYLE.get(role, ""))  # type: ignore[assignment]
             col.set_class(role in ("metadata", "data", "metadata+data", "intercepting"), "-used")
-            col.set_class(role == "intercepting", "-intercepting")
+            col.set_class(role in ("intercepting", "cause"), "-intercepting")
             col.set_class(role in ("absent", "hidden", "data-only (never merged)"), "-idle")
             col.styles.border = ("round" if role not in ("metadata", "metadata+data") else "heavy",
                                  palette.color(k))
@@ -204,7 +260,7 @@ class LayerColumns(Horizontal):
                     link = Style(color="#5fafff", bold=True, underline=True) + Style.from_meta(
                         {"@click": f"app.follow_redirect({k})"})
                     t.append("⤳ leads to ", Style(color="#5fafff"))
-                    t.append(engine.label(target.layer), link)
+                    t.append_text(esc_str(engine.label(target.layer), link))
                     t.append(" at ", "#5fafff")
                     t.append_text(path_text(target.path, "#5fafff"))
                     t.append("  [r]", "dim")

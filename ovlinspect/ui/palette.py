@@ -72,5 +72,6 @@ class LayerPalette:
     def colorize(self, text: Text) -> Text:
         """Colour every mention of a layer label (``lower 1 (B)``) in ``text``."""
         for k in self.colors:
-            text.highlight_words([self.engine.label(k)], self.style(k, bold=True))
+            # labels are matched as the text shows them (escaped)
+            text.highlight_words([esc_str(self.engine.label(k)).plain], self.style(k, bold=True))
         return text
