@@ -92,6 +92,7 @@ class _LookupData:
     absolute_redirect: bool = False
     # not kernel state: bookkeeping for explanations and findings
     cleared_by: Ref | None = None
+    x_layers: set | None = None
     redirect_from: Ref | None = None
     abs_redirect_value: bytes | None = None
 
@@ -131,6 +132,10 @@ class Resolution:
     whiteout: Ref | None = None
     #: overlay inodes of this directory and its ancestors: hash key (the first lower) -> upper
     inode_keys: dict | None = None
+    #: layers whose copy of this directory was read with opaque=x (xattr whiteouts enabled)
+    x_layers: set | None = None
+    readdir_errno: str | None = None
+    readdir_log: list[str] = field(default_factory=list)
     _entries: list[bytes] | None = None
     _hidden: dict[bytes, str] | None = None
 
@@ -240,6 +245,7 @@ class Engine:
             n = self.layer(ref.layer).node(())
             if n is not None and self.opaque_value(n) == b"x":
                 res.xwhiteouts = True
+                res.x_layers = (res.x_layers or set()) | {ref.layer}
         return res
 
     def _stack_text(self, res: Resolution) -> str:
@@ -460,6 +466,7 @@ class Engine:
         res.upper = upper_path
         res.lowers = stack
         res.xwhiteouts = d.xwhiteouts
+        res.x_layers = d.x_layers
         top = Ref(0, upper_path) if upper_path is not None else stack[0]
         node = self.layer(top.layer).node(top.path)
         self._fill_attrs(res, node)
@@ -620,6 +627,7 @@ class Engine:
             val = self.opaque_value(node)
             if last_element and not is_upper and val == b"x":
                 d.xwhiteouts = True
+                d.x_layers = (d.x_layers or set()) | {li}
                 if self.tracing:
                     t.append(f"{where}: directory with opaque=x (holds xattr whiteouts; not opaque)")
             elif val == b"y":
@@ -889,16 +897,27 @@ class Engine:
         if not res.is_dir:
             res._entries = []
             return []
+        impure = self._impure(res)
         if not res.merge:
             real = Ref(0, res.upper) if res.upper is not None else res.lowers[0]
             names = sorted(self.layer(real.layer).listdir(real.path))
+            if impure:
+                # d_ino of an impure upper directory is recomputed by looking every entry up;
+                # an entry whose lookup fails makes readdir itself fail
+                for name in names:
+                    child = self.resolve(res.path + (name,))
+                    if child.errno not in (None, "ENOENT"):
+                        res.readdir_errno = child.errno
+                        res.readdir_log.append(self._stale_log(name, child.errno))
+                        names = []
+                        break
         else:
             seen: set[bytes] = set()
             reads: list[Ref] = ([Ref(0, res.upper)] if res.upper is not None else []) + list(res.lowers)
             for ref in reads:
                 layer = self.layer(ref.layer)
                 scan = layer.scan(ref.path)
-                in_x = res.xwhiteouts and ref.layer != 0 and self._layer_xwhiteouts(ref)
+                in_x = res.xwhiteouts and ref.layer != 0 and self._layer_xwhiteouts(res, ref)
                 for name, node in scan.items():
                     if name in seen:
                         continue
@@ -906,11 +925,14 @@ class Engine:
                     if node.is_whiteout_dev:
                         hidden[name] = f"0/0 whiteout in {self.where(Ref(ref.layer, ref.path + (name,)))}"
                         continue
-                    if in_x and node.is_reg:
+                    if (in_x and node.is_reg) or (impure and ref.layer == 0):
                         child = self.resolve(res.path + (name,))
                         if child.errno is not None:
-                            hidden[name] = (f"xattr-whiteout check in {self.label(ref.layer)}: "
-                                            f"lookup gives {child.errno}")
+                            why = ("xattr-whiteout check in " + self.label(ref.layer) if in_x and node.is_reg
+                                   else "impure upper directory: d_ino recomputed by a lookup")
+                            hidden[name] = f"{why}: lookup gives {child.errno}"
+                            if child.errno != "ENOENT":
+                                res.readdir_log.append(self._stale_log(name, child.errno))
                             continue
                     names.append(name)
             names.sort()
@@ -918,19 +940,39 @@ class Engine:
         res._hidden = hidden
         return names
 
+    def _impure(self, res: Resolution) -> bool:
+        """An upper directory marked impure, on a stack whose layers share one filesystem."""
+        if res.upper is None or not self.same_fs:
+            return False
+        n = self.layer(0).node(res.upper)
+        return n is not None and self._x(n, b"impure") == b"y"
+
+    @staticmethod
+    def _stale_log(name: bytes, errno: str) -> str:
+        code = getattr(_errno, errno, 0)
+        return f"overlayfs: failed to look up ({show(name)}) for ino (-{code})"
+
+    @property
+    def same_fs(self) -> bool:
+        devs = {getattr(l, "dev", None) for l in self.klayers if l is not None}
+        devs.discard(None)
+        return len(devs) <= 1
+
     def hidden_entries(self, res: Resolution) -> dict[bytes, str]:
         self.entries(res)
         return res._hidden or {}
 
-    def _layer_xwhiteouts(self, ref: Ref) -> bool:
-        layer = self.layer(ref.layer)
-        n = layer.node(ref.path)
-        if n is not None and self.opaque_value(n) == b"x":
+    def _layer_xwhiteouts(self, res: Resolution, ref: Ref) -> bool:
+        """Whether readdir checks this layer's regular files for xattr whiteouts.
+
+        The kernel flags a layer when a lookup reads opaque=x on one of its directories (never
+        on the bottom layer, where opaque is not read), and at mount for a lower root with
+        opaque=x (not the lowest).  This directory's own lookup and the roots are what a fresh
+        mount is sure to have seen.
+        """
+        if res.x_layers and ref.layer in res.x_layers:
             return True
-        if ref.layer < self.nlower:
-            root = layer.node(())
-            return root is not None and self.opaque_value(root) == b"x"
-        return False
+        return bool(self._root.x_layers) and ref.layer in self._root.x_layers  # type: ignore[operator]
 
     # ---------------------------------------------------------------- explain & check
     def explain(self, path: str | bytes | Path) -> Resolution:
@@ -1075,7 +1117,9 @@ class Engine:
         ok = res.errno is None
         is_file = ok and res.kind == "file"
         entries = [_j(n) for n in self.entries(res)] if ok and res.kind == "dir" else None
-        logs = res.kernel_log + (res.open_log if ok else [])
+        if res.readdir_errno:
+            entries = None
+        logs = res.kernel_log + (res.open_log if ok else []) + (res.readdir_log if ok else [])
         return {
             "path": _j(b"/" + b"/".join(res.path)),
             "errno": res.errno,
@@ -1087,6 +1131,7 @@ class Engine:
             "data": self.ref_json(res.data) if is_file else None,
             "open_errno": res.open_errno if is_file else None,
             "entries": entries,
+            "readdir_errno": res.readdir_errno if ok and res.kind == "dir" else None,
             "kernel_log": "\n".join(logs) if logs else None,
             "trace": list(res.trace),
             "findings": [f.as_json() for f in res.findings],

@@ -260,6 +260,8 @@ class DiskLayer(Layer):
             raise LayerError(f"cannot open layer {p}: {e.strerror}") from None
         # one lock: descriptors are cached and evicted, and the UI reads from several threads
         self._lock = threading.RLock()
+        #: the filesystem the layer root is on (overlay compares them: same_fs, xino)
+        self.dev = os.fstat(self._root).st_dev
         self._fds: OrderedDict[Path, int] = OrderedDict()
         self._scans: OrderedDict[Path, dict[bytes, Node]] = OrderedDict()
         self._max_fds = 64

@@ -21,6 +21,7 @@ from harness import (
     predict_live,
     prediction_disagreements,
     refresh_stale,
+    settle_for_live,
     run_kernel,
 )
 
@@ -363,8 +364,8 @@ case("impure-upper-dir-all-entries-fine",
 #: Engine disagreements reported to the lead and not fixed yet: case-name prefix -> reason.
 KNOWN_ENGINE_BUGS = {
     "dot-redirect-": "engine: a redirect with a '.' or '..' component must fail the lookup with EACCES",
-    "xwhiteout-lowest-root-x": "engine: the lowest layer's root opaque=x never enables xattr whiteouts",
-    "impure-upper-": "engine: readdir of an impure upper directory hides (or fails on) entries whose lookup fails",
+
+
 }
 
 _ids = [c.name for c in CASES]
@@ -402,6 +403,7 @@ def _known(case: Case, dis) -> None:
 def test_table_live(case: Case, tmpfs: str) -> None:
     res = run_kernel(case, tmpfs, "legacy", with_prediction=False)
     refresh_stale(res)
+    settle_for_live(res)
     try:
         pred = predict_live(res.target, res.paths)
     except PredictionUnavailable as e:
