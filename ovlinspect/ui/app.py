@@ -8,6 +8,7 @@ slow operation runs in a worker thread with its own engine (see :mod:`.session`)
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Footer, Input, TabbedContent, TabPane, Tree
@@ -47,8 +49,8 @@ from .session import (
 
 #: How long after start a first error found by the scan is selected by itself.
 AUTO_JUMP_WINDOW = 1.5
-#: Seconds between progress messages from a worker.
-BATCH_SECONDS = 0.1
+#: Seconds between progress messages from a worker (each one costs the UI a repaint).
+BATCH_SECONDS = 0.25
 
 
 # ------------------------------------------------------------------------------ messages
@@ -79,6 +81,21 @@ class WhatIfUpdate(Message):
     scanned: int = 0
     done: bool = False
     error: str | None = None
+
+
+def _while_on_screen(handler):
+    """Worker messages can arrive while the app is closing: drop them once the widgets are gone."""
+
+    @functools.wraps(handler)
+    def wrapper(self, msg):
+        try:
+            return handler(self, msg)
+        except NoMatches:
+            if self.is_running and self.screen.is_attached:
+                raise
+            return None
+
+    return wrapper
 
 
 # ------------------------------------------------------------------------------ the app
@@ -167,6 +184,7 @@ class OvlInspectApp(App[int]):
         self.start_scan()
 
     def on_unmount(self) -> None:
+        self.workers.cancel_all()
         self.lister.close()
 
     # ------------------------------------------------------------------ selection
@@ -265,25 +283,31 @@ class OvlInspectApp(App[int]):
         finally:
             clone.close()
 
+    @_while_on_screen
     def on_scan_update(self, msg: ScanUpdate) -> None:
         if msg.gen != self.scan_gen:
             return
         panel = self.problems
         tree = self.tree
+        touched: set[Path] = set()
+        exact: set[Path] = set()
         for f in msg.findings:
             path = split_path(f.path)
+            exact.add(path)
             self.findings_at.setdefault(path, []).append(f)
             sev = RULES[f.rule].severity if f.rule in RULES else "error"
             rank = SEVERITY_RANK[sev]
             tree.problems_at.setdefault(path, [0, 0, 0])[rank] += 1
+            touched.add(path)
             for i in range(len(path)):
                 tree.problems_below.setdefault(path[:i], [0, 0, 0])[rank] += 1
+                touched.add(path[:i])
         panel.add(msg.findings, msg.scanned)
         if msg.done:
             panel.finish(msg.scanned, msg.elapsed, msg.error)
-        if msg.findings:
-            tree.repaint_labels()
-            if self.selection.path in {split_path(f.path) for f in msg.findings}:
+        if touched:
+            tree.repaint_paths(touched)
+            if self.selection.path in exact and not self.selection.raw:
                 self.select(self.selection)
         self._maybe_auto_jump()
 
@@ -393,6 +417,7 @@ class OvlInspectApp(App[int]):
                 found.append(split_path(f.path))
         self.post_message(SearchUpdate(gen, found, len(seen), done=True))
 
+    @_while_on_screen
     def on_search_update(self, msg: SearchUpdate) -> None:
         if msg.gen != self.search_gen:
             return
@@ -590,6 +615,7 @@ class OvlInspectApp(App[int]):
             a.close()
             b.close()
 
+    @_while_on_screen
     def on_what_if_update(self, msg: WhatIfUpdate) -> None:
         if msg.gen != self.whatif_gen:
             return
@@ -598,7 +624,7 @@ class OvlInspectApp(App[int]):
         tree = self.tree
         if msg.changes:
             tree.changed.update(c.path for c in msg.changes)
-            tree.repaint_labels()
+            tree.repaint_paths({c.path for c in msg.changes})
         n = len(tree.changed)
         t = Text()
         t.append("what-if ", "bold")

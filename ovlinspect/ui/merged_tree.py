@@ -86,6 +86,8 @@ class MergedTree(Tree[Entry]):
         self.changed: set[Path] = set()
         self.guide_depth = 2
         self._pending: dict[int, asyncio.Future] = {}
+        #: merged entries shown so far, by path (to repaint one when the scan finds something)
+        self.by_path: dict[Path, TreeNode[Entry]] = {}
 
     @property
     def oapp(self) -> "OvlInspectApp":
@@ -101,6 +103,7 @@ class MergedTree(Tree[Entry]):
         self.lister = lister
         self.palette = palette
         self._pending.clear()
+        self.by_path = {}
         self.clear()
         self.root.data = Entry(())
         self.gen += 1
@@ -194,14 +197,16 @@ class MergedTree(Tree[Entry]):
         entry = Entry(path + (c.name,), "merged", res=c.res, hidden_copies=c.hidden_copies)
         label = esc(c.name)
         if c.res.is_dir:
-            return parent.add(label, entry)
-        if c.hidden_copies:
+            node = parent.add(label, entry)
+        elif c.hidden_copies:
             node = parent.add(label, entry)
             for k, p, n in c.hidden_copies:
                 self._add_copy(node, entry.path, k, p, n)
             entry.loaded = True
-            return node
-        return parent.add_leaf(label, entry)
+        else:
+            node = parent.add_leaf(label, entry)
+        self.by_path[entry.path] = node
+        return node
 
     def _add_copy(self, parent: TreeNode[Entry], merged: Path, k: int, p: Path, n: Node) -> None:
         parent.add_leaf(Text(""), Entry(merged, "copy", layer=k, node=n, lpath=p, loaded=True))
@@ -339,6 +344,14 @@ class MergedTree(Tree[Entry]):
         return out
 
     # ------------------------------------------------------------------ labels
+    def repaint_paths(self, paths: set[Path]) -> None:
+        """Recompute the labels of these paths, where the tree shows them."""
+        for p in paths:
+            node = self.by_path.get(p) if p else self.root
+            if node is not None and node.data is not None:
+                node.data.text = None
+                node.refresh()
+
     def repaint_labels(self) -> None:
         """Labels depend on scan results and what-if state: recompute the visible ones."""
         self.gen += 1

@@ -125,6 +125,7 @@ class ProblemsPanel(Vertical):
     def add(self, findings: list[Finding], scanned: int) -> None:
         self.scanned = scanned
         tree = self.tree
+        touched: set[tuple[str, str]] = set()
         for f in findings:
             self.findings.append(f)
             sev = f.severity if f.rule in RULES else "error"
@@ -137,9 +138,13 @@ class ProblemsPanel(Vertical):
                 before = self.groups[order[idx + 1]].node if idx + 1 < len(order) else None
                 g.node = tree.root.add(Text(), ProblemRef(g), before=before, expand=True)
             g.findings.append(f)
+            touched.add(key)
             if g.shown < PAGE:
                 self._add_finding(g, f)
-            else:
+        # labels once per batch: each set_label repaints the visible lines
+        for key in touched:
+            g = self.groups[key]
+            if len(g.findings) > g.shown:
                 self._update_more(g)
             assert g.node is not None
             g.node.set_label(self._group_label(g))

@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""Benchmark: the interactive view on a generated stack of a million entries.
+
+Builds in memory (no root, no disk) a composefs-like stack ``lowerdir=meta:base::objects``:
+``meta`` holds N metacopy files in directories of 1000 (each an absolute redirect into the
+data-only layer ``objects``), plus one flat directory of ``--flat`` entries; ``base`` a regular
+layer that shadows some objects.  Then, headless:
+
+* **first screen**: from creating the app to the first frame with the root listed;
+* **key latency** while the background scan walks the whole stack: ``down`` (move the cursor:
+  resolve, columns, explanation), ``right`` on a 1000-entry directory (list it in a worker and
+  show it), a what-if toggle (new engine, tree rebuilt), typing in the search box;
+* the scan's progress (paths per second) while keys are being pressed.
+
+Each latency is the time from the key event to its effect in the app (the cursor moved and the
+detail panels filled, the directory listed in its worker and shown, ...), polled every 0.5 ms;
+and how long the event loop is ever kept from running (a 5 ms ticker).  With ``--tmux``, the
+app also runs in a real terminal and the latency is measured from ``send-keys`` to the changed
+``capture-pane`` output.
+
+    python bench/bench_ui.py [--entries 1000000] [--flat 100000] [--keys 30] [--tmux] [--full-scan]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from ovlinspect.engine import Engine  # noqa: E402
+from ovlinspect.layers import MemoryLayer, Node  # noqa: E402
+from ovlinspect.stack import Stack  # noqa: E402
+
+T = b"trusted.overlay."
+PARAMS = {"metacopy": "N", "redirect_dir": "N", "redirect_always_follow": "Y",
+          "index": "N", "nfs_export": "N", "xino_auto": "N"}
+
+
+class _Builder:
+    """Fills a MemoryLayer's tables directly (``MemoryLayer.add`` checks each new name against
+    its directory's list, which is quadratic in the directory size)."""
+
+    def __init__(self, label: str):
+        self.layer = MemoryLayer(label=label)
+        self.kids: dict = {}
+
+    def add(self, path: tuple, node: Node) -> None:
+        self.layer.nodes[path] = node
+        self.kids.setdefault(path[:-1], []).append(path[-1])
+
+    def done(self) -> MemoryLayer:
+        self.layer.children = {k: list(dict.fromkeys(v)) for k, v in self.kids.items()}
+        return self.layer
+
+
+def build(n: int, flat: int, n_objects: int = 4096) -> tuple[Stack, int]:
+    """The stack and its number of merged entries."""
+    dir_node = Node("dir", 0o755)
+    objects = _Builder("objects")
+    redirects: list[Node] = []
+    for i in range(n_objects):
+        h = hashlib.sha256(str(i).encode()).hexdigest()
+        d, f = h[:2].encode(), h[2:].encode()
+        objects.add((d,), dir_node)
+        objects.add((d, f), Node("file", 0o644, 16))
+        xattrs = ((T + b"metacopy", b""), (T + b"redirect", b"/" + d + b"/" + f))
+        redirects.append(Node("file", 0o644, 16, xattrs=xattrs))
+    meta = _Builder("meta")
+    per_dir = 1000
+    for i in range(n):
+        d = b"d%04d" % (i // per_dir)
+        if i % per_dir == 0:
+            meta.add((d,), dir_node)
+        meta.add((d, b"f%07d" % i), redirects[i % n_objects])
+    meta.add((b"flat",), dir_node)
+    for i in range(flat):
+        meta.add((b"flat", b"e%07d" % i), redirects[i % n_objects])
+    base = _Builder("base")
+    # a regular layer holding a few object paths: every metacopy redirected there is shadowed
+    for i in range(0, n_objects, 512):
+        h = hashlib.sha256(str(i).encode()).hexdigest()
+        base.add((h[:2].encode(),), dir_node)
+        base.add((h[:2].encode(), h[2:].encode()), Node("file", 0o644, 99))
+    base.add((b"base",), dir_node)
+    for i in range(n // 10):
+        base.add((b"base", b"b%07d" % i), Node("file", 0o644, 1))
+    layers = [meta.done(), base.done(), objects.done()]
+    merged = sum(1 for p in set(layers[0].nodes) | set(layers[1].nodes) if p)
+    stack = Stack(lowers=layers[:2], data=layers[2:], options="metacopy=on", source="bench:generated",
+                  description=f"{merged:,} merged entries", params=PARAMS)
+    return stack, merged
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def show(name: str, xs: list[float]) -> None:
+    ms = [x * 1000 for x in xs]
+    print(f"  {name:<30} n={len(ms):<4} median {statistics.median(ms):7.1f} ms   p90 {pct(ms, 90):7.1f} ms"
+          f"   max {max(ms):7.1f} ms")
+
+
+async def until(cond, timeout: float = 30.0) -> None:
+    deadline = time.perf_counter() + timeout
+    while not cond():
+        if time.perf_counter() > deadline:
+            raise TimeoutError
+        await asyncio.sleep(0.0005)
+
+
+async def key(app, k: str, effect) -> float:
+    """Seconds from a key press to its visible effect in the app's state."""
+    t = time.perf_counter()
+    app.simulate_key(k)
+    await until(effect)
+    return time.perf_counter() - t
+
+
+async def run(stack: Stack, keys: int, size: tuple[int, int]) -> None:
+    from ovlinspect.ui.app import OvlInspectApp
+
+    engine = Engine(stack, kernel="bench")
+    if os.environ.get("SWITCH"):
+        sys.setswitchinterval(float(os.environ["SWITCH"]))
+    t0 = time.perf_counter()
+    app = OvlInspectApp(engine, auto_jump=False)
+    async with app.run_test(size=size) as pilot:
+        t_mounted = time.perf_counter() - t0
+        await until(lambda: app.tree.root.data.loaded)
+        t_first = time.perf_counter() - t0
+        print(f"first screen: app mounted in {t_mounted * 1000:.0f} ms, root listed in {t_first * 1000:.0f} ms"
+              f" ({len(app.tree.root.children)} entries at /); the scan had done {app.problems.scanned:,} paths")
+
+        # how long the UI's event loop is ever kept from running, while the scan goes on
+        stalls: list[float] = []
+        running = True
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while running:
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                stalls.append(now - last - 0.005)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        ts = time.perf_counter()
+        scanned0 = app.problems.scanned
+        lat: dict[str, list[float]] = {"down (select next path)": [], "right (open a 1000-entry dir)": [],
+                                       "left (collapse)": [], "search keystroke": []}
+        tree = app.tree
+        for i in range(keys):
+            line = tree.cursor_line
+            lat["down (select next path)"].append(
+                await key(app, "down", lambda: tree.cursor_line != line and app.selection.path != ()))
+        for i in range(min(keys, 10)):
+            node = tree.cursor_node
+            assert node is not None and node.data.path[0].startswith(b"d"), node
+            lat["right (open a 1000-entry dir)"].append(
+                await key(app, "right", lambda: node.data.loaded and node.is_expanded and
+                          len(node.children) > 1))
+            lat["left (collapse)"].append(await key(app, "left", lambda: not node.is_expanded))
+            line = tree.cursor_line
+            await key(app, "down", lambda: tree.cursor_line != line)
+        app.goto_path((b"flat",))
+        await until(lambda: app.selection.path == (b"flat",))
+        node = tree.cursor_node
+        t_flat = await key(app, "right", lambda: node.data.loaded and node.is_expanded)
+        # search: each keystroke restarts the background search
+        await key(app, "slash", lambda: app.focused is not tree)
+        search = app.query_one("#search-input")
+        for ch in "f0001234":
+            gen = app.search_gen
+            lat["search keystroke"].append(await key(app, ch, lambda: app.search_gen != gen))
+        await key(app, "escape", lambda: app.focused is tree)
+        del search
+        scanned_meanwhile = app.problems.scanned - scanned0
+        # what-if: a new engine, the header, tree, scan and comparison restarted
+        base = app.engine
+        t_whatif = await key(app, "V", lambda: app.engine is not base and app.tree.root.data.loaded)
+        t_back = await key(app, "W", lambda: app.engine is base and app.tree.root.data.loaded)
+        elapsed = time.perf_counter() - ts
+        running = False
+        await tick
+        print("key latency while the background scan runs (key to the app's state and widgets updated):")
+        for name, xs in lat.items():
+            show(name, xs)
+        print(f"  {'right on /flat (100k entries)':<30} {t_flat * 1000:7.1f} ms (500 shown, then a 'more' entry)")
+        print(f"  {'what-if toggle V / reset W':<30} {t_whatif * 1000:7.1f} ms / {t_back * 1000:.1f} ms"
+              " (tree rebuilt and root listed)")
+        show("event loop stalls", stalls)
+        print(f"scan meanwhile: {scanned_meanwhile:,} paths while the keys above were pressed"
+              f" ({elapsed:.1f} s in all)")
+        app.exit()
+
+
+async def scan_only(stack: Stack) -> None:
+    """The time the full problems scan takes in the app (nothing else happening)."""
+    from ovlinspect.ui.app import OvlInspectApp
+
+    app = OvlInspectApp(Engine(stack, kernel="bench"), auto_jump=False)
+    async with app.run_test(size=(130, 40)):
+        t = time.perf_counter()
+        await until(lambda: app.problems.done, timeout=3600)
+        dt = time.perf_counter() - t
+        print(f"full scan in the app: {app.problems.scanned:,} paths in {dt:.1f} s "
+              f"({app.problems.scanned / dt:,.0f} paths/s), {len(app.problems.findings):,} findings")
+        app.exit()
+
+
+def serve(stack: Stack) -> int:
+    """Run the app in this terminal (for --tmux)."""
+    from ovlinspect.ui.app import run_app
+
+    return run_app(Engine(stack, kernel="bench"))
+
+
+def tmux_latency(args) -> None:
+    """Key latency in a real terminal: send-keys, then poll capture-pane until the screen changes."""
+    import shutil
+    import subprocess
+
+    if shutil.which("tmux") is None:
+        print("tmux: not installed, skipped")
+        return
+    sock = f"ovlbench-{os.getpid()}"
+
+    def tmux(*a: str) -> str:
+        return subprocess.run(["tmux", "-L", sock, "-f", "/dev/null", *a], capture_output=True,
+                              text=True).stdout
+
+    cols, _, lines = args.size.partition("x")
+    cmd = (f"env -u COLUMNS -u LINES TERM=tmux-256color {sys.executable} {os.path.abspath(__file__)} --serve"
+           f" --entries {args.entries} --flat {args.flat}")
+    t0 = time.perf_counter()
+    tmux("new-session", "-d", "-s", "b", "-x", cols, "-y", lines, cmd)
+    try:
+        screen = ""
+        while "scanning" not in screen and "scanned" not in screen:
+            screen = tmux("capture-pane", "-p", "-t", "b")
+            time.sleep(0.01)
+            if time.perf_counter() - t0 > 300:
+                print("tmux: the app did not start")
+                return
+        print(f"real terminal (tmux {cols}x{lines}): screen up {time.perf_counter() - t0:.1f} s after launch"
+              " (including generating the stack in that process)")
+        xs = []
+        for i in range(args.keys):
+            before = tmux("capture-pane", "-p", "-t", "b")
+            t = time.perf_counter()
+            tmux("send-keys", "-t", "b", "Down")
+            while tmux("capture-pane", "-p", "-t", "b") == before:
+                if time.perf_counter() - t > 10:
+                    break
+            xs.append(time.perf_counter() - t)
+            time.sleep(0.05)
+        scanning = "scanning" in tmux("capture-pane", "-p", "-t", "b")
+        show("Down, key to screen (tmux)", xs)
+        print(f"  (each sample includes ~2 capture-pane calls; the scan was {'still' if scanning else 'no longer'}"
+              " running at the end)")
+        tmux("send-keys", "-t", "b", "q")
+    finally:
+        tmux("kill-server")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--entries", type=int, default=1_000_000)
+    ap.add_argument("--flat", type=int, default=100_000)
+    ap.add_argument("--keys", type=int, default=30)
+    ap.add_argument("--size", default="130x40")
+    ap.add_argument("--tmux", action="store_true", help="also measure in a real terminal (tmux)")
+    ap.add_argument("--full-scan", action="store_true", help="also time the whole problems scan")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    t = time.perf_counter()
+    stack, merged = build(args.entries, args.flat)
+    if args.serve:
+        return serve(stack)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"generated {merged:,} merged entries in {time.perf_counter() - t:.1f} s (max RSS {rss:.0f} MiB)")
+    cols, _, lines = args.size.partition("x")
+    asyncio.run(run(stack, args.keys, (int(cols), int(lines))))
+    if args.full_scan:
+        asyncio.run(scan_only(stack))
+    if args.tmux:
+        tmux_latency(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
