@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import demo_app, screen_text, settle, tree_lines
+from ui_helpers import demo_app, screen_text, settle, tree_lines
 from textual.color import Color
 from textual.widgets import Input, TabbedContent
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import screen_text, settle, tree_lines
+from ui_helpers import screen_text, settle, tree_lines
 
 from ovlinspect.ui.app import OvlInspectApp
 from ovlinspect.ui.panels import PathList

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import demo_app, settle
+from ui_helpers import demo_app, settle
 
 from ovlinspect.ui.app import OvlInspectApp
 from ui_stacks import engine, hostile_stack

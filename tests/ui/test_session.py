@@ -1,0 +1,130 @@
+"""The UI's engine plumbing: clones for threads, walks in tree order, what-if option strings,
+big directories in chunks, and disk layers."""
+
+from __future__ import annotations
+
+import os
+
+from ui_helpers import settle, tree_lines
+
+from ovlinspect.engine import Engine
+from ovlinspect.layers import DiskLayer, MemoryLayer, Node
+from ovlinspect.sources import demo_stack
+from ovlinspect.stack import Stack
+from ovlinspect.ui.app import OvlInspectApp
+from ovlinspect.ui.session import (
+    CHUNK,
+    EngineClone,
+    Lister,
+    current_choices,
+    ordered_walk,
+    redirect_target,
+    union_walk,
+    whatif_options,
+)
+from ui_stacks import KERNEL, PARAMS, engine, seed_stack
+
+
+def test_whatif_options_replace_only_the_four_options():
+    base = "metacopy=on,index=off,userxattr,redirect_dir=on"
+    got = whatif_options(base, {"metacopy": "off", "redirect_dir": "follow", "userxattr": "off",
+                                "verity": "on"})
+    assert got == "index=off,metacopy=off,redirect_dir=follow,verity=on"
+    assert "userxattr" in whatif_options("", {"userxattr": "on"}).split(",")
+
+
+def test_current_choices_are_the_effective_values():
+    e = Engine(demo_stack("seed"), kernel=KERNEL)
+    assert current_choices(e) == {"metacopy": "on", "redirect_dir": "on", "userxattr": "off",
+                                  "verity": "off"}
+
+
+def test_clone_shares_memory_layers_and_reopens_disk_layers(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_text("x")
+    disk = DiskLayer(str(tmp_path / "a"), "a")
+    mem = MemoryLayer(label="m")
+    e = Engine(Stack(lowers=[disk, mem], params=PARAMS), kernel=KERNEL)
+    clone = EngineClone(e)
+    try:
+        assert clone.engine.stack.lowers[1] is mem
+        assert clone.engine.stack.lowers[0] is not disk
+        assert clone.engine.options == e.options
+        assert clone.engine.resolve("/f").kind == "file"
+    finally:
+        clone.close()
+
+
+def test_ordered_walk_is_the_tree_order():
+    e = Engine(demo_stack("composefs"), kernel=KERNEL)
+    paths = [r.path for r in ordered_walk(e)]
+    assert paths == sorted(paths)  # pre-order of sorted names is the sorted order of paths
+    assert set(paths) == {r.path for r in e.walk()} - {()}
+
+
+def test_union_walk_sees_paths_of_both_engines():
+    e = Engine(demo_stack("seed"), kernel=KERNEL)
+    w = e.with_options("metacopy=off,redirect_dir=on")
+    seen = {p: (a.errno, b.errno) for p, a, b in union_walk(e, w)}
+    assert seen[(b"foo",)] == (None, "EPERM")
+    assert (b"etc", b"hostname") in seen
+
+
+def test_redirect_target_is_the_next_layer_of_the_chain():
+    e = engine(seed_stack())
+    res = e.resolve("/foo")
+    tgt = redirect_target(res, 1)
+    assert tgt is not None and tgt.layer == 2 and tgt.path == (b"1e", b"abcdef")
+
+
+def _big_stack(n: int) -> Stack:
+    m = MemoryLayer(label="big")
+    for i in range(n):
+        m.add((b"big", b"f%05d" % i), Node("file", 0o644, 1))
+    m.add((b"small",), Node("file", 0o644, 1))
+    return Stack(lowers=[m], params=PARAMS, source="test:big")
+
+
+def test_lister_chunks_big_directories():
+    lister = Lister(Engine(_big_stack(CHUNK + 20), kernel=KERNEL))
+    listing = lister.list_dir((b"big",))
+    assert len(listing.names) == CHUNK + 20 and len(listing.children) == CHUNK
+
+
+async def test_big_directory_shows_a_more_entry_and_reveal_loads_it():
+    app = OvlInspectApp(Engine(_big_stack(2 * CHUNK + 10), kernel=KERNEL), auto_jump=False)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        app.goto_path((b"big",))
+        await settle(pilot)
+        await pilot.press("right")
+        await settle(pilot)
+        big = app.tree.find_loaded((b"big",))
+        assert len(big.children) == CHUNK + 1
+        assert "more entries" in tree_lines(app)[-2]
+        want = (b"big", b"f%05d" % (2 * CHUNK + 5))
+        app.goto_path(want)
+        await settle(pilot)
+        assert app.tree.cursor_node.data.path == want
+        assert len(big.children) == 2 * CHUNK + 10
+
+
+async def test_disk_layers_in_worker_threads(tmp_path):
+    for layer, files in (("a", {"etc/x": "A"}), ("b", {"etc/x": "B", "etc/y": "B", "z": "B"})):
+        for name, content in files.items():
+            p = tmp_path / layer / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(content)
+    stack = Stack(lowers=[DiskLayer(str(tmp_path / "a"), "a"), DiskLayer(str(tmp_path / "b"), "b")],
+                  params=PARAMS, source=str(tmp_path))
+    app = OvlInspectApp(Engine(stack, kernel=KERNEL), auto_jump=False)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        app.goto_path((b"etc", b"y"))
+        await settle(pilot)
+        assert app.res is not None and app.res.metadata.layer == 2
+        assert app.problems.done and app.problems.scanned == 5  # /, etc, etc/x, etc/y, z
+        await pilot.press("p")
+        await pilot.pause()
+        await pilot.press("escape")
+    assert os.path.isdir(tmp_path / "a")
