@@ -35,7 +35,7 @@ def header_text(engine: Engine, pal: LayerPalette, base: Engine, width: int = 20
     was = current_choices(base)
     for key, value in now.items():
         shown = key if key == "userxattr" and value == "on" else (
-            f"no{key}" if key == "userxattr" else f"{key}={value}")
+            f"{key}=off" if key == "userxattr" else f"{key}={value}")
         if value != was[key]:
             t.append(f" {shown} ", WHATIF_STYLE)
         else:
