@@ -41,6 +41,8 @@ ROLE_STYLE = {
     "redirect target (not reached)": "bold #d75f00",
     "on the redirect path": "",
     "cause": "bold white on #d70000",
+    "refused here": "bold white on #d70000",
+    "invalid here": "bold white on #d70000",
 }
 ROLE_HELP = {
     "metadata": "gives the inode (stat)",
@@ -57,6 +59,8 @@ ROLE_HELP = {
     "redirect target (not reached)": "what the redirect meant; the lookup fails before it",
     "on the redirect path": "the lookup walks through this",
     "cause": "the lookup fails here (see the explanation)",
+    "refused here": "the mount's options refuse to follow this",
+    "invalid here": "the kernel rejects this entry's xattrs",
 }
 
 
@@ -68,6 +72,9 @@ def failed_view(engine: Engine, res: Resolution, view: list) -> tuple[list, set[
     (the plain directory that cancels it, the data-only file it meant).
     """
     involved = {engine.kernel_index(j) for f in res.findings for j in f.layers}
+    # only these failures happen while (or after) walking the redirect; a refusal (EPERM) or an
+    # invalid redirect (EINVAL) stops before the layers below are looked at
+    walked = any(f.rule in ("lowerdata-redirect-broken", "metacopy-without-data") for f in res.findings)
     redirect: bytes | None = None
     top = None
     for k, p, node, role in view:
@@ -80,7 +87,7 @@ def failed_view(engine: Engine, res: Resolution, view: list) -> tuple[list, set[
     out = []
     on_path: set[int] = set()
     for k, p, node, role in view:
-        if redirect is not None and top is not None and k > top:
+        if walked and redirect is not None and top is not None and k > top:
             rp = split_path(redirect)
             layer = engine.klayers[k]
             found: Path | None = None
@@ -95,6 +102,8 @@ def failed_view(engine: Engine, res: Resolution, view: list) -> tuple[list, set[
                 p, node = found, layer.node(found)
                 on_path.add(k)
                 role = "redirect target" if k > engine.nlower and found == rp else "on the redirect path"
+        if k == top and res.errno in ("EPERM", "EINVAL") and not walked:
+            role = "refused here" if res.errno == "EPERM" else "invalid here"
         below = any(j > k for j in involved)
         if k in involved and node is not None and not (k == top and below):
             role = "cause"
@@ -216,7 +225,7 @@ class LayerColumns(Horizontal):
             col.border_title = palette.chip(k)  # type: ignore[assignment]
             col.border_subtitle = Text(role, style=ROLE_STYLE.get(role, ""))  # type: ignore[assignment]
             col.set_class(role in ("metadata", "data", "metadata+data", "intercepting"), "-used")
-            col.set_class(role in ("intercepting", "cause"), "-intercepting")
+            col.set_class(role in ("intercepting", "cause", "refused here", "invalid here"), "-intercepting")
             col.set_class(role in ("absent", "hidden", "data-only (never merged)"), "-idle")
             col.styles.border = ("round" if role not in ("metadata", "metadata+data") else "heavy",
                                  palette.color(k))

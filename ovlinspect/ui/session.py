@@ -228,7 +228,7 @@ def describe_outcome(engine: Engine, res: Resolution) -> str:
         if res.open_errno:
             out += f", open {res.open_errno}"
         elif res.data is not None and res.data != res.metadata:
-            out += f", data {engine.where(res.data)}"
+            out += f", bytes from {engine.where(res.data)}"
     return out
 
 
