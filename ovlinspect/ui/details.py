@@ -105,7 +105,8 @@ def failed_view(engine: Engine, res: Resolution, view: list) -> tuple[list, set[
         if k == top and res.errno in ("EPERM", "EINVAL") and not walked:
             role = "refused here" if res.errno == "EPERM" else "invalid here"
         below = any(j > k for j in involved)
-        if k in involved and node is not None and not (k == top and below):
+        if (k in involved and node is not None and not (k == top and below)
+                and role not in ("refused here", "invalid here")):
             role = "cause"
         out.append((k, p, node, role))
     return out, on_path
