@@ -562,31 +562,49 @@ class OvlInspectApp(App[int]):
     def set_engine(self, engine: Engine) -> None:
         if engine is self.engine:
             return
+        # stop the old engine's background work first: the new tree's listing comes first
+        self.workers.cancel_group(self, "scan")
+        self.workers.cancel_group(self, "whatif")
+        self.workers.cancel_group(self, "search")
+        self.search_gen += 1
+        self.scan_gen += 1
+        self.whatif_gen += 1
         self.engine = engine
         self.palette = LayerPalette(engine)
         self.lister = Lister(engine)
         self.query_one(StackHeader).show(engine, self.palette, self.base)
         self.query_one(LayerColumns).engine = engine
-        tree = self.tree
-        tree.changed = set()
+        self.tree.changed = set()
         self.problems.restart(self.palette, note="what-if options" if engine is not self.base else "")
-        self.start_scan()
         self.reload_tree()
-        self.whatif_gen += 1
         panel = self.query_one(WhatIfPanel)
         if engine is self.base:
-            self.workers.cancel_group(self, "whatif")
             panel.idle()
+        else:
+            panel.query_one(PathList).reset()
+            self.query_one("#bottom", TabbedContent).active = "tab-whatif"
+            if engine.mount_errno:
+                t = Text()
+                t.append(f"The kernel would refuse this mount: {engine.mount_errno}. ", "bold #ff5f5f")
+                t.append_text(esc_str("; ".join(engine.options.mount_log)))
+                panel.set_status(t)
+            else:
+                t = Text("comparing every path with the real options…", style="#87afd7")
+                panel.set_status(t)
+        self.run_worker(self._after_root(engine), group="after-root", exclusive=True, exit_on_error=False)
+
+    async def _after_root(self, engine: Engine) -> None:
+        """The scan and the what-if comparison, once the new tree's root is on screen."""
+        tree = self.tree
+        await tree.ensure_loaded(tree.root)
+        if engine is not self.engine:
             return
-        panel.query_one(PathList).reset()
-        self.query_one("#bottom", TabbedContent).active = "tab-whatif"
-        if engine.mount_errno:
-            t = Text()
-            t.append(f"The kernel would refuse this mount: {engine.mount_errno}. ", "bold #ff5f5f")
-            t.append_text(esc_str("; ".join(engine.options.mount_log)))
-            panel.set_status(t)
-            return
-        self._whatif_diff(self.base, engine, self.whatif_gen)
+        self.start_scan()
+        if engine is not self.base and not engine.mount_errno:
+            self._whatif_diff(self.base, engine, self.whatif_gen)
+        search = self.query_one(SearchPanel)
+        if self.query_one("#search-input", Input).value:
+            search.run_again()  # the same query on the new engine
 
     @work(thread=True, exclusive=True, group="whatif", exit_on_error=False)
     def _whatif_diff(self, base: Engine, engine: Engine, gen: int) -> None:

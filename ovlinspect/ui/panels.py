@@ -79,6 +79,9 @@ class SearchPanel(Vertical):
     def set_status(self, t: Text) -> None:
         self.query_one("#search-status", Static).update(t)
 
+    def run_again(self) -> None:
+        self._emit()
+
     def _emit(self) -> None:
         self.post_message(self.Query(self.query_one("#search-input", Input).value,
                                      self.query_one("#search-problems", Checkbox).value))
