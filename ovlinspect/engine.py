@@ -29,6 +29,15 @@ METACOPY_MAX = 68
 MAX_SYMLINK_HOPS = 40
 
 
+def kernel_version(release: str) -> tuple[int, int] | None:
+    """(major, minor) of a kernel release string such as ``6.18.44-fc``."""
+    parts = release.split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return None
+
+
 def errname(code: int) -> str:
     return _errno.errorcode.get(code, str(code))
 
@@ -1030,6 +1039,12 @@ class Engine:
     def stack_findings(self) -> list[Finding]:
         """Findings about the stack as a whole (mount refusal, shadowing hazards)."""
         out: list[Finding] = []
+        version = kernel_version(self.kernel)
+        if version is not None and version < (6, 16):
+            out.append(Finding("old-kernel", b"/",
+                               f"kernel {self.kernel}: predictions follow Linux 6.16+ rules (data-only "
+                               "layers without metacopy=on, the lower-to-data relaxation, consistent "
+                               "redirect/metacopy refusals), which this kernel does not have all of"))
         if self.options.mount_errno:
             msg = "; ".join(self.options.mount_log) or "the mount is refused"
             out.append(Finding("mount-refused", b"/", f"mount fails with {self.options.mount_errno}: {msg}"))
