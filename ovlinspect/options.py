@@ -473,6 +473,22 @@ def _parse_one(key: str, value: str | None, state: dict[str, object], was_set: s
     )
 
 
+def _default_values(defaults: ModuleDefaults) -> dict[str, object]:
+    """Every option's value before anything is typed: the module defaults, or fixed ones."""
+    return {
+        "redirect_dir": defaults.redirect_mode,
+        "index": defaults.index,
+        "uuid": "auto",
+        "nfs_export": defaults.nfs_export,
+        "xino": defaults.xino,
+        "metacopy": defaults.metacopy,
+        "verity": "off",
+        "fsync": "auto",
+        "userxattr": False,
+        "default_permissions": False,
+    }
+
+
 def effective_options(
     opts: str | Iterable[tuple[str, str | None]],
     *,
@@ -501,16 +517,7 @@ def effective_options(
 
     state: dict[str, object] = {
         "always_follow": defaults.redirect_always_follow,
-        "redirect_dir": defaults.redirect_mode,
-        "index": defaults.index,
-        "uuid": "auto",
-        "nfs_export": defaults.nfs_export,
-        "xino": defaults.xino,
-        "metacopy": defaults.metacopy,
-        "verity": "off",
-        "fsync": "auto",
-        "userxattr": False,
-        "default_permissions": False,
+        **_default_values(defaults),
         "override_creds": True,
     }
     was_set: set[str] = set()
@@ -708,18 +715,7 @@ def options_from_shown(
     """
     defaults = defaults if defaults is not None else ModuleDefaults()
     pairs = split_options(shown) if isinstance(shown, str) else list(shown)
-    values: dict[str, object] = {
-        "redirect_dir": defaults.redirect_mode,
-        "index": defaults.index,
-        "uuid": "auto",
-        "nfs_export": defaults.nfs_export,
-        "xino": defaults.xino,
-        "metacopy": defaults.metacopy,
-        "verity": "off",
-        "fsync": "auto",
-        "userxattr": False,
-        "default_permissions": False,
-    }
+    values: dict[str, object] = _default_values(defaults)
     for key, value in pairs:
         if key in _ENUMS:
             if value not in _ENUMS[key]:
