@@ -364,14 +364,7 @@ def _observe_one(rootfd: int, p: str) -> Observation:
                 o.open_errno = _ename(e)
             else:
                 try:
-                    chunks, left = [], READ_LIMIT
-                    while left:
-                        b = os.read(fd, left)
-                        if not b:
-                            break
-                        chunks.append(b)
-                        left -= len(b)
-                    o.data = b"".join(chunks)
+                    o.data = _read_bounded(fd)
                 except OSError as e:
                     o.open_errno = "read:" + _ename(e)
                 finally:
@@ -467,16 +460,21 @@ def _read_layer_file(layer_dir: str, path: str) -> bytes | str:
     try:
         if not _stat.S_ISREG(os.fstat(fd).st_mode):
             return f"<not a regular file: {full}>"
-        chunks, left = [], READ_LIMIT
-        while left:
-            b = os.read(fd, left)
-            if not b:
-                break
-            chunks.append(b)
-            left -= len(b)
-        return b"".join(chunks)
+        return _read_bounded(fd)
     finally:
         os.close(fd)
+
+
+def _read_bounded(fd: int) -> bytes:
+    """At most READ_LIMIT bytes from an open file, read to its end."""
+    chunks, left = [], READ_LIMIT
+    while left:
+        b = os.read(fd, left)
+        if not b:
+            break
+        chunks.append(b)
+        left -= len(b)
+    return b"".join(chunks)
 
 
 def _short(b: Any) -> Any:
