@@ -210,7 +210,7 @@ class Engine:
 
     def _make_label(self, klayer: int) -> str:
         layer = self.klayers[klayer]
-        name = layer.label if layer is not None and layer.label else ""
+        name = show(layer.label.encode("utf-8", "surrogateescape")) if layer is not None and layer.label else ""
         return f"{self.role(klayer)} {self.json_index(klayer)}" + (f" ({name})" if name else "")
 
     def where(self, ref: Ref) -> str:
@@ -329,7 +329,7 @@ class Engine:
         new = split_path(b"/" + b"/".join(joined))
         res = self._resolve(new, hops + 1)
         res = Resolution(**{**res.__dict__})
-        res.trace = [f"{show_path(comps[: i + 1])} is a symlink to {show(target)!r}; the path "
+        res.trace = [f"{show_path(comps[: i + 1])} is a symlink to '{show(target)}'; the path "
                      f"walk follows it to {show_path(new)}"
                      + (" (absolute: resolved inside the merged tree)" if target.startswith(b"/") else "")
                      ] + res.trace
@@ -396,7 +396,7 @@ class Engine:
                 if d.redirect.startswith(b"/"):
                     poe = roe
                     if self.tracing:
-                        t.append(f"upper redirect {show(d.redirect)!r} is absolute: the lower lookup "
+                        t.append(f"upper redirect '{show(d.redirect)}' is absolute: the lower lookup "
                                  "starts again from the layer roots")
             res.opaque = d.opaque
         if d.stop and parent.lowers and poe:
@@ -438,7 +438,7 @@ class Engine:
             d.metacopy = 0
             deferred = d.redirect
             if self.tracing:
-                t.append(f"metacopy with absolute redirect {show(deferred)!r} and no data found in the "
+                t.append(f"metacopy with absolute redirect '{show(deferred)}' and no data found in the "
                          "regular layers: data lookup deferred to open, in the data-only layers")
         else:
             self._check_follow(d, path)
@@ -449,13 +449,13 @@ class Engine:
             why = "metacopy file with no lower data found"
             if d.cleared_by is not None and self.ndata and d.abs_redirect_value is not None:
                 rule = "lowerdata-redirect-broken"
-                why = (f"the absolute redirect {show(d.abs_redirect_value)!r} walked through the plain "
+                why = (f"the absolute redirect '{show(d.abs_redirect_value)}' walked through the plain "
                        f"directory {self.where(d.cleared_by)}, which cancels the lookup in the "
                        "data-only layers; no data found")
                 layers = layers + [d.cleared_by.layer]
             elif uppermetacopy and self.ndata and d.upperredirect and d.upperredirect.startswith(b"/"):
                 why = ("an upper metacopy cannot reach data-only layers directly; its redirect "
-                       f"{show(d.upperredirect)!r} found nothing in the regular layers")
+                       f"'{show(d.upperredirect)}' found nothing in the regular layers")
             raise LookupFailed(
                 "EIO",
                 f"overlayfs: metacopy with no lower data found - abort lookup ({pd2(path)})",
@@ -546,7 +546,7 @@ class Engine:
         if not d.name.startswith(b"/"):
             return self._single(li, base, d, d.name, 0, b"", res)
         if self.tracing:
-            res.trace.append(f"{self.label(li)}: walking {show(d.name)!r} from the layer root")
+            res.trace.append(f"{self.label(li)}: walking '{show(d.name)}' from the layer root")
         rem = len(d.name) - 1
         cur: Path | None = base
         found: Path | None = None
@@ -578,7 +578,7 @@ class Engine:
         where = self.where(Ref(li, p)) if self.tracing else ""
         if name in (b"", b".", b".."):
             # lookup_one() refuses these names outright
-            raise LookupFailed("EACCES", None, f"{self.label(li)}: the name {show(name)!r} cannot be "
+            raise LookupFailed("EACCES", None, f"{self.label(li)}: the name '{show(name)}' cannot be "
                                "looked up in a layer (a redirect led here)", "invalid-redirect", [li])
         node = layer.node(p)
         if node is None:
@@ -668,7 +668,7 @@ class Engine:
         buf = value.split(b"\0", 1)[0]
         if not self._valid_redirect(value, buf):
             raise LookupFailed("EINVAL", f"overlayfs: invalid redirect ({show(buf)})",
-                               f"invalid redirect xattr {show(value)!r} on {self.where(Ref(li, p))}",
+                               f"invalid redirect xattr '{show(value)}' on {self.where(Ref(li, p))}",
                                "invalid-redirect", [li])
         d.redirect_from = Ref(li, p)
         if buf.startswith(b"/"):
@@ -678,11 +678,11 @@ class Engine:
             new = buf + post
             d.abs_redirect_value = new
             if self.tracing:
-                res.trace.append(f"  absolute redirect {show(buf)!r}: now looking for {show(new)!r}")
+                res.trace.append(f"  absolute redirect '{show(buf)}': now looking for '{show(new)}'")
         else:
             new = d.name[:prelen] + buf + post
             if self.tracing:
-                res.trace.append(f"  relative redirect {show(buf)!r}: now looking for {show(new)!r}")
+                res.trace.append(f"  relative redirect '{show(buf)}': now looking for '{show(new)}'")
         d.redirect = new
         d.name = new
 
@@ -756,7 +756,7 @@ class Engine:
     def _lazy_data(self, res: Resolution, redirect: bytes) -> None:
         ref, err, trace = self.data_lookup(redirect)
         if self.tracing:
-            res.trace.append(f"at open: lazy lookup of {show(redirect)!r} in the data-only layers")
+            res.trace.append(f"at open: lazy lookup of '{show(redirect)}' in the data-only layers")
         if self.tracing:
             res.trace += ["  " + x for x in trace]
         if ref is None:
@@ -767,7 +767,7 @@ class Engine:
                 res.trace.append(f"=> open fails: {err} (lstat still succeeds)")
             res.findings.append(Finding(
                 "lowerdata-missing", b"/" + b"/".join(res.path),
-                f"open fails with {err}: {show(redirect)!r} is not a regular file in any data-only "
+                f"open fails with {err}: '{show(redirect)}' is not a regular file in any data-only "
                 "layer", [self.json_index(r.layer) for r in res.lowers[:1]]))
         else:
             res.data = ref
@@ -846,7 +846,7 @@ class Engine:
             if ref is not None:
                 res.findings.append(Finding(
                     "shadowed-lowerdata", here,
-                    f"{self.where(res.data)} intercepts the redirect {show(res.redirect)!r}: read() "
+                    f"{self.where(res.data)} intercepts the redirect '{show(res.redirect)}': read() "
                     f"returns its bytes, not those of {self.where(ref)}",
                     [self.json_index(res.data.layer), self.json_index(ref.layer)]))
                 if self.tracing:
@@ -1001,7 +1001,7 @@ class Engine:
                if not parent.merge else
                "an xattr whiteout whose directory lacks opaque=x in the lower layer")
         return Finding("phantom-whiteout", b"/" + b"/".join(parent.path + (name,)),
-                       f"readdir lists {show(name)!r} but lookup gives ENOENT ({where}): {why}",
+                       f"readdir lists '{show(name)}' but lookup gives ENOENT ({where}): {why}",
                        [self.json_index(child.whiteout.layer)] if child.whiteout else [])
 
     def walk(self, progress: Callable[[int], None] | None = None,

@@ -124,6 +124,10 @@ class Layer:
     def close(self) -> None:
         pass
 
+    def reopen(self) -> "Layer":
+        """A fresh handle on the same layer (its own caches; for another thread, or a re-read)."""
+        return self
+
 
 # --------------------------------------------------------------------------- memory layers
 
@@ -139,6 +143,7 @@ class MemoryLayer(Layer):
     children: dict[Path, list[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._known: dict[Path, set[bytes]] = {}
         if () not in self.nodes:
             self.nodes[()] = Node("dir", 0o755)
         for p in list(self.nodes):
@@ -148,7 +153,9 @@ class MemoryLayer(Layer):
     def _link(self, p: Path) -> None:
         parent = p[:-1]
         kids = self.children.setdefault(parent, [])
-        if p[-1] not in kids:
+        known = self._known.setdefault(parent, set())
+        if p[-1] not in known:
+            known.add(p[-1])
             kids.append(p[-1])
 
     def add(self, path: Path, node: Node, content: bytes | None = None) -> None:
@@ -417,6 +424,10 @@ class DiskLayer(Layer):
             return os.read(fd, min(limit, MAX_READ))
         finally:
             os.close(fd)
+
+    def reopen(self) -> "DiskLayer":
+        return DiskLayer(self.path or "", self.label, want_verity=self.want_verity,
+                         want_xattrs=self.want_xattrs)
 
     def node(self, path: Path) -> Node | None:
         with self._lock:

@@ -123,13 +123,9 @@ def _evidence(engine, res) -> str:
 
 
 def _reopen(stack):
-    from .layers import DiskLayer
     from .stack import Stack
 
-    def again(layer):
-        return DiskLayer(layer.path, layer.label) if isinstance(layer, DiskLayer) else layer
-
-    return Stack(lowers=[again(l) for l in stack.lowers], data=[again(l) for l in stack.data],
-                 upper=again(stack.upper) if stack.upper is not None else None,
+    return Stack(lowers=[l.reopen() for l in stack.lowers], data=[l.reopen() for l in stack.data],
+                 upper=stack.upper.reopen() if stack.upper is not None else None,
                  workdir=stack.workdir, options=stack.options, source=stack.source,
-                 params=stack.params, mountpoint=stack.mountpoint)
+                 params=stack.params, mountpoint=stack.mountpoint, effective=stack.effective)

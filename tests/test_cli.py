@@ -150,3 +150,14 @@ def test_composefs_dump_as_a_layer(capsys, tmp_path):
     dump.write_text("/ 0 40755 2 0 0 0 0.0 - - -\n/a/b 1 100644 1 0 0 0 0.0 - - -\n")
     rc, out, err = run(capsys, "check", "--lowerdir", lowerdir)
     assert rc == 2 and "parent" in err and err.count("\n") == 1
+
+
+def test_layer_labels_with_escapes_never_reach_the_terminal(capsys):
+    from memstack import engine, layer, metacopy
+    from ovlinspect.cli import _describe
+
+    a = layer("A\x1b[2J", {"/foo": metacopy(b"/obj/\x1b[5m")})
+    e = engine([a], [layer("C", {})])
+    out = "\n".join(_describe(e, e.explain("/foo")))
+    assert "\x1b" not in out
+    assert "A\\x1b[2J" in out and "'/obj/\\x1b[5m'" in out  # escaped once, not twice
