@@ -101,6 +101,7 @@ class _LookupData:
     absolute_redirect: bool = False
     # not kernel state: bookkeeping for explanations and findings
     cleared_by: Ref | None = None
+    metacopy_at: Ref | None = None
     x_layers: set | None = None
     redirect_from: Ref | None = None
     abs_redirect_value: bytes | None = None
@@ -363,11 +364,13 @@ class Engine:
 
     def _check_follow(self, d: _LookupData, path: Path) -> None:
         if d.metacopy and not self.options.metacopy:
+            at = d.metacopy_at
             raise LookupFailed(
                 "EPERM",
                 f"overlayfs: refusing to follow metacopy origin for ({pd2(path)})",
-                "a metacopy file would have to be followed, but metacopy is off",
-                "metacopy-refused",
+                (f"{self.where(at)} is a metacopy file" if at else "a metacopy file was found")
+                + " and the lookup would have to go on below it, but metacopy is off",
+                "metacopy-refused", [at.layer] if at else [],
             )
         if (d.redirect is not None or d.upperredirect is not None) and not self.options.redirect_follow:
             raise LookupFailed(
@@ -446,7 +449,12 @@ class Engine:
         if d.metacopy or (uppermetacopy and not stack):
             layers = [r.layer for r in stack] + ([0] if uppermetacopy else [])
             rule = "metacopy-without-data"
-            why = "metacopy file with no lower data found"
+            at = d.metacopy_at
+            why = (f"{self.where(at) if at else 'the metacopy file'} is a metacopy, and no layer "
+                   "below holds its data" + (f" at '{show(d.redirect)}'" if d.redirect else ""))
+            if at is not None and at.layer == self.nlower and not self.ndata:
+                why = (f"{self.where(at)} carries a metacopy xattr but is in the lowest layer, "
+                       "where no data can be found: a stray metacopy xattr makes it inaccessible")
             if d.cleared_by is not None and self.ndata and d.abs_redirect_value is not None:
                 rule = "lowerdata-redirect-broken"
                 why = (f"the absolute redirect '{show(d.abs_redirect_value)}' walked through the plain "
@@ -607,6 +615,8 @@ class Engine:
                 return None
             mc = self._metacopy_size(li, p, node)
             d.metacopy = mc
+            if mc:
+                d.metacopy_at = Ref(li, p)
             d.stop = not mc
             if not mc:
                 if node.is_reg and self._x(node, b"redirect") is not None:
