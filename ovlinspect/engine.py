@@ -76,8 +76,10 @@ class Ref:
 
 class LookupFailed(Exception):
     def __init__(self, errno: str, log: str | None, why: str, rule: str | None = None,
-                 layers: list[int] | None = None):
+                 layers: list[int] | None = None, cause: "Ref | None" = None):
         super().__init__(why)
+        #: the layer entry where the lookup fails (the refused metacopy, the bad redirect, ...)
+        self.cause = cause
         self.errno = errno
         self.log = log
         self.why = why
@@ -145,6 +147,9 @@ class Resolution:
     #: layers whose copy of this directory was read with opaque=x (xattr whiteouts enabled)
     x_layers: set | None = None
     readdir_errno: str | None = None
+    #: for a failed lookup: where it fails, and the entry whose metacopy/redirect led there
+    cause: Ref | None = None
+    looked_at: Ref | None = None
     readdir_log: list[str] = field(default_factory=list)
     _entries: list[bytes] | None = None
     _hidden: dict[bytes, str] | None = None
@@ -357,6 +362,9 @@ class Engine:
                                             [self.json_index(x) for x in e.layers]))
             res.upper = None
             res.lowers = []
+            res.cause = e.cause
+            res.looked_at = d.metacopy_at or d.redirect_from
+            res.redirect = d.redirect
         else:
             self._file_findings(res)
         self._namespace_findings(parent, name, res)
@@ -370,7 +378,7 @@ class Engine:
                 f"overlayfs: refusing to follow metacopy origin for ({pd2(path)})",
                 (f"{self.where(at)} is a metacopy file" if at else "a metacopy file was found")
                 + " and the lookup would have to go on below it, but metacopy is off",
-                "metacopy-refused", [at.layer] if at else [],
+                "metacopy-refused", [at.layer] if at else [], cause=at,
             )
         if (d.redirect is not None or d.upperredirect is not None) and not self.options.redirect_follow:
             raise LookupFailed(
@@ -378,7 +386,7 @@ class Engine:
                 f"overlayfs: refusing to follow redirect for ({pd2(path)})",
                 f"a redirect would have to be followed, but redirect_dir={self.options.redirect_dir}",
                 "redirect-refused",
-                [d.redirect_from.layer] if d.redirect_from else [],
+                [d.redirect_from.layer] if d.redirect_from else [], cause=d.redirect_from,
             )
 
     def _lookup_layers(self, parent: Resolution, d: _LookupData, res: Resolution) -> None:
@@ -467,7 +475,8 @@ class Engine:
             raise LookupFailed(
                 "EIO",
                 f"overlayfs: metacopy with no lower data found - abort lookup ({pd2(path)})",
-                why, rule, layers)
+                why, rule, layers,
+                cause=d.cleared_by if rule == "lowerdata-redirect-broken" else d.metacopy_at)
 
         if upper_path is None and not stack:
             res.errno = "ENOENT"
@@ -539,7 +548,7 @@ class Engine:
                         "ESTALE", "overlayfs: failed to get inode (-116)",
                         f"this directory's first lower {self.where(key)} is already the inode "
                         "of an ancestor with another upper directory (inode aliasing)",
-                        "inode-alias", [key.layer])
+                        "inode-alias", [key.layer], cause=key)
                 if res.upper is None and other_upper is None:
                     raise LookupFailed(
                         "ELOOP", None,
@@ -679,7 +688,7 @@ class Engine:
         if not self._valid_redirect(value, buf):
             raise LookupFailed("EINVAL", f"overlayfs: invalid redirect ({show(buf)})",
                                f"invalid redirect xattr '{show(value)}' on {self.where(Ref(li, p))}",
-                               "invalid-redirect", [li])
+                               "invalid-redirect", [li], cause=Ref(li, p))
         d.redirect_from = Ref(li, p)
         if buf.startswith(b"/"):
             d.absolute_redirect = True
@@ -716,7 +725,7 @@ class Engine:
             raise LookupFailed(
                 "EIO", f"overlayfs: metacopy file '{show(p[-1])}' has too small xattr",
                 f"the metacopy xattr on {self.where(Ref(li, p))} is {len(v)} bytes (at least 4 needed)",
-                "metacopy-invalid", [li])
+                "metacopy-invalid", [li], cause=Ref(li, p))
         return len(v)
 
     # ---------------------------------------------------------------- data-only layers
@@ -1102,6 +1111,8 @@ class Engine:
         whiteout, hidden (present but not used), intercepting (a regular layer entry
         on the redirect path meant for a data-only layer), absent.
         """
+        if res.errno is not None and res.errno != "ENOENT":
+            return self._failure_view(res)
         out = []
         used = {r.layer: r.path for r in res.lowers}
         if res.upper is not None:
@@ -1130,6 +1141,24 @@ class Engine:
             elif li > self.nlower and not (res.redirect and res.redirect.startswith(b"/")):
                 role = "data-only (never merged)"
             out.append((li, path, node, role))
+        return out
+
+    def _failure_view(self, res: Resolution) -> list[tuple[int, Path, Node | None, str]]:
+        """Each layer for a failed lookup: where it fails, what led there, what was meant."""
+        out = []
+        target = split_path(res.redirect) if res.redirect and res.redirect.startswith(b"/") else None
+        for li in range(len(self.klayers)):
+            if self.klayers[li] is None:
+                continue
+            path, role = res.path, ""
+            if res.cause is not None and res.cause.layer == li:
+                path, role = res.cause.path, "cause"
+            elif res.looked_at is not None and res.looked_at.layer == li:
+                path, role = res.looked_at.path, "looked at"
+            elif li > self.nlower and target is not None:
+                path, role = target, "redirect target (not reached)"
+            node = self.layer(li).node(path)
+            out.append((li, path, node, role or ("absent" if node is None else "not reached")))
         return out
 
     # ---------------------------------------------------------------------------- json
