@@ -223,6 +223,8 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         return 0
     out = [f"stack  {stack.source}  (kernel {engine.kernel}; {_options_text(engine)})"]
     out += _layers_text(engine)
+    if stack.mountpoint and stack.description:
+        out.append(f"note   {stack.description}")
     if engine.mount_errno:
         out.append(f"mount  fails: {engine.mount_errno}: " + "; ".join(engine.options.mount_log))
     for i, res in enumerate(results):

@@ -256,7 +256,9 @@ class DiskLayer(Layer):
         self.want_verity = want_verity
         self.want_xattrs = want_xattrs
         try:
-            self._root = os.open(p, _O_PATH_DIR)
+            # the layer path itself is resolved as the kernel resolves it (following symlinks,
+            # as in docker's overlay2/l/ short links); nothing inside the layer ever is
+            self._root = os.open(p, _O_PATH_DIR & ~os.O_NOFOLLOW)
         except FileNotFoundError:
             raise LayerError(f"layer directory does not exist: {p}") from None
         except NotADirectoryError:

@@ -74,6 +74,13 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
         raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"cannot read {proc}/mountinfo: {e.strerror}") from None
+    note = ""
+    if not layer_root:
+        layer_root = _docker_root(entry, root)
+        if layer_root:
+            note = (f"relative layer paths resolved against {layer_root} (docker's overlay2 "
+                    "layout: its lowerdir is relative to the directory holding the upper layer's "
+                    "parent); use --layer-root to choose another")
     if layer_root:
         def rel(p: str) -> str:
             return p if os.path.isabs(p) and p != "/" else os.path.join(layer_root, p.lstrip("/"))
@@ -99,7 +106,24 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
     effective = options_from_shown(entry.options, has_upper=upper is not None,
                                    defaults=ModuleDefaults.read())
     return Stack(lowers=lowers, data=datas, upper=upper, workdir=entry.workdir, options=opts,
-                 source=entry.mountpoint, mountpoint=entry.mountpoint, effective=effective)
+                 source=entry.mountpoint, mountpoint=entry.mountpoint, effective=effective,
+                 description=note)
+
+
+def _docker_root(entry, root: str) -> str | None:
+    """Where relative lower layers live when docker mounted them (``l/ABC`` from its root).
+
+    Docker's overlay2 driver switches to relative ``l/<short id>`` lower paths when the option
+    string would be too long, mounting from ``/var/lib/docker/overlay2``; its upper layer stays
+    absolute (``<root>/<id>/diff``).  Taken only when every relative layer exists there.
+    """
+    relative = [p for p in [*entry.lowers, *entry.datas] if not os.path.isabs(p)]
+    if not relative or not entry.upperdir or not os.path.isabs(entry.upperdir):
+        return None
+    base = os.path.dirname(os.path.dirname(entry.upperdir.rstrip("/")))
+    if all(os.path.isdir(root + os.path.join(base, p)) for p in relative):
+        return base
+    return None
 
 
 def demo_names() -> list[str]:

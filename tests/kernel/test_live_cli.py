@@ -86,3 +86,34 @@ def test_relative_layer_paths_need_help(tmpfs: str) -> None:
         assert rc == 1 and any(f["rule"] == "shadowed-lowerdata" for f in json.loads(out)["findings"])
     finally:
         mountapi.umount(target, detach=True)
+
+
+def test_docker_overlay2_relative_short_links(tmpfs: str) -> None:
+    """docker mounts `lowerdir=l/A:l/B` from its overlay2 root, upper absolute: found anyway."""
+    from ovlinspect import mountapi
+
+    root = os.path.join(tmpfs, "overlay2")
+    for ident, content in (("base", b"base\n"), ("app", b"app\n"), ("ctr", b"ctr\n")):
+        os.makedirs(os.path.join(root, ident, "diff"))
+        with open(os.path.join(root, ident, "diff", ident), "wb") as f:
+            f.write(content)
+    os.makedirs(os.path.join(root, "ctr", "work"))
+    os.mkdir(os.path.join(root, "l"))
+    for short, ident in (("AAA", "app"), ("BBB", "base")):
+        os.symlink(f"../{ident}/diff", os.path.join(root, "l", short))
+    target = os.path.join(root, "ctr", "merged")
+    os.mkdir(target)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        mountapi.mount_overlay_legacy(target, "l/AAA:l/BBB", upper=os.path.join(root, "ctr", "diff"),
+                                      work=os.path.join(root, "ctr", "work"))
+    finally:
+        os.chdir(cwd)
+    try:
+        rc, out, err = run_cli(["explain", "--observe", target, "/base", "/app", "/ctr", "/"])
+        assert rc == 0, err
+        assert "docker's overlay2 layout" in out
+        assert "MISMATCH" not in out and out.count("(matches the prediction)") == 4
+    finally:
+        mountapi.umount(target, detach=True)
