@@ -38,10 +38,6 @@ def kernel_version(release: str) -> tuple[int, int] | None:
         return None
 
 
-def errname(code: int) -> str:
-    return _errno.errorcode.get(code, str(code))
-
-
 def pd2(path: Path) -> str:
     """The kernel's ``%pd2``: the last two components, ``/foo`` right under the root."""
     if not path:
@@ -751,7 +747,7 @@ class Engine:
                 continue
             if comp == b"..":
                 if not cur:
-                    return None, "EXDEV", f"'..' would leave the layer root: EXDEV"
+                    return None, "EXDEV", "'..' would leave the layer root: EXDEV"
                 cur.pop()
                 continue
             n = layer.node(tuple(cur) + (comp,))

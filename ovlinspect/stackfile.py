@@ -36,7 +36,6 @@ inline entries, so a bug report can carry the whole stack.
 
 from __future__ import annotations
 
-import math
 import os
 import tomllib
 from typing import Any

@@ -23,7 +23,6 @@ from harness import (
     case_toml,
     compare,
     format_disagreements,
-    paths_of_case,
     private_tmpfs,
     predict_live,
     prediction_disagreements,
