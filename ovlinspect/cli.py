@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Sequence
 
 from .engine import Engine, Resolution, show, show_path
@@ -257,12 +258,19 @@ def cmd_check(ns: argparse.Namespace) -> int:
         raise InputError(f"check: unexpected argument {rest[0]!r}")
     engine = _engine(stack)
     count = 0
+    tty = sys.stderr.isatty()
+    shown = time.monotonic()
 
     def progress(n: int) -> None:
-        nonlocal count
+        nonlocal count, shown
         count = n
+        if tty and time.monotonic() - shown > 0.5:
+            shown = time.monotonic()
+            print(f"\rchecked {n} paths...", end="", file=sys.stderr, flush=True)
 
     findings = engine.check(progress)
+    if tty and count:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
     errors = sum(1 for f in findings if f.severity == "error")
     warnings = sum(1 for f in findings if f.severity == "warning")
     if ns.json:

@@ -1060,6 +1060,16 @@ class Engine:
                                f"kernel {self.kernel}: predictions follow Linux 6.16+ rules (data-only "
                                "layers without metacopy=on, the lower-to-data relaxation, consistent "
                                "redirect/metacopy refusals), which this kernel does not have all of"))
+        if self.options.index and self.has_upper:
+            out.append(Finding("not-modelled", b"/",
+                               "index=on: the kernel also looks up and verifies index entries "
+                               "(a bad or stale one gives EIO, hard links are shared); ovlinspect "
+                               "does not read the index directory"))
+        if self.options.xino != "off" and not self.same_fs:
+            out.append(Finding("not-modelled", b"/",
+                               f"xino={self.options.xino} on layers of several filesystems: readdir "
+                               "looks every entry up to remap inode numbers, which can hide entries "
+                               "whose lookup fails; ovlinspect does not model that"))
         if self.options.mount_errno:
             msg = "; ".join(self.options.mount_log) or "the mount is refused"
             out.append(Finding("mount-refused", b"/", f"mount fails with {self.options.mount_errno}: {msg}"))

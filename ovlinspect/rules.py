@@ -121,6 +121,12 @@ RULES: dict[str, Rule] = {
             "metacopy refusal fires only when a lower entry is found",
         ),
         Rule(
+            "not-modelled",
+            "info",
+            "the mount uses a feature whose checks ovlinspect does not model",
+            "treat predictions for copied-up files with care; compare with explain --observe",
+        ),
+        Rule(
             "mount-refused",
             "error",
             "the kernel refuses to mount this stack",

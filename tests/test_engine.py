@@ -254,3 +254,10 @@ def test_rule_old_kernel():
     stack = Stack(lowers=[layer("A", {}), layer("B", {})], params={"metacopy": "N"})
     assert "old-kernel" in {f.rule for f in Engine(stack, kernel="6.8.0").stack_findings()}
     assert "old-kernel" not in {f.rule for f in Engine(stack, kernel="6.18.2").stack_findings()}
+
+
+def test_rule_not_modelled():
+    a = layer("A", {})
+    e = engine([a], upper=layer("U", {}), options="index=on")
+    assert "not-modelled" in {f.rule for f in e.stack_findings()}
+    assert "not-modelled" not in {f.rule for f in engine([a], upper=layer("U", {})).stack_findings()}
