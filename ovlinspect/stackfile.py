@@ -302,6 +302,18 @@ class _Loader:
             raise self.fail(where, "path contains a NUL byte")
         return split_path(raw)
 
+    def _text_or_hex(self, where: str, e: dict, key: str) -> bytes | None:
+        """``key`` as text or ``key_hex`` as hex bytes (not both), or None when neither."""
+        if key in e and f"{key}_hex" in e:
+            raise self.fail(where, f"give {key} or {key}_hex, not both")
+        if key in e:
+            if not isinstance(e[key], str):
+                raise self.fail(where, f"{key} must be a string")
+            return e[key].encode("utf-8", "surrogateescape")
+        if f"{key}_hex" in e:
+            return self._hex(where, f"{key}_hex", e[f"{key}_hex"])
+        return None
+
     def _hex(self, where: str, key: str, value: Any) -> bytes:
         if not isinstance(value, str):
             raise self.fail(where, f"{key} must be a hex string")
@@ -340,15 +352,7 @@ class _Loader:
             raise self.fail(where, f"bad mode {e.get('mode')!r} (permission bits 0 to 07777)")
 
         # content
-        if "content" in e and "content_hex" in e:
-            raise self.fail(where, "give content or content_hex, not both")
-        content: bytes | None = None
-        if "content" in e:
-            if not isinstance(e["content"], str):
-                raise self.fail(where, "content must be a string")
-            content = e["content"].encode("utf-8", "surrogateescape")
-        elif "content_hex" in e:
-            content = self._hex(where, "content_hex", e["content_hex"])
+        content = self._text_or_hex(where, e, "content")
         if content is not None and kind != "file":
             raise self.fail(where, f"content given for a {etype}")
 
@@ -367,15 +371,7 @@ class _Loader:
             content = content + b"\0" * (pad - len(content))
 
         # target
-        if "target" in e and "target_hex" in e:
-            raise self.fail(where, "give target or target_hex, not both")
-        target: bytes | None = None
-        if "target" in e:
-            if not isinstance(e["target"], str):
-                raise self.fail(where, "target must be a string")
-            target = e["target"].encode("utf-8", "surrogateescape")
-        elif "target_hex" in e:
-            target = self._hex(where, "target_hex", e["target_hex"])
+        target = self._text_or_hex(where, e, "target")
         if kind == "symlink":
             if not target:
                 raise self.fail(where, "a symlink needs a non-empty target")
