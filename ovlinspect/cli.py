@@ -46,10 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="every problem of the stack")
     c.add_argument("args", nargs="*", metavar="TARGET")
     _stack_args(c)
-    m = sub.add_parser("mounts", help="list overlay mounts")
+    m = sub.add_parser("mounts", help="list overlay mounts with a one-word health (quick: stack-level "
+                       "problems only; --deep: every path)")
     m.add_argument("--pid", type=int)
     m.add_argument("--json", action="store_true")
-    m.add_argument("--deep", action="store_true", help="check every path of every mount")
+    m.add_argument("--deep", action="store_true", help="check every path of every mount (slower)")
     d = sub.add_parser("demo", help="built-in demo stacks")
     d.add_argument("name", nargs="?")
     d.add_argument("--list", action="store_true")
@@ -74,7 +75,12 @@ _SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
 
 def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[str]]:
     """The stack named by the arguments, and the positional arguments left (paths)."""
-    if ns.lowerdir:
+    if ns.lowerdir is not None:
+        if not ns.lowerdir:
+            raise InputError("bad --lowerdir: it is empty")
+        first = positional[0] if positional else ""
+        if first.startswith("demo:") or first.endswith(".toml") or (first not in ("", "/") and os.path.ismount(first)):
+            raise InputError(f"give either a TARGET ({first}) or --lowerdir, not both")
         stack = stack_from_args(ns.lowerdir, ns.upperdir, ns.workdir, ns.options)
         rest = positional
     elif ns.from_inspect:
@@ -110,6 +116,8 @@ def _engine(stack: Stack) -> Engine:
         engine = Engine(stack)
     except OptionError as e:
         raise InputError(f"bad options: {e}") from None
+    except ValueError as e:  # a module parameter override that is not Y/N, ...
+        raise InputError(f"bad stack parameters: {e}") from None
     check_privileges(stack, engine.options.userxattr)
     return engine
 
@@ -295,7 +303,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
             out.append(f"        {show(f.message.encode())}")
             out.append(f"        fix: {f.hint}")
         out.append(f"{errors} error(s), {warnings} warning(s), "
-                   f"{len(findings) - errors - warnings} note(s) in {count} paths")
+                   f"{len(findings) - errors - warnings} info in {count} paths")
         print("\n".join(out))
     return 1 if errors else 0
 
@@ -317,8 +325,10 @@ def cmd_mounts(ns: argparse.Namespace) -> int:
         print("no overlay mounts")
         return 0
     for r in rows:
-        print(f"{r['health']:<8} {show(os.fsencode(r['mountpoint']))}  upper={'yes' if r['upper'] else 'no'} "
-              f"lower={r['lowers']} data={r['datas']}  {r['detail']}")
+        print(f"{r['health']:<10} {show(os.fsencode(r['mountpoint']))}  upper={'yes' if r['upper'] else 'no'} "
+              f"lower={r['lowers']} data={r['datas']}  {show(r['detail'].encode())}")
+    if not ns.deep:
+        print("(quick: stack-level problems only; --deep checks every path)")
     return 0
 
 
@@ -345,7 +355,18 @@ def cmd_export(ns: argparse.Namespace) -> int:
     if rest:
         raise InputError(f"export: unexpected argument {rest[0]!r}")
     engine = _engine(stack)
-    del engine
+    # the file must predict the same on any machine: spell out the effective options (as a
+    # mount would need them) and the module parameters they were computed with
+    from dataclasses import fields
+
+    from .options import ModuleDefaults, options_string
+
+    if not engine.mount_errno:
+        stack.options = options_string(engine.options)
+    if stack.params is None:
+        defaults = ModuleDefaults.read()
+        stack.params = {f.name: ("Y" if v else "N") if isinstance(v, bool) else str(v)
+                        for f in fields(defaults) for v in [getattr(defaults, f.name)]}
     sys.stdout.write(dump_stack(stack))
     return 0
 
@@ -358,12 +379,23 @@ def cmd_build(ns: argparse.Namespace) -> int:
         stack = load_stack(ns.stackfile)
     except StackFileError as e:
         raise InputError(str(e)) from None
-    built = build_stack(stack, ns.dest)
+    from .build import BuildError
+
+    try:
+        built = build_stack(stack, ns.dest)
+    except BuildError as e:
+        raise InputError(str(e)) from None
+    except OSError as e:
+        raise InputError(f"build: {e.strerror}: {e.filename or ns.dest}") from None
     print(f"built {len(stack.layers)} layers under {ns.dest}")
-    print(f"lowerdir={built.lowerdir_string()}")
+    print(f"lowerdir={built.lowerdir_string()}"
+          + (f",upperdir={built.upper},workdir={built.workdir}" if built.upper else "")
+          + (f",{built.options}" if built.options else ""))
     if ns.mount is not None:
         target = ns.mount or os.path.join(ns.dest, "merged")
         os.makedirs(target, exist_ok=True)
+        if os.path.ismount(target):
+            raise InputError(f"{target} is already a mountpoint; unmount it or name another")
         built.mount(target)
         print(f"mounted on {target}")
     return 0

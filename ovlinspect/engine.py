@@ -27,6 +27,8 @@ from .stack import Stack
 METACOPY_MIN = 4
 METACOPY_MAX = 68
 MAX_SYMLINK_HOPS = 40
+#: the longest name the layers take (the overlay refuses longer ones with ENAMETOOLONG)
+NAME_MAX = 255
 
 
 def kernel_version(release: str) -> tuple[int, int] | None:
@@ -175,6 +177,11 @@ class Engine:
                         else ModuleDefaults.read())
             options = effective_options(stack.options, has_upper=stack.upper is not None,
                                         n_lower=self.nlower, n_data=self.ndata, defaults=defaults)
+        if stack.refusal is not None and not options.mount_errno:
+            import dataclasses
+
+            options = dataclasses.replace(options, mount_errno=stack.refusal[0],
+                                          mount_log=tuple(options.mount_log) + (stack.refusal[1],))
         self.options = options
         self.prefix: bytes = options.xattr_prefix
         self.other_prefix = b"user.overlay." if self.prefix == b"trusted.overlay." else b"trusted.overlay."
@@ -346,6 +353,9 @@ class Engine:
         t = res.trace
         d = _LookupData(name=name, last=(False if self.check_redirect else not parent.lowers))
         try:
+            if len(name) > NAME_MAX:
+                raise LookupFailed("ENAMETOOLONG", None,
+                                   f"the name is {len(name)} bytes, more than the layers allow ({NAME_MAX})")
             self._lookup_layers(parent, d, res)
         except LookupFailed as e:
             res.errno = e.errno
@@ -369,12 +379,15 @@ class Engine:
     def _check_follow(self, d: _LookupData, path: Path) -> None:
         if d.metacopy and not self.options.metacopy:
             at = d.metacopy_at
+            why = ((f"{self.where(at)} is a metacopy file" if at else "a metacopy file was found")
+                   + " and the lookup would have to go on below it, but metacopy is off")
+            if at is not None and at.layer == self.nlower and not d.absolute_redirect:
+                why = (f"{self.where(at)} carries a metacopy xattr in the lowest layer, where no data "
+                       "can be found: remove the stray xattr (with metacopy=on this becomes EIO)")
             raise LookupFailed(
                 "EPERM",
                 f"overlayfs: refusing to follow metacopy origin for ({pd2(path)})",
-                (f"{self.where(at)} is a metacopy file" if at else "a metacopy file was found")
-                + " and the lookup would have to go on below it, but metacopy is off",
-                "metacopy-refused", [at.layer] if at else [], cause=at,
+                why, "metacopy-refused", [at.layer] if at else [], cause=at,
             )
         if (d.redirect is not None or d.upperredirect is not None) and not self.options.redirect_follow:
             raise LookupFailed(
@@ -875,8 +888,9 @@ class Engine:
                     "inode-alias", here,
                     f"{show(here)} and {show_path(res.data.path)} both resolve to the lower inode "
                     f"{self.where(res.data)}; on a fresh mount the one looked up second fails "
-                    "with ESTALE (\"overlayfs: failed to get inode (-116)\"); this prediction "
-                    "assumes this path is looked up first",
+                    "with ESTALE (\"overlayfs: failed to get inode (-116)\"), and an impure "
+                    "parent's readdir then leaves that name out; this prediction assumes this "
+                    "path is looked up first",
                     [self.json_index(res.data.layer)]))
         if res.data is not None and res.metacopy and res.open_errno is None:
             dnode = self.layer(res.data.layer).node(res.data.path)
@@ -1011,13 +1025,24 @@ class Engine:
         return res
 
     def _phantom(self, parent: Resolution, name: bytes, child: Resolution) -> Finding:
-        where = self.where(child.whiteout) if child.whiteout else "a lower layer"
-        why = ("the directory is not merged, so readdir passes its whiteout through"
-               if not parent.merge else
-               "an xattr whiteout whose directory lacks opaque=x in the lower layer")
+        wh = child.whiteout
+        where = self.where(wh) if wh else "a lower layer"
+        node = self.layer(wh.layer).node(wh.path) if wh else None
+        xattr = node is not None and not node.is_whiteout_dev
+        if not parent.merge:
+            why = ("the directory exists in one layer only, so it is not merged and readdir passes "
+                   "the whiteout through; remove the whiteout (it hides nothing)")
+        elif xattr and wh is not None and wh.layer == 0:
+            why = ("readdir never hides an xattr whiteout of the upper layer (opaque=x counts in lower "
+                   "layers only); use a 0/0 character device there")
+        elif xattr:
+            why = (f"its directory in {self.label(wh.layer) if wh else 'that layer'} lacks "
+                   "opaque=x, so readdir does not check it; mark the directory opaque=x")
+        else:
+            why = "readdir lists it although lookup hides it"
         return Finding("phantom-whiteout", b"/" + b"/".join(parent.path + (name,)),
                        f"readdir lists '{show(name)}' but lookup gives ENOENT ({where}): {why}",
-                       [self.json_index(child.whiteout.layer)] if child.whiteout else [])
+                       [self.json_index(wh.layer)] if wh else [])
 
     def walk(self, progress: Callable[[int], None] | None = None,
              cancel: Callable[[], bool] | None = None) -> Iterator[Resolution]:
@@ -1082,7 +1107,7 @@ class Engine:
             regular = ([0] if self.has_upper else []) + list(range(1, self.nlower + 1))
             for li in regular:
                 for name, n in self.layer(li).scan(()).items():
-                    if name in tops and n.is_dir and self.opaque_value(n) != b"y":
+                    if name in tops and n.is_dir:
                         out.append(Finding(
                             "shadowing-hazard", b"/" + name,
                             f"{self.where(Ref(li, (name,)))} is a directory with the same name as "
@@ -1127,9 +1152,11 @@ class Engine:
             if self.klayers[li] is None:
                 continue
             path = used.get(li, res.path)
+            walked = (res.redirect and res.redirect.startswith(b"/") and res.kind != "dir"
+                      and res.metadata is not None and li > res.metadata.layer and li not in used)
             if res.data is not None and res.data.layer == li:
                 path = res.data.path
-            elif li > self.nlower and res.redirect and res.redirect.startswith(b"/"):
+            elif walked:  # regular layers below the metacopy, and data-only layers, see the redirect
                 path = split_path(res.redirect)
             node = self.layer(li).node(path)
             role = "absent" if node is None else "hidden"

@@ -307,6 +307,10 @@ class DiskLayer(Layer):
                 st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
             except (FileNotFoundError, NotADirectoryError):
                 return None
+            except OSError as e:
+                if e.errno == _errno.ENAMETOOLONG:  # the kernel treats it as "not in this layer"
+                    return None
+                raise
         kind = _kind_of(st.st_mode)
         target = None
         if kind == "symlink":

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from .mountinfo import layer_path_problem, overlay_mounts, read_mountinfo
+from .rules import RULES
 
 
 def list_mounts(pid: int | None = None, deep: bool = False) -> list[dict]:
     """One row per overlay mount.
 
-    health: ``ok`` (layers readable, no stack-level problem), ``warning`` (a shadowing hazard
-    or similar), ``error`` (the stack has errors), ``opaque`` (layer paths cannot be used:
-    relative or fd-based), ``unreadable`` (a layer cannot be opened).  Per-path problems are
-    only looked for with ``deep`` (a full check of every mount).
+    health: ``ok`` (layers readable, no problem found), ``warning`` (a shadowing hazard or
+    similar), ``error`` (the stack has errors), ``unresolved`` (layer paths cannot be used:
+    relative or fd-based), ``unreadable`` (a layer cannot be opened).  Without ``deep`` only
+    stack-level problems are looked for (quick); ``deep`` checks every path of every mount.
     """
     from .engine import Engine
     from .sources import InputError, live_stack
@@ -24,7 +25,7 @@ def list_mounts(pid: int | None = None, deep: bool = False) -> list[dict]:
         problems = [layer_path_problem(p) for p in [*m.lowers, *m.datas, *( [m.upperdir] if m.upperdir else [])]]
         problems = [p for p in problems if p]
         if problems:
-            row["health"], row["detail"] = "opaque", problems[0]
+            row["health"], row["detail"] = "unresolved", problems[0]
             rows.append(row)
             continue
         try:
@@ -35,6 +36,8 @@ def list_mounts(pid: int | None = None, deep: bool = False) -> list[dict]:
             row["health"], row["detail"] = "unreadable", str(e)
             rows.append(row)
             continue
+        order = list(RULES)  # most important first
+        findings = sorted(findings, key=lambda f: order.index(f.rule))
         errors = [f for f in findings if f.severity == "error"]
         warnings = [f for f in findings if f.severity == "warning"]
         if errors:

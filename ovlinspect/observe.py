@@ -12,6 +12,7 @@ import os
 import stat as _stat
 from dataclasses import dataclass
 
+from .engine import show
 from .layers import Path, _kind_of
 
 
@@ -89,9 +90,20 @@ def compare(engine, res, ob: Observation) -> list[str]:
     out: list[str] = []
     pj = engine.to_json(res)
 
+    def fmt(name: str, v) -> str:
+        if v is None:
+            return "-"
+        if name == "mode":
+            return f"{v:04o}"
+        if isinstance(v, bytes):
+            return "'" + show(v) + "'"
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(name, x) for x in v) + "]"
+        return str(v)
+
     def diff(name: str, predicted, observed) -> None:
         if predicted != observed:
-            out.append(f"{name}: predicted {predicted!r}, observed {observed!r}")
+            out.append(f"{name}: predicted {fmt(name, predicted)}, observed {fmt(name, observed)}")
 
     diff("errno", res.errno, ob.errno)
     if res.errno is None and ob.errno is None:
@@ -106,12 +118,20 @@ def compare(engine, res, ob: Observation) -> list[str]:
         if res.kind == "dir" and ob.entries is not None:
             diff("readdir", engine.entries(res), ob.entries)
     if out:
-        out.append(_evidence(engine, res))
+        out.append(_evidence(engine, res, ob))
     return out
 
 
-def _evidence(engine, res) -> str:
-    """Re-read the layers: if the prediction changes, the stack changed under the mount."""
+def _evidence(engine, res, ob: Observation) -> str:
+    """What a disagreement points to: access order, an unmodelled feature, changed layers, us."""
+    rules = {f.rule for f in res.findings} | {f.rule for f in engine.stack_findings()}
+    if "inode-alias" in rules or "ESTALE" in (ob.errno, ob.open_errno):
+        return ("evidence: inode aliasing: two paths share one lower inode, and the kernel answers "
+                "for the one looked up first since the mount (see the inode-alias finding); the "
+                "prediction is that of a fresh mount looking this path up first")
+    if "not-modelled" in rules:
+        return ("evidence: the mount uses a feature ovlinspect does not model (see the "
+                "not-modelled note); that is the likely cause")
     fresh = engine.__class__(_reopen(engine.stack), options=engine.options, kernel=engine.kernel)
     again = fresh.resolve(res.path)
     if fresh.to_json(again) != engine.to_json(res):

@@ -51,8 +51,9 @@ RULES: dict[str, Rule] = {
         Rule(
             "invalid-redirect",
             "error",
-            "the redirect xattr is malformed (EINVAL)",
-            "a redirect is an absolute path without empty components, or one relative name",
+            "the redirect xattr is malformed (EINVAL), or leads to '.' or '..' (EACCES)",
+            "a redirect is an absolute path without empty, '.' or '..' components, or one "
+            "relative name",
         ),
         Rule(
             "metacopy-without-data",
@@ -84,8 +85,8 @@ RULES: dict[str, Rule] = {
             "phantom-whiteout",
             "warning",
             "readdir lists an entry that lookup reports as ENOENT",
-            "a whiteout only hides entries in a merged directory: remove it, or mark the "
-            "parent with opaque=x for xattr whiteouts",
+            "see the message: a whiteout only hides entries in a merged directory, and an "
+            "xattr whiteout only in a lower directory marked opaque=x",
         ),
         Rule(
             "metacopy-size-mismatch",

@@ -57,9 +57,31 @@ def stack_from_args(lowerdir: str, upperdir: str | None = None, workdir: str | N
     lowers = [_disk(p, os.path.basename(p.rstrip("/")) or p, cwd) for p in regular]
     datas = [_disk(p, os.path.basename(p.rstrip("/")) or p, cwd, verity, data=True) for p in data]
     upper = _disk(upperdir, "upper", cwd) if upperdir else None
+    desc = f"lowerdir={lowerdir}" + (f",upperdir={upperdir}" if upperdir else "") + (
+        f",workdir={workdir}" if workdir else "")
     return Stack(lowers=lowers, data=datas, upper=upper,
                  workdir=os.path.abspath(workdir) if workdir else None,
-                 options=options, source=source or f"lowerdir={lowerdir}")
+                 options=options, source=source or desc,
+                 refusal=_workdir_refusal(upperdir, workdir) if upperdir else None)
+
+
+def _workdir_refusal(upperdir: str, workdir: str | None) -> tuple[str, str] | None:
+    """What the kernel says of the work directory of an upper layer, when it refuses it."""
+    if not workdir:
+        return "EINVAL", "overlayfs: missing 'workdir'"
+    try:
+        work = os.path.realpath(workdir, strict=True)
+        up = os.path.realpath(upperdir, strict=True)
+        st_work, st_up = os.stat(work), os.stat(up)
+    except OSError as e:
+        return "ENOENT", f"overlay: failed to resolve '{workdir}': -{e.errno}"
+    if not os.path.isdir(work):
+        return "ENOTDIR", f"overlay: {workdir} is not a directory"
+    if work == up or work.startswith(up + "/") or up.startswith(work + "/"):
+        return "EINVAL", "overlayfs: workdir and upperdir must be separate subtrees"
+    if st_work.st_dev != st_up.st_dev:
+        return "EINVAL", "overlayfs: workdir and upperdir must reside under the same mount"
+    return None
 
 
 def live_stack(target: str, pid: int | None = None, layer_root: str | None = None) -> Stack:

@@ -33,6 +33,9 @@ class Stack:
     #: Effective options already known (a live mount's, read back from mountinfo); when None
     #: the engine computes them from ``options`` as the kernel would at mount time.
     effective: object | None = None
+    #: a refusal of the mount found while reading the layer options, as (errno, kernel log
+    #: line): the workdir missing or inside the upper layer, ...
+    refusal: tuple[str, str] | None = None
 
     @property
     def layers(self) -> list[tuple[str, Layer]]:

@@ -300,6 +300,9 @@ class _Loader:
             raise self.fail(where, f"path must not contain '..': {os.fsdecode(raw)!r}")
         if b"\0" in raw:
             raise self.fail(where, "path contains a NUL byte")
+        long = [x for x in parts if len(x) > 255]
+        if long:
+            raise self.fail(where, f"a name of {len(long[0])} bytes: no filesystem takes more than 255")
         return split_path(raw)
 
     def _text_or_hex(self, where: str, e: dict, key: str) -> bytes | None:

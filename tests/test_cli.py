@@ -106,8 +106,8 @@ def test_bad_stack_file(capsys, tmp_path):
 
 
 def test_from_inspect(capsys, tmp_path):
-    a, b, c = (tmp_path / x for x in "abc")
-    for d in (a, b, c):
+    a, b, c, w = (tmp_path / x for x in "abcw")
+    for d in (a, b, c, w):
         d.mkdir()
     (a / "f").write_text("a")
     inspect = [{"Id": "abc123", "Name": "/web", "GraphDriver": {"Name": "overlay2", "Data": {
@@ -160,3 +160,51 @@ def test_layer_labels_with_escapes_never_reach_the_terminal(capsys):
     out = "\n".join(_describe(e, e.explain("/foo")))
     assert "\x1b" not in out
     assert "A\\x1b[2J" in out and "'/obj/\\x1b[5m'" in out  # escaped once, not twice
+
+
+def test_more_bad_input_never_tracebacks(capsys, tmp_path):
+    long = "n" * 300
+    bad = tmp_path / "long.toml"
+    bad.write_text(f'version = 1\n[[layer]]\nrole = "lower"\n[[layer.entry]]\npath = "/{long}"\n'
+                   '[[layer]]\nrole = "lower"\n')
+    rc, out, err = run(capsys, "check", str(bad))
+    assert rc == 2 and "255" in err and err.count("\n") == 1
+    params = tmp_path / "params.toml"
+    params.write_text('version = 1\n[params]\nmetacopy = "maybe"\n[[layer]]\nrole = "lower"\n'
+                      '[[layer]]\nrole = "lower"\n')
+    rc, out, err = run(capsys, "check", str(params))
+    assert rc == 2 and "metacopy" in err and err.count("\n") == 1
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "x").write_text("occupied")
+    rc, out, err = run(capsys, "build", str(params), str(dest))
+    assert rc == 2 and err.count("\n") == 1
+
+
+def test_name_too_long_is_a_prediction(capsys):
+    rc, out, err = run(capsys, "explain", "--json", "demo:seed", "/" + "a" * 300)
+    assert rc == 0 and json.loads(out)["paths"][0]["errno"] == "ENAMETOOLONG"
+
+
+def test_workdir_refusals_are_predicted(capsys, tmp_path):
+    for d in ("A", "U/sub", "W"):
+        (tmp_path / d).mkdir(parents=True)
+    base = ["explain", "--json", "--lowerdir", str(tmp_path / "A"), "--upperdir", str(tmp_path / "U")]
+    for extra, log in ([], "missing 'workdir'"), (["--workdir", str(tmp_path / "U/sub")], "separate subtrees"):
+        rc, out, _ = run(capsys, *base, *extra, "/")
+        doc = json.loads(out)
+        assert rc == 0 and doc["mount_errno"] == "EINVAL" and log in doc["mount_log"][-1]
+    rc, out, _ = run(capsys, *base, "--workdir", str(tmp_path / "W"), "/")
+    assert json.loads(out)["mount_errno"] is None
+
+
+def test_target_and_lowerdir_together_is_a_usage_error(capsys):
+    rc, out, err = run(capsys, "explain", "demo:seed", "--lowerdir", "/tmp", "/foo")
+    assert rc == 2 and "either" in err
+    rc, out, err = run(capsys, "explain", "--lowerdir", "", "/foo")
+    assert rc == 2 and "empty" in err
+
+
+def test_export_spells_out_options_and_parameters(capsys, tmp_path):
+    rc, out, _ = run(capsys, "export", "demo:namespaces")
+    assert 'options = "' in out and "metacopy=on" in out and "[params]" in out

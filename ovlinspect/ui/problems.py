@@ -234,9 +234,10 @@ class ProblemsPanel(Vertical):
     def update_status(self) -> None:
         c = self.counts()
         t = Text()
-        for sev, label in (("error", "errors"), ("warning", "warnings"), ("info", "notes")):
+        for sev, one, many in (("error", "error", "errors"), ("warning", "warning", "warnings"),
+                               ("info", "info", "info")):
             n = c[sev]
-            t.append(f"{SEVERITY_MARK[sev]} {n} {label if n != 1 else label[:-1]}",
+            t.append(f"{SEVERITY_MARK[sev]} {n} {one if n == 1 else many}",
                      SEVERITY_STYLE[sev] if n else "dim")
             t.append("  ")
         t.append("· ", "dim")
