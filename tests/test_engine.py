@@ -261,3 +261,32 @@ def test_rule_not_modelled():
     e = engine([a], upper=layer("U", {}), options="index=on")
     assert "not-modelled" in {f.rule for f in e.stack_findings()}
     assert "not-modelled" not in {f.rule for f in engine([a], upper=layer("U", {})).stack_findings()}
+
+
+def test_phantom_messages_say_which_case():
+    a = layer("A", {"/solo": "dir", "/solo/wh": "wh", "/d": "dir",
+                    "/d/xw": ("file", {T + b"whiteout": b""})})
+    b = layer("B", {"/d": "dir", "/d/xw": b"b"})
+    e = engine([a, b])
+    solo = [f.message for f in e.explain("/solo").findings if f.rule == "phantom-whiteout"]
+    assert solo and "one layer only" in solo[0]
+    d = [f.message for f in e.explain("/d").findings if f.rule == "phantom-whiteout"]
+    assert d and "lacks opaque=x" in d[0]
+    up = layer("U", {"/d": ("dir", {T + b"opaque": b"x"}), "/d/xw": ("file", {T + b"whiteout": b""})})
+    e2 = engine([b], upper=up)
+    msgs = [f.message for f in e2.explain("/d").findings if f.rule == "phantom-whiteout"]
+    assert msgs and "upper layer" in msgs[0]
+
+
+def test_stray_metacopy_in_the_lowest_layer_is_explained():
+    a = layer("A", {})
+    b = layer("B", {"/stray": metacopy(None)})
+    r = engine([a, b]).explain("/stray")
+    assert r.errno == "EPERM"
+    assert any("remove the stray xattr" in f.message for f in r.findings)
+    assert engine([a, b], options="metacopy=on").resolve("/stray").errno == "EIO"
+
+
+def test_name_too_long():
+    r = engine([layer("A", {}), layer("B", {})]).resolve("/" + "x" * 256)
+    assert r.errno == "ENAMETOOLONG"
