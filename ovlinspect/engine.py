@@ -13,6 +13,7 @@ turns that into the index of the JSON contract (which lists the upper only when 
 
 from __future__ import annotations
 
+import dataclasses
 import errno as _errno
 import os
 from collections import OrderedDict
@@ -178,8 +179,6 @@ class Engine:
             options = effective_options(stack.options, has_upper=stack.upper is not None,
                                         n_lower=self.nlower, n_data=self.ndata, defaults=defaults)
         if stack.refusal is not None and not options.mount_errno:
-            import dataclasses
-
             options = dataclasses.replace(options, mount_errno=stack.refusal[0],
                                           mount_log=tuple(options.mount_log) + (stack.refusal[1],))
         self.options = options
@@ -337,7 +336,7 @@ class Engine:
         joined = base + tuple(c for c in target.split(b"/") if c) + comps[i + 1 :]
         new = split_path(b"/" + b"/".join(joined))
         res = self._resolve(new, hops + 1)
-        res = Resolution(**{**res.__dict__})
+        res = dataclasses.replace(res)
         res.trace = [f"{show_path(comps[: i + 1])} is a symlink to '{show(target)}'; the path "
                      f"walk follows it to {show_path(new)}"
                      + (" (absolute: resolved inside the merged tree)" if target.startswith(b"/") else "")
