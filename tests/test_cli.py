@@ -208,3 +208,16 @@ def test_target_and_lowerdir_together_is_a_usage_error(capsys):
 def test_export_spells_out_options_and_parameters(capsys, tmp_path):
     rc, out, _ = run(capsys, "export", "demo:namespaces")
     assert 'options = "' in out and "metacopy=on" in out and "[params]" in out
+
+
+def test_without_root_trusted_xattrs_cannot_be_read(capsys, tmp_path, monkeypatch):
+    for d in "ab":
+        (tmp_path / d).mkdir()
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    rc, out, err = run(capsys, "check", "--lowerdir", f"{tmp_path / 'a'}:{tmp_path / 'b'}")
+    assert rc == 2 and "needs root" in err and err.count("\n") == 1
+    # a userxattr mount reads user.overlay.* xattrs, which need no privilege
+    rc, out, err = run(capsys, "check", "--lowerdir", f"{tmp_path / 'a'}:{tmp_path / 'b'}", "-o", "userxattr")
+    assert rc == 0, err
+    # demos are in memory: no root needed
+    assert run(capsys, "check", "demo:seed")[0] == 1
