@@ -20,6 +20,7 @@ import stat as _stat
 from dataclasses import dataclass, field
 
 from .layers import Layer, MemoryLayer, Node, Path, iter_tree, join_path
+from .options import join_lowerdir, split_options
 from .stack import Stack
 
 __all__ = ["BuildError", "BuiltStack", "build_stack", "split_options", "join_lowerdir"]
@@ -30,55 +31,6 @@ COPY_LIMIT = 1 << 20
 
 class BuildError(Exception):
     """The stack cannot be materialized here (not root, destination not empty, ...)."""
-
-
-def _fallback_join_lowerdir(lowers: list[str], data: list[str]) -> str:
-    def esc(p: str) -> str:
-        return re.sub(r"([\\:,])", r"\\\1", p)
-
-    s = ":".join(esc(p) for p in lowers)
-    for d in data:
-        s += "::" + esc(d)
-    return s
-
-
-def join_lowerdir(lowers: list[str], data: list[str] = ()) -> str:  # type: ignore[assignment]
-    """The legacy ``lowerdir=`` value for these layers (the options module's, when present)."""
-    try:
-        from .options import join_lowerdir as _join  # type: ignore[attr-defined]
-    except ImportError:
-        return _fallback_join_lowerdir(list(lowers), list(data))
-    return _join(list(lowers), list(data))
-
-
-def split_options(options: str) -> list[tuple[str, str | None]]:
-    """``"a=b,c"`` as ``[("a", "b"), ("c", None)]``; a backslash escapes a comma."""
-    out: list[tuple[str, str | None]] = []
-    cur = []
-    items = []
-    i = 0
-    while i < len(options):
-        ch = options[i]
-        if ch == "\\" and i + 1 < len(options):
-            cur.append(options[i : i + 2])
-            i += 2
-            continue
-        if ch == ",":
-            items.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    items.append("".join(cur))
-    for item in items:
-        if not item:
-            continue
-        if "=" in item:
-            k, v = item.split("=", 1)
-            out.append((k, v))
-        else:
-            out.append((item, None))
-    return out
 
 
 @dataclass
