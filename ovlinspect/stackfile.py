@@ -370,8 +370,7 @@ class _Loader:
             raise self.fail(where, f"size {size} is smaller than the content ({len(content)} bytes)")
         if content is not None and len(content) < size:
             # Sparse tail: keep zeros in memory up to INLINE_LIMIT so reads match the disk file.
-            pad = min(size, max(INLINE_LIMIT, len(content)))
-            content = content + b"\0" * (pad - len(content))
+            content = content + b"\0" * (_padded_length(len(content), size) - len(content))
 
         # target
         target = self._text_or_hex(where, e, "target")
@@ -399,9 +398,7 @@ class _Loader:
         xattrs = self._xattrs(where, e)
         verity = self._verity(where, e.get("verity"), kind)
         node = Node(kind, mode, size, uid, gid, rdev, target, xattrs, verity)
-        if kind == "file" and content is None:
-            content = None  # sparse/empty: reads as zeros
-        return node, content
+        return node, content  # a file without content is sparse/empty: reads as zeros
 
     def _rdev(self, where: str, value: Any) -> tuple[int, int]:
         if isinstance(value, list) and len(value) == 2:
@@ -495,14 +492,8 @@ def _key(k: str) -> str:
 
 
 def _layer_entries(layer: Layer) -> list[tuple[Path, Node]]:
-    if isinstance(layer, MemoryLayer):
-        out = [((), layer.nodes[()])]
-        out += list(iter_tree(layer))
-        return out
     root = layer.node(())
-    out = [((), root if root is not None else Node("dir", 0o755))]
-    out += list(iter_tree(layer))
-    return out
+    return [((), root if root is not None else Node("dir", 0o755))] + list(iter_tree(layer))
 
 
 def _padded_length(content_len: int, size: int) -> int:
