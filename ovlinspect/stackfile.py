@@ -282,16 +282,8 @@ class _Loader:
         return layer
 
     def _entry_path(self, where: str, e: dict) -> Path:
-        if "path" in e and "path_hex" in e:
-            raise self.fail(where, "give path or path_hex, not both")
-        if "path" in e:
-            p = e["path"]
-            if not isinstance(p, str):
-                raise self.fail(where, "path must be a string")
-            raw = os.fsencode(p)
-        elif "path_hex" in e:
-            raw = self._hex(where, "path_hex", e["path_hex"])
-        else:
+        raw = self._text_or_hex(where, e, "path")
+        if raw is None:
             raise self.fail(where, "entry has no path")
         if not raw.startswith(b"/"):
             raise self.fail(where, f"path must be absolute (start with /): {os.fsdecode(raw)!r}")
