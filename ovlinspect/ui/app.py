@@ -23,7 +23,7 @@ from textual.widgets import Footer, Input, TabbedContent, TabPane, Tree
 from textual.worker import get_current_worker
 
 from ..engine import Engine, Resolution
-from ..layers import Path, split_path
+from ..layers import Path, join_path, split_path
 from ..options import OptionError
 from ..rules import RULES, Finding
 from .commands import OvlCommands
@@ -330,7 +330,7 @@ class OvlInspectApp(App[int]):
     def _problem_chosen(self, msg: ProblemTree.Chosen) -> None:
         path = split_path(msg.finding.path)
         if msg.jump:
-            self.run_worker(self._goto(path, True), group="goto", exclusive=True, exit_on_error=False)
+            self.goto_path(path)
         else:
             self.select(Selection(path))
 
@@ -347,9 +347,7 @@ class OvlInspectApp(App[int]):
             self.notify("no problems found (yet)", timeout=2)
             return
         self.problem_index = (self.problem_index + step) % len(findings)
-        f = findings[self.problem_index]
-        self.run_worker(self._goto(split_path(f.path), True), group="goto", exclusive=True,
-                        exit_on_error=False)
+        self.goto_path(split_path(findings[self.problem_index].path))
 
     def action_next_problem(self) -> None:
         self._step_problem(1)
@@ -394,7 +392,7 @@ class OvlInspectApp(App[int]):
                 if worker.is_cancelled:
                     return
                 count += 1
-                if needle in (b"/" + b"/".join(res.path)).lower():
+                if needle in join_path(res.path).lower():
                     found.append(res.path)
                 now = time.monotonic()
                 if now - last >= BATCH_SECONDS:
@@ -440,7 +438,7 @@ class OvlInspectApp(App[int]):
     @on(PathList.Chosen)
     def _path_chosen(self, msg: PathList.Chosen) -> None:
         if msg.jump:
-            self.run_worker(self._goto(msg.path, True), group="goto", exclusive=True, exit_on_error=False)
+            self.goto_path(msg.path)
         else:
             self.select(Selection(msg.path))
 
@@ -522,14 +520,13 @@ class OvlInspectApp(App[int]):
 
     def action_whatif_toggle(self, key: str) -> None:
         values = WHATIF_CHOICES[key]
-        now = current_choices(self.engine)[key]
+        current = current_choices(self.engine)
+        now = current[key]
         start = values.index(now) if now in values else -1
         # the kernel adjusts some values (a lower-only mount turns redirect_dir=follow into on):
         # step on to the next value that makes a difference
         for i in range(1, len(values) + 1):
-            nxt = values[(start + i) % len(values)]
-            choices = current_choices(self.engine)
-            choices[key] = nxt
+            choices = {**current, key: values[(start + i) % len(values)]}
             try:
                 trial = self.base.with_options(whatif_options(self.base.stack.options, choices))
             except OptionError:
@@ -646,8 +643,8 @@ class OvlInspectApp(App[int]):
         n = len(tree.changed)
         t = Text()
         t.append("what-if ", "bold")
-        changed = [f"{k}={v}" for k, v in current_choices(self.engine).items()
-                   if v != current_choices(self.base)[k]]
+        real = current_choices(self.base)
+        changed = [f"{k}={v}" for k, v in current_choices(self.engine).items() if v != real[k]]
         t.append(", ".join(changed), "bold #ff87ff")
         t.append(f": {n:,} path{'s' if n != 1 else ''} resolve differently", "bold")
         t.append(f"  (compared {msg.scanned:,} paths{'' if msg.done else ', comparing…'})", "dim")
