@@ -25,11 +25,11 @@ from textual.worker import get_current_worker
 from ..engine import Engine, Resolution
 from ..layers import Path, join_path, split_path
 from ..options import OptionError
-from ..rules import RULES, Finding
+from ..rules import Finding
 from .commands import OvlCommands
 from .details import Explanation, LayerColumns, Selection, explanation, raw_explanation
 from .header import StackHeader
-from .merged_tree import SEVERITY_RANK, Entry, MergedTree
+from .merged_tree import SEVERITY_RANK, Entry, MergedTree, severity_of
 from .palette import LayerPalette
 from .panels import PathList, SearchPanel, WhatIfPanel
 from .problems import ProblemsPanel, ProblemTree
@@ -295,8 +295,7 @@ class OvlInspectApp(App[int]):
             path = split_path(f.path)
             exact.add(path)
             self.findings_at.setdefault(path, []).append(f)
-            sev = RULES[f.rule].severity if f.rule in RULES else "error"
-            rank = SEVERITY_RANK[sev]
+            rank = SEVERITY_RANK[severity_of(f)]
             tree.problems_at.setdefault(path, [0, 0, 0])[rank] += 1
             touched.add(path)
             for i in range(len(path)):
@@ -335,11 +334,7 @@ class OvlInspectApp(App[int]):
             self.select(Selection(path))
 
     def problem_list(self) -> list[Finding]:
-        panel = self.problems
-        out: list[Finding] = []
-        for key in sorted(panel.groups, key=lambda k: (SEVERITY_RANK[k[0]], k[1])):
-            out += panel.groups[key].findings
-        return out
+        return [f for g in self.problems.ordered_groups() for f in g.findings]
 
     def _step_problem(self, step: int) -> None:
         findings = self.problem_list()

@@ -19,8 +19,7 @@ from textual.widgets import Static
 
 from ..engine import Engine, Ref, Resolution
 from ..layers import Node, Path, split_path
-from ..rules import RULES
-from .merged_tree import SEVERITY_MARK, SEVERITY_STYLE
+from .merged_tree import SEVERITY_MARK, SEVERITY_STYLE, severity_of
 from .palette import LayerPalette
 from .render import esc, esc_str, path_text, size_text
 from .session import redirect_target
@@ -402,7 +401,7 @@ def explanation(engine: Engine, pal: LayerPalette, res: Resolution, extra_findin
     if findings:
         t.append("\n")
         for f in findings:
-            sev = RULES[f.rule].severity if f.rule in RULES else "error"
+            sev = severity_of(f)
             t.append(f"{SEVERITY_MARK[sev]} {f.rule}", SEVERITY_STYLE[sev])
             t.append("  ")
             t.append_text(pal.colorize(esc_str(f.message)))

@@ -22,7 +22,7 @@ from textual.widgets.tree import TreeNode
 
 from ..engine import Resolution
 from ..layers import Node, Path
-from ..rules import RULES
+from ..rules import RULES, Finding
 from .palette import LayerPalette
 from .render import esc, esc_str, path_text, size_text
 from .session import CHUNK, Child, Lister
@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
 SEVERITY_MARK = {"error": "✖", "warning": "▲", "info": "ℹ"}
 SEVERITY_STYLE = {"error": "bold #ff5f5f", "warning": "bold #ffd75f", "info": "#87afd7"}
+
+
+def severity_of(f: Finding, unknown: str = "error") -> str:
+    """The severity of ``f``'s rule; ``unknown`` for a rule the table does not know."""
+    return RULES[f.rule].severity if f.rule in RULES else unknown
 
 
 @dataclass(eq=False)
@@ -450,7 +455,7 @@ class MergedTree(Tree[Entry]):
             t.append(" SHADOWED ", Style(color="white", bgcolor="#d75f00", bold=True))
         counts = list(self.problems_at.get(e.path, [0, 0, 0]))
         for f in res.findings:
-            sev = RULES[f.rule].severity if f.rule in RULES else "info"
+            sev = severity_of(f, unknown="info")
             if not counts[SEVERITY_RANK[sev]]:
                 counts[SEVERITY_RANK[sev]] = 1
         if "shadowed-lowerdata" in rules and counts[0] == 1:

@@ -18,7 +18,7 @@ from textual.widgets import ProgressBar, Static, Tree
 from textual.widgets.tree import TreeNode
 
 from ..rules import RULES, Finding
-from .merged_tree import SEVERITY_MARK, SEVERITY_RANK, SEVERITY_STYLE
+from .merged_tree import SEVERITY_MARK, SEVERITY_RANK, SEVERITY_STYLE, severity_of
 from .palette import LayerPalette
 from .render import esc, esc_str
 
@@ -128,14 +128,14 @@ class ProblemsPanel(Vertical):
         touched: set[tuple[str, str]] = set()
         for f in findings:
             self.findings.append(f)
-            sev = f.severity if f.rule in RULES else "error"
+            sev = severity_of(f)
             key = (sev, f.rule)
             g = self.groups.get(key)
             if g is None:
                 g = self.groups[key] = Group(sev, f.rule)
-                order = sorted(self.groups, key=lambda k: (SEVERITY_RANK[k[0]], k[1]))
-                idx = order.index(key)
-                before = self.groups[order[idx + 1]].node if idx + 1 < len(order) else None
+                order = self.ordered_groups()
+                idx = order.index(g)
+                before = order[idx + 1].node if idx + 1 < len(order) else None
                 g.node = tree.root.add(Text(), ProblemRef(g), before=before, expand=True)
             g.findings.append(f)
             touched.add(key)
@@ -254,9 +254,12 @@ class ProblemsPanel(Vertical):
             t.append("  no problems found", "bold #87d787")
         self.query_one("#problems-status", Static).update(t)
 
+    def ordered_groups(self) -> list[Group]:
+        """The groups as the panel shows them: errors first, then by rule name."""
+        return [self.groups[k] for k in sorted(self.groups, key=lambda k: (SEVERITY_RANK[k[0]], k[1]))]
+
     def first_error(self) -> Finding | None:
-        for key in sorted(self.groups, key=lambda k: (SEVERITY_RANK[k[0]], k[1])):
-            g = self.groups[key]
+        for g in self.ordered_groups():
             if g.findings:
                 return g.findings[0]
         return None
