@@ -23,7 +23,7 @@ from .merged_tree import SEVERITY_MARK, SEVERITY_STYLE, severity_of
 from .palette import LayerPalette
 from .render import esc, esc_str, path_text, size_text
 from .session import redirect_target
-from .xattrs import decode
+from .xattrs import Decoded, decode
 
 ROLE_STYLE = {
     "metadata": "bold",
@@ -83,22 +83,22 @@ def failed_view(engine: Engine, res: Resolution, view: list) -> tuple[list, set[
                 if d.redirect is not None and d.redirect.startswith(b"/") and d.active:
                     redirect = d.redirect
             break
+    rp = split_path(redirect) if walked and redirect is not None else None
     out = []
     on_path: set[int] = set()
     for k, p, node, role in view:
-        if walked and redirect is not None and top is not None and k > top:
-            rp = split_path(redirect)
+        if rp is not None and top is not None and k > top:
             layer = engine.klayers[k]
             found: Path | None = None
             if layer is not None:
                 # the deepest prefix of the redirect this layer holds: where the walk stopped
                 for i in range(len(rp), 0, -1):
-                    if layer.node(rp[:i]) is not None:
-                        found = rp[:i]
+                    n = layer.node(rp[:i])
+                    if n is not None:
+                        found, node = rp[:i], n
                         break
             if found is not None:
-                assert layer is not None
-                p, node = found, layer.node(found)
+                p = found
                 on_path.add(k)
                 role = "redirect target" if k > engine.nlower and found == rp else "on the redirect path"
         if k == top and res.errno in ("EPERM", "EINVAL") and not walked:
@@ -207,10 +207,11 @@ class LayerColumns(Horizontal):
         on_path: set[int] = set()
         if res.errno:
             view, on_path = failed_view(engine, res, view)
+        decoded = {k: decode(node, engine.prefix) for k, _, node, _ in view if node is not None}
         sources: dict[int, int] = {}  # target layer -> layer whose redirect leads there
         redirects: dict[int, Ref | None] = {}
         for k, p, node, role in view:
-            if node is not None and any(d.redirect is not None for d in decode(node, engine.prefix)):
+            if any(d.redirect is not None for d in decoded.get(k, ())):
                 tgt = redirect_target(res, k)
                 if tgt is None and res.errno:
                     # a failed lookup keeps no chain: the first entry below on the redirect path
@@ -229,14 +230,14 @@ class LayerColumns(Horizontal):
             col.set_class(role in ("absent", "hidden", "data-only (never merged)"), "-idle")
             col.styles.border = ("round" if role not in ("metadata", "metadata+data") else "heavy",
                                  palette.color(k))
-            col.update(self._column_text(engine, palette, res, k, p, node, role,
+            col.update(self._column_text(engine, palette, res, k, p, node, decoded.get(k, []), role,
                                          redirects.get(k, None), k in redirects, sources.get(k)))
             if sel.layer == k:
                 col.add_class("-focus")
 
     def _column_text(self, engine: Engine, pal: LayerPalette, res: Resolution, k: int, p: Path,
-                     node: Node | None, role: str, target: Ref | None, has_redirect: bool,
-                     source: int | None) -> Text:
+                     node: Node | None, decoded: list[Decoded], role: str, target: Ref | None,
+                     has_redirect: bool, source: int | None) -> Text:
         t = Text()
         t.append(role.upper(), ROLE_STYLE.get(role, "") or pal.style(k, bold=True))
         if role in ("metadata", "data", "metadata+data"):
@@ -259,7 +260,6 @@ class LayerColumns(Horizontal):
             algo, digest = node.verity
             t.append("\nfs-verity ", "dim")
             t.append(digest.hex()[:32] + "…", "#d7af5f")
-        decoded = decode(node, engine.prefix)
         for d in decoded:
             t.append("\n")
             t.append_text(d.text)
