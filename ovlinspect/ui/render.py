@@ -13,7 +13,7 @@ from __future__ import annotations
 from rich.style import Style
 from rich.text import Text
 
-from ..layers import Path
+from ..layers import Path, join_path
 
 #: Style of an escape sequence standing for a byte or character that cannot be shown.
 ESCAPE_STYLE = Style(color="#ff8700", bold=True)
@@ -74,12 +74,8 @@ def plain(b: bytes) -> str:
     return esc(b).plain
 
 
-def path_bytes(path: Path) -> bytes:
-    return b"/" + b"/".join(path)
-
-
 def path_text(path: Path, style: str | Style = "") -> Text:
-    return esc(path_bytes(path), style)
+    return esc(join_path(path), style)
 
 
 def size_text(n: int | None) -> str:
