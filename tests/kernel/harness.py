@@ -25,10 +25,10 @@ import stat as _stat
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ovlinspect.build import BuiltStack, build_stack
-from ovlinspect.layers import split_path
+from ovlinspect.layers import join_path, split_path
 from ovlinspect.stackfile import dump_stack, stack_from_dict
 
 READ_LIMIT = 64 * 1024
@@ -198,7 +198,7 @@ def paths_of_case(case: Case) -> list[str]:
     def add(p: bytes) -> None:
         parts = split_path(p)
         for i in range(1, len(parts) + 1):
-            seen.setdefault(os.fsdecode(b"/" + b"/".join(parts[:i])), None)
+            seen.setdefault(os.fsdecode(join_path(parts[:i])), None)
 
     for _role, _name, entries in case.layers:
         for e in entries:
@@ -590,24 +590,34 @@ def run_kernel(case: Case, tmp: str, api: str = "legacy", with_prediction: bool 
     return Result(case, built, target, paths, err, obs, set(), pred, unavailable)
 
 
-def refresh_stale(res: Result, api: str = "legacy") -> None:
-    """Re-observe, each on a fresh mount of freshly built layers, the paths that gave ESTALE
-    (inode aliasing depends on access order; predictions are fresh-mount answers).
+def _stale(obs: dict[str, Observation]) -> list[str]:
+    """The observed paths that gave ESTALE somewhere (inode aliasing)."""
+    return [p for p, o in obs.items() if "ESTALE" in (o.errno, o.readdir_errno, o.open_errno)]
+
+
+def _observe_alone(res: Result, paths: Iterable[str], prefix: str, api: str = "legacy") -> None:
+    """Observe each path again, alone, on a fresh mount of freshly built layers.
 
     The layers are rebuilt because a mount with an upper layer writes to it while looking
     things up (``origin`` on merged directories, ``impure`` on their parents), which changes
     what a second mount of the same directories shows.
     """
-    stale = [p for p, o in res.obs.items() if "ESTALE" in (o.errno, o.readdir_errno, o.open_errno)]
-    res.aliased.update(stale)
     tmp = os.path.dirname(res.built.dest)
-    for i, p in enumerate(stale):
+    for p in paths:
         n = len(os.listdir(tmp))
-        built = build(res.case, os.path.join(tmp, f"refresh-{n}-layers"))
-        target = os.path.join(tmp, f"refresh-{n}-merged")
+        built = build(res.case, os.path.join(tmp, f"{prefix}-{n}-layers"))
+        target = os.path.join(tmp, f"{prefix}-{n}-merged")
         if mount_errno(built, target, api) is None:
             res.obs[p] = observe(target, [p])[p]
             built.umount_all()
+
+
+def refresh_stale(res: Result, api: str = "legacy") -> None:
+    """Re-observe, each on a fresh mount of freshly built layers, the paths that gave ESTALE
+    (inode aliasing depends on access order; predictions are fresh-mount answers)."""
+    stale = _stale(res.obs)
+    res.aliased.update(stale)
+    _observe_alone(res, stale, "refresh", api)
 
 
 def settle_for_live(res: Result, api: str = "legacy") -> None:
@@ -625,7 +635,7 @@ def settle_for_live(res: Result, api: str = "legacy") -> None:
     first_looked_up = {p: res.obs[p] for p in res.aliased if p in res.obs}
     res.obs = observe(res.target, res.paths)
     res.obs.update(first_looked_up)  # access-order answers were already taken on fresh mounts
-    stale = [p for p, o in res.obs.items() if "ESTALE" in (o.errno, o.readdir_errno, o.open_errno)]
+    stale = _stale(res.obs)
     res.aliased.update(stale)
     for p in stale:
         res.built.umount_all()
@@ -683,14 +693,6 @@ def _alias_order(res: Result, pred: dict, dis: list[Disagreement]) -> list[Disag
                 and any(f"{d.path} " in m or m.startswith(d.path) or f" {d.path}" in m for m in flagged)}
     if not suspects:
         return dis
-    tmp = os.path.dirname(res.built.dest)
-    for p in suspects:
-        n = len(os.listdir(tmp))
-        built = build(res.case, os.path.join(tmp, f"alias-{n}-layers"))
-        target = os.path.join(tmp, f"alias-{n}-merged")
-        if mount_errno(built, target) is None:
-            res.obs[p] = observe(target, [p])[p]
-            built.umount_all()
+    _observe_alone(res, suspects, "alias")
     res.aliased.update(suspects)
-    again = compare(res.obs, pred, res.built.layer_dirs, res.aliased)
-    return again
+    return compare(res.obs, pred, res.built.layer_dirs, res.aliased)
