@@ -83,6 +83,20 @@ class WhatIfUpdate(Message):
     error: str | None = None
 
 
+class _Pacer:
+    """Tells a worker when to post what it has gathered: at most every ``BATCH_SECONDS``."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < BATCH_SECONDS:
+            return False
+        self.last = now
+        return True
+
+
 def _while_on_screen(handler):
     """Worker messages can arrive while the app is closing: drop them once the widgets are gone."""
 
@@ -257,13 +271,13 @@ class OvlInspectApp(App[int]):
     @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
     def _scan(self, engine: Engine, gen: int) -> None:
         worker = get_current_worker()
-        t0 = time.monotonic()
+        pacer = _Pacer()
+        t0 = pacer.last
         clone = EngineClone(engine)
         count = 0
         try:
             e = clone.engine
             batch: list[Finding] = list(e.stack_findings())
-            last = t0
             if not e.mount_errno:
                 for res in e.walk(cancel=lambda: worker.is_cancelled):
                     if worker.is_cancelled:
@@ -271,11 +285,9 @@ class OvlInspectApp(App[int]):
                     count += 1
                     if res.findings:
                         batch.extend(res.findings)
-                    now = time.monotonic()
-                    if now - last >= BATCH_SECONDS:
+                    if pacer.due():
                         self.post_message(ScanUpdate(gen, batch, count))
                         batch = []
-                        last = now
             self.post_message(ScanUpdate(gen, batch, count, done=True, elapsed=time.monotonic() - t0))
         except Exception as err:  # a layer vanished, a permission changed: report, don't crash
             self.post_message(ScanUpdate(gen, [], count, done=True, elapsed=time.monotonic() - t0,
@@ -382,18 +394,16 @@ class OvlInspectApp(App[int]):
         try:
             found: list[Path] = []
             count = 0
-            last = time.monotonic()
+            pacer = _Pacer()
             for res in ordered_walk(clone.engine, cancel=lambda: worker.is_cancelled):
                 if worker.is_cancelled:
                     return
                 count += 1
                 if needle in join_path(res.path).lower():
                     found.append(res.path)
-                now = time.monotonic()
-                if now - last >= BATCH_SECONDS:
+                if pacer.due():
                     self.post_message(SearchUpdate(gen, found, count))
                     found = []
-                    last = now
             self.post_message(SearchUpdate(gen, found, count, done=True))
         finally:
             clone.close()
@@ -605,7 +615,7 @@ class OvlInspectApp(App[int]):
         count = 0
         try:
             batch: list[Change] = []
-            last = time.monotonic()
+            pacer = _Pacer()
             for path, ra, rb in union_walk(a.engine, b.engine, cancel=lambda: worker.is_cancelled):
                 if worker.is_cancelled:
                     return
@@ -613,11 +623,9 @@ class OvlInspectApp(App[int]):
                 c = diff_outcomes(a.engine, b.engine, ra, rb, path)
                 if c is not None:
                     batch.append(c)
-                now = time.monotonic()
-                if now - last >= BATCH_SECONDS:
+                if pacer.due():
                     self.post_message(WhatIfUpdate(gen, batch, count))
                     batch = []
-                    last = now
             self.post_message(WhatIfUpdate(gen, batch, count, done=True))
         except Exception as err:
             self.post_message(WhatIfUpdate(gen, [], count, done=True, error=f"{type(err).__name__}: {err}"))
