@@ -19,7 +19,7 @@ import re
 import stat as _stat
 from dataclasses import dataclass, field
 
-from .layers import Layer, MemoryLayer, Node, Path, iter_tree, join_path
+from .layers import Layer, MemoryLayer, Node, Path, join_path, layer_entries
 from .options import join_lowerdir, split_options
 from .stack import Stack
 
@@ -90,7 +90,7 @@ def _safe_name(label: str, fallback: str) -> str:
 
 def _needs_root(stack: Stack) -> str | None:
     for _, layer in stack.layers:
-        for path, node in _entries(layer):
+        for path, node in layer_entries(layer):
             for name, _ in node.xattrs:
                 if name.startswith(b"trusted."):
                     return f"the trusted.* xattr {name.decode('utf-8', 'replace')} on {os.fsdecode(join_path(path))}"
@@ -98,10 +98,6 @@ def _needs_root(stack: Stack) -> str | None:
                 return f"the device node {os.fsdecode(join_path(path))}"
     return None
 
-
-def _entries(layer: Layer) -> list[tuple[Path, Node]]:
-    root = layer.node(())
-    return [((), root if root is not None else Node("dir", 0o755))] + list(iter_tree(layer))
 
 
 def build_stack(stack: Stack, dest: str) -> BuiltStack:
@@ -147,7 +143,7 @@ def _content(layer: Layer, path: Path, node: Node) -> bytes:
 def _write_layer(layer: Layer, root: str) -> None:
     dirs_to_finish: list[tuple[bytes, Node]] = []
     broot = os.fsencode(root)
-    for path, node in _entries(layer):
+    for path, node in layer_entries(layer):
         where = broot + join_path(path) if path else broot
         try:
             _create(layer, path, node, where)

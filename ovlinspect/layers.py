@@ -500,3 +500,9 @@ def iter_tree(layer: Layer, start: Path = ()) -> Iterator[tuple[Path, Node]]:
             yield p + (name,), n
             if n.is_dir:
                 stack.append(p + (name,))
+
+
+def layer_entries(layer: Layer) -> list[tuple[Path, Node]]:
+    """The layer root (a plain directory if it cannot be read) and every entry below it."""
+    root = layer.node(())
+    return [((), root if root is not None else Node("dir", 0o755))] + list(iter_tree(layer))

@@ -47,8 +47,8 @@ from .layers import (
     MemoryLayer,
     Node,
     Path,
-    iter_tree,
     join_path,
+    layer_entries,
     split_path,
 )
 from .stack import Stack
@@ -483,10 +483,6 @@ def _key(k: str) -> str:
     return _toml_str(k)
 
 
-def _layer_entries(layer: Layer) -> list[tuple[Path, Node]]:
-    root = layer.node(())
-    return [((), root if root is not None else Node("dir", 0o755))] + list(iter_tree(layer))
-
 
 def _padded_length(content_len: int, size: int) -> int:
     """How long the loader makes a file's in-memory content (see ``_Loader._entry``)."""
@@ -597,7 +593,7 @@ def dump_stack(stack: Stack) -> str:
         out.append(f"name = {_toml_str(name)}")
         if isinstance(layer, DiskLayer):
             out.append(f"# from {layer.path}".replace("\n", " "))
-        for path, node in _layer_entries(layer):
+        for path, node in layer_entries(layer):
             out.append("")
             out.extend(_entry_lines(layer, path, node))
     return "\n".join(out) + "\n"
