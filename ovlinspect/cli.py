@@ -37,7 +37,15 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="ovlinspect", description="Predict what overlayfs does with every path, and why.")
+    p = _Parser(
+        prog="ovlinspect",
+        usage="ovlinspect TARGET | ovlinspect COMMAND ...",
+        description="Predict what overlayfs does with every path, and why. `ovlinspect TARGET` opens "
+                    "the interactive view of a mounted overlay (any path inside it), a stack file, or "
+                    "demo:NAME; `ovlinspect demo` opens the built-in seed demo.",
+        epilog="TARGET for the commands: a path on a mounted overlay, demo:NAME, a stack file (*.toml), "
+               "or the layers themselves: --lowerdir A:B::C [--upperdir U --workdir W] [-o OPTS], "
+               "--from-inspect FILE. Exit status: 0 ok, 1 check found errors, 2 bad input.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     e = sub.add_parser("explain", help="how the kernel resolves paths")
     e.add_argument("args", nargs="*", metavar="[TARGET] PATH")
