@@ -152,6 +152,9 @@ class Resolution:
     readdir_log: list[str] = field(default_factory=list)
     _entries: list[bytes] | None = None
     _hidden: dict[bytes, str] | None = None
+    #: names readdir does not show although a layer holds them and their lookup fails with an
+    #: error (not ENOENT): impure directories leave them out, or fail the whole listing
+    _unlisted_failures: list[bytes] | None = None
 
     @property
     def ok(self) -> bool:
@@ -909,9 +912,10 @@ class Engine:
             node = self.layer(ref.layer).node(ref.path)
             if node is None:
                 continue
+            # (escaped trusted.overlay.overlay.* names are meant for a nested overlay, as
+            # composefs writes them: shown by the per-layer view, not a problem)
             ignored = [k for k, _ in node.xattrs
-                       if k.startswith(self.other_prefix)
-                       or k.startswith(self.prefix + b"overlay")]
+                       if k.startswith(self.other_prefix) and not k.startswith(self.other_prefix + b"overlay")]
             meaningful = [k for k in ignored
                           if k.rsplit(b".", 1)[-1] in (b"metacopy", b"redirect", b"opaque", b"whiteout")]
             if meaningful:
@@ -934,6 +938,7 @@ class Engine:
         if not res.is_dir:
             res._entries = []
             return []
+        res._unlisted_failures = None
         impure = self._impure(res)
         if not res.merge:
             real = Ref(0, res.upper) if res.upper is not None else res.lowers[0]
@@ -946,6 +951,7 @@ class Engine:
                     if child.errno not in (None, "ENOENT"):
                         res.readdir_errno = child.errno
                         res.readdir_log.append(self._stale_log(name, child.errno))
+                        res._unlisted_failures = names
                         names = []
                         break
         else:
@@ -970,6 +976,7 @@ class Engine:
                             hidden[name] = f"{why}: lookup gives {child.errno}"
                             if child.errno != "ENOENT":
                                 res.readdir_log.append(self._stale_log(name, child.errno))
+                                res._unlisted_failures = (res._unlisted_failures or []) + [name]
                             continue
                     names.append(name)
             names.sort()
@@ -1063,15 +1070,19 @@ class Engine:
             if cancel is not None and cancel():
                 return
             dirres = stack.pop()
-            for name in self.entries(dirres):
+            listed = self.entries(dirres)
+            # what readdir leaves out because its lookup fails is a problem all the same
+            unlisted = dirres._unlisted_failures or []
+            for name in sorted(set(listed) | set(unlisted)):
                 child = self._lookup(dirres, name)
                 count += 1
-                if child.errno == "ENOENT":
+                if child.errno == "ENOENT" and name in listed:
                     child.findings.append(self._phantom(dirres, name, child))
                 yield child
                 if child.is_dir:
                     stack.append(child)
             dirres._entries = None
+            dirres._unlisted_failures = None
             if progress is not None:
                 progress(count)
 

@@ -290,3 +290,25 @@ def test_stray_metacopy_in_the_lowest_layer_is_explained():
 def test_name_too_long():
     r = engine([layer("A", {}), layer("B", {})]).resolve("/" + "x" * 256)
     assert r.errno == "ENAMETOOLONG"
+
+
+def test_check_reports_what_an_impure_readdir_leaves_out():
+    # an upper metacopy with metacopy off: EPERM, and the impure root's readdir hides it
+    up = layer("U", {"/": ("dir", {T + b"impure": b"y"}), "/x": metacopy(None), "/u": b"u"})
+    a = layer("A", {"/x": b"A:x", "/a": b"a"})
+    e = engine([a], upper=up)
+    root = e.explain("/")
+    assert e.entries(root) == [b"a", b"u"]
+    assert ("metacopy-refused", b"/x") in {(f.rule, f.path) for f in e.check()}
+    # an impure directory in the upper layer only: readdir itself fails, check still walks it
+    up2 = layer("U", {"/d": ("dir", {T + b"impure": b"y"}), "/d/x": metacopy(None), "/d/u": b"u"})
+    e2 = engine([a], upper=up2)
+    assert e2.resolve("/d").errno is None and e2.to_json(e2.explain("/d"))["readdir_errno"] == "EPERM"
+    assert ("metacopy-refused", b"/d/x") in {(f.rule, f.path) for f in e2.check()}
+
+
+def test_escaped_xattrs_are_not_a_namespace_mismatch():
+    a = layer("A", {"/wh": ("file", {T + b"overlay.whiteout": b""}),
+                    "/u": ("file", {b"user.overlay.redirect": b"/x", b"user.overlay.metacopy": b""})})
+    e = engine([a], [layer("C", {})])
+    assert {f.path for f in e.check() if f.rule == "xattr-namespace-mismatch"} == {b"/u"}
