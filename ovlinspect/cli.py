@@ -206,7 +206,7 @@ def _layers_at(engine: Engine, res: Resolution) -> list[str]:
     for label, path, what, role, node in rows:
         out.append(f"    {label:<{w[0]}}  {path:<{w[1]}}  {what:<{w[2]}}  {role}")
         if node is not None:
-            for x in decode_xattrs(node, engine.prefix):
+            for x in decode_xattrs(node, engine.prefix, root=path == ()):
                 note = f"  [{x.note}]" if x.note else ""
                 out.append(f"    {'':<{w[0]}}    {x.summary}{note}")
     return out

@@ -1158,10 +1158,23 @@ class Engine:
         used = {r.layer: r.path for r in res.lowers}
         if res.upper is not None:
             used[0] = res.upper
+        # where each layer was asked: the parent's copy in that layer plus the (redirected) name
+        asked: dict[int, Path] = {}
+        if res.path and not res.via_symlink:
+            parent = self.resolve(res.path[:-1])
+            name = res.path[-1]
+            if res.redirect and not res.redirect.startswith(b"/") and res.kind == "dir":
+                name = res.redirect
+            copies = ([Ref(0, parent.upper)] if parent.upper is not None else []) + list(parent.lowers)
+            asked = {r.layer: r.path + (name,) for r in copies}
+            if res.redirect and res.redirect.startswith(b"/") and res.kind == "dir":
+                first = min(used) if used else 0
+                asked.update({r.layer: split_path(res.redirect) for r in self.root_lowers
+                              if r.layer > first})
         for li in range(len(self.klayers)):
             if self.klayers[li] is None:
                 continue
-            path = used.get(li, res.path)
+            path = used.get(li, asked.get(li, res.path))
             walked = (res.redirect and res.redirect.startswith(b"/") and res.kind != "dir"
                       and res.metadata is not None and li > res.metadata.layer and li not in used)
             if res.data is not None and res.data.layer == li:
@@ -1183,6 +1196,10 @@ class Engine:
                 role = "stack"
             elif li > self.nlower and not (res.redirect and res.redirect.startswith(b"/")):
                 role = "data-only (never merged)"
+            elif asked and li not in asked and not walked and role == "absent":
+                role = "not looked at"  # the parent directory has no copy in this layer
+            elif res.whiteout is not None and li > res.whiteout.layer and role == "absent":
+                role = "not looked at"  # the whiteout above ends the lookup
             out.append((li, path, node, role))
         return out
 

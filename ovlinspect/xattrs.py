@@ -101,8 +101,11 @@ class OverlayXattr:
     redirect: bytes | None = None
 
 
-def decode_xattrs(node: Node, prefix: bytes) -> list[OverlayXattr]:
-    """Every overlay xattr of ``node``; ``prefix`` is the namespace the mount reads."""
+def decode_xattrs(node: Node, prefix: bytes, root: bool = False) -> list[OverlayXattr]:
+    """Every overlay xattr of ``node``; ``prefix`` is the namespace the mount reads.
+
+    ``root``: the node is a layer root, where opaque=y has no effect (the root is always merged).
+    """
     out: list[OverlayXattr] = []
     for name, value in node.xattrs:
         if name.startswith(prefix + b"overlay"):
@@ -132,7 +135,10 @@ def decode_xattrs(node: Node, prefix: bytes) -> list[OverlayXattr]:
             out.append(OverlayXattr(name, value, key, valid, f"redirect → {safe(used)} ({kind})",
                                     note, redirect=used))
         elif key == "opaque":
-            if value == b"y":
+            if value == b"y" and root:
+                out.append(OverlayXattr(name, value, key, False, "opaque=y",
+                                        "no effect on a layer root: the root is always merged"))
+            elif value == b"y":
                 out.append(OverlayXattr(name, value, key, node.is_dir, "opaque=y: hides the lower layers"))
             elif value == b"x":
                 out.append(OverlayXattr(name, value, key, node.is_dir,

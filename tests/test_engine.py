@@ -312,3 +312,27 @@ def test_escaped_xattrs_are_not_a_namespace_mismatch():
                     "/u": ("file", {b"user.overlay.redirect": b"/x", b"user.overlay.metacopy": b""})})
     e = engine([a], [layer("C", {})])
     assert {f.path for f in e.check() if f.rule == "xattr-namespace-mismatch"} == {b"/u"}
+
+
+def test_layer_view_names_the_path_each_layer_was_asked():
+    a = layer("A", {"/newdir": ("dir", {T + b"redirect": b"/old/dir"})})
+    b = layer("B", {"/old/dir/b": b"b"})
+    e = engine([a, b])
+    view = {li: (path, role) for li, path, _, role in e.layer_view(e.resolve("/newdir/b"))}
+    assert view[2] == ((b"old", b"dir", b"b"), "metadata+data")
+    view = {li: (path, role) for li, path, _, role in e.layer_view(e.resolve("/newdir"))}
+    assert view[2] == ((b"old", b"dir"), "stack")
+    up = layer("U", {"/x": "wh"})
+    e2 = engine([layer("A", {}), layer("B", {"/x": b"x"})], upper=up)
+    roles = {li: role for li, _, _, role in e2.layer_view(e2.resolve("/x"))}
+    assert roles == {0: "whiteout", 1: "not looked at", 2: "hidden"}
+
+
+def test_root_opaque_is_decoded_as_no_effect():
+    from ovlinspect.layers import Node
+    from ovlinspect.xattrs import decode_xattrs
+
+    n = Node("dir", xattrs=((T + b"opaque", b"y"),))
+    assert decode_xattrs(n, T)[0].active
+    x = decode_xattrs(n, T, root=True)[0]
+    assert not x.active and "root" in x.note

@@ -113,7 +113,7 @@ def failed_view(engine: Engine, res: Resolution, view: list) -> tuple[list, set[
 
 def ui_role(engine: Engine, res: Resolution, k: int, role: str) -> str:
     """The model's role, made more telling where the screen knows more."""
-    if role == "hidden" and res.errno:
+    if role == "hidden" and res.errno and res.errno != "ENOENT":
         return "looked at"
     if (role == "hidden" and k > engine.nlower and res.redirect is not None
             and any(f.rule == "shadowed-lowerdata" for f in res.findings)):
@@ -207,7 +207,7 @@ class LayerColumns(Horizontal):
         on_path: set[int] = set()
         if res.errno:
             view, on_path = failed_view(engine, res, view)
-        decoded = {k: decode(node, engine.prefix) for k, _, node, _ in view if node is not None}
+        decoded = {k: decode(node, engine.prefix, root=p == ()) for k, p, node, _ in view if node is not None}
         sources: dict[int, int] = {}  # target layer -> layer whose redirect leads there
         redirects: dict[int, Ref | None] = {}
         for k, p, node, role in view:

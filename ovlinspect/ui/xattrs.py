@@ -98,7 +98,8 @@ def _render(x: OverlayXattr) -> Text:
         t.append("opaque ", "bold")
         if x.value == b"y":
             t.append("y", "bold")
-            t.append(": hides the lower layers", "dim")
+            if x.active:
+                t.append(": hides the lower layers", "dim")
         elif x.value == b"x":
             t.append("x", "bold")
             t.append(": holds xattr whiteouts (not opaque)", "dim")
@@ -121,6 +122,6 @@ def _render(x: OverlayXattr) -> Text:
     return t
 
 
-def decode(node: Node, prefix: bytes) -> list[Decoded]:
+def decode(node: Node, prefix: bytes, root: bool = False) -> list[Decoded]:
     """Every overlay xattr of ``node``, read as a mount with xattr ``prefix`` reads it."""
-    return [Decoded(x, _render(x)) for x in decode_xattrs(node, prefix)]
+    return [Decoded(x, _render(x)) for x in decode_xattrs(node, prefix, root)]
