@@ -151,6 +151,11 @@ def decode_xattrs(node: Node, prefix: bytes, root: bool = False) -> list[Overlay
             ok = node.is_reg and node.size == 0
             out.append(OverlayXattr(name, value, key, ok, "xattr whiteout",
                                     "" if ok else "ignored: not a zero-size regular file"))
+        elif key == "uuid":
+            text = value.hex()
+            if len(value) == 16:
+                text = "-".join((text[:8], text[8:12], text[12:16], text[16:20], text[20:]))
+            out.append(OverlayXattr(name, value, key, True, f"uuid {text}"))
         elif key in ("origin", "upper"):
             out.append(OverlayXattr(name, value, key, True,
                                     f"{key}: file handle {value[:16].hex()}" + ("…" if len(value) > 16 else "")))

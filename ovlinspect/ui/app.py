@@ -351,7 +351,8 @@ class OvlInspectApp(App[int]):
     def _step_problem(self, step: int) -> None:
         findings = self.problem_list()
         if not findings:
-            self.notify("no problems found (yet)", timeout=2)
+            self.notify("no problems found" if self.problems.done else "no problems found yet",
+                        timeout=2)
             return
         self.problem_index = (self.problem_index + step) % len(findings)
         self.goto_path(split_path(findings[self.problem_index].path))
