@@ -253,6 +253,7 @@ class _Loader:
         except Exception as e:  # the dump parser reports its own problems
             raise self.fail(where, f"cannot load composefs dump {full}: {e}") from None
         layer.label = name
+        layer.path = os.path.abspath(full)  # shown where the layer came from
         return layer
 
     def _memory_layer(self, where: str, name: str, entries: list[dict]) -> MemoryLayer:

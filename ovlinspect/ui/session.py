@@ -33,7 +33,7 @@ WHATIF_CHOICES: dict[str, tuple[str, ...]] = {
 
 def _reopen(layer: Layer | None, opened: list[Layer]) -> Layer | None:
     if isinstance(layer, DiskLayer) and layer.path:
-        fresh = DiskLayer(layer.path, layer.label, want_verity=layer.want_verity)
+        fresh = layer.reopen()  # same options (verity, no xattrs on data-only layers)
         opened.append(fresh)
         return fresh
     return layer
