@@ -24,9 +24,8 @@ from .layers import Layer, Node, Path, split_path
 from .options import ModuleDefaults, Options, effective_options
 from .rules import Finding
 from .stack import Stack
+from .xattrs import METACOPY_MAX, METACOPY_MIN, safe
 
-METACOPY_MIN = 4
-METACOPY_MAX = 68
 MAX_SYMLINK_HOPS = 40
 #: the longest name the layers take (the overlay refuses longer ones with ENAMETOOLONG)
 NAME_MAX = 255
@@ -51,14 +50,8 @@ def pd2(path: Path) -> str:
     return (parent + b"/" + path[-1]).decode("utf-8", "backslashreplace")
 
 
-def show(b: bytes | None) -> str:
-    """Bytes for a trace line: decoded, with undecodable bytes and controls made visible."""
-    if b is None:
-        return ""
-    text = b.decode("utf-8", "backslashreplace")
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+#: Bytes for a trace line: decoded, undecodable bytes and control characters made visible.
+show = safe
 
 
 def show_path(path: Path) -> str:
