@@ -24,7 +24,7 @@ from .layers import Layer, Node, Path, split_path
 from .options import ModuleDefaults, Options, effective_options
 from .rules import Finding
 from .stack import Stack
-from .xattrs import METACOPY_MAX, METACOPY_MIN, safe
+from .xattrs import METACOPY_MAX, METACOPY_MIN, decode_metacopy, safe
 
 MAX_SYMLINK_HOPS = 40
 #: the longest name the layers take (the overlay refuses longer ones with ENAMETOOLONG)
@@ -827,17 +827,17 @@ class Engine:
             fail("ERANGE", "overlayfs: failed to get metacopy (-34)",
                  f"the metacopy xattr is {len(value)} bytes (at most 68)", "metacopy-invalid")
             return
-        if value[0] != 0:
+        header = decode_metacopy(value)
+        if header.version != 0:
             fail("EIO", f"overlayfs: metacopy file '{mname}' has unsupported version",
-                 f"metacopy header version {value[0]} (only 0 is known)", "metacopy-invalid")
+                 f"metacopy header version {header.version} (only 0 is known)", "metacopy-invalid")
             return
-        if value[1] != len(value):
+        if header.length != header.size:
             fail("EIO", f"overlayfs: metacopy file '{mname}' has invalid xattr size",
-                 f"metacopy header says {value[1]} bytes, the xattr has {len(value)}",
+                 f"metacopy header says {header.length} bytes, the xattr has {header.size}",
                  "metacopy-invalid")
             return
-        algo = value[3]
-        if algo == 0:
+        if header.algo == 0:
             if require:
                 fail("EIO", f"overlayfs: metacopy file '{mname}' has no digest specified",
                      "verity=require but the metacopy header names no digest algorithm")
@@ -852,7 +852,7 @@ class Engine:
                  f"{self.where(data)} has no fs-verity digest")
             return
         got_algo, got = dnode.verity
-        if got_algo != algo or got != value[4:]:
+        if got_algo != header.algo or got != header.digest:
             fail("EIO", f"overlayfs: lower file '{dname}' has the wrong fs-verity digest",
                  f"{self.where(data)} has a different fs-verity digest than the metacopy names")
 
