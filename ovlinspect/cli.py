@@ -13,6 +13,7 @@ import time
 from typing import Sequence
 
 from .engine import Engine, Resolution, show, show_path
+from .kernel.profile import UnknownKernel, parse_version, profile_for
 from .rules import RULES, Finding
 from .sources import InputError, check_privileges, demo_names, load_target, stack_from_args
 from .stack import Stack
@@ -33,6 +34,8 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-inspect", metavar="FILE", help="docker/podman inspect JSON ('-' for stdin)")
     p.add_argument("--pid", type=int, help="inspect a mount in this process's mount namespace")
     p.add_argument("--layer-root", metavar="DIR", help="resolve relative layer paths of a live mount from DIR")
+    p.add_argument("--kernel", metavar="X.Y", help="predict what kernel X.Y does (default: the running "
+                   "kernel's release), e.g. --kernel 6.12 for Debian 13 or RHEL 10")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -114,6 +117,11 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
         if ns.options:  # what-if: the mount's options with these on top, as typed
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
             stack.effective = None
+    if ns.kernel:
+        try:
+            stack.profile = profile_for(parse_version(ns.kernel), chosen_by="--kernel")
+        except UnknownKernel as e:
+            raise InputError(f"--kernel: {e}") from None
     return stack, rest
 
 
@@ -122,6 +130,8 @@ def _engine(stack: Stack) -> Engine:
 
     try:
         engine = Engine(stack)
+    except UnknownKernel as e:
+        raise InputError(f"{e}; ask about a kernel ovlinspect models with --kernel X.Y") from None
     except OptionError as e:
         raise InputError(f"bad options: {e}") from None
     except ValueError as e:  # a module parameter override that is not Y/N, ...
@@ -139,6 +149,14 @@ def _layers_text(engine: Engine) -> list[str]:
         where = layer.path or "(in memory)"
         out.append(f"  {i}  {role:<5}  {show(layer.label.encode())}  {show(os.fsencode(where)) if layer.path else where}")
     return out
+
+
+def _kernel_text(engine: Engine) -> str:
+    """Which kernel's behaviours the prediction follows, and why that one."""
+    p = engine.profile
+    if p.chosen_by == "release":
+        return f"kernel {engine.kernel}, {p.name} rules"
+    return f"kernel {p.name} rules ({p.chosen_by}; running {engine.kernel})"
 
 
 def _options_text(engine: Engine) -> str:
@@ -238,7 +256,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                 pj["mismatches"] = compare(engine, r, ob)
         print(json.dumps(doc, indent=2, ensure_ascii=False))
         return 0
-    out = [f"stack  {stack.source}  (kernel {engine.kernel}; {_options_text(engine)})"]
+    out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
     out += _layers_text(engine)
     if stack.mountpoint and stack.description:
         out.append(f"note   {stack.description}")
@@ -302,7 +320,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
             "findings": [f.as_json() for f in findings],
         }, indent=2, ensure_ascii=False))
     else:
-        out = [f"stack  {stack.source}  (kernel {engine.kernel}; {_options_text(engine)})"]
+        out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
         out += _layers_text(engine)
         out.append("")
         order = {"error": 0, "warning": 1, "info": 2}
