@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("explain", help="how the kernel resolves paths")
     e.add_argument("args", nargs="*", metavar="[TARGET] PATH")
     e.add_argument("--observe", action="store_true", help="also do what a program would do through the merged path (live mounts)")
+    e.add_argument("--paths-from", metavar="FILE", help="also explain the paths in FILE, one a line, raw bytes ('-' for stdin)")
     _stack_args(e)
     c = sub.add_parser("check", help="every problem of the stack")
     c.add_argument("args", nargs="*", metavar="TARGET")
@@ -152,7 +153,8 @@ def _finding_text(f: Finding) -> list[str]:
 
 
 def _describe(engine: Engine, res: Resolution) -> list[str]:
-    lines = [show_path(res.path)]
+    head = show_path(res.path) + ("/" if res.slash and res.path else "")
+    lines = [head + (f"  (asked: {show(res.asked)})" if res.asked is not None else "")]
     if res.errno:
         lines.append(f"  lstat     fails: {res.errno}")
     else:
@@ -216,20 +218,34 @@ def _layers_at(engine: Engine, res: Resolution) -> list[str]:
 
 
 def cmd_explain(ns: argparse.Namespace) -> int:
-    stack, paths = _load(ns, ns.args)
-    if not paths:
-        raise InputError("explain: name at least one PATH inside the merged tree (/ is the root)")
+    if ns.paths_from == "-" and ns.from_inspect == "-":
+        raise InputError("explain: --paths-from and --from-inspect cannot both read stdin")
+    stack, args = _load(ns, ns.args)
+    paths = [os.fsencode(p) for p in args] + (_read_paths(ns.paths_from) if ns.paths_from else [])
+    asked = _asked_paths(stack, paths, ns.pid)
+    if not asked and stack.target_path is not None and not ns.paths_from:
+        asked = [(stack.target_path, stack.mountpoint == "/")]  # the TARGET's own path
+    if not asked:
+        raise InputError("explain: name at least one PATH inside the merged tree (/ is the root)"
+                         + (f"; {ns.paths_from} holds none" if ns.paths_from else ""))
     engine = _engine(stack)
     results: list[Resolution] = []
     if not engine.mount_errno:
-        results = [engine.explain(_merged_path(engine, p)) for p in paths]
+        for raw, contained in asked:
+            try:
+                results.append(engine.explain(raw, contained=contained))
+            except ValueError:
+                raise InputError(f"explain: {show(raw)}: '..' leads out of the mount at "
+                                 f"{stack.mountpoint}") from None
     observed = None
     if ns.observe:
         if not stack.mountpoint:
             raise InputError("--observe needs a live mount as TARGET")
         from .observe import compare, observe
 
-        observed = [observe(stack.mountpoint, r.path) for r in results]
+        # a path the walk needed as a directory is observed as such: lstat("file/")
+        observed = [observe(stack.mountpoint, r.path + ((b"",) if r.slash and r.path else ()))
+                    for r in results]
     if ns.json:
         doc = engine.document(results)
         if observed is not None:
@@ -257,15 +273,51 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _merged_path(engine: Engine, p: str) -> bytes:
-    """A PATH argument: absolute inside the merged tree, or a path under the live mountpoint."""
-    b = os.fsencode(p)
-    mp = engine.stack.mountpoint
-    if mp:
-        mpb = os.fsencode(mp.rstrip("/"))
-        if b == mpb or b.startswith(mpb + b"/"):
-            return b[len(mpb):] or b"/"
-    return b
+def _read_paths(name: str) -> list[bytes]:
+    """The paths of ``--paths-from``: one a line, raw bytes (a NUL ends nothing: it is kept)."""
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(name, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise InputError(f"--paths-from {name}: {e.strerror}") from None
+    return [line for line in data.split(b"\n") if line]
+
+
+def _asked_paths(stack: Stack, paths: list[bytes], pid: int | None) -> list[tuple[bytes, bool]]:
+    """Each PATH argument as (its path in the merged tree, whether '..' stays at the root).
+
+    On a live mount an absolute PATH under the mountpoint is a host path; any other absolute
+    PATH is a merged-tree path.  A relative PATH is taken from the working directory when that
+    lies in the same mount, otherwise from the TARGET's place in the merged tree (the root for
+    stacks that are not mounted).  A host path's '..' can leave the mount (an error); a
+    merged-tree path's stays at the root, as inside the container.
+    """
+    mp = stack.mountpoint
+    mpb = os.fsencode(mp.rstrip("/")) if mp else None
+    at_root = mp is None or mp == "/"
+    base = stack.target_path or b"/"
+    if mp and pid is None and any(not p.startswith(b"/") for p in paths):
+        from .mountinfo import NotOverlayError, locate
+
+        try:
+            here = locate(os.getcwd())
+            if here.entry.mountpoint == mp:
+                base = here.inside
+        except (OSError, NotOverlayError):
+            pass
+    out = []
+    for p in paths:
+        if p.startswith(b"/"):
+            if mpb is not None and mpb and (p == mpb or p.startswith(mpb + b"/")):
+                out.append((p[len(mpb):] or b"/", at_root))
+            else:
+                out.append((p, True))
+        else:
+            out.append((base.rstrip(b"/") + b"/" + p, at_root))
+    return out
 
 
 def cmd_check(ns: argparse.Namespace) -> int:
