@@ -39,10 +39,12 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="ovlinspect",
-        usage="ovlinspect TARGET | ovlinspect COMMAND ...",
+        usage="ovlinspect [stack flags] TARGET [PATH] | ovlinspect COMMAND ...",
         description="Predict what overlayfs does with every path, and why. `ovlinspect TARGET` opens "
-                    "the interactive view of a mounted overlay (any path inside it), a stack file, or "
-                    "demo:NAME; `ovlinspect demo` opens the built-in seed demo.",
+                    "the interactive view of a mounted overlay (at the path inside it that TARGET "
+                    "names, even one whose lookup fails), a stack file, or demo:NAME; it takes the "
+                    "same stack flags as the commands (--lowerdir, -o, --from-inspect, --pid, ...). "
+                    "`ovlinspect demo` opens the built-in seed demo.",
         epilog="TARGET for the commands: a path on a mounted overlay, demo:NAME, a stack file (*.toml), "
                "or the layers themselves: --lowerdir A:B::C [--upperdir U --workdir W] [-o OPTS], "
                "--from-inspect FILE. Exit status: 0 ok, 1 check found errors, 2 bad input.")
@@ -461,21 +463,59 @@ def cmd_build(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _interactive(stack: Stack) -> int:
+def _interactive(stack: Stack, start: tuple[bytes, bool] | None = None) -> int:
     engine = _engine(stack)
+    where = None
+    if start is not None and not engine.mount_errno:
+        try:
+            where = engine.walk_path(start[0], start[1]).path
+        except ValueError:
+            raise InputError(f"{show(start[0])}: '..' leads out of the mount at {stack.mountpoint}") from None
     from .ui.app import run_app
 
-    return run_app(engine)
+    return run_app(engine, start=where)
+
+
+def view_parser() -> argparse.ArgumentParser:
+    """``ovlinspect [stack flags] TARGET [PATH]``: the interactive view, with the commands' flags."""
+    v = _Parser(prog="ovlinspect", usage="ovlinspect [--lowerdir A:B::C ... | --from-inspect FILE | "
+                "--pid PID | -o OPTS | --layer-root DIR] TARGET [PATH]")
+    v.add_argument("args", nargs="*", metavar="TARGET [PATH]")
+    _stack_args(v)
+    return v
+
+
+def cmd_view(argv: list[str]) -> int:
+    """The interactive view, opened at the TARGET's own path (or PATH) when it names one."""
+    ns = view_parser().parse_intermixed_args(argv)
+    if ns.json:
+        raise InputError("the interactive view has no --json; `ovlinspect explain --json` and "
+                         "`ovlinspect check --json` do")
+    args = ns.args
+    given_stack = ns.lowerdir is not None or ns.from_inspect
+    first = args[0] if args else ""
+    if len(args) > (1 if given_stack else 2) or (
+            len(args) == 2 and "/" not in first and ":" not in first and not first.endswith(".toml")
+            and not os.path.lexists(first)):
+        raise InputError(f"unknown command {first!r}; try `ovlinspect --help`")
+    if not args and not given_stack:
+        raise InputError("name a stack: a mountpoint, demo:NAME, a stack file, or --lowerdir")
+    stack, rest = _load(ns, args)
+    start = None
+    if rest:
+        start = _asked_paths(stack, [os.fsencode(rest[0])], ns.pid)[0]
+    elif stack.target_path is not None:
+        start = (stack.target_path, stack.mountpoint == "/")
+    return _interactive(stack, start)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
-            # `ovlinspect /mnt/merged` or `ovlinspect demo:seed`: the interactive view
-            if len(argv) != 1:
-                raise InputError(f"unknown command {argv[0]!r}; try `ovlinspect --help`")
-            return _interactive(load_target(argv[0]))
+        if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+            # `ovlinspect /mnt/merged/some/path`, `ovlinspect --pid 123 /merged`, `ovlinspect
+            # --lowerdir A:B::C`: the interactive view, parsed as the commands parse stacks
+            return cmd_view(argv)
         parser = build_parser()
         if argv and argv[0] in COMMANDS:
             # options may come between the TARGET and the PATHs
