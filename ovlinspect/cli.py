@@ -464,6 +464,14 @@ def cmd_build(ns: argparse.Namespace) -> int:
 
 
 def _interactive(stack: Stack, start: tuple[bytes, bool] | None = None) -> int:
+    engine, where = _view_engine(stack, start)
+    from .ui.app import run_app
+
+    return run_app(engine, start=where)
+
+
+def _view_engine(stack: Stack, start: tuple[bytes, bool] | None) -> tuple[Engine, tuple[bytes, ...] | None]:
+    """The engine of the view, and the merged path to open at (where the walk of ``start`` ends)."""
     engine = _engine(stack)
     where = None
     if start is not None and not engine.mount_errno:
@@ -471,9 +479,7 @@ def _interactive(stack: Stack, start: tuple[bytes, bool] | None = None) -> int:
             where = engine.walk_path(start[0], start[1]).path
         except ValueError:
             raise InputError(f"{show(start[0])}: '..' leads out of the mount at {stack.mountpoint}") from None
-    from .ui.app import run_app
-
-    return run_app(engine, start=where)
+    return engine, where
 
 
 def view_parser() -> argparse.ArgumentParser:
@@ -487,6 +493,12 @@ def view_parser() -> argparse.ArgumentParser:
 
 def cmd_view(argv: list[str]) -> int:
     """The interactive view, opened at the TARGET's own path (or PATH) when it names one."""
+    stack, start = view_target(argv)
+    return _interactive(stack, start)
+
+
+def view_target(argv: list[str]) -> tuple[Stack, tuple[bytes, bool] | None]:
+    """The stack the view's arguments name, and the path to open at (as for explain's PATHs)."""
     ns = view_parser().parse_intermixed_args(argv)
     if ns.json:
         raise InputError("the interactive view has no --json; `ovlinspect explain --json` and "
@@ -506,7 +518,13 @@ def cmd_view(argv: list[str]) -> int:
         start = _asked_paths(stack, [os.fsencode(rest[0])], ns.pid)[0]
     elif stack.target_path is not None:
         start = (stack.target_path, stack.mountpoint == "/")
-    return _interactive(stack, start)
+    return stack, start
+
+
+def view_app_args(argv: list[str]):
+    """``(engine, start)`` for :class:`~ovlinspect.ui.app.OvlInspectApp`, exactly as
+    ``ovlinspect ARGV`` opens the view (raises :class:`InputError` for bad input)."""
+    return _view_engine(*view_target(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
