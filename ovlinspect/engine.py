@@ -50,6 +50,10 @@ def show_path(path: Path) -> str:
     return show(b"/" + b"/".join(path))
 
 
+def show_raw(path: Path) -> bytes:
+    return b"/" + b"/".join(path)
+
+
 @dataclass(frozen=True, slots=True)
 class Ref:
     """A place in one layer: kernel layer number and path inside that layer."""
@@ -140,6 +144,12 @@ class Resolution:
     #: names readdir does not show although a layer holds them and their lookup fails with an
     #: error (not ENOENT): impure directories leave them out, or fail the whole listing
     _unlisted_failures: list[bytes] | None = None
+    #: the path as asked (:meth:`Engine.walk_path`), when it differs from ``path``: with its
+    #: ``..``, its trailing ``/`` or the symlinks the walk followed
+    asked: bytes | None = None
+    #: the walk needed ``path`` as a directory (a trailing ``/``, or a ``..`` or more
+    #: components after it): what a program sees is ``lstat("path/")``
+    slash: bool = False
 
     @property
     def ok(self) -> bool:
@@ -1027,10 +1037,87 @@ class Engine:
             return True
         return bool(self._root.x_layers) and ref.layer in self._root.x_layers  # type: ignore[operator]
 
+    # ------------------------------------------------------------------ path walk
+    def walk_path(self, path: str | bytes, contained: bool = True) -> Resolution:
+        """Resolve a path as ``lstat(2)`` walks it, ``..`` and a trailing ``/`` included.
+
+        A path without ``..`` and without a trailing slash is :meth:`resolve` (``.`` and
+        doubled slashes mean nothing).  Otherwise the walk goes component by component the
+        way the kernel's path walk does: a component followed by more (or by ``/``) must be a
+        directory, a symlink there is followed first (relative targets from its directory,
+        absolute ones from the merged root), so ``link/..`` is the parent of the link's
+        target, not the link's own directory; ``file/`` and ``file/..`` fail with ENOTDIR; a
+        lookup that fails ends the walk with its errno.  ``..`` at the merged root stays there
+        (as in the container, whose root it is) when ``contained``; otherwise the path leaves
+        the mount and :class:`ValueError` is raised.
+        """
+        raw = os.fsencode(path)
+        comps = [c for c in raw.split(b"/") if c not in (b"", b".")]
+        trailing = bool(comps) and (raw.endswith(b"/") or raw.endswith(b"/."))
+        if b".." not in comps and not trailing:
+            return self.resolve(tuple(comps))
+        asked = b"/" + raw.lstrip(b"/")
+        cur: Path = ()
+        steps: list[str] = []
+        pending = list(comps)
+        hops = 0
+
+        def done(res: Resolution, slash: bool = False) -> Resolution:
+            res = dataclasses.replace(res, trace=steps + list(res.trace), slash=slash,
+                                      findings=list(res.findings))
+            if (asked if slash else asked.rstrip(b"/") or b"/") != show_raw(res.path) + (b"/" if slash else b""):
+                res.asked = asked
+            return res
+
+        while pending:
+            name = pending.pop(0)
+            if name == b"..":
+                if cur:
+                    steps.append(f"'..' in {show_path(cur)}: back to {show_path(cur[:-1])}")
+                    cur = cur[:-1]
+                elif contained:
+                    steps.append("'..' at the merged root stays at the root")
+                else:
+                    raise ValueError("'..' leads out of the mount")
+                continue
+            if not pending and not trailing:
+                return done(self.resolve(cur + (name,)))
+            res = self.resolve(cur + (name,))
+            here = cur + (name,)
+            why = "a trailing '/' follows" if not pending else "more of the path follows"
+            if res.errno is not None:
+                steps.append(f"{show_path(here)} must be a directory ({why}); its lookup fails:")
+                return done(res, slash=True)
+            if res.kind == "symlink":
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    fail = Resolution(path=here, errno="ELOOP")
+                    fail.trace.append("too many levels of symbolic links: ELOOP")
+                    return done(fail, slash=True)
+                target = res.target or b""
+                if not target:
+                    fail = Resolution(path=here, errno="ENOENT")
+                    fail.trace.append(f"{show_path(here)} is a symlink with an empty target: ENOENT")
+                    return done(fail, slash=True)
+                steps.append(f"{show_path(here)} is a symlink to '{show(target)}' and {why}: the "
+                             "walk follows it" + (" (absolute: from the merged root)"
+                                                  if target.startswith(b"/") else ""))
+                if target.startswith(b"/"):
+                    cur = ()
+                pending = [c for c in target.split(b"/") if c not in (b"", b".")] + pending
+                continue
+            if res.kind != "dir":
+                fail = Resolution(path=here, errno="ENOTDIR", cause=res.metadata)
+                fail.trace.append(f"{show_path(here)} is a {res.kind}, not a directory, and {why}: ENOTDIR")
+                return done(fail, slash=True)
+            cur = here
+        return done(self.resolve(cur))
+
     # ---------------------------------------------------------------- explain & check
-    def explain(self, path: str | bytes | Path) -> Resolution:
-        """:meth:`resolve` plus the directory listing and the listing's phantom entries."""
-        res = self.resolve(path)
+    def explain(self, path: str | bytes | Path, contained: bool = True) -> Resolution:
+        """:meth:`walk_path` (or :meth:`resolve` of a component tuple) plus the directory listing
+        and the listing's phantom entries."""
+        res = self.resolve(path) if isinstance(path, tuple) else self.walk_path(path, contained)
         if res.is_dir:
             names = self.entries(res)
             for name in names:
@@ -1235,8 +1322,10 @@ class Engine:
         if res.readdir_errno:
             entries = None
         logs = res.kernel_log + (res.open_log if ok else []) + (res.readdir_log if ok else [])
+        path = _j(show_raw(res.path) + (b"/" if res.slash and res.path else b""))
         return {
-            "path": _j(b"/" + b"/".join(res.path)),
+            "path": path,
+            "asked": _j(res.asked) if res.asked is not None else path,
             "errno": res.errno,
             "type": res.kind if ok else None,
             "size": res.size if ok else None,

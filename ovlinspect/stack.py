@@ -39,6 +39,9 @@ class Stack:
     refusal: tuple[str, str] | None = None
     #: The kernel whose behaviours to predict (``--kernel``); None: the running kernel's.
     profile: KernelProfile | None = None
+    #: For a live mount named by a path inside it: that path's place in the merged tree, raw
+    #: (it may fail to resolve: that is the path to explain).
+    target_path: bytes | None = None
 
     @property
     def layers(self) -> list[tuple[str, Layer]]:
