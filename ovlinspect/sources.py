@@ -84,25 +84,43 @@ def _workdir_refusal(upperdir: str, workdir: str | None) -> tuple[str, str] | No
     return None
 
 
-def live_stack(target: str, pid: int | None = None, layer_root: str | None = None) -> Stack:
-    """The stack of the overlay mount that contains ``target`` (read from mountinfo)."""
+def live_stack(target: str, pid: int | None = None, layer_root: str | None = None,
+               labels: dict[str, str] | None = None) -> Stack:
+    """The stack of the overlay mount that contains ``target`` (read from mountinfo).
+
+    With ``pid``, ``target`` is a path in that process's mount namespace and root, and each
+    layer path is looked up on the host first, then under ``/proc/PID/root`` (container engines
+    mount from the host, a process inside a container mounts from its own root).  Layer paths
+    of the engines' storage layouts are resolved and labelled as the engine names the layer
+    (:func:`ovlinspect.containers.engine_layer`); ``labels`` (layer path -> label, from inspect
+    data) names them better still.
+    """
+    from .containers import engine_layer
     from .mountinfo import NotOverlayError, find_overlay_mount, layer_path_problem
 
+    if pid is not None and (pid <= 0 or not os.path.isdir(f"/proc/{pid}")):
+        raise InputError(f"--pid {pid}: no such process")
     proc = f"/proc/{pid}" if pid else "/proc/self"
     root = f"/proc/{pid}/root" if pid else ""
     try:
         entry = find_overlay_mount(target, proc_root=proc)
     except NotOverlayError as e:
+        if pid is None:
+            from .mounts import elsewhere_hint
+
+            hint = elsewhere_hint(target)
+            if hint:
+                raise InputError(hint) from None
         raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"cannot read {proc}/mountinfo: {e.strerror}") from None
-    note = ""
+    notes = []
     if not layer_root:
         layer_root = _docker_root(entry, root)
         if layer_root:
-            note = (f"relative layer paths resolved against {layer_root} (docker's overlay2 "
-                    "layout: its lowerdir is relative to the directory holding the upper layer's "
-                    "parent); use --layer-root to choose another")
+            notes.append(f"relative layer paths resolved against {layer_root} (docker's overlay2 "
+                         "layout: its lowerdir is relative to the directory holding the upper "
+                         "layer's parent); use --layer-root to choose another")
     if layer_root:
         def rel(p: str) -> str:
             return p if os.path.isabs(p) and p != "/" else os.path.join(layer_root, p.lstrip("/"))
@@ -110,8 +128,21 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
         entry.lowers = [rel(p) for p in entry.lowers]
         entry.datas = [rel(p) for p in entry.datas]
         entry.upperdir = rel(entry.upperdir) if entry.upperdir else None
-    paths = list(entry.lowers) + list(entry.datas) + ([entry.upperdir] if entry.upperdir else [])
-    for p in paths:
+    given = {p: p for p in [*entry.lowers, *entry.datas, *([entry.upperdir] if entry.upperdir else [])]}
+    names: dict[str, str] = {}
+    for p in given:
+        if layer_path_problem(p):
+            continue
+        prefix = "" if not root or os.path.lexists(p) else root
+        used, label, note = engine_layer(p, prefix)
+        if not prefix and root and not os.path.exists(used):
+            prefix = root
+            used, label, note = engine_layer(p, prefix)
+        given[p] = prefix + used
+        names[p] = (labels or {}).get(p) or (labels or {}).get(used) or label
+        if note and note not in notes:
+            notes.append(note)
+    for p in given:
         problem = layer_path_problem(p)
         if problem:
             raise InputError(
@@ -119,32 +150,41 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
                 "(and --upperdir/--workdir) or --layer-root")
     opts = ",".join(k if v is None else f"{k}={v}" for k, v in entry.options)
     verity = _verity_wanted(opts)
-    lowers = [_disk(root + p, os.path.basename(p.rstrip("/")) or p) for p in entry.lowers]
-    datas = [_disk(root + p, os.path.basename(p.rstrip("/")) or p, want_verity=verity, data=True)
-             for p in entry.datas]
-    upper = _disk(root + entry.upperdir, "upper") if entry.upperdir else None
+
+    def name(p: str) -> str:
+        return names.get(p) or os.path.basename(p.rstrip("/")) or p
+
+    lowers = [_disk(given[p], name(p)) for p in entry.lowers]
+    datas = [_disk(given[p], name(p), want_verity=verity, data=True) for p in entry.datas]
+    upper = _disk(given[entry.upperdir], names.get(entry.upperdir) and
+                  f"upper {names[entry.upperdir]}" or "upper") if entry.upperdir else None
     from .options import ModuleDefaults, options_from_shown
 
     effective = options_from_shown(entry.options, has_upper=upper is not None,
                                    defaults=ModuleDefaults.read())
-    return Stack(lowers=lowers, data=datas, upper=upper, workdir=entry.workdir, options=opts,
-                 source=entry.mountpoint, mountpoint=entry.mountpoint, effective=effective,
-                 description=note)
+    stack = Stack(lowers=lowers, data=datas, upper=upper, workdir=entry.workdir, options=opts,
+                  source=entry.mountpoint if not pid else f"{entry.mountpoint} (pid {pid})",
+                  mountpoint=entry.mountpoint, effective=effective, description="; ".join(notes))
+    stack.pid = pid
+    return stack
 
 
 def _docker_root(entry, root: str) -> str | None:
     """Where relative lower layers live when docker mounted them (``l/ABC`` from its root).
 
     Docker's overlay2 driver switches to relative ``l/<short id>`` lower paths when the option
-    string would be too long, mounting from ``/var/lib/docker/overlay2``; its upper layer stays
-    absolute (``<root>/<id>/diff``).  Taken only when every relative layer exists there.
+    string would be too long, mounting from its ``overlay2`` directory
+    (``/var/lib/docker/overlay2``); its upper layer stays absolute (``<root>/<id>/diff``).
+    Taken only when every relative layer exists there (looked up on the host first, then under
+    ``root``, the ``/proc/PID/root`` of the process whose mount it is).
     """
     relative = [p for p in [*entry.lowers, *entry.datas] if not os.path.isabs(p)]
     if not relative or not entry.upperdir or not os.path.isabs(entry.upperdir):
         return None
     base = os.path.dirname(os.path.dirname(entry.upperdir.rstrip("/")))
-    if all(os.path.isdir(root + os.path.join(base, p)) for p in relative):
-        return base
+    for prefix in dict.fromkeys(["", root]):
+        if all(os.path.isdir(prefix + os.path.join(base, p)) for p in relative):
+            return base
     return None
 
 
@@ -166,7 +206,14 @@ def demo_stack(name: str) -> Stack:
 
 
 def load_target(target: str, pid: int | None = None, layer_root: str | None = None) -> Stack:
-    """``demo:NAME``, a stack file (``.toml``), or a path on a mounted overlay."""
+    """``demo:NAME``, a stack file (``.toml``), ``docker:NAME`` and the like, or a path on a
+    mounted overlay."""
+    from .containers import split_target
+
+    if split_target(target):
+        from .containers import container_stack
+
+        return container_stack(target, pid, layer_root)
     if target.startswith("demo:"):
         return demo_stack(target[5:])
     if target.endswith(".toml") and os.path.isfile(target):

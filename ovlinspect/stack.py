@@ -36,6 +36,11 @@ class Stack:
     #: a refusal of the mount found while reading the layer options, as (errno, kernel log
     #: line): the workdir missing or inside the upper layer, ...
     refusal: tuple[str, str] | None = None
+    #: The process whose mount namespace holds the live mount (``--pid``, containers).
+    pid: int | None = None
+    #: The options were not read from a mount nor given: module defaults (``--from-inspect``
+    #: of an unmounted container).
+    options_guessed: bool = False
 
     @property
     def layers(self) -> list[tuple[str, Layer]]:

@@ -44,10 +44,20 @@ def test_mounts_lists_health(tmpfs: str) -> None:
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
 def test_pid_reads_another_mount_namespace(tmpfs: str) -> None:
+    """--pid: the layers are found on the host when they are there, under /proc/PID/root
+    when only that process sees them; --observe reaches the mount through its namespace."""
     built = build_stack(demo_stack("seed"), os.path.join(tmpfs, "layers"))
     target = os.path.join(tmpfs, "elsewhere")
-    os.mkdir(target)
-    script = f"mount -t overlay overlay -o lowerdir={built.lowerdir_string()},metacopy=on {target} && echo ok && exec sleep 60"
+    hidden = os.path.join(tmpfs, "hidden")  # a tmpfs mounted only in the child's namespace
+    target2 = os.path.join(tmpfs, "elsewhere2")
+    for d in (target, hidden, target2):
+        os.mkdir(d)
+    layers = os.path.join(tmpfs, "layers")
+    lower2 = built.lowerdir_string().replace(layers, hidden)
+    script = (f"mount -t overlay overlay -o lowerdir={built.lowerdir_string()},metacopy=on {target} && "
+              f"mount -t tmpfs tmpfs {hidden} && cp -a {layers}/. {hidden}/ && "
+              f"mount -t overlay overlay -o lowerdir={lower2},metacopy=on {target2} && "
+              "echo ok && exec sleep 60")
     proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                             stdout=subprocess.PIPE, text=True)
     try:
@@ -55,12 +65,29 @@ def test_pid_reads_another_mount_namespace(tmpfs: str) -> None:
         # not mounted in our namespace ...
         rc, _, err = run_cli(["check", target])
         assert rc == 2 and "not on an overlay mount" in err
-        # ... but in the child's
+        # ... and the one line says which --pid reaches it
+        assert f"mount namespace of pid {proc.pid} " in err and f"use --pid {proc.pid}" in err
+        assert err.count("\n") == 1
+        # ... but in the child's; its layers exist on the host: read there
         rc, out, err = run_cli(["explain", "--json", "--pid", str(proc.pid), target, "/foo"])
         assert rc == 0, err
         doc = json.loads(out)
         assert doc["paths"][0]["data"] == {"layer": 1, "path": "/1e/abcdef"}
-        assert all(l["path"].startswith(f"/proc/{proc.pid}/root/") for l in doc["layers"])
+        assert all(l["path"].startswith(layers + "/") for l in doc["layers"])
+        # layers only the child sees: read through its root
+        rc, out, err = run_cli(["explain", "--json", "--observe", "--pid", str(proc.pid), target2,
+                                "/foo", "/1e", "/"])
+        assert rc == 0, err
+        doc = json.loads(out)
+        assert doc["paths"][0]["data"] == {"layer": 1, "path": "/1e/abcdef"}
+        assert all(l["path"].startswith(f"/proc/{proc.pid}/root{hidden}/") for l in doc["layers"])
+        # observed through the child's namespace (the hidden tmpfs is empty here)
+        assert [p["mismatches"] for p in doc["paths"]] == [[], [], []]
+        assert doc["paths"][0]["observed"]["type"] == "file"
+        # a process that does not exist, or 0: one line, exit 2
+        for bad in ("999999999", "0"):
+            rc, _, err = run_cli(["explain", "--pid", bad, target, "/foo"])
+            assert rc == 2 and "no such process" in err and err.count("\n") == 1
     finally:
         proc.kill()
         proc.wait()
