@@ -159,7 +159,7 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
     for _, layer in stack.layers:
         label = labels.get(layer.path or "")
         if label:
-            layer.label = label if layer is not stack.upper else f"upper {label}"
+            layer.label = label
     stack.options_guessed = not ns.options
     stack.description = (
         ("MergedDir is not mounted here: options guessed from the module defaults "

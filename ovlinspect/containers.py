@@ -226,8 +226,8 @@ def engine_layer(path: str, root: str = "") -> tuple[str, str, str]:
         shared = f"{base}/l/{parts[-1]}"
         if os.path.lexists(root + shared):
             note = ("podman idmapped layers (mapped/N/l/...) are gone after the mount: read the "
-                    "layers behind overlay/l/ instead; inside the container their owners are "
-                    "shifted by the uid/gid map")
+                    "layers behind overlay/l/ instead; owners are shown as on disk, through "
+                    "the mount they are shifted by the container's uid/gid map")
             path, parts = shared, shared.split("/")
     if len(parts) >= 3 and parts[-2] == "l" and parts[-3] in _OVERLAY_DIRS:
         try:
@@ -254,6 +254,8 @@ def clone_mount_of(pid: int, mountpoint: str) -> int:
     """A descriptor of a detached copy of the mount at ``mountpoint`` in the mount namespace of
     ``pid`` (that mount alone, without what is mounted below it, such as a container's
     ``/etc/hosts``).  Made by a child that joins the namespace; raises OSError."""
+    from .mountapi import MountError, open_tree_clone  # not after joining: another root
+
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -266,8 +268,6 @@ def clone_mount_of(pid: int, mountpoint: str) -> int:
                     err = ctypes.get_errno()
                     child.sendall(f"E{err}".encode())
                 else:
-                    from .mountapi import MountError, open_tree_clone
-
                     try:
                         fd = open_tree_clone(mountpoint)
                     except MountError as e:
@@ -275,6 +275,8 @@ def clone_mount_of(pid: int, mountpoint: str) -> int:
                     else:
                         socket.send_fds(child, [b"K"], [fd])
                         code = 0
+            except BaseException:
+                pass
             finally:
                 os._exit(code)
         child.close()

@@ -116,11 +116,11 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
         raise InputError(f"cannot read {proc}/mountinfo: {e.strerror}") from None
     notes = []
     if not layer_root:
-        layer_root = _docker_root(entry, root)
+        layer_root = _docker_root(entry, root, tuple(labels or ()))
         if layer_root:
             notes.append(f"relative layer paths resolved against {layer_root} (docker's overlay2 "
-                         "layout: its lowerdir is relative to the directory holding the upper "
-                         "layer's parent); use --layer-root to choose another")
+                         "layout: it mounts relative l/... paths from its overlay2 directory, the "
+                         "grandparent of <id>/merged); use --layer-root to choose another")
     if layer_root:
         def rel(p: str) -> str:
             return p if os.path.isabs(p) and p != "/" else os.path.join(layer_root, p.lstrip("/"))
@@ -133,11 +133,12 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
     for p in given:
         if layer_path_problem(p):
             continue
-        prefix = "" if not root or os.path.lexists(p) else root
-        used, label, note = engine_layer(p, prefix)
-        if not prefix and root and not os.path.exists(used):
-            prefix = root
-            used, label, note = engine_layer(p, prefix)
+        prefix = ""  # the host first, then the process's root
+        used, label, note = engine_layer(p)
+        if root and not os.path.exists(used):
+            there = engine_layer(p, root)
+            if os.path.exists(root + there[0]):
+                prefix, (used, label, note) = root, there
         given[p] = prefix + used
         names[p] = (labels or {}).get(p) or (labels or {}).get(used) or label
         if note and note not in notes:
@@ -156,8 +157,7 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
 
     lowers = [_disk(given[p], name(p)) for p in entry.lowers]
     datas = [_disk(given[p], name(p), want_verity=verity, data=True) for p in entry.datas]
-    upper = _disk(given[entry.upperdir], names.get(entry.upperdir) and
-                  f"upper {names[entry.upperdir]}" or "upper") if entry.upperdir else None
+    upper = _disk(given[entry.upperdir], names.get(entry.upperdir) or "upper") if entry.upperdir else None
     from .options import ModuleDefaults, options_from_shown
 
     effective = options_from_shown(entry.options, has_upper=upper is not None,
@@ -169,23 +169,62 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
     return stack
 
 
-def _docker_root(entry, root: str) -> str | None:
-    """Where relative lower layers live when docker mounted them (``l/ABC`` from its root).
+def _docker_root(entry, root: str, hints: tuple[str, ...] = ()) -> str | None:
+    """Where relative layer paths live when docker mounted them (``l/ABC`` from its root).
 
-    Docker's overlay2 driver switches to relative ``l/<short id>`` lower paths when the option
-    string would be too long, mounting from its ``overlay2`` directory
-    (``/var/lib/docker/overlay2``); its upper layer stays absolute (``<root>/<id>/diff``).
-    Taken only when every relative layer exists there (looked up on the host first, then under
-    ``root``, the ``/proc/PID/root`` of the process whose mount it is).
+    Docker's overlay2 driver switches to relative paths (``lowerdir=l/<short id>:...``,
+    ``upperdir=<id>/diff``) when the option string would pass a page, mounting from its
+    ``overlay2`` directory (``/var/lib/docker/overlay2``) onto ``<root>/<id>/merged``.  The
+    root is found from an absolute upper layer (``<root>/<id>/diff``), from the mountpoint
+    (``<root>/<id>/merged``), from ``hints`` (layer directories an engine reported), or from
+    where the same superblock is mounted in another namespace sharing our root (a container's
+    ``/`` is dockerd's ``<root>/<id>/merged``).  Taken only when every relative layer exists
+    there (looked up on the host first, then under ``root``, the ``/proc/PID/root`` of the
+    process whose mount it is).
     """
-    relative = [p for p in [*entry.lowers, *entry.datas] if not os.path.isabs(p)]
-    if not relative or not entry.upperdir or not os.path.isabs(entry.upperdir):
+    layers = [*entry.lowers, *entry.datas, *([entry.upperdir] if entry.upperdir else [])]
+    relative = [p for p in layers if p and not os.path.isabs(p)]
+    if not relative:
         return None
-    base = os.path.dirname(os.path.dirname(entry.upperdir.rstrip("/")))
-    for prefix in dict.fromkeys(["", root]):
-        if all(os.path.isdir(prefix + os.path.join(base, p)) for p in relative):
-            return base
+
+    def grand(p: str) -> str:
+        return os.path.dirname(os.path.dirname(p.rstrip("/")))
+
+    def candidates():
+        if entry.upperdir and os.path.isabs(entry.upperdir):
+            yield grand(entry.upperdir)
+        if entry.mountpoint.rstrip("/").endswith("/merged"):
+            yield grand(entry.mountpoint)
+        yield from (grand(h) for h in hints if os.path.isabs(h) and h.rstrip("/").endswith("/diff"))
+        yield from (grand(mp) for mp in _same_superblock(entry) if mp.rstrip("/").endswith("/merged"))
+
+    for base in candidates():
+        for prefix in dict.fromkeys(["", root]):
+            if all(os.path.isdir(prefix + os.path.join(base, p)) for p in relative):
+                return base
     return None
+
+
+def _same_superblock(entry):
+    """Mountpoints of the same overlay superblock in namespaces whose root is ours."""
+    from .mountinfo import mount_namespaces, parse_mountinfo, read_mountinfo
+
+    try:
+        me = os.stat("/")
+        spaces, _ = mount_namespaces()
+    except OSError:
+        return
+    for space in spaces:
+        try:
+            st = os.stat(f"/proc/{space.pid}/root")
+            if (st.st_dev, st.st_ino) != (me.st_dev, me.st_ino):
+                continue
+            text = read_mountinfo(f"/proc/{space.pid}")
+            for e in parse_mountinfo(text):
+                if e.is_overlay and e.major_minor == entry.major_minor and e.root == "/":
+                    yield e.mountpoint
+        except (OSError, ValueError):
+            continue
 
 
 def demo_names() -> list[str]:
