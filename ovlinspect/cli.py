@@ -282,11 +282,8 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                              "mounted MergedDir)")
         from .observe import compare, observe
 
-        where, close = _observe_root(stack)
-        try:
-            observed = [observe(where, r.path) for r in results]
-        finally:
-            close()
+        where = _observe_root(stack)
+        observed = [observe(where, r.path) for r in results]
     if ns.json:
         doc = engine.document(results)
         _json_notes(doc, stack)
@@ -315,22 +312,15 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _observe_root(stack: Stack):
-    """Where this process reaches the merged tree of a live stack, and what to call after.
-
-    A mount of another namespace (``--pid``, containers) is reached through a detached copy of
-    that one mount, so what is mounted below it there (``/etc/hosts``, ``/proc``) is not seen.
-    """
-    if not stack.pid:
-        return stack.mountpoint, lambda: None
-    from .containers import clone_mount_of
+def _observe_root(stack: Stack) -> str:
+    """Where this process reaches the merged tree (another namespace's: a copy of the mount)."""
+    from .containers import merged_root
 
     try:
-        fd = clone_mount_of(stack.pid, stack.mountpoint)
+        return merged_root(stack)
     except OSError as e:
         raise InputError(f"--observe: cannot reach the mount at {stack.mountpoint} of pid "
                          f"{stack.pid}: {e.strerror}") from None
-    return f"/proc/self/fd/{fd}", lambda: os.close(fd)
 
 
 def _json_notes(doc: dict, stack: Stack) -> None:

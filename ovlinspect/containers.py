@@ -27,7 +27,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 __all__ = ["ENGINES", "ContainerError", "Container", "split_target", "inspect_container",
-           "engine_layer", "clone_mount_of", "known_containers"]
+           "engine_layer", "clone_mount_of", "known_containers", "merged_root"]
 
 ENGINES = ("docker", "podman", "nerdctl", "crictl")
 
@@ -292,6 +292,21 @@ def clone_mount_of(pid: int, mountpoint: str) -> int:
         return fds[0]
     err = int(msg[1:] or b"0") if msg.startswith(b"E") else 0
     raise OSError(err or 5, os.strerror(err or 5))
+
+
+def merged_root(stack) -> str:
+    """The path through which this process reaches the merged tree of a live stack.
+
+    For a mount of another namespace (``--pid``, container targets) that is a detached copy of
+    that one mount, made once and kept with the stack (closed by ``stack.close()``), so what is
+    mounted below it there (``/etc/hosts``, ``/proc``) is not seen and our own ``/`` is never
+    taken for the container's.  Raises OSError when the copy cannot be made.
+    """
+    if not stack.pid:
+        return stack.mountpoint
+    if stack.observe_fd is None:
+        stack.observe_fd = clone_mount_of(stack.pid, stack.mountpoint)
+    return f"/proc/self/fd/{stack.observe_fd}"
 
 
 # ------------------------------------------------------------------- who runs what

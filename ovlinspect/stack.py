@@ -38,6 +38,9 @@ class Stack:
     refusal: tuple[str, str] | None = None
     #: The process whose mount namespace holds the live mount (``--pid``, containers).
     pid: int | None = None
+    #: A descriptor of a detached copy of that mount, made for ``--observe`` (see
+    #: :func:`ovlinspect.containers.merged_root`).
+    observe_fd: int | None = None
     #: The options were not read from a mount nor given: module defaults (``--from-inspect``
     #: of an unmounted container).
     options_guessed: bool = False
@@ -55,3 +58,8 @@ class Stack:
     def close(self) -> None:
         for _, layer in self.layers:
             layer.close()
+        if self.observe_fd is not None:
+            import os
+
+            os.close(self.observe_fd)
+            self.observe_fd = None
