@@ -416,6 +416,9 @@ def cmd_mounts(ns: argparse.Namespace) -> int:
               f"lower={r['lowers']} data={r['datas']}  {show(r['detail'].encode('utf-8', 'surrogateescape'))}")
     if not ns.deep:
         print("(quick: stack-level problems only; --deep checks every path)")
+    if os.geteuid() != 0:
+        print("(not root: other users' mount namespaces are not listed, and trusted.overlay.* "
+              "xattrs are invisible: run as root)")
     return bad
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -215,6 +216,11 @@ def test_mounts_sees_a_user_and_mount_namespace(tmpfs: str) -> None:
         if line != "ok":
             pytest.skip(f"no overlay in a user namespace here: {proc.stderr.read().strip()[:200]}")
         assert os.readlink(f"/proc/{proc.pid}/ns/user") != os.readlink("/proc/self/ns/user")
+        for _ in range(100):  # "ok" comes just before the exec of sleep
+            with open(f"/proc/{proc.pid}/comm") as f:
+                if f.read().strip() == "sleep":
+                    break
+            time.sleep(0.02)
         rc, out, err = run_cli(["mounts", "--json"])
         rows = [r for r in json.loads(out) if r["mountpoint"] == target]
         assert len(rows) == 1 and rows[0]["pid"] == proc.pid and rows[0]["comm"] == "sleep", rows
