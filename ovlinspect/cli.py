@@ -33,6 +33,9 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-inspect", metavar="FILE", help="docker/podman inspect JSON ('-' for stdin)")
     p.add_argument("--pid", type=int, help="inspect a mount in this process's mount namespace")
     p.add_argument("--layer-root", metavar="DIR", help="resolve relative layer paths of a live mount from DIR")
+    p.add_argument("--image", action="append", metavar="IMAGE",
+                   help="the EROFS image of a live mount's lower layer that is gone (composefs "
+                        "mounts detach it); repeat for several")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -83,6 +86,9 @@ _SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
 
 def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[str]]:
     """The stack named by the arguments, and the positional arguments left (paths)."""
+    if getattr(ns, "image", None) and (ns.lowerdir is not None or ns.from_inspect):
+        raise InputError("--image goes with a live mount as TARGET (its gone EROFS layer); with "
+                         "--lowerdir, name the image's mount directory or dump file as a layer")
     if ns.lowerdir is not None:
         if not ns.lowerdir:
             raise InputError("bad --lowerdir: it is empty")
@@ -109,7 +115,7 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
     else:
         if not positional:
             raise InputError("name a stack: a mountpoint, demo:NAME, a stack file, or --lowerdir")
-        stack = load_target(positional[0], ns.pid, ns.layer_root)
+        stack = load_target(positional[0], ns.pid, ns.layer_root, ns.image)
         rest = positional[1:]
         if ns.options:  # what-if: the mount's options with these on top, as typed
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
@@ -304,6 +310,8 @@ def cmd_check(ns: argparse.Namespace) -> int:
     else:
         out = [f"stack  {stack.source}  (kernel {engine.kernel}; {_options_text(engine)})"]
         out += _layers_text(engine)
+        if stack.mountpoint and stack.description:
+            out.append(f"note   {stack.description}")
         out.append("")
         order = {"error": 0, "warning": 1, "info": 2}
         for f in sorted(findings, key=lambda f: (order[f.severity], f.rule, f.path)):

@@ -84,8 +84,13 @@ def _workdir_refusal(upperdir: str, workdir: str | None) -> tuple[str, str] | No
     return None
 
 
-def live_stack(target: str, pid: int | None = None, layer_root: str | None = None) -> Stack:
-    """The stack of the overlay mount that contains ``target`` (read from mountinfo)."""
+def live_stack(target: str, pid: int | None = None, layer_root: str | None = None,
+               images: list[str] | None = None) -> Stack:
+    """The stack of the overlay mount that contains ``target`` (read from mountinfo).
+
+    A lower layer whose path is gone (composefs's detached EROFS mount) is read from its image:
+    ``images`` (``--image``) or one found by :mod:`ovlinspect.cfsimage`.
+    """
     from .mountinfo import NotOverlayError, find_overlay_mount, layer_path_problem
 
     proc = f"/proc/{pid}" if pid else "/proc/self"
@@ -111,15 +116,18 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
         entry.datas = [rel(p) for p in entry.datas]
         entry.upperdir = rel(entry.upperdir) if entry.upperdir else None
     paths = list(entry.lowers) + list(entry.datas) + ([entry.upperdir] if entry.upperdir else [])
+    replaced, cfs_note = _image_layers(entry, root, images)
+    note = " ".join(x for x in (note, cfs_note) if x)
     for p in paths:
-        problem = layer_path_problem(p)
+        problem = None if p in {entry.lowers[i] for i in replaced} else layer_path_problem(p)
         if problem:
             raise InputError(
                 f"{entry.mountpoint}: {problem}; name the layers yourself with --lowerdir "
                 "(and --upperdir/--workdir) or --layer-root")
     opts = ",".join(k if v is None else f"{k}={v}" for k, v in entry.options)
     verity = _verity_wanted(opts)
-    lowers = [_disk(root + p, os.path.basename(p.rstrip("/")) or p) for p in entry.lowers]
+    lowers = [replaced.get(i) or _disk(root + p, os.path.basename(p.rstrip("/")) or p)
+              for i, p in enumerate(entry.lowers)]
     datas = [_disk(root + p, os.path.basename(p.rstrip("/")) or p, want_verity=verity, data=True)
              for p in entry.datas]
     upper = _disk(root + entry.upperdir, "upper") if entry.upperdir else None
@@ -130,6 +138,16 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
     return Stack(lowers=lowers, data=datas, upper=upper, workdir=entry.workdir, options=opts,
                  source=entry.mountpoint, mountpoint=entry.mountpoint, effective=effective,
                  description=note)
+
+
+def _image_layers(entry, root: str, images: list[str] | None) -> tuple[dict[int, Layer], str]:
+    """EROFS images standing for gone lower layers (composefs), see :mod:`ovlinspect.cfsimage`."""
+    from .cfsimage import ImageError, image_layers
+
+    try:
+        return image_layers(entry, root, images)  # type: ignore[return-value]
+    except ImageError as e:
+        raise InputError(str(e)) from None
 
 
 def _docker_root(entry, root: str) -> str | None:
@@ -165,7 +183,8 @@ def demo_stack(name: str) -> Stack:
     return stack
 
 
-def load_target(target: str, pid: int | None = None, layer_root: str | None = None) -> Stack:
+def load_target(target: str, pid: int | None = None, layer_root: str | None = None,
+                images: list[str] | None = None) -> Stack:
     """``demo:NAME``, a stack file (``.toml``), or a path on a mounted overlay."""
     if target.startswith("demo:"):
         return demo_stack(target[5:])
@@ -177,10 +196,12 @@ def load_target(target: str, pid: int | None = None, layer_root: str | None = No
         except StackFileError as e:
             raise InputError(str(e)) from None
         stack.source = target
+        if images:
+            raise InputError("--image is for a live mount whose EROFS layer is gone, not a stack file")
         return stack
     if pid is None and not os.path.exists(target):
         raise InputError(f"{target}: no such file or directory")
-    return live_stack(target, pid, layer_root)
+    return live_stack(target, pid, layer_root, images)
 
 
 def check_privileges(stack: Stack, userxattr: bool) -> None:
