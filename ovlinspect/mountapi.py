@@ -37,6 +37,7 @@ __all__ = [
     "mount_overlay_legacy",
     "open_tree_clone",
     "loop_status",
+    "move_mount_fd",
     "private_tmpfs",
     "umount",
 ]
@@ -477,7 +478,8 @@ def loop_status(name: str) -> dict[str, str] | None:
     """What sysfs says of loop device ``name`` (``loop3``): its backing file, offset, ...
 
     Keys are the files of ``/sys/block/NAME/loop/`` (``backing_file``, ``offset``,
-    ``sizelimit``, ``ro``, ``autoclear``), values stripped; None when the device is unused.
+    ``sizelimit``, ``autoclear``) and ``ro`` (``/sys/block/NAME/ro``), values stripped; None
+    when the device is unused.
     """
     base = f"/sys/block/{name}/loop"
     if not os.path.isdir(base):
@@ -485,8 +487,16 @@ def loop_status(name: str) -> dict[str, str] | None:
     out: dict[str, str] = {}
     for key in ("backing_file", "offset", "sizelimit", "ro", "autoclear"):
         try:
-            with open(os.path.join(base, key), "rb") as f:
+            with open(os.path.join(base if key != "ro" else base[:-5], key), "rb") as f:
                 out[key] = os.fsdecode(f.read(8192).rstrip(b"\n"))
         except OSError:
             continue
     return out if "backing_file" in out else None
+
+
+def move_mount_fd(mnt_fd: int, target: PathLike) -> None:
+    """Attach the detached mount ``mnt_fd`` (from ``fsmount``/``open_tree``) at ``target``."""
+    res = _syscall(SYS_MOVE_MOUNT, ctypes.c_int(mnt_fd), ctypes.c_char_p(b""), ctypes.c_int(AT_FDCWD),
+                   ctypes.c_char_p(_b(target)), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH))
+    if res < 0:
+        raise MountError(-res, "move_mount", detail=os.fsdecode(_b(target)))
