@@ -44,8 +44,9 @@ EROFS_MAGIC = 0xE0F5E1E2
 EROFS_SUPER_OFFSET = 1024
 #: Candidate images tried per mount at most (each costs one detached EROFS mount).
 MAX_CANDIDATES = 64
-#: Root entries whose lstat through the mount is compared (read-only mounts only).
-MAX_PROBES = 64
+#: Entries whose lstat through the mount is compared, directories listed (read-only mounts only).
+MAX_PROBES = 256
+MAX_DIRS = 32
 
 
 class ImageError(Exception):
@@ -193,7 +194,7 @@ def _loop_candidates() -> list[tuple[str, str, str]]:
             continue
         backing = info.get("backing_file", "")
         extra = ", ".join(f"{k} {info[k]}" for k in ("offset", "sizelimit") if info.get(k, "0") != "0")
-        how = f"the loop device {dev}, backing file {_q(backing)}" + (f" ({extra})" if extra else "")
+        how = f"through the loop device {dev} (backing file {_q(backing)}" + (f", {extra}" if extra else "") + ")"
         shown = backing if backing.startswith("/") and not backing.endswith(" (deleted)") \
             and not extra else dev
         out.append((dev, shown, how))
@@ -227,7 +228,7 @@ def _store_candidates(datas: list[str], root: str) -> list[tuple[str, str, str]]
         store = _q(d)
         # containers/storage: <layer>/diff is the data, <layer>/composefs-data/composefs.blob the image
         add([os.path.join(parent, "composefs-data", "composefs.blob")],
-            f"containers/storage's blob beside the data directory {store}")
+            f"as containers/storage's blob beside the data directory {store}")
         # composefs repository: <repo>/objects and <repo>/images/<id>
         add(glob.glob(glob.escape(os.path.join(parent, "images")) + "/*")[:1024],
             f"in the images/ directory of the composefs repository of {store}")
@@ -235,7 +236,7 @@ def _store_candidates(datas: list[str], root: str) -> list[tuple[str, str, str]]
         if os.path.basename(base) == "objects" and os.path.basename(parent) == "repo":
             ostree = os.path.dirname(parent)
             add(glob.glob(glob.escape(ostree) + "/deploy/*/deploy/*/.ostree.cfs")[:1024],
-                f"an ostree deployment's .ostree.cfs (repository {_q(d)})")
+                f"as an ostree deployment's .ostree.cfs (repository {_q(d)})")
         add(glob.glob(glob.escape(parent) + "/*.cfs")[:1024], f"beside the object store {store}")
     return out
 
@@ -244,11 +245,19 @@ def _store_candidates(datas: list[str], root: str) -> list[tuple[str, str, str]]
 
 
 def _visible_names(layer: Layer) -> tuple[set[bytes], set[bytes]]:
-    """(names shown, names whited out) at a layer's root."""
+    """(names shown, names whited out) at a layer's root; see :func:`_unsure`."""
     shown, white = set(), set()
     for name, node in layer.scan(()).items():
         (white if node.is_whiteout_dev else shown).add(name)
     return shown, white
+
+
+def _unsure(layer: Layer, d: tuple[bytes, ...] = ()) -> set[bytes]:
+    """Names carrying a whiteout xattr: hidden or not depending on the namespace and the
+    parent's markers; no evidence either way for the comparison."""
+    return {n for n, node in layer.scan(d).items()
+            if node.xattr(b"trusted.overlay.whiteout") is not None
+            or node.xattr(b"user.overlay.whiteout") is not None}
 
 
 class _Mount:
@@ -264,19 +273,34 @@ class _Mount:
             self.root_st = os.stat(merged)
         except OSError as e:
             self.error = f"cannot list the mount's root: {e.strerror}"
-        self._probed: dict[bytes, os.stat_result | None] = {}
 
-    def lstat(self, name: bytes) -> os.stat_result | None:
+    def _full(self, rel: tuple[bytes, ...]) -> bytes:
+        return os.fsencode(self.merged).rstrip(b"/") + b"/" + b"/".join(rel)
+
+    def lstat(self, rel: tuple[bytes, ...]) -> os.stat_result | None:
         # only without an upper layer: a lookup through a writable overlay may write to the
-        # upper layer (origin/impure xattrs); readdir alone never does
+        # upper layer (origin/impure xattrs); readdir of the root alone never does.  The path
+        # is made of names the image lists, never of symlinks, and nothing is opened.
         if self.has_upper:
             return None
-        if name not in self._probed:
-            try:
-                self._probed[name] = os.lstat(os.fsencode(self.merged) + b"/" + name)
-            except OSError:
-                self._probed[name] = None  # the very failure being debugged: no evidence
-        return self._probed[name]
+        try:
+            return os.lstat(self._full(rel))
+        except OSError:
+            return None  # the very failure being debugged: no evidence
+
+    def listdir(self, rel: tuple[bytes, ...]) -> set[bytes] | None:
+        if self.has_upper:
+            return None
+        try:
+            fd = os.open(self._full(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            return {os.fsencode(e.name) for e in os.scandir(fd)}
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
 
 def _mismatch(cand: Layer, index: int, layers: list[Layer | None], upper: Layer | None,
@@ -293,7 +317,7 @@ def _mismatch(cand: Layer, index: int, layers: list[Layer | None], upper: Layer 
         hidden |= white - covered
         covered |= shown | white
     shown, _white = _visible_names(cand)
-    missing = sorted(shown - hidden - mount.names)
+    missing = sorted(shown - _unsure(cand) - hidden - mount.names)
     if missing:
         return (f"its root holds {_q(os.fsdecode(missing[0]))}"
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
@@ -319,21 +343,61 @@ def _mismatch(cand: Layer, index: int, layers: list[Layer | None], upper: Layer 
             return (f"its root is mode {root.mode:04o} owner {root.uid}:{root.gid}, the mount's "
                     f"root mode {_stat.S_IMODE(st.st_mode):04o} owner {st.st_uid}:{st.st_gid}")
     if upper is None:
-        scan = cand.scan(())
-        mine = sorted(n for n in shown - covered)[:MAX_PROBES]
-        for name in mine:
+        return _probe(cand, index, len(layers), shown - covered, mount)
+    return None
+
+
+def _probe(cand: Layer, index: int, n_lowers: int, top_names: set[bytes], mount: _Mount) -> str | None:
+    """Without an upper layer, compare what the image holds with lookups through the mount.
+
+    The root entries the image provides (nothing above holds them): kind, mode and size of
+    each.  When the image is the top layer, also the directories below, breadth first and
+    bounded: every name it lists must be listed through the mount (exactly those when it is
+    the only regular layer), with its kind, mode and size.  An entry the kernel fails to look
+    up (EIO, ...) is no evidence either way: that may be the failure being debugged.
+    """
+    budget, dirs = MAX_PROBES, MAX_DIRS
+    queue: list[tuple[bytes, ...]] = [()]
+    while queue and budget > 0:
+        d = queue.pop(0)
+        scan = cand.scan(d)
+        if not d:
+            names = sorted(top_names)
+        else:
+            listing = mount.listdir(d)
+            if listing is None:
+                continue
+            vis = {n for n, node in scan.items() if not node.is_whiteout_dev}
+            shown = "/" + os.fsdecode(b"/".join(d))
+            missing = sorted(vis - _unsure(cand, d) - listing)
+            if missing:
+                return (f"{_q(shown)}/{_q(os.fsdecode(missing[0]))} is in it, but the mount's "
+                        f"{_q(shown)} does not list it")
+            extra = sorted(listing - vis)
+            if n_lowers == 1 and extra:
+                return (f"the mount's {_q(shown)} lists {_q(os.fsdecode(extra[0]))}, which it "
+                        "does not hold")
+            names = sorted(vis)
+        for name in names:
+            if budget <= 0:
+                break
+            budget -= 1
             node = scan[name]
-            st = mount.lstat(name)
+            rel = d + (name,)
+            st = mount.lstat(rel)
             if st is None:
                 continue
-            kind_ok = (_stat.S_ISDIR(st.st_mode) == node.is_dir
-                       and _stat.S_ISLNK(st.st_mode) == (node.kind == "symlink"))
-            if not kind_ok:
-                return f"{_q(os.fsdecode(name))} is a {node.kind} in it, not in the mount"
+            where = "/" + os.fsdecode(b"/".join(rel))
+            if _stat.S_ISDIR(st.st_mode) != node.is_dir or \
+                    _stat.S_ISLNK(st.st_mode) != (node.kind == "symlink"):
+                return f"{_q(where)} is a {node.kind} in it, not through the mount"
             if node.is_dir:
+                if index == 0 and dirs > 0:
+                    dirs -= 1
+                    queue.append(rel)
                 continue
             if _stat.S_IMODE(st.st_mode) != node.mode or st.st_size != node.size:
-                return (f"{_q(os.fsdecode(name))}: {node.size} bytes mode {node.mode:04o} in it, "
+                return (f"{_q(where)}: {node.size} bytes mode {node.mode:04o} in it, "
                         f"{st.st_size} bytes mode {_stat.S_IMODE(st.st_mode):04o} through the mount")
     return None
 
@@ -374,7 +438,7 @@ def image_layers(entry, root: str = "", images: list[str] | None = None, *,
             if not _erofs_file(full):
                 raise ImageError(f"--image {_q(img)}: not an EROFS image (no EROFS superblock at "
                                  "offset 1024)")
-            cands.append((full, full, "given with --image"))
+            cands.append((full, full, "with --image"))
     else:
         cands = _loop_candidates() + _store_candidates(entry.datas, root)
         cands = cands[:MAX_CANDIDATES]
@@ -417,7 +481,7 @@ def image_layers(entry, root: str = "", images: list[str] | None = None, *,
                 checked = (f"checked against the mount's root ({len(mount.names)} names)"
                            if mount.names is not None else f"not checked: {mount.error}")
                 notes.append(f"lower {g.index} ({_q(g.path)}) is gone: {g.why}; read from the EROFS "
-                             f"image {_q(shown)}, found as {layer.how}, mounted detached and "
+                             f"image {_q(shown)}, found {layer.how}, mounted detached and "
                              f"read-only; {checked}")
                 break
             else:

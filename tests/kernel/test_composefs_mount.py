@@ -187,7 +187,7 @@ def test_loop_device_mount_like_libcomposefs(ws, with_upper):
         assert r.returncode == 1, r.stdout + r.stderr
         assert f"{1 if with_upper else 0}  lower  system.cfs  {img}" in r.stdout
         dev = f"/dev/{next(iter(ours))}"
-        assert f"found as the loop device {dev}, backing file {img}" in r.stdout
+        assert f"found through the loop device {dev} (backing file {img})" in r.stdout
         assert "gone" in r.stdout and os.path.basename(gone) in r.stdout
         # the missing object is an error of /usr/bin/tool and its hard link, and nothing else
         errors = [l.split() for l in r.stdout.splitlines() if l.startswith("error")]
@@ -218,6 +218,16 @@ def test_file_backed_found_next_to_the_object_store_and_with_image(ws, disk):
     (other / "x").write_bytes(b"x")
     wrong = ws / "wrong.img"
     subprocess.run(["mkfs.erofs", "--quiet", str(wrong), str(other)], check=True, capture_output=True)
+    # a newer image of the same tree, one file changed: same root listing, tried first
+    from test_composefs_erofs import stage_like_composefs
+
+    stage = disk / "stage2"
+    stage_like_composefs(stage)
+    (stage / "etc" / "hostname").write_bytes(b"box-2\n")
+    newer = images / "9c1d.cfs"
+    subprocess.run(["mkfs.erofs", "--quiet", str(newer), str(stage)], check=True, capture_output=True)
+    os.utime(img, (1_600_000_000, 1_600_000_000))
+    assert sorted(os.listdir(stage)) == sorted(os.listdir(disk / "build" / "stage"))
     loops_before = loops()
     merged = ws / "merged"
     mount_like_composefs(img, objects, merged, ws / "tmp", loop=False)
@@ -226,7 +236,7 @@ def test_file_backed_found_next_to_the_object_store_and_with_image(ws, disk):
         before = mountinfo()
         r = cli("check", str(merged))
         assert r.returncode == 0, r.stdout + r.stderr
-        assert f"read from the EROFS image {img}, found as in the images/ directory of the composefs repository of {objects}" in r.stdout
+        assert f"read from the EROFS image {img}, found in the images/ directory of the composefs repository of {objects}" in r.stdout
         doc = explain_observed(str(merged), *PATHS)
         no_mismatch(doc)
         assert doc["paths"][PATHS.index("/usr/bin/tool")]["data"] == {"layer": 1, "path": "/" + TOOL_OBJ}
@@ -235,7 +245,7 @@ def test_file_backed_found_next_to_the_object_store_and_with_image(ws, disk):
         shutil.copy(img, copy)
         r = cli("explain", str(merged), "/etc/passwd", "--image", str(copy))
         assert r.returncode == 0, r.stderr
-        assert f"read from the EROFS image {copy}, found as given with --image" in r.stdout
+        assert f"read from the EROFS image {copy}, found with --image" in r.stdout
 
         r = cli("check", str(merged), "--image", str(wrong))
         assert r.returncode == 2 and r.stdout == ""
