@@ -165,8 +165,10 @@ def gone_lowers(lowers: list[str], root: str = "") -> list[Gone]:
         elif p.endswith(" (deleted)"):
             out.append(Gone(i, p, "its directory was deleted after the mount was made"))
         elif not os.path.lexists(root + p):
-            out.append(Gone(i, p, "the directory no longer exists (an image mount detached "
-                                  "and its directory removed, as mount.composefs does)"))
+            why = "its directory no longer exists"
+            if os.path.basename(p).startswith(".composefs."):
+                why += ", as mount.composefs leaves it once the EROFS mount is detached"
+            out.append(Gone(i, p, why))
         elif os.path.basename(os.path.dirname(p)) == "composefs-layers" and os.path.isdir(root + p) \
                 and not os.path.ismount(root + p):
             out.append(Gone(i, p, "containers/storage mounted a composefs blob there and "
@@ -421,7 +423,10 @@ def image_layers(entry, root: str = "", images: list[str] | None = None, *,
     arguments: when given, only they are tried.  Raises :class:`ImageError` (one line naming
     ``--image``) when a gone layer has no image, or a given image does not match.
     """
-    gone = gone_lowers(entry.lowers, root)
+    # composefs always stacks data-only layers (the object store); other gone layers (podman's
+    # idmapped copies, deleted directories) are no business of this module
+    composefs_like = bool(entry.datas) or entry.source == "composefs" or bool(images)
+    gone = gone_lowers(entry.lowers, root) if composefs_like else []
     if not gone:
         if images:
             raise ImageError(f"--image: no lower layer of {_q(entry.mountpoint)} is gone (every "
@@ -492,7 +497,8 @@ def image_layers(entry, root: str = "", images: list[str] | None = None, *,
                                      f"({_q(g.path)}){tried}")
                 raise ImageError(
                     f"{_q(mp)}: lower layer {g.index} ({_q(g.path)}) is gone ({g.why}) and no EROFS "
-                    f"image matching it was found{tried}; name it with --image IMAGE")
+                    f"image matching it was found{tried}; name it with --image IMAGE (or give every "
+                    "layer with --lowerdir)")
     except BaseException:
         for layer in found.values():
             layer.close()
