@@ -22,8 +22,8 @@ read-only through the mount.
 
 The image is read through a detached, read-only EROFS mount of our own (``fsopen`` /
 ``fsconfig`` / ``fsmount``, never attached: no mount table shows it), from the image file
-(file-backed EROFS, Linux 6.12+) or, on older kernels, from a read-only autoclear loop device
-set up here; for a loop-device candidate the device itself is the source.  The mount lives as
+(file-backed EROFS, Linux 6.12+, and not for a file on tmpfs, which has no page-cache reads
+for it) or else from a read-only autoclear loop device set up here; for a loop-device candidate the device itself is the source.  The mount lives as
 long as the layer's descriptor: :meth:`ImageLayer.close` ends it (and the loop device with it).
 """
 
