@@ -115,7 +115,7 @@ def _erofs_file(path: str) -> bool:
 def open_image(source: str, image: str, label: str, how: str, *, force_loop: bool = False) -> ImageLayer:
     """Mount ``source`` (an image file or a block device) detached and read-only, as a layer.
 
-    A file the kernel cannot mount directly (before 6.12: ENOTBLK) is put on a read-only
+    A file the kernel cannot mount directly (ENOTBLK: before 6.12, or on tmpfs) is put on a read-only
     autoclear loop device first; the device goes away with the mount.
     """
     loop_fd = None

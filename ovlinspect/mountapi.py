@@ -412,8 +412,9 @@ def fsmount_erofs(source: PathLike) -> int:
     mount is never attached anywhere, so no mount table shows it and nothing can be written
     through it.  Returns the mount's file descriptor (its root directory; read it through
     ``/proc/self/fd/N`` or ``openat``); the mount goes away when the last descriptor on it is
-    closed.  An image *file* as source needs Linux 6.12+ (file-backed EROFS); older kernels
-    refuse it with ENOTBLK, then use :func:`loop_attach_readonly`.
+    closed.  An image *file* as source needs Linux 6.12+ (file-backed EROFS) and a backing
+    filesystem with page-cache reads (not tmpfs); otherwise the kernel refuses it with
+    ENOTBLK: then use :func:`loop_attach_readonly`.
     """
     fs_fd = _syscall(SYS_FSOPEN, ctypes.c_char_p(b"erofs"), ctypes.c_uint(FSOPEN_CLOEXEC))
     if fs_fd < 0:
