@@ -23,8 +23,9 @@ read-only through the mount.
 The image is read through a detached, read-only EROFS mount of our own (``fsopen`` /
 ``fsconfig`` / ``fsmount``, never attached: no mount table shows it), from the image file
 (file-backed EROFS, Linux 6.12+, and not for a file on tmpfs, which has no page-cache reads
-for it) or else from a read-only autoclear loop device set up here; for a loop-device candidate the device itself is the source.  The mount lives as
-long as the layer's descriptor: :meth:`ImageLayer.close` ends it (and the loop device with it).
+for it) or else from a read-only autoclear loop device set up here; for a loop-device
+candidate the device itself is the source.  The mount lives as long as the layer's
+descriptor: :meth:`ImageLayer.close` ends it (and the loop device with it).
 """
 
 from __future__ import annotations
@@ -115,8 +116,8 @@ def _erofs_file(path: str) -> bool:
 def open_image(source: str, image: str, label: str, how: str, *, force_loop: bool = False) -> ImageLayer:
     """Mount ``source`` (an image file or a block device) detached and read-only, as a layer.
 
-    A file the kernel cannot mount directly (ENOTBLK: before 6.12, or on tmpfs) is put on a read-only
-    autoclear loop device first; the device goes away with the mount.
+    A file the kernel cannot mount directly (ENOTBLK: before 6.12, or on tmpfs) is put on a
+    read-only autoclear loop device first; the device goes away with the mount.
     """
     loop_fd = None
     try:
@@ -196,7 +197,8 @@ def _loop_candidates() -> list[tuple[str, str, str]]:
             continue
         backing = info.get("backing_file", "")
         extra = ", ".join(f"{k} {info[k]}" for k in ("offset", "sizelimit") if info.get(k, "0") != "0")
-        how = f"through the loop device {dev} (backing file {_q(backing)}" + (f", {extra}" if extra else "") + ")"
+        how = (f"through the loop device {dev} (backing file {_q(backing)}"
+               + (f", {extra}" if extra else "") + ")")
         shown = backing if backing.startswith("/") and not backing.endswith(" (deleted)") \
             and not extra else dev
         out.append((dev, shown, how))

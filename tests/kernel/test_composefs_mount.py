@@ -236,7 +236,8 @@ def test_file_backed_found_next_to_the_object_store_and_with_image(ws, disk):
         before = mountinfo()
         r = cli("check", str(merged))
         assert r.returncode == 0, r.stdout + r.stderr
-        assert f"read from the EROFS image {img}, found in the images/ directory of the composefs repository of {objects}" in r.stdout
+        assert (f"read from the EROFS image {img}, found in the images/ directory of the "
+                f"composefs repository of {objects}") in r.stdout
         doc = explain_observed(str(merged), *PATHS)
         no_mismatch(doc)
         assert doc["paths"][PATHS.index("/usr/bin/tool")]["data"] == {"layer": 1, "path": "/" + TOOL_OBJ}
@@ -308,8 +309,7 @@ def test_containers_storage_layout_with_a_shadowing_lower(ws, disk):
     (ctr / "composefs-layers").mkdir(parents=True)
     target_dir = ctr / "composefs-layers" / "1"
     target_dir.mkdir()
-    # containers/storage mounts on the directory it keeps: lowerdir names it, and it stays
-    tmp = ctr / "composefs-layers"
+    # containers/storage mounts on a directory it keeps: lowerdir names it, and it stays
     loops_before = loops()
     mnt_fd = mountapi.fsmount_erofs(layer / "composefs-data" / "composefs.blob")
     try:
@@ -321,7 +321,7 @@ def test_containers_storage_layout_with_a_shadowing_lower(ws, disk):
         mountapi.mount_overlay_fsconfig(merged, [target_dir, below], [layer / "diff"], options=OPTS)
     finally:
         mountapi.umount(target_dir)
-    assert tmp.is_dir() and os.listdir(target_dir) == []
+    assert target_dir.is_dir() and os.listdir(target_dir) == []  # left empty, not gone
     try:
         # the kernel reads the plain layer's bytes: the shadowing is real
         assert (merged / "usr" / "bin" / "tool").read_bytes() != TOOL
