@@ -32,8 +32,8 @@ from test_composefs_erofs import (
     REASON,
     TOOL,
     TOOL_OBJ,
-    build_image,
     make_objects,
+    stage_like_composefs,
 )
 
 from ovlinspect import mountapi
@@ -132,10 +132,17 @@ def disk(ws):
 
 
 def composefs_tree(t: Path) -> tuple[Path, Path]:
-    """The test image (built like composefs's writer lays it out) and its object store."""
+    """The test image (built like composefs's writer lays it out) and its object store.
+
+    The image root also holds a file named after this test's directory: an identical image
+    on another loop device (another test run on this machine) is not this mount's."""
     work = t / "build"
     work.mkdir()
-    img = build_image("staging", work)
+    stage = work / "stage"
+    stage_like_composefs(stage)
+    (stage / f"id-{t.name}").write_bytes(b"this test's image\n")
+    img = work / "staging.img"
+    subprocess.run(["mkfs.erofs", "--quiet", str(img), str(stage)], check=True, capture_output=True)
     objects = t / "repo" / "objects"
     make_objects(objects)
     return img, objects
@@ -219,10 +226,9 @@ def test_file_backed_found_next_to_the_object_store_and_with_image(ws, disk):
     wrong = ws / "wrong.img"
     subprocess.run(["mkfs.erofs", "--quiet", str(wrong), str(other)], check=True, capture_output=True)
     # a newer image of the same tree, one file changed: same root listing, tried first
-    from test_composefs_erofs import stage_like_composefs
-
     stage = disk / "stage2"
     stage_like_composefs(stage)
+    (stage / f"id-{disk.name}").write_bytes(b"this test's image\n")
     (stage / "etc" / "hostname").write_bytes(b"box-2\n")
     newer = images / "9c1d.cfs"
     subprocess.run(["mkfs.erofs", "--quiet", str(newer), str(stage)], check=True, capture_output=True)
