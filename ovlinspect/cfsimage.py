@@ -154,10 +154,12 @@ class Gone:
     why: str
 
 
-def gone_lowers(lowers: list[str], root: str = "") -> list[Gone]:
-    """The lower layers (absolute mountinfo paths, as seen from ``root``) that are gone."""
+def gone_lowers(lowers: list[str], resolve=None) -> list[Gone]:
+    """The lower layers (mountinfo paths) that are gone; ``resolve`` maps a mountinfo path to
+    where it is looked up (default: itself; ``/proc/PID/root/...`` for another namespace)."""
     out = []
     for i, p in enumerate(lowers):
+        real = resolve(p) if resolve is not None else p
         if not p.startswith("/"):
             continue  # relative paths are another story (--layer-root)
         if p == "/":
@@ -165,13 +167,13 @@ def gone_lowers(lowers: list[str], root: str = "") -> list[Gone]:
                                   "mountinfo shows as '/'"))
         elif p.endswith(" (deleted)"):
             out.append(Gone(i, p, "its directory was deleted after the mount was made"))
-        elif not os.path.lexists(root + p):
+        elif not os.path.lexists(real):
             why = "its directory no longer exists"
             if os.path.basename(p).startswith(".composefs."):
                 why += ", as mount.composefs leaves it once the EROFS mount is detached"
             out.append(Gone(i, p, why))
-        elif os.path.basename(os.path.dirname(p)) == "composefs-layers" and os.path.isdir(root + p) \
-                and not os.path.ismount(root + p):
+        elif os.path.basename(os.path.dirname(p)) == "composefs-layers" and os.path.isdir(real) \
+                and not os.path.ismount(real):
             out.append(Gone(i, p, "containers/storage mounted a composefs blob there and "
                                   "detached it; the directory left is empty"))
     return out
@@ -205,7 +207,7 @@ def _loop_candidates() -> list[tuple[str, str, str]]:
     return out
 
 
-def _store_candidates(datas: list[str], root: str) -> list[tuple[str, str, str]]:
+def _store_candidates(datas: list[str], resolve) -> list[tuple[str, str, str]]:
     """Images kept next to the data-only layers (object stores), newest first per rule."""
     out: list[tuple[str, str, str]] = []
     seen: set[str] = set()
@@ -227,7 +229,8 @@ def _store_candidates(datas: list[str], root: str) -> list[tuple[str, str, str]]
     for d in datas:
         if not d.startswith("/") or d == "/":
             continue
-        base = root + d.rstrip("/")
+        base = resolve(d).rstrip("/")
+        root = base[: len(base) - len(d.rstrip("/"))] if base.endswith(d.rstrip("/")) else ""
         parent = os.path.dirname(base)
         store = _q(d)
         # containers/storage: <layer>/diff is the data, <layer>/composefs-data/composefs.blob the image
@@ -416,19 +419,23 @@ def _label(image: str, gone: Gone) -> str:
     return base or os.path.basename(gone.path.rstrip("/")) or gone.path
 
 
-def image_layers(entry, root: str = "", images: list[str] | None = None, *,
+def image_layers(entry, root: str = "", images: list[str] | None = None, *, resolve=None,
                  force_loop: bool = False) -> tuple[dict[int, ImageLayer], str]:
     """Layers standing for the gone lower layers of an overlay mount, and a note saying how.
 
     ``entry`` is the mount's :class:`~ovlinspect.mountinfo.MountEntry` (layer paths as seen
-    from ``root``, ``/proc/PID/root`` for another namespace).  ``images`` are the ``--image``
-    arguments: when given, only they are tried.  Raises :class:`ImageError` (one line naming
-    ``--image``) when a gone layer has no image, or a given image does not match.
+    from ``root``, ``/proc/PID/root`` for another namespace, where the mountpoint is; ``resolve``
+    maps a layer path to where it is read, by default ``root`` + path).  ``images`` are the
+    ``--image`` arguments: when given, only they are tried.  Raises :class:`ImageError` (one
+    line naming ``--image``) when a gone layer has no image, or a given image does not match.
     """
     # composefs always stacks data-only layers (the object store); other gone layers (podman's
     # idmapped copies, deleted directories) are no business of this module
+    if resolve is None:
+        def resolve(p: str) -> str:
+            return root + p
     composefs_like = bool(entry.datas) or entry.source == "composefs" or bool(images)
-    gone = gone_lowers(entry.lowers, root) if composefs_like else []
+    gone = gone_lowers(entry.lowers, resolve) if composefs_like else []
     if not gone:
         if images:
             raise ImageError(f"--image: no lower layer of {_q(entry.mountpoint)} is gone (every "
@@ -447,13 +454,13 @@ def image_layers(entry, root: str = "", images: list[str] | None = None, *,
                                  "offset 1024)")
             cands.append((full, full, "with --image"))
     else:
-        cands = _loop_candidates() + _store_candidates(entry.datas, root)
+        cands = _loop_candidates() + _store_candidates(entry.datas, resolve)
         cands = cands[:MAX_CANDIDATES]
 
     # the layers still reachable, opened read-only for the comparison
     def try_open(p: str) -> Layer | None:
         try:
-            return DiskLayer(root + p, "", want_xattrs=False)
+            return DiskLayer(resolve(p), "", want_xattrs=False)
         except LayerError:
             return None
 
