@@ -282,6 +282,15 @@ def test_no_image_to_be_found_names_image(ws, disk):
             assert "Traceback" not in r.stderr
         r = cli("check", str(merged), "--image", str(img))
         assert r.returncode == 0, r.stderr
+        # the view takes --image too (and without it says the same one line)
+        from ovlinspect.cli import view_app_args
+        from ovlinspect.sources import InputError
+
+        with pytest.raises(InputError, match="--image"):
+            view_app_args([str(merged)])
+        engine, _start = view_app_args([str(merged), "--image", str(img)])
+        assert engine.stack.lowers[0].path == str(img)
+        engine.stack.close()
     finally:
         mountapi.umount(merged)
     # --image where no layer is gone: one line
