@@ -36,6 +36,9 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pid", type=int, help="inspect a mount in this process's mount namespace (layer paths: "
                    "on the host first, then under /proc/PID/root)")
     p.add_argument("--layer-root", metavar="DIR", help="resolve relative layer paths of a live mount from DIR")
+    p.add_argument("--image", action="append", metavar="IMAGE",
+                   help="the EROFS image of a live mount's lower layer that is gone (composefs "
+                        "mounts detach it); repeat for several")
     p.add_argument("--kernel", metavar="X.Y", help="predict what kernel X.Y does (default: the running "
                    "kernel's release), e.g. --kernel 6.12 for Debian 13 or RHEL 10")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -102,6 +105,9 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
         raise InputError("give either --from-inspect or --lowerdir, not both")
     if ns.container is not None and not ns.from_inspect:
         raise InputError("--container picks an object of --from-inspect JSON; give --from-inspect too")
+    if getattr(ns, "image", None) and (ns.lowerdir is not None or ns.from_inspect):
+        raise InputError("--image goes with a live mount as TARGET (its gone EROFS layer); with "
+                         "--lowerdir, name the image's mount directory or dump file as a layer")
     if ns.lowerdir is not None:
         if not ns.lowerdir:
             raise InputError("bad --lowerdir: it is empty")
@@ -116,7 +122,7 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
     else:
         if not positional:
             raise InputError("name a stack: a mountpoint, demo:NAME, a stack file, or --lowerdir")
-        stack = load_target(positional[0], ns.pid, ns.layer_root)
+        stack = load_target(positional[0], ns.pid, ns.layer_root, ns.image)
         rest = positional[1:]
         if ns.options:  # what-if: the mount's options with these on top, as typed
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
