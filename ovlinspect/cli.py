@@ -227,15 +227,30 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     if ns.observe:
         if not stack.mountpoint:
             raise InputError("--observe needs a live mount as TARGET")
-        from .observe import compare, observe
+        from . import observe as obs
 
-        observed = [observe(stack.mountpoint, r.path) for r in results]
+        # the merged root as this process reaches it (another mount namespace: through /proc)
+        root = f"/proc/{ns.pid}/root{stack.mountpoint}" if ns.pid else stack.mountpoint
+        try:
+            rootfd = obs.open_root(root)
+        except OSError as err:
+            raise InputError(f"--observe: cannot open the mount root {show(os.fsencode(root))}: {err.strerror}") from None
+        try:
+            observed = []
+            for r in results:
+                ob = obs.observe_at(rootfd, r.path)
+                pc = obs.predicted_content(engine, r)
+                observed.append((ob, pc, obs.compare(engine, r, ob, pc=pc)))
+        finally:
+            os.close(rootfd)
     if ns.json:
         doc = engine.document(results)
         if observed is not None:
-            for pj, r, ob in zip(doc["paths"], results, observed):
+            for pj, (ob, pc, mismatches) in zip(doc["paths"], observed):
+                pj["data_content"] = pc.as_json() if pc is not None else None
                 pj["observed"] = ob.as_json()
-                pj["mismatches"] = compare(engine, r, ob)
+                pj["mismatches"] = mismatches
+                pj["evidence"] = mismatches[-1] if mismatches else None
         print(json.dumps(doc, indent=2, ensure_ascii=False))
         return 0
     out = [f"stack  {stack.source}  (kernel {engine.kernel}; {_options_text(engine)})"]
@@ -248,9 +263,15 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         out.append("")
         out += _describe(engine, res)
         if observed is not None:
-            ob = observed[i]
-            mismatches = compare(engine, res, ob)
+            from .observe import content_line
+
+            ob, pc, mismatches = observed[i]
             out.append(f"  observed  {ob.summary()}" + ("" if mismatches else "  (matches the prediction)"))
+            line = content_line(engine, res, ob, pc)
+            if line:
+                out.append(f"            {line}")
+            if ob.resolved_by and not ob.resolved_by.startswith(("openat2", "the mount root")):
+                out.append(f"            resolved inside the merged root by a {ob.resolved_by}")
             for m in mismatches:
                 out.append(f"  MISMATCH  {m}")
     print("\n".join(out))

@@ -1233,6 +1233,8 @@ class Engine:
             "type": res.kind if ok else None,
             "size": res.size if ok else None,
             "mode": res.mode if ok else None,
+            "uid": res.uid if ok else None,
+            "gid": res.gid if ok else None,
             "target": _j(res.target) if ok and res.target is not None else None,
             "metadata": self.ref_json(res.metadata) if ok else None,
             "data": self.ref_json(res.data) if is_file else None,
