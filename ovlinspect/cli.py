@@ -240,7 +240,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
             for r in results:
                 ob = obs.observe_at(rootfd, r.path)
                 pc = obs.predicted_content(engine, r)
-                observed.append((ob, pc, obs.compare(engine, r, ob, pc=pc)))
+                observed.append((ob, pc, obs.compare(engine, r, ob, pc=pc, whatif=ns.options or None)))
         finally:
             os.close(rootfd)
     if ns.json:
@@ -268,7 +268,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
             ob, pc, mismatches = observed[i]
             out.append(f"  observed  {ob.summary()}" + ("" if mismatches else "  (matches the prediction)"))
             line = content_line(engine, res, ob, pc)
-            if line:
+            if line and not any(m.startswith("content:") for m in mismatches):
                 out.append(f"            {line}")
             if ob.resolved_by and not ob.resolved_by.startswith(("openat2", "the mount root")):
                 out.append(f"            resolved inside the merged root by a {ob.resolved_by}")

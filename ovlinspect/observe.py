@@ -401,14 +401,16 @@ def content_line(engine, res, ob: Observation, pc: PredictedContent | None) -> s
     if pc.content is None:
         return text + f"; the predicted source {pc.where} cannot be compared ({pc.note})"
     if pc.content.sha256 == ob.content.sha256:
-        return text + f": the bytes of {pc.where}, as predicted"
+        shadowed = any(f.rule == "shadowed-lowerdata" for f in res.findings)
+        return text + f": the bytes of {pc.where}, as predicted" + (
+            " (shadowing observed: not the data-only layer's copy)" if shadowed else "")
     owner = _layer_hashes(engine, res).get(ob.content.sha256)
     return text + (f": the bytes of {owner}" if owner else ": bytes of no layer file at this path") + \
         f", not those of {pc.where} as predicted"
 
 
 def compare(engine, res, ob: Observation, *, pc: PredictedContent | None = None,
-            fresh=None) -> list[str]:
+            fresh=None, whatif: str | None = None) -> list[str]:
     """Disagreements between a prediction and an observation, the last one the evidence."""
     if pc is None:
         pc = predicted_content(engine, res)
@@ -419,7 +421,10 @@ def compare(engine, res, ob: Observation, *, pc: PredictedContent | None = None,
             out.append(f"content: {content_line(engine, res, ob, pc)}")
         else:
             out.append(f"{name}: predicted {_fmt(name, predicted)}, observed {_fmt(name, observed)}")
-    if out:
+    if out and whatif:
+        out.append(f"evidence: the prediction is a what-if (-o {show(whatif.encode())}) while this mount "
+                   "runs with its own options: differences are expected")
+    elif out:
         out.append(evidence(engine, res, ob, diffs, fresh=fresh))
     return out
 
