@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("stackfile")
     b.add_argument("dest")
     b.add_argument("--mount", metavar="MOUNTPOINT", nargs="?", const="", default=None)
+    b.add_argument("--unsafe-exact", action="store_true",
+                   help="also create what a safe build leaves out of an untrusted stack file: device "
+                        "nodes, setuid/setgid bits, security.* xattrs, world-writable directories")
     sub.add_parser("rules", help="list the diagnostics")
     _SUBPARSERS.clear()
     _SUBPARSERS.update(sub.choices)
@@ -411,12 +414,14 @@ def cmd_build(ns: argparse.Namespace) -> int:
     from .build import BuildError
 
     try:
-        built = build_stack(stack, ns.dest)
+        built = build_stack(stack, ns.dest, exact=ns.unsafe_exact)
     except BuildError as e:
         raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"build: {e.strerror}: {e.filename or ns.dest}") from None
     print(f"built {len(stack.layers)} layers under {ns.dest}")
+    for line in built.safety.lines():
+        print(f"{line} (safe build; --unsafe-exact reproduces them)")
     print(f"lowerdir={built.lowerdir_string()}"
           + (f",upperdir={built.upper},workdir={built.workdir}" if built.upper else "")
           + (f",{built.options}" if built.options else ""))

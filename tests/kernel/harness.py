@@ -219,7 +219,7 @@ def paths_of_case(case: Case) -> list[str]:
 
 
 def build(case: Case, dest: str) -> BuiltStack:
-    return build_stack(case_stack(case), dest)
+    return build_stack(case_stack(case), dest, exact=True)  # our own cases: every bit as described
 
 
 def mount_errno(built: BuiltStack, target: str, api: str = "legacy") -> str | None:
