@@ -41,9 +41,18 @@ def list_mounts(pid: int | None = None, deep: bool = False) -> list[dict]:
         errors = [f for f in findings if f.severity == "error"]
         warnings = [f for f in findings if f.severity == "warning"]
         if errors:
-            row["health"], row["detail"] = "error", f"{len(errors)} error(s): {errors[0].rule}"
+            row["health"], row["detail"] = "error", _counted(errors, "error(s)")
         elif warnings:
-            row["health"], row["detail"] = "warning", f"{len(warnings)} warning(s): {warnings[0].rule}"
+            row["health"], row["detail"] = "warning", _counted(warnings, "warning(s)")
         stack.close()
         rows.append(row)
     return rows
+
+
+def _counted(findings: list, what: str) -> str:
+    """``3 error(s): lowerdata-redirect-broken ×2, lowerdata-missing ×1`` (most important rule
+    first, as the findings come sorted)."""
+    counts: dict[str, int] = {}
+    for f in findings:
+        counts[f.rule] = counts.get(f.rule, 0) + 1
+    return f"{len(findings)} {what}: " + ", ".join(f"{rule} ×{n}" for rule, n in counts.items())
