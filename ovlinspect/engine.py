@@ -1133,8 +1133,9 @@ class Engine:
                             "shadowing-hazard", b"/" + name,
                             f"{self.where(Ref(li, (name,)))} is a directory with the same name as "
                             f"the top-level directory {show_path((name,))} of "
-                            f"{self.label(tops[name])}: the redirect of {reach.holder(li, name)} "
-                            "walks this directory first, and any file added there will intercept it",
+                            f"{self.label(tops[name])}: a redirect into it walks this directory "
+                            f"first (that of {reach.holder(li, name)}), and any file added there "
+                            "will intercept redirects",
                             [self.json_index(li), self.json_index(tops[name])]))
         return out
 
