@@ -241,6 +241,8 @@ class Observation:
     type: str | None = None
     size: int | None = None
     mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
     target: str | None = None
     open_errno: str | None = None
     data: bytes | None = None
@@ -347,6 +349,7 @@ def _observe_one(rootfd: int, p: str) -> Observation:
         o.type = _KINDS.get(_stat.S_IFMT(st.st_mode), "?")
         o.size = st.st_size
         o.mode = _stat.S_IMODE(st.st_mode)
+        o.uid, o.gid = st.st_uid, st.st_gid
         try:
             o.xattrs = _listxattr_at(pfd, name)
         except OSError as e:
@@ -516,6 +519,8 @@ def compare(obs: dict[str, Observation], pred: dict, layer_dirs: list[str] | Non
         diff("size", o.size, p.get("size"))
         diff("mode", oct(o.mode) if o.mode is not None else None,
              oct(p["mode"]) if isinstance(p.get("mode"), int) else p.get("mode"))
+        diff("uid", o.uid, p.get("uid"))
+        diff("gid", o.gid, p.get("gid"))
         if o.type == "symlink":
             diff("target", o.target, p.get("target"))
         if o.type == "file":
