@@ -1134,8 +1134,7 @@ class Engine:
                             f"{self.where(Ref(li, (name,)))} is a directory with the same name as "
                             f"the top-level directory {show_path((name,))} of "
                             f"{self.label(tops[name])}: a redirect into it walks this directory "
-                            f"first (that of {reach.holder(li, name)}), and any file added there "
-                            "will intercept redirects",
+                            "first, and any file added there will intercept redirects",
                             [self.json_index(li), self.json_index(tops[name])]))
         return out
 
@@ -1315,10 +1314,6 @@ class _RedirectReach:
         self._scan_until(li)
         first = self._first.get(name)
         return first is not None and first[0] < li
-
-    def holder(self, li: int, name: bytes) -> str:
-        first = self._first.get(name)
-        return self.engine.where(Ref(*first)) if first else "a file above"
 
 
 def _j(b: bytes) -> str:
