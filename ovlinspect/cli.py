@@ -13,6 +13,7 @@ import time
 from typing import Sequence
 
 from .engine import Engine, Resolution, show, show_path
+from .kernel.profile import UnknownKernel, parse_version, profile_for
 from .rules import RULES, Finding
 from .sources import InputError, check_privileges, demo_names, load_target, stack_from_args
 from .stack import Stack
@@ -33,16 +34,20 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-inspect", metavar="FILE", help="docker/podman inspect JSON ('-' for stdin)")
     p.add_argument("--pid", type=int, help="inspect a mount in this process's mount namespace")
     p.add_argument("--layer-root", metavar="DIR", help="resolve relative layer paths of a live mount from DIR")
+    p.add_argument("--kernel", metavar="X.Y", help="predict what kernel X.Y does (default: the running "
+                   "kernel's release), e.g. --kernel 6.12 for Debian 13 or RHEL 10")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="ovlinspect",
-        usage="ovlinspect TARGET | ovlinspect COMMAND ...",
+        usage="ovlinspect [stack flags] TARGET [PATH] | ovlinspect COMMAND ...",
         description="Predict what overlayfs does with every path, and why. `ovlinspect TARGET` opens "
-                    "the interactive view of a mounted overlay (any path inside it), a stack file, or "
-                    "demo:NAME; `ovlinspect demo` opens the built-in seed demo.",
+                    "the interactive view of a mounted overlay (at the path inside it that TARGET "
+                    "names, even one whose lookup fails), a stack file, or demo:NAME; it takes the "
+                    "same stack flags as the commands (--lowerdir, -o, --from-inspect, --pid, ...). "
+                    "`ovlinspect demo` opens the built-in seed demo.",
         epilog="TARGET for the commands: a path on a mounted overlay, demo:NAME, a stack file (*.toml), "
                "or the layers themselves: --lowerdir A:B::C [--upperdir U --workdir W] [-o OPTS], "
                "--from-inspect FILE. Exit status: 0 ok, 1 check found errors, 2 bad input.")
@@ -50,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("explain", help="how the kernel resolves paths")
     e.add_argument("args", nargs="*", metavar="[TARGET] PATH")
     e.add_argument("--observe", action="store_true", help="also do what a program would do through the merged path (live mounts)")
+    e.add_argument("--paths-from", metavar="FILE", help="also explain the paths in FILE, one a line, raw bytes ('-' for stdin)")
     _stack_args(e)
     c = sub.add_parser("check", help="every problem of the stack")
     c.add_argument("args", nargs="*", metavar="TARGET")
@@ -117,6 +123,11 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
         if ns.options:  # what-if: the mount's options with these on top, as typed
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
             stack.effective = None
+    if ns.kernel:
+        try:
+            stack.profile = profile_for(parse_version(ns.kernel), chosen_by="--kernel")
+        except UnknownKernel as e:
+            raise InputError(f"--kernel: {e}") from None
     return stack, rest
 
 
@@ -125,6 +136,8 @@ def _engine(stack: Stack) -> Engine:
 
     try:
         engine = Engine(stack)
+    except UnknownKernel as e:
+        raise InputError(f"{e}; ask about a kernel ovlinspect models with --kernel X.Y") from None
     except OptionError as e:
         raise InputError(f"bad options: {e}") from None
     except ValueError as e:  # a module parameter override that is not Y/N, ...
@@ -144,6 +157,14 @@ def _layers_text(engine: Engine) -> list[str]:
     return out
 
 
+def _kernel_text(engine: Engine) -> str:
+    """Which kernel's behaviours the prediction follows, and why that one."""
+    p = engine.profile
+    if p.chosen_by == "release":
+        return f"kernel {engine.kernel}, {p.name} rules"
+    return f"kernel {p.name} rules ({p.chosen_by}; running {engine.kernel})"
+
+
 def _options_text(engine: Engine) -> str:
     o = engine.options
     return (f"metacopy={'on' if o.metacopy else 'off'} redirect_dir={o.redirect_dir} "
@@ -155,7 +176,8 @@ def _finding_text(f: Finding) -> list[str]:
 
 
 def _describe(engine: Engine, res: Resolution) -> list[str]:
-    lines = [show_path(res.path)]
+    head = show_path(res.path) + ("/" if res.slash and res.path else "")
+    lines = [head + (f"  (asked: {show(res.asked)})" if res.asked is not None else "")]
     if res.errno:
         lines.append(f"  lstat     fails: {res.errno}")
     else:
@@ -219,13 +241,25 @@ def _layers_at(engine: Engine, res: Resolution) -> list[str]:
 
 
 def cmd_explain(ns: argparse.Namespace) -> int:
-    stack, paths = _load(ns, ns.args)
-    if not paths:
-        raise InputError("explain: name at least one PATH inside the merged tree (/ is the root)")
+    if ns.paths_from == "-" and ns.from_inspect == "-":
+        raise InputError("explain: --paths-from and --from-inspect cannot both read stdin")
+    stack, args = _load(ns, ns.args)
+    paths = [os.fsencode(p) for p in args] + (_read_paths(ns.paths_from) if ns.paths_from else [])
+    asked = _asked_paths(stack, paths, ns.pid)
+    if not asked and stack.target_path is not None and not ns.paths_from:
+        asked = [(stack.target_path, stack.mountpoint == "/")]  # the TARGET's own path
+    if not asked:
+        raise InputError("explain: name at least one PATH inside the merged tree (/ is the root)"
+                         + (f"; {ns.paths_from} holds none" if ns.paths_from else ""))
     engine = _engine(stack)
     results: list[Resolution] = []
     if not engine.mount_errno:
-        results = [engine.explain(_merged_path(engine, p)) for p in paths]
+        for raw, contained in asked:
+            try:
+                results.append(engine.explain(raw, contained=contained))
+            except ValueError:
+                raise InputError(f"explain: {show(raw)}: '..' leads out of the mount at "
+                                 f"{stack.mountpoint}") from None
     observed = None
     if ns.observe:
         if not stack.mountpoint:
@@ -241,7 +275,8 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         try:
             observed = []
             for r in results:
-                ob = obs.observe_at(rootfd, r.path)
+                # a path the walk needed as a directory is observed as such: lstat("file/")
+                ob = obs.observe_at(rootfd, r.path + ((b"",) if r.slash and r.path else ()))
                 pc = obs.predicted_content(engine, r)
                 observed.append((ob, pc, obs.compare(engine, r, ob, pc=pc, whatif=ns.options or None)))
         finally:
@@ -256,7 +291,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                 pj["evidence"] = mismatches[-1] if mismatches else None
         print(json.dumps(doc, indent=2, ensure_ascii=False))
         return 0
-    out = [f"stack  {stack.source}  (kernel {engine.kernel}; {_options_text(engine)})"]
+    out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
     out += _layers_text(engine)
     if stack.mountpoint and stack.description:
         out.append(f"note   {stack.description}")
@@ -281,15 +316,51 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _merged_path(engine: Engine, p: str) -> bytes:
-    """A PATH argument: absolute inside the merged tree, or a path under the live mountpoint."""
-    b = os.fsencode(p)
-    mp = engine.stack.mountpoint
-    if mp:
-        mpb = os.fsencode(mp.rstrip("/"))
-        if b == mpb or b.startswith(mpb + b"/"):
-            return b[len(mpb):] or b"/"
-    return b
+def _read_paths(name: str) -> list[bytes]:
+    """The paths of ``--paths-from``: one a line, raw bytes (a NUL ends nothing: it is kept)."""
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(name, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise InputError(f"--paths-from {name}: {e.strerror}") from None
+    return [line for line in data.split(b"\n") if line]
+
+
+def _asked_paths(stack: Stack, paths: list[bytes], pid: int | None) -> list[tuple[bytes, bool]]:
+    """Each PATH argument as (its path in the merged tree, whether '..' stays at the root).
+
+    On a live mount an absolute PATH under the mountpoint is a host path; any other absolute
+    PATH is a merged-tree path.  A relative PATH is taken from the working directory when that
+    lies in the same mount, otherwise from the TARGET's place in the merged tree (the root for
+    stacks that are not mounted).  A host path's '..' can leave the mount (an error); a
+    merged-tree path's stays at the root, as inside the container.
+    """
+    mp = stack.mountpoint
+    mpb = os.fsencode(mp.rstrip("/")) if mp else None
+    at_root = mp is None or mp == "/"
+    base = stack.target_path or b"/"
+    if mp and pid is None and any(not p.startswith(b"/") for p in paths):
+        from .mountinfo import NotOverlayError, locate
+
+        try:
+            here = locate(os.getcwd())
+            if here.entry.mountpoint == mp:
+                base = here.inside
+        except (OSError, NotOverlayError):
+            pass
+    out = []
+    for p in paths:
+        if p.startswith(b"/"):
+            if mpb is not None and mpb and (p == mpb or p.startswith(mpb + b"/")):
+                out.append((p[len(mpb):] or b"/", at_root))
+            else:
+                out.append((p, True))
+        else:
+            out.append((base.rstrip(b"/") + b"/" + p, at_root))
+    return out
 
 
 def cmd_check(ns: argparse.Namespace) -> int:
@@ -326,7 +397,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
             "findings": [f.as_json() for f in findings],
         }, indent=2, ensure_ascii=False))
     else:
-        out = [f"stack  {stack.source}  (kernel {engine.kernel}; {_options_text(engine)})"]
+        out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
         out += _layers_text(engine)
         out.append("")
         order = {"error": 0, "warning": 1, "info": 2}
@@ -435,21 +506,77 @@ def cmd_build(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _interactive(stack: Stack) -> int:
-    engine = _engine(stack)
+def _interactive(stack: Stack, start: tuple[bytes, bool] | None = None) -> int:
+    engine, where = _view_engine(stack, start)
     from .ui.app import run_app
 
-    return run_app(engine)
+    return run_app(engine, start=where)
+
+
+def _view_engine(stack: Stack, start: tuple[bytes, bool] | None) -> tuple[Engine, tuple[bytes, ...] | None]:
+    """The engine of the view, and the merged path to open at (where the walk of ``start`` ends)."""
+    engine = _engine(stack)
+    where = None
+    if start is not None and not engine.mount_errno:
+        try:
+            where = engine.walk_path(start[0], start[1]).path
+        except ValueError:
+            raise InputError(f"{show(start[0])}: '..' leads out of the mount at {stack.mountpoint}") from None
+    return engine, where
+
+
+def view_parser() -> argparse.ArgumentParser:
+    """``ovlinspect [stack flags] TARGET [PATH]``: the interactive view, with the commands' flags."""
+    v = _Parser(prog="ovlinspect", usage="ovlinspect [--lowerdir A:B::C ... | --from-inspect FILE | "
+                "--pid PID | -o OPTS | --layer-root DIR] TARGET [PATH]")
+    v.add_argument("args", nargs="*", metavar="TARGET [PATH]")
+    _stack_args(v)
+    return v
+
+
+def cmd_view(argv: list[str]) -> int:
+    """The interactive view, opened at the TARGET's own path (or PATH) when it names one."""
+    stack, start = view_target(argv)
+    return _interactive(stack, start)
+
+
+def view_target(argv: list[str]) -> tuple[Stack, tuple[bytes, bool] | None]:
+    """The stack the view's arguments name, and the path to open at (as for explain's PATHs)."""
+    ns = view_parser().parse_intermixed_args(argv)
+    if ns.json:
+        raise InputError("the interactive view has no --json; `ovlinspect explain --json` and "
+                         "`ovlinspect check --json` do")
+    args = ns.args
+    given_stack = ns.lowerdir is not None or ns.from_inspect
+    first = args[0] if args else ""
+    if len(args) > (1 if given_stack else 2) or (
+            len(args) == 2 and "/" not in first and ":" not in first and not first.endswith(".toml")
+            and not os.path.lexists(first)):
+        raise InputError(f"unknown command {first!r}; try `ovlinspect --help`")
+    if not args and not given_stack:
+        raise InputError("name a stack: a mountpoint, demo:NAME, a stack file, or --lowerdir")
+    stack, rest = _load(ns, args)
+    start = None
+    if rest:
+        start = _asked_paths(stack, [os.fsencode(rest[0])], ns.pid)[0]
+    elif stack.target_path is not None:
+        start = (stack.target_path, stack.mountpoint == "/")
+    return stack, start
+
+
+def view_app_args(argv: list[str]):
+    """``(engine, start)`` for :class:`~ovlinspect.ui.app.OvlInspectApp`, exactly as
+    ``ovlinspect ARGV`` opens the view (raises :class:`InputError` for bad input)."""
+    return _view_engine(*view_target(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
-            # `ovlinspect /mnt/merged` or `ovlinspect demo:seed`: the interactive view
-            if len(argv) != 1:
-                raise InputError(f"unknown command {argv[0]!r}; try `ovlinspect --help`")
-            return _interactive(load_target(argv[0]))
+        if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+            # `ovlinspect /mnt/merged/some/path`, `ovlinspect --pid 123 /merged`, `ovlinspect
+            # --lowerdir A:B::C`: the interactive view, parsed as the commands parse stacks
+            return cmd_view(argv)
         parser = build_parser()
         if argv and argv[0] in COMMANDS:
             # options may come between the TARGET and the PATHs

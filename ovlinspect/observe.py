@@ -231,7 +231,11 @@ def observe_at(rootfd: int, path: Path) -> Observation:
     ob = Observation(path)
     pfd = -1
     try:
-        if path:
+        if path and path[-1] == b"":  # "dir/": the whole path must be a directory (symlinks followed)
+            pfd, ob.resolved_by = open_dir_in_root(rootfd, path[:-1])
+            name = b"."
+            st = os.fstat(pfd)
+        elif path:
             pfd, ob.resolved_by = open_dir_in_root(rootfd, path[:-1])
             name = path[-1]
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
@@ -505,7 +509,8 @@ def evidence(engine, res, ob: Observation, diffs, *, fresh=None) -> str:
     are ruled out, ovlinspect."""
     rules = {f.rule for f in res.findings} | {f.rule for f in engine.stack_findings()}
     # 1. the layers read again: do they still predict the same?
-    again_engine = engine.__class__(_reopen(engine.stack), options=engine.options, kernel=engine.kernel)
+    again_engine = engine.__class__(_reopen(engine.stack), options=engine.options, kernel=engine.kernel,
+                                    profile=engine.profile)
     again = again_engine.resolve(res.path)
     if again_engine.to_json(again) != engine.to_json(res) or (
             _hash(predicted_content(again_engine, again)) != _hash(predicted_content(engine, res))):

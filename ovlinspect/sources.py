@@ -86,12 +86,13 @@ def _workdir_refusal(upperdir: str, workdir: str | None) -> tuple[str, str] | No
 
 def live_stack(target: str, pid: int | None = None, layer_root: str | None = None) -> Stack:
     """The stack of the overlay mount that contains ``target`` (read from mountinfo)."""
-    from .mountinfo import NotOverlayError, find_overlay_mount, layer_path_problem
+    from .mountinfo import NotOverlayError, layer_path_problem, locate
 
     proc = f"/proc/{pid}" if pid else "/proc/self"
     root = f"/proc/{pid}/root" if pid else ""
     try:
-        entry = find_overlay_mount(target, proc_root=proc)
+        located = locate(target, proc_root=proc)
+        entry = located.entry
     except NotOverlayError as e:
         raise InputError(str(e)) from None
     except OSError as e:
@@ -129,7 +130,7 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
                                    defaults=ModuleDefaults.read())
     return Stack(lowers=lowers, data=datas, upper=upper, workdir=entry.workdir, options=opts,
                  source=entry.mountpoint, mountpoint=entry.mountpoint, effective=effective,
-                 description=note)
+                 description=note, target_path=located.inside)
 
 
 def _docker_root(entry, root: str) -> str | None:
@@ -178,8 +179,7 @@ def load_target(target: str, pid: int | None = None, layer_root: str | None = No
             raise InputError(str(e)) from None
         stack.source = target
         return stack
-    if pid is None and not os.path.exists(target):
-        raise InputError(f"{target}: no such file or directory")
+    # a path need not exist: one whose lstat fails inside an overlay is the one to explain
     return live_stack(target, pid, layer_root)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .kernel.profile import KernelProfile
 from .layers import Layer
 
 
@@ -36,6 +37,11 @@ class Stack:
     #: a refusal of the mount found while reading the layer options, as (errno, kernel log
     #: line): the workdir missing or inside the upper layer, ...
     refusal: tuple[str, str] | None = None
+    #: The kernel whose behaviours to predict (``--kernel``); None: the running kernel's.
+    profile: KernelProfile | None = None
+    #: For a live mount named by a path inside it: that path's place in the merged tree, raw
+    #: (it may fail to resolve: that is the path to explain).
+    target_path: bytes | None = None
 
     @property
     def layers(self) -> list[tuple[str, Layer]]:
