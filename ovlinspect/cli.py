@@ -32,7 +32,9 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir")
     p.add_argument("-o", "--options", default="", help="mount options, as mount -o takes them")
     p.add_argument("--from-inspect", metavar="FILE", help="docker/podman inspect JSON ('-' for stdin)")
-    p.add_argument("--pid", type=int, help="inspect a mount in this process's mount namespace")
+    p.add_argument("--container", metavar="NAME|INDEX", help="with --from-inspect: which object of the JSON")
+    p.add_argument("--pid", type=int, help="inspect a mount in this process's mount namespace (layer paths: "
+                   "on the host first, then under /proc/PID/root)")
     p.add_argument("--layer-root", metavar="DIR", help="resolve relative layer paths of a live mount from DIR")
     p.add_argument("--kernel", metavar="X.Y", help="predict what kernel X.Y does (default: the running "
                    "kernel's release), e.g. --kernel 6.12 for Debian 13 or RHEL 10")
@@ -45,12 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
         usage="ovlinspect [stack flags] TARGET [PATH] | ovlinspect COMMAND ...",
         description="Predict what overlayfs does with every path, and why. `ovlinspect TARGET` opens "
                     "the interactive view of a mounted overlay (at the path inside it that TARGET "
-                    "names, even one whose lookup fails), a stack file, or demo:NAME; it takes the "
-                    "same stack flags as the commands (--lowerdir, -o, --from-inspect, --pid, ...). "
-                    "`ovlinspect demo` opens the built-in seed demo.",
-        epilog="TARGET for the commands: a path on a mounted overlay, demo:NAME, a stack file (*.toml), "
+                    "names, even one whose lookup fails), a running container (docker:NAME, ...), a "
+                    "stack file, or demo:NAME; it takes the same stack flags as the commands "
+                    "(--lowerdir, -o, --from-inspect, --pid, ...). `ovlinspect demo` opens the "
+                    "built-in seed demo.",
+        epilog="TARGET for the commands: a path on a mounted overlay, docker:NAME, podman:NAME, "
+               "nerdctl:NAME, crictl:ID (a running container's root overlay), demo:NAME, a stack file (*.toml), "
                "or the layers themselves: --lowerdir A:B::C [--upperdir U --workdir W] [-o OPTS], "
-               "--from-inspect FILE. Exit status: 0 ok, 1 check found errors, 2 bad input.")
+               "--from-inspect FILE. Exit status: 0 ok, 1 check found errors (mounts: a mount "
+               "has errors, is unresolved, unreadable or needs root), 2 bad input.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     e = sub.add_parser("explain", help="how the kernel resolves paths")
     e.add_argument("args", nargs="*", metavar="[TARGET] PATH")
@@ -60,9 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="every problem of the stack")
     c.add_argument("args", nargs="*", metavar="TARGET")
     _stack_args(c)
-    m = sub.add_parser("mounts", help="list overlay mounts with a one-word health (quick: stack-level "
-                       "problems only; --deep: every path)")
-    m.add_argument("--pid", type=int)
+    m = sub.add_parser("mounts", help="list overlay mounts of every mount namespace with a one-word health "
+                       "(quick: stack-level problems only; --deep: every path)",
+                       description="Overlay mounts of every mount namespace (one process each), with the "
+                       "container an engine (docker, podman, nerdctl) knows them as. Exit status: 0 every "
+                       "mount ok or warning, 1 a mount has errors or is unresolved, unreadable or "
+                       "needs-root, 2 bad input.")
+    m.add_argument("--pid", type=int, help="only the mount namespace of this process (default: every namespace)")
     m.add_argument("--json", action="store_true")
     m.add_argument("--deep", action="store_true", help="check every path of every mount (slower)")
     d = sub.add_parser("demo", help="built-in demo stacks")
@@ -92,6 +101,10 @@ _SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
 
 def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[str]]:
     """The stack named by the arguments, and the positional arguments left (paths)."""
+    if ns.from_inspect and ns.lowerdir is not None:
+        raise InputError("give either --from-inspect or --lowerdir, not both")
+    if ns.container is not None and not ns.from_inspect:
+        raise InputError("--container picks an object of --from-inspect JSON; give --from-inspect too")
     if ns.lowerdir is not None:
         if not ns.lowerdir:
             raise InputError("bad --lowerdir: it is empty")
@@ -101,19 +114,7 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
         stack = stack_from_args(ns.lowerdir, ns.upperdir, ns.workdir, ns.options)
         rest = positional
     elif ns.from_inspect:
-        from .inspect_json import InspectError, load_inspect
-
-        try:
-            text = sys.stdin.read() if ns.from_inspect == "-" else open(ns.from_inspect).read()
-            info = load_inspect(text)
-        except OSError as err:
-            raise InputError(f"{ns.from_inspect}: {err.strerror}") from None
-        except InspectError as err:
-            raise InputError(str(err)) from None
-        from .options import join_lowerdir
-
-        stack = stack_from_args(join_lowerdir(info.lowers, info.datas), info.upper, info.work,
-                                ns.options, source=f"inspect:{info.name}")
+        stack = _from_inspect(ns)
         rest = positional
     else:
         if not positional:
@@ -129,6 +130,58 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
         except UnknownKernel as e:
             raise InputError(f"--kernel: {e}") from None
     return stack, rest
+
+
+def _from_inspect(ns: argparse.Namespace) -> Stack:
+    """The stack of a docker/podman inspect object: the live mount when MergedDir is mounted
+    here (its options, its layers), else the layer directories with guessed options."""
+    from .inspect_json import InspectError, load_inspect
+
+    try:
+        if ns.from_inspect == "-":
+            text = sys.stdin.read()
+        else:
+            with open(ns.from_inspect) as f:
+                text = f.read()
+        select = ns.container
+        if select is not None and select.lstrip("-").isdigit():
+            select = int(select)
+        info = load_inspect(text, select)
+    except OSError as err:
+        raise InputError(f"{ns.from_inspect}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{ns.from_inspect}: inspect JSON is not UTF-8 text") from None
+    except InspectError as err:
+        raise InputError(str(err)) from None
+    from .inspect_json import layer_labels, merged_mount
+
+    labels = layer_labels(info)
+    if merged_mount(info):
+        from .sources import live_stack
+
+        stack = live_stack(info.merged, labels=labels)
+        stack.source = f"inspect:{info.name}"
+        note = f"options and layers read from the live mount at {info.merged} (MergedDir)"
+        stack.description = "; ".join(x for x in (note, stack.description) if x)
+        if ns.options:
+            stack.options = ",".join(x for x in (stack.options, ns.options) if x)
+            stack.effective = None
+        return stack
+    from .options import join_lowerdir
+
+    stack = stack_from_args(join_lowerdir(info.lowers, info.datas), info.upper, info.work,
+                            ns.options, source=f"inspect:{info.name}")
+    for _, layer in stack.layers:
+        label = labels.get(layer.path or "")
+        if label:
+            layer.label = label
+    stack.options_guessed = not ns.options
+    stack.description = (
+        ("MergedDir is not mounted here: options guessed from the module defaults "
+         "(/sys/module/overlay/parameters), not read from a mount; set them with -o "
+         "(e.g. -o metacopy=on)") if not ns.options else
+        "MergedDir is not mounted here: options are the ones given with -o")
+    return stack
 
 
 def _engine(stack: Stack) -> Engine:
@@ -263,11 +316,12 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     observed = None
     if ns.observe:
         if not stack.mountpoint:
-            raise InputError("--observe needs a live mount as TARGET")
+            raise InputError("--observe needs a live mount as TARGET (for --from-inspect: a "
+                             "mounted MergedDir)")
         from . import observe as obs
 
-        # the merged root as this process reaches it (another mount namespace: through /proc)
-        root = f"/proc/{ns.pid}/root{stack.mountpoint}" if ns.pid else stack.mountpoint
+        # the merged root as this process reaches it (another namespace's: a copy of the mount)
+        root = _observe_root(stack)
         try:
             rootfd = obs.open_root(root)
         except OSError as err:
@@ -283,6 +337,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
             os.close(rootfd)
     if ns.json:
         doc = engine.document(results)
+        _json_notes(doc, stack)
         if observed is not None:
             for pj, (ob, pc, mismatches) in zip(doc["paths"], observed):
                 pj["data_content"] = pc.as_json() if pc is not None else None
@@ -293,7 +348,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         return 0
     out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
     out += _layers_text(engine)
-    if stack.mountpoint and stack.description:
+    if stack.description and (stack.mountpoint or stack.options_guessed or stack.source.startswith("inspect:")):
         out.append(f"note   {stack.description}")
     if engine.mount_errno:
         out.append(f"mount  fails: {engine.mount_errno}: " + "; ".join(engine.options.mount_log))
@@ -363,6 +418,24 @@ def _asked_paths(stack: Stack, paths: list[bytes], pid: int | None) -> list[tupl
     return out
 
 
+def _observe_root(stack: Stack) -> str:
+    """Where this process reaches the merged tree (another namespace's: a copy of the mount)."""
+    from .containers import merged_root
+
+    try:
+        return merged_root(stack)
+    except OSError as e:
+        raise InputError(f"--observe: cannot reach the mount at {stack.mountpoint} of pid "
+                         f"{stack.pid}: {e.strerror}") from None
+
+
+def _json_notes(doc: dict, stack: Stack) -> None:
+    """Where the options came from, in the JSON (``--from-inspect`` guesses them)."""
+    doc["options_guessed"] = stack.options_guessed
+    if stack.description and (stack.mountpoint or stack.options_guessed or stack.source.startswith("inspect:")):
+        doc["note"] = stack.description
+
+
 def cmd_check(ns: argparse.Namespace) -> int:
     stack, rest = _load(ns, ns.args)
     if rest:
@@ -392,6 +465,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
             "options": engine.options.as_json(),
             "mount_errno": engine.mount_errno,
             "paths_checked": count,
+            "options_guessed": stack.options_guessed,
             "summary": {"error": errors, "warning": warnings,
                         "info": len(findings) - errors - warnings},
             "findings": [f.as_json() for f in findings],
@@ -399,6 +473,8 @@ def cmd_check(ns: argparse.Namespace) -> int:
     else:
         out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
         out += _layers_text(engine)
+        if stack.description and (stack.mountpoint or stack.options_guessed or stack.source.startswith("inspect:")):
+            out.append(f"note   {stack.description}")
         out.append("")
         order = {"error": 0, "warning": 1, "info": 2}
         for f in sorted(findings, key=lambda f: (order[f.severity], f.rule, f.path)):
@@ -418,21 +494,27 @@ def cmd_rules(ns: argparse.Namespace) -> int:
 
 
 def cmd_mounts(ns: argparse.Namespace) -> int:
-    from .mounts import list_mounts
+    from .mounts import BAD_HEALTH, list_mounts
 
     rows = list_mounts(ns.pid, deep=ns.deep)
+    bad = 1 if any(r["health"] in BAD_HEALTH for r in rows) else 0
     if ns.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
-        return 0
+        return bad
     if not rows:
         print("no overlay mounts")
         return 0
     for r in rows:
-        print(f"{r['health']:<10} {show(os.fsencode(r['mountpoint']))}  upper={'yes' if r['upper'] else 'no'} "
-              f"lower={r['lowers']} data={r['datas']}  {show(r['detail'].encode())}")
+        who = f"pid {r['pid']} ({show(r['comm'].encode('utf-8', 'surrogateescape'))}"
+        who += f", {show(r['container'].encode('utf-8', 'surrogateescape'))})" if r["container"] else ")"
+        print(f"{r['health']:<10} {show(os.fsencode(r['mountpoint']))}  {who}  upper={'yes' if r['upper'] else 'no'} "
+              f"lower={r['lowers']} data={r['datas']}  {show(r['detail'].encode('utf-8', 'surrogateescape'))}")
     if not ns.deep:
         print("(quick: stack-level problems only; --deep checks every path)")
-    return 0
+    if os.geteuid() != 0:
+        print("(not root: other users' mount namespaces are not listed, and trusted.overlay.* "
+              "xattrs are invisible: run as root)")
+    return bad
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:

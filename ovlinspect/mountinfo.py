@@ -39,6 +39,7 @@ __all__ = [
     "MountEntry",
     "NotOverlayError",
     "find_overlay_mount",
+    "mount_namespaces",
     "layer_path_problem",
     "locate",
     "overlay_mounts",
@@ -437,3 +438,45 @@ def layer_path_problem(p: str) -> str | None:
     if p.endswith(" (deleted)"):
         return f"{p!r}: the layer directory was deleted after the mount was made"
     return None
+
+
+@dataclass(slots=True)
+class Namespace:
+    """A mount namespace and one process in it (the lowest pid seen)."""
+
+    #: the namespace's inode number (``mnt:[N]``)
+    ns: int
+    pid: int
+    comm: str
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read(64).decode("utf-8", "surrogateescape").strip()
+    except OSError:
+        return "?"
+
+
+def mount_namespaces(proc: str = "/proc") -> tuple[list[Namespace], int]:
+    """Every mount namespace with a process in it, one process each (ours first), and how
+    many processes' namespaces could not be read (not root, or the process went away)."""
+    found: dict[int, Namespace] = {}
+    denied = 0
+    try:
+        own = os.stat(f"{proc}/self/ns/mnt").st_ino
+    except OSError:
+        own = -1
+    pids = sorted(int(n) for n in os.listdir(proc) if n.isdigit())
+    for pid in pids:
+        try:
+            ino = os.stat(f"{proc}/{pid}/ns/mnt").st_ino
+        except PermissionError:
+            denied += 1
+            continue
+        except OSError:
+            continue
+        if ino not in found:
+            found[ino] = Namespace(ino, pid, _comm(pid))
+    spaces = sorted(found.values(), key=lambda n: (n.ns != own, n.pid))
+    return spaces, denied

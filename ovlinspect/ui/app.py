@@ -234,7 +234,9 @@ class OvlInspectApp(App[int]):
         except ImportError:
             return None
         try:
-            ob = observe(mp, res.path)
+            from ..containers import merged_root  # another namespace's mount: through a copy
+
+            ob = observe(merged_root(self.engine.stack), res.path)
             return ob.summary(), compare(self.engine, res, ob)
         except OSError as e:
             return f"cannot observe: {e.strerror}", []
