@@ -331,6 +331,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
             for r in results:
                 # a path the walk needed as a directory is observed as such: lstat("file/")
                 ob = obs.observe_at(rootfd, r.path + ((b"",) if r.slash and r.path else ()))
+                obs.map_owner(ob, stack.pid)
                 pc = obs.predicted_content(engine, r)
                 observed.append((ob, pc, obs.compare(engine, r, ob, pc=pc, whatif=ns.options or None)))
         finally:

@@ -171,6 +171,9 @@ class Observation:
     readdir_errno: str | None = None
     #: how the path was resolved inside the merged root ("openat2" or the fallback)
     resolved_by: str = ""
+    #: the owner as the processes of a container's user namespace see it (None: no mapping)
+    ns_uid: int | None = None
+    ns_gid: int | None = None
 
     def as_json(self) -> dict:
         return {
@@ -188,12 +191,16 @@ class Observation:
             if self.entries is not None else None,
             "readdir_errno": self.readdir_errno,
             "resolved_by": self.resolved_by,
+            "ns_uid": self.ns_uid,
+            "ns_gid": self.ns_gid,
         }
 
     def summary(self) -> str:
         if self.errno:
             return f"lstat fails: {self.errno}"
         text = f"{self.kind}, {self.size} bytes, mode {self.mode:04o}, owner {self.uid}:{self.gid}"
+        if (self.ns_uid, self.ns_gid) != (None, None) and (self.ns_uid, self.ns_gid) != (self.uid, self.gid):
+            text += f" ({_id(self.ns_uid)}:{_id(self.ns_gid)} in the container's user namespace)"
         if self.kind == "symlink":
             text += f" -> {show(self.target)}"
         if self.kind == "file":
@@ -204,6 +211,48 @@ class Observation:
             text += (f", readdir fails: {self.readdir_errno}" if self.readdir_errno
                      else f", readdir lists {len(self.entries or [])}")
         return text
+
+
+def _id(v: int | None) -> str:
+    return "nobody" if v is None else str(v)
+
+
+def read_id_map(path: str) -> list[tuple[int, int, int]] | None:
+    """``/proc/PID/uid_map`` as (inside, outside, count) lines; None for the identity map."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(65536).decode("ascii", "replace")
+    except OSError:
+        return None
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and all(p.isdigit() for p in parts):
+            out.append((int(parts[0]), int(parts[1]), int(parts[2])))
+    if not out or out == [(0, 0, 4294967295)]:
+        return None
+    return out
+
+
+def _inside(idmap: list[tuple[int, int, int]], host: int | None) -> int | None:
+    if host is None:
+        return None
+    for inside, outside, count in idmap:
+        if outside <= host < outside + count:
+            return inside + host - outside
+    return None  # unmapped: the overflow id (nobody) inside
+
+
+def map_owner(ob: "Observation", pid: int | None) -> None:
+    """Record the owner as seen in ``pid``'s user namespace, when it has a non-identity map
+    (a container started with a uid map: what its programs see)."""
+    if not pid or ob.uid is None:
+        return
+    umap, gmap = read_id_map(f"/proc/{pid}/uid_map"), read_id_map(f"/proc/{pid}/gid_map")
+    if umap is None and gmap is None:
+        return
+    ob.ns_uid = _inside(umap, ob.uid) if umap is not None else ob.uid
+    ob.ns_gid = _inside(gmap, ob.gid) if gmap is not None else ob.gid
 
 
 def _read_bounded(fd: int, limit: int = READ_LIMIT) -> tuple[bytes, bool]:
@@ -378,8 +427,10 @@ def differences(engine, res, ob: Observation, pc: PredictedContent | None) -> li
         if res.kind != "dir":
             diff("size", res.size, ob.size)
         diff("mode", res.mode, ob.mode)
-        diff("uid", res.uid, ob.uid)
-        diff("gid", res.gid, ob.gid)
+        # the owner as the host sees it, or as the container's user namespace does
+        if not (ob.ns_uid is not None and (res.uid, res.gid) == (ob.ns_uid, ob.ns_gid)):
+            diff("uid", res.uid, ob.uid)
+            diff("gid", res.gid, ob.gid)
         if res.kind == "symlink":
             diff("target", res.target, ob.target)
         if res.kind == "file":
@@ -517,7 +568,19 @@ def evidence(engine, res, ob: Observation, diffs, *, fresh=None) -> str:
         return ("evidence: the layers changed while ovlinspect looked (a second read predicts "
                 "differently); changing layers under a mounted overlay is undefined: remount, then "
                 "explain again")
-    # 2. the kernel itself, fresh: the same layers mounted again, this path looked up first
+    # 2. owners alone, all shifted by one offset: an idmapping between the layers and the mount
+    names = {d[0] for d in diffs}
+    if names and names <= {"uid", "gid"} and None not in (res.uid, res.gid, ob.uid, ob.gid):
+        shift = {ob.uid - res.uid, ob.gid - res.gid} if names == {"uid", "gid"} else (
+            {ob.uid - res.uid} if "uid" in names else {ob.gid - res.gid})
+        if len(shift) == 1:
+            return (f"evidence: owners only, shifted by {shift.pop()}: the mount sees its layers "
+                    "through an idmapping (idmapped layer mounts, as podman --uidmap makes them, or "
+                    "an idmapped overlay mount), and ovlinspect reads the layer directories "
+                    "unmapped; with --pid or a container TARGET owners are compared as the "
+                    "container's user namespace sees them" + (f" (see the note: {engine.stack.description})"
+                                                              if "idmapped" in engine.stack.description else ""))
+    # 3. the kernel itself, fresh: the same layers mounted again, this path looked up first
     if fresh is None:
         fresh = observe_fresh(engine, res.path)
     fob, why = fresh

@@ -183,7 +183,7 @@ def test_owner_compared(tmpfs: str) -> None:
 
 
 def test_bug_named_only_when_the_kernel_agrees_with_itself(tmpfs: str, monkeypatch) -> None:
-    """An engine made wrong on purpose (it mispredicts the owner): the layers read the same
+    """An engine made wrong on purpose (it mispredicts the mode): the layers read the same
     twice and a fresh mount answers like this one, so the evidence points to ovlinspect."""
     built = build_stack(demo_stack("seed"), os.path.join(tmpfs, "layers"))
     target = os.path.join(tmpfs, "merged")
@@ -194,7 +194,7 @@ def test_bug_named_only_when_the_kernel_agrees_with_itself(tmpfs: str, monkeypat
         def resolve(self, path):
             res = super().resolve(path)
             if res.errno is None:
-                res.uid = 999
+                res.mode = 0o4711
             return res
 
     try:
@@ -202,10 +202,88 @@ def test_bug_named_only_when_the_kernel_agrees_with_itself(tmpfs: str, monkeypat
         res = eng.explain("/foo")
         ob = obs.observe(target, res.path)
         got = obs.compare(eng, res, ob)
-        assert got[0] == "uid: predicted 999, observed 0"
+        assert got[0] == "mode: predicted 4711, observed 0644"
         assert got[-1].startswith("evidence: bug in ovlinspect: a fresh mount of the same layers")
         # the same engine under a what-if: differences are expected, no blame
         got = obs.compare(eng, res, ob, whatif="metacopy=off")
         assert "what-if" in got[-1] and "bug" not in got[-1]
     finally:
         built.umount_all()
+
+
+def _idmapped_clone(path: str, userns: str) -> int:
+    """A detached idmapped copy of the mount at ``path`` (open_tree + mount_setattr)."""
+    import ctypes
+
+    from ovlinspect import mountapi
+
+    class MountAttr(ctypes.Structure):
+        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+    fd = mountapi.open_tree_clone(path)
+    ns = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        attr = MountAttr(0x00100000, 0, 0, ns)  # MOUNT_ATTR_IDMAP
+        r = mountapi._syscall(442, ctypes.c_int(fd), ctypes.c_char_p(b""), ctypes.c_uint(0x1000),  # AT_EMPTY_PATH
+                              ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    finally:
+        os.close(ns)
+    if r < 0:
+        os.close(fd)
+        pytest.skip(f"idmapped mounts do not work here: mount_setattr: {os.strerror(-r)}")
+    return fd
+
+
+def test_owner_shift_is_an_idmapping_not_a_bug(tmpfs: str) -> None:
+    """An idmapped layer mount (as podman --uidmap makes them) under the overlay, the stack read
+    from the unmapped directories: owners differ by the map's offset, and the evidence says so;
+    seen from a user namespace with that map, they are the predicted ones."""
+    import subprocess
+
+    from ovlinspect import mountapi
+
+    doc = {"version": 1, "layer": [layer("lower", "A", {"path": "/f", "content": "f\n"}),
+                                   layer("lower", "B", {"path": "/g", "content": "g\n"})]}
+    built = build_stack(stack_from_dict(doc, "."), os.path.join(tmpfs, "layers"))
+    # a process in a user namespace mapping 0..65535 to 100000.., to take the map from
+    proc = subprocess.Popen(["unshare", "--user", "sleep", "60"])
+    try:
+        import time
+
+        for _ in range(100):  # wait for the new user namespace, then give it a map (as root may)
+            if os.readlink(f"/proc/{proc.pid}/ns/user") != os.readlink("/proc/self/ns/user"):
+                break
+            time.sleep(0.02)
+        try:
+            for which in ("uid_map", "gid_map"):
+                with open(f"/proc/{proc.pid}/{which}", "w") as f:
+                    f.write("0 100000 65536\n")
+        except OSError as e:
+            pytest.skip(f"cannot give a user namespace a uid map here: {e}")
+        mapped = [_idmapped_clone(d, f"/proc/{proc.pid}/ns/user") for d in built.lowers]
+        target = os.path.join(tmpfs, "merged")
+        os.mkdir(target)
+        try:
+            mountapi.mount_overlay_fsconfig(target, mapped)  # the layers passed as descriptors
+        finally:
+            for fd in mapped:
+                os.close(fd)
+        try:
+            assert os.stat(os.path.join(target, "f")).st_uid == 100000  # the kernel's own answer
+            eng = engine_mod.Engine(stack_from_dict(doc, "."))  # the layers as on disk: owner 0
+            eng.stack.mountpoint = target
+            res = eng.explain("/f")
+            ob = obs.observe(target, res.path)
+            got = obs.compare(eng, res, ob, fresh=(None, "not wanted here"))
+            assert got[:2] == ["uid: predicted 0, observed 100000", "gid: predicted 0, observed 100000"]
+            assert got[-1].startswith("evidence: owners only, shifted by 100000: the mount sees its layers "
+                                      "through an idmapping") and "bug" not in got[-1]
+            obs.map_owner(ob, proc.pid)
+            assert (ob.ns_uid, ob.ns_gid) == (0, 0)
+            assert obs.compare(eng, res, ob) == []
+        finally:
+            mountapi.umount(target, detach=True)
+    finally:
+        proc.kill()
+        proc.wait()
