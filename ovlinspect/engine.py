@@ -1244,11 +1244,11 @@ class Engine:
             findings.extend(res.findings)
         return findings
 
-    def with_options(self, options: str) -> "Engine":
-        """The same layers under other mount options (what-if)."""
+    def with_options(self, options: str, profile: KernelProfile | None = None) -> "Engine":
+        """The same layers under other mount options, or on another kernel (what-if)."""
         # the stack as it is (its refusal too), with these options computed afresh
         stack = dataclasses.replace(self.stack, options=options, effective=None)
-        return Engine(stack, kernel=self.kernel, profile=self.profile)
+        return Engine(stack, kernel=self.kernel, profile=profile or self.profile)
 
     # ----------------------------------------------------------------------- per layer
     def layer_view(self, res: Resolution) -> list[tuple[int, Path, Node | None, str]]:

@@ -146,6 +146,11 @@ CHANGES: tuple[Change, ...] = (
            "869056dbbd63 ovl: relax requirement for uuid=off,index=on (7.0)"),
 )
 
+#: Kernels fleets run in 2026, for "will this work on ..." questions: Debian 12 and AL2023's
+#: default (6.1), Debian 13, RHEL 10, Flatcar and EKS 1.33-1.35 (6.12), EKS 1.36+ (6.18),
+#: Ubuntu 26.04 and Fedora (7.0).
+FLEET = ("6.1", "6.12", "6.18", "7.0")
+
 _VERSION = re.compile(r"^\s*(\d+)\.(\d+)")
 
 
