@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("stackfile")
     b.add_argument("dest")
     b.add_argument("--mount", metavar="MOUNTPOINT", nargs="?", const="", default=None)
+    b.add_argument("--unsafe-exact", action="store_true",
+                   help="also create what a safe build leaves out of an untrusted stack file: device "
+                        "nodes, setuid/setgid bits, security.* xattrs, world-writable directories")
     sub.add_parser("rules", help="list the diagnostics")
     _SUBPARSERS.clear()
     _SUBPARSERS.update(sub.choices)
@@ -321,19 +324,33 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         if not stack.mountpoint:
             raise InputError("--observe needs a live mount as TARGET (for --from-inspect: a "
                              "mounted MergedDir)")
-        from .observe import compare, observe
+        from . import observe as obs
 
-        where = _observe_root(stack)
-        # a path the walk needed as a directory is observed as such: lstat("file/")
-        observed = [observe(where, r.path + ((b"",) if r.slash and r.path else ()))
-                    for r in results]
+        # the merged root as this process reaches it (another namespace's: a copy of the mount)
+        root = _observe_root(stack)
+        try:
+            rootfd = obs.open_root(root)
+        except OSError as err:
+            raise InputError(f"--observe: cannot open the mount root {show(os.fsencode(root))}: {err.strerror}") from None
+        try:
+            observed = []
+            for r in results:
+                # a path the walk needed as a directory is observed as such: lstat("file/")
+                ob = obs.observe_at(rootfd, r.path + ((b"",) if r.slash and r.path else ()))
+                obs.map_owner(ob, stack.pid)
+                pc = obs.predicted_content(engine, r)
+                observed.append((ob, pc, obs.compare(engine, r, ob, pc=pc, whatif=ns.options or None)))
+        finally:
+            os.close(rootfd)
     if ns.json:
         doc = engine.document(results)
         _json_notes(doc, stack)
         if observed is not None:
-            for pj, r, ob in zip(doc["paths"], results, observed):
+            for pj, (ob, pc, mismatches) in zip(doc["paths"], observed):
+                pj["data_content"] = pc.as_json() if pc is not None else None
                 pj["observed"] = ob.as_json()
-                pj["mismatches"] = compare(engine, r, ob)
+                pj["mismatches"] = mismatches
+                pj["evidence"] = mismatches[-1] if mismatches else None
         print(json.dumps(doc, indent=2, ensure_ascii=False))
         return 0
     out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
@@ -346,9 +363,15 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         out.append("")
         out += _describe(engine, res)
         if observed is not None:
-            ob = observed[i]
-            mismatches = compare(engine, res, ob)
+            from .observe import content_line
+
+            ob, pc, mismatches = observed[i]
             out.append(f"  observed  {ob.summary()}" + ("" if mismatches else "  (matches the prediction)"))
+            line = content_line(engine, res, ob, pc)
+            if line and not any(m.startswith("content:") for m in mismatches):
+                out.append(f"            {line}")
+            if ob.resolved_by and not ob.resolved_by.startswith(("openat2", "the mount root")):
+                out.append(f"            resolved inside the merged root by a {ob.resolved_by}")
             for m in mismatches:
                 out.append(f"  MISMATCH  {m}")
     print("\n".join(out))
@@ -551,12 +574,14 @@ def cmd_build(ns: argparse.Namespace) -> int:
     from .build import BuildError
 
     try:
-        built = build_stack(stack, ns.dest)
+        built = build_stack(stack, ns.dest, exact=ns.unsafe_exact)
     except BuildError as e:
         raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"build: {e.strerror}: {e.filename or ns.dest}") from None
     print(f"built {len(stack.layers)} layers under {ns.dest}")
+    for line in built.safety.lines():
+        print(f"{line} (safe build; --unsafe-exact reproduces them)")
     print(f"lowerdir={built.lowerdir_string()}"
           + (f",upperdir={built.upper},workdir={built.workdir}" if built.upper else "")
           + (f",{built.options}" if built.options else ""))
