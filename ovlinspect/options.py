@@ -723,7 +723,7 @@ def effective_options(
         log.append(_OVL + '"xino=on" is useless with all layers on same fs, ignore.')
 
     # Lower-only mounts always span two "filesystems": slot 0 is kept for the absent upper.
-    if uuid == "off" and (not has_upper or not same_fs):
+    if uuid == "off" and (not has_upper or not same_fs) and not profile.uuid_off_index_relaxed:
         # before uuid=null existed, the fallback was uuid=on
         fallback = "null" if profile.uuid_null_auto else "on"
         log.append(

@@ -135,3 +135,16 @@ def test_summary_names_the_rules_and_how_they_were_chosen():
     assert p.summary("6.12.118+deb12-cloud-amd64") == "kernel 6.12.118+deb12-cloud-amd64, 6.12 rules"
     asked = profile_for((6, 1), chosen_by="--kernel")
     assert asked.summary("6.18.44") == "kernel 6.1 rules (--kernel; running 6.18.44)"
+
+
+def test_72_keeps_uuid_off_on_a_lower_only_mount():
+    """Observed: 6.12 falls back to uuid=null with a log line; 7.2 keeps uuid=off silently."""
+    def shown(version):
+        p = profile_for(version)
+        o = effective_options("uuid=off", has_upper=False, n_lower=2, n_data=0, profile=p)
+        return o.mount_log, dict(shown_options(o, profile=p)).get("uuid")
+
+    assert shown((6, 12)) == ((
+        "overlayfs: The uuid=off requires a single fs for lower and upper, falling back to uuid=null.",),
+        "null")
+    assert shown((7, 2)) == ((), "off")

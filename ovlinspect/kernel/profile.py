@@ -71,7 +71,8 @@ class KernelProfile:
     redirect_mode_effective: bool = False
     #: ``fsync=auto|strict|volatile``; mountinfo then shows ``fsync=volatile``, not ``volatile``.
     fsync_option: bool = False
-    #: ``uuid=off`` with ``index=on`` accepted on layers of several filesystems.
+    #: ``uuid=off`` is kept on layers of several filesystems (and on lower-only mounts, observed
+    #: on 7.2), where it used to fall back to ``uuid=null``; ``index=on`` then works with it.
     uuid_off_index_relaxed: bool = False
 
     # --- lookup (namei.c, util.c) ---
