@@ -17,7 +17,7 @@ import pytest
 
 from memstack import DEFAULT_PARAMS, T, layer
 from ovlinspect.engine import Engine
-from ovlinspect.kernel.bugs import (BUGS, FUSE_SUPER_MAGIC, Release, bug_findings, matching_bugs,
+from ovlinspect.kernel.bugs import (BUGS, FUSE_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, bug_findings,
                                     observed_bug, parse_release)
 from ovlinspect.kernel.profile import profile_for_release
 from ovlinspect.layers import MemoryLayer, Node
@@ -28,6 +28,7 @@ from ovlinspect.stack import Stack
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FUSE = {b.id: b for b in BUGS}["fuse-dtype-whiteouts"]
 VERITY = {b.id: b for b in BUGS}["verity-not-loaded"]
+NESTED = {b.id: b for b in BUGS}["nested-readdir-errno"]
 TMPFS_MAGIC = 0x01021994
 
 
@@ -111,6 +112,21 @@ def test_fuse_range(release, verdict):
 ])
 def test_verity_range(release, verdict):
     assert VERITY.verdict(release) == verdict
+
+
+@pytest.mark.parametrize("release,verdict", [
+    ("6.18.44-fc-v1252", "unaffected"),  # before d25e4b739f83
+    ("6.19-rc1", "affected"),
+    ("6.19.14", "affected"),  # OSV: >=6.19.0 <7.0.13
+    ("7.0.12", "affected"),
+    ("7.0.13", "unaffected"),
+    ("7.1-rc3", "affected"),
+    ("7.1-rc4", "unaffected"),
+    ("7.2.2-1-cachyos", "unaffected"),
+    ("7.0.0-2005-nvidia-bos", "possibly"),  # the kernel of NVIDIA/NV-Kernels#423
+])
+def test_nested_range(release, verdict):
+    assert NESTED.verdict(release) == verdict
 
 
 def test_upgrade_advice_names_the_fixed_release_of_the_line():
@@ -198,6 +214,17 @@ def test_verity_predicate():
     assert "verity=require" in VERITY.trigger(_verity_stack(verity="require"))
     assert VERITY.trigger(_verity_stack(verity="off")) is None
     assert VERITY.trigger(_verity_stack(digest=False)) is None
+
+
+def test_nested_predicate():
+    inner = layer("inner", {"/d": "dir", "/d/a": b"1"})
+    inner.fs_magic = OVERLAYFS_SUPER_MAGIC
+    assert NESTED.trigger(_engine([inner, layer("b", {})], kernel="7.0.3")) == (
+        "lower 0 (inner) is itself on an overlay filesystem (overlay on overlay)")
+    assert NESTED.trigger(_engine([layer("a", {}), layer("b", {})], kernel="7.0.3")) is None
+    up = layer("up", {})
+    up.fs_magic = OVERLAYFS_SUPER_MAGIC
+    assert "upper" in NESTED.trigger(_engine([layer("a", {})], upper=up, kernel="7.0.3"))
 
 
 # ------------------------------------------------------------------------------- findings
@@ -318,6 +345,16 @@ def test_observe_evidence_verity():
     assert line and "verity" in line and "upgrade to 7.0.7 or later" in line
     ok = Observation(path=(b"usr", b"bin", b"sh"), kind="file")
     assert observed_bug(e, [("size", 5, 6)], ok) is None
+
+
+def test_observe_evidence_nested_readdir():
+    inner = layer("inner", {"/d": "dir"})
+    inner.fs_magic = OVERLAYFS_SUPER_MAGIC
+    e = _engine([inner, layer("b", {"/d": "dir"})], kernel="7.0.5")
+    ob = Observation(path=(b"d",), kind="dir", readdir_errno="E2BIG")
+    line = observed_bug(e, [("readdir", None, "E2BIG")], ob)
+    assert line and "overlay on overlay" in line and "upgrade to 7.0.13 or later" in line
+    assert observed_bug(e, [("mode", 0o755, 0o700)], ob) is None
 
 
 def test_observe_evidence_uses_the_running_kernel_not_the_asked_one():

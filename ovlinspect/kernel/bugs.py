@@ -35,6 +35,7 @@ from ..layers import Layer, Node, Path, iter_tree
 __all__ = [
     "BUGS",
     "FUSE_SUPER_MAGIC",
+    "OVERLAYFS_SUPER_MAGIC",
     "KernelBug",
     "Release",
     "bug_findings",
@@ -43,8 +44,9 @@ __all__ = [
     "parse_release",
 ]
 
-#: statfs f_type of FUSE filesystems (include/uapi/linux/magic.h).
+#: statfs f_type of FUSE filesystems and of overlayfs (include/uapi/linux/magic.h).
 FUSE_SUPER_MAGIC = 0x65735546
+OVERLAYFS_SUPER_MAGIC = 0x794C7630
 
 #: Entries looked at per layer when searching a trigger (whiteout, metacopy with digest).
 SCAN_LIMIT = 200_000
@@ -274,6 +276,14 @@ def verity_digests(engine, fs_type: Callable[[Layer], int | None] = layer_fs_typ
     return None
 
 
+def nested_overlay(engine, fs_type: Callable[[Layer], int | None] = layer_fs_type) -> str | None:
+    """A layer readdir merges is itself on an overlay filesystem (overlay on overlay)."""
+    for li in _regular(engine):
+        if fs_type(engine.layer(li)) == OVERLAYFS_SUPER_MAGIC:
+            return f"{engine.label(li)} is itself on an overlay filesystem (overlay on overlay)"
+    return None
+
+
 BUGS: tuple[KernelBug, ...] = (
     KernelBug(
         id="fuse-dtype-whiteouts",
@@ -311,6 +321,25 @@ BUGS: tuple[KernelBug, ...] = (
         sources=("bootc-dev/bootc#2174", "projectbluefin/dakota#435",
                  "stable review [PATCH 7.0 123/307] (2026-05-12)"),
         trigger=verity_digests,
+    ),
+    KernelBug(
+        id="nested-readdir-errno",
+        title="overlay on overlay: readdir fails with a bogus error",
+        introduced="6.19-rc1",
+        introduced_by="d25e4b739f83 ovl: refactor ovl_iterate() and port to cred guard "
+                      "(6.19: ovl_iterate_merged() keeps PTR_ERR() of its cache pointer in err)",
+        fixed_in=("7.0.13", "7.1-rc4"),
+        fixed_by="1711b6ed6953 ovl: keep err zero after successful ovl_cache_get() (Nirmoy Das; "
+                 "7.1-rc4, backported to 7.0.13; 6.19.y ended without it; CVE-2026-53174)",
+        symptom="readdir of a merged directory may return the truncated cache pointer as an "
+                "error: an inner overlay's readdir hands it to the outer one, so getdents on the "
+                "outer overlay fails with a meaningless errno (rsync and installers abort)",
+        workaround="use a kernel with the fix, or give the outer overlay a lower layer that is "
+                   "not itself an overlay (copy or unpack the inner tree)",
+        sources=("syzbot a16fb0cce329a320661c",
+                 "lore: [PATCH v2] ovl: keep err zero after successful ovl_cache_get() "
+                 "(2026-05-14)", "NVIDIA/NV-Kernels#423", "OSV CVE-2026-53174 (>=6.19.0 <7.0.13)"),
+        trigger=nested_overlay,
     ),
 )
 
@@ -365,8 +394,9 @@ def observed_bug(engine, diffs: Iterable[tuple[str, object, object]], ob) -> str
     bug of the *running* kernel (observations are always made on it)."""
     names = {d[0] for d in diffs}
     for bug, verdict, rel, has in matching_bugs(engine, engine.kernel):
-        fits = (bug.id == "fuse-dtype-whiteouts" and "entries" in names) or (
-            bug.id == "verity-not-loaded" and "EIO" in (ob.open_errno, ob.read_errno))
+        fits = ((bug.id == "fuse-dtype-whiteouts" and "entries" in names)
+                or (bug.id == "verity-not-loaded" and "EIO" in (ob.open_errno, ob.read_errno))
+                or (bug.id == "nested-readdir-errno" and "readdir" in names))
         if fits:
             may = "may be" if verdict == "possibly" else "is"
             return (f"evidence: a known kernel bug {may} the cause: '{bug.title}' "

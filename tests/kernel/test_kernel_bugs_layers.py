@@ -1,4 +1,5 @@
-"""The FUSE d_type regression's stack predicate against a real FUSE lower layer.
+"""Stack predicates of known kernel bugs against real layers: a FUSE lower layer (the d_type
+regression) and an overlay lower layer (the nested readdir regression).
 
 The layer is an ext4 image (made by mkfs.ext4 -d from a directory holding a chardev 0/0
 whiteout) mounted read-only with fuse2fs, all on a private tmpfs in the test's private mount
@@ -115,3 +116,36 @@ def test_fuse_layer_with_whiteouts_meets_the_bug(fuse_stack):
     assert r.returncode in (0, 1), r.stderr
     assert ("evidence: a known kernel bug" in r.stdout) == (
         verdict != "unaffected" and "gone" in listed), r.stdout
+
+
+def test_overlay_on_overlay_meets_the_nested_readdir_bug(tmpfs):
+    from ovlinspect.kernel.bugs import BUGS, OVERLAYFS_SUPER_MAGIC, statfs_type
+
+    a, b, c, inner, outer = (os.path.join(tmpfs, d) for d in ("a", "b", "c", "inner", "outer"))
+    for d in (a, b, c, inner, outer):
+        os.mkdir(d)
+    for top, names in ((a, ("x",)), (b, ("x", "y")), (c, ("z",))):
+        os.mkdir(os.path.join(top, "d"))
+        for n in names:
+            with open(os.path.join(top, "d", n), "w") as f:
+                f.write(n)
+    assert not harness._mount(b"overlay", inner, b"overlay", 0, os.fsencode(f"lowerdir={a}:{b}"))
+    err = harness._mount(b"overlay", outer, b"overlay", 0, os.fsencode(f"lowerdir={inner}:{c}"))
+    if err:
+        pytest.skip(f"the kernel refuses an overlay on an overlay lower layer here: errno {err}")
+    assert statfs_type(inner) == OVERLAYFS_SUPER_MAGIC
+    r = _cli(["check", outer, "--kernel", "7.0.3"])
+    assert "is itself on an overlay filesystem (overlay on overlay)" in r.stdout, r.stdout + r.stderr
+    assert "upgrade to 7.0.13 or later" in r.stdout
+    r = _cli(["check", outer, "--kernel", "6.18.3"])
+    assert "kernel-bug" not in r.stdout, r.stdout
+    bug = [x for x in BUGS if x.id == "nested-readdir-errno"][0]
+    verdict = bug.verdict(os.uname().release)
+    r = _cli(["check", outer])
+    assert ("kernel-bug" in r.stdout) == (verdict != "unaffected"), r.stdout
+    if verdict == "unaffected":
+        # the kernel judges: readdir of the merged directory works and lists what is predicted
+        assert sorted(os.listdir(os.path.join(outer, "d"))) == ["x", "y", "z"]
+        r = _cli(["explain", outer, "/d", "--observe"])
+        assert r.returncode in (0, 1), r.stderr
+        assert "evidence:" not in r.stdout, r.stdout
