@@ -365,3 +365,12 @@ def test_observe_evidence_uses_the_running_kernel_not_the_asked_one():
                    profile=profile_for((7, 0), chosen_by="--kernel", release="7.0.3"))
     ob = Observation(path=(b"usr", b"bin", b"sh"), kind="file", open_errno="EIO")
     assert observed_bug(asked, [("open", None, "EIO")], ob) is None
+
+
+def test_hostile_names_are_escaped_in_the_message():
+    top = _fuse(layer("top", {}))
+    top.add((b"d\xff\n",), Node("dir", 0o755))
+    top.add((b"d\xff\n", b"x\x1b[2J"), Node("chardev", 0o600, rdev=(0, 0)))
+    msg = bug_findings(_engine([top, layer("b", {})], kernel="6.17.1"))[0].message
+    assert "\n" not in msg and "\x1b" not in msg and "\udcff" not in msg
+    assert "(first: /d" in msg

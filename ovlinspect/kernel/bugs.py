@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from ..layers import Layer, Node, Path, iter_tree
+from ..xattrs import safe
 
 __all__ = [
     "BUGS",
@@ -236,9 +237,8 @@ def _scan(layer: Layer, want: Callable[[Node], bool]) -> tuple[Path | None, bool
 
 
 def _show(path: Path) -> str:
-    from ..engine import show_path  # the display helper (lazy: engine imports this module)
-
-    return show_path(path)
+    """A layer path for display, hostile bytes escaped (as the engine's show_path)."""
+    return safe(b"/" + b"/".join(path))
 
 
 def _regular(engine) -> Iterator[int]:
