@@ -1,5 +1,6 @@
 """Stack predicates of known kernel bugs against real layers: a FUSE lower layer (the d_type
-regression) and an overlay lower layer (the nested readdir regression).
+regression), an overlay lower layer (the nested readdir regression) and a metadata layer with
+verity digests (the 7.0 verity regression).
 
 The layer is an ext4 image (made by mkfs.ext4 -d from a directory holding a chardev 0/0
 whiteout) mounted read-only with fuse2fs, all on a private tmpfs in the test's private mount
@@ -149,3 +150,30 @@ def test_overlay_on_overlay_meets_the_nested_readdir_bug(tmpfs):
         r = _cli(["explain", outer, "/d", "--observe"])
         assert r.returncode in (0, 1), r.stderr
         assert "evidence:" not in r.stdout, r.stdout
+
+
+def test_verity_digests_read_from_a_real_metadata_layer(tmpfs):
+    meta, data, merged = (os.path.join(tmpfs, d) for d in ("meta", "data", "m"))
+    for d in (meta, data, merged, os.path.join(data, "ab")):
+        os.mkdir(d)
+    with open(os.path.join(data, "ab", "cdef"), "w") as f:
+        f.write("data\n")
+    f = os.path.join(meta, "sh")
+    with open(f, "w") as fh:
+        fh.truncate(5)
+    os.setxattr(f, "trusted.overlay.metacopy", bytes([0, 36, 0, 1]) + b"\x11" * 32)
+    os.setxattr(f, "trusted.overlay.redirect", b"/ab/cdef")
+    err = harness._mount(b"overlay", merged, b"overlay", 0,
+                         os.fsencode(f"lowerdir={meta}::{data},metacopy=on,verity=on"))
+    if err:
+        pytest.skip(f"the kernel refuses a data-only verity mount here: errno {err}")
+    r = _cli(["check", merged, "--kernel", "7.0.3"])
+    assert "has the overlayfs regression 'verity: " in r.stdout, r.stdout + r.stderr
+    assert "verity=on and metacopy files with fs-verity digests (first: lower 0 (meta):/sh)" in r.stdout
+    r = _cli(["check", merged, "--kernel", "7.0.7"])
+    assert "kernel-bug" not in r.stdout, r.stdout
+    # tmpfs has no fs-verity: every kernel refuses this open, and ovlinspect says so
+    assert "verity-failure" in r.stdout
+    with pytest.raises(OSError) as e:
+        open(os.path.join(merged, "sh")).close()
+    assert e.value.errno == 5  # EIO
