@@ -132,7 +132,8 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
             stack.effective = None
     if ns.kernel:
         try:
-            stack.profile = profile_for(parse_version(ns.kernel), chosen_by="--kernel")
+            stack.profile = profile_for(parse_version(ns.kernel), chosen_by="--kernel",
+                                        release=ns.kernel.strip())
         except UnknownKernel as e:
             raise InputError(f"--kernel: {e}") from None
     return stack, rest
