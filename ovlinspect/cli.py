@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("args", nargs="*", metavar="TARGET")
     _stack_args(c)
     m = sub.add_parser("mounts", help="list overlay mounts of every mount namespace with a one-word health "
-                       "(quick: stack-level problems only; --deep: every path)",
+                       "(quick: each mount checked for a second; --deep: every path)",
                        description="Overlay mounts of every mount namespace (one process each), with the "
                        "container an engine (docker, podman, nerdctl) knows them as. Exit status: 0 every "
                        "mount ok or warning, 1 a mount has errors or is unresolved, unreadable or "
@@ -130,9 +130,9 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
         if ns.options:  # what-if: the mount's options with these on top, as typed
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
             stack.effective = None
-    if ns.kernel:
+    if ns.kernel is not None:
         try:
-            stack.profile = profile_for(parse_version(ns.kernel), chosen_by="--kernel",
+            stack.profile = profile_for(parse_version(ns.kernel, strict=True), chosen_by="--kernel",
                                         release=ns.kernel.strip())
         except UnknownKernel as e:
             raise InputError(f"--kernel: {e}") from None
@@ -504,7 +504,7 @@ def cmd_rules(ns: argparse.Namespace) -> int:
 
 
 def cmd_mounts(ns: argparse.Namespace) -> int:
-    from .mounts import BAD_HEALTH, list_mounts
+    from .mounts import BAD_HEALTH, QUICK_SECONDS, list_mounts
 
     rows = list_mounts(ns.pid, deep=ns.deep)
     bad = 1 if any(r["health"] in BAD_HEALTH for r in rows) else 0
@@ -520,7 +520,7 @@ def cmd_mounts(ns: argparse.Namespace) -> int:
         print(f"{r['health']:<10} {show(os.fsencode(r['mountpoint']))}  {who}  upper={'yes' if r['upper'] else 'no'} "
               f"lower={r['lowers']} data={r['datas']}  {show(r['detail'].encode('utf-8', 'surrogateescape'))}")
     if not ns.deep:
-        print("(quick: stack-level problems only; --deep checks every path)")
+        print(f"(quick: each mount's paths checked for {QUICK_SECONDS:g} s; --deep checks every path)")
     if os.geteuid() != 0:
         print("(not root: other users' mount namespaces are not listed, and trusted.overlay.* "
               "xattrs are invisible: run as root)")

@@ -148,3 +148,15 @@ def test_72_keeps_uuid_off_on_a_lower_only_mount():
         "overlayfs: The uuid=off requires a single fs for lower and upper, falling back to uuid=null.",),
         "null")
     assert shown((7, 2)) == ((), "off")
+
+
+@pytest.mark.parametrize("typed", ["", "6.12abc", "6", "banana", "99999999999999999999.1", "6.12 x"])
+def test_kernel_option_is_strict(typed):
+    with pytest.raises(UnknownKernel, match="not a kernel version"):
+        parse_version(typed, strict=True)
+
+
+def test_a_kernel_newer_than_any_known_change_says_so():
+    p = profile_for(parse_version("7.5", strict=True), chosen_by="--kernel")
+    assert p.name == "7.5" and "newer than any change ovlinspect knows of" in p.summary("6.18.44")
+    assert p.differences(profile_for(CHANGES[-1].since)) == []

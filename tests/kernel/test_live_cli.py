@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -32,13 +33,28 @@ def test_mounts_lists_health(tmpfs: str) -> None:
     os.mkdir(target)
     built.mount(target)
     try:
+        # quick: a small stack is checked whole within the time given to each mount; the
+        # EIO of /foo is an error (the kernel: `cat` fails), not an "ok" or a mere warning
+        with pytest.raises(OSError) as failed:
+            os.stat(os.path.join(target, "foo"))
+        assert failed.value.errno == errno.EIO
         rc, out, _ = run_cli(["mounts", "--json"])
         row = next(r for r in json.loads(out) if r["mountpoint"] == target)
         assert (row["lowers"], row["datas"], row["upper"]) == (2, 1, False)
-        assert row["health"] == "warning"  # quick: the stack-level shadowing hazard
+        assert rc == 1 and row["health"] == "error" and "lowerdata-redirect-broken" in row["detail"]
+        assert "quick" not in row["detail"]
         rc, out, _ = run_cli(["mounts", "--json", "--deep"])
         row = next(r for r in json.loads(out) if r["mountpoint"] == target)
         assert row["health"] == "error" and "lowerdata-redirect-broken" in row["detail"]
+        # a budget too small for the whole stack says how far it got
+        from ovlinspect import mounts
+
+        old, mounts.QUICK_SECONDS = mounts.QUICK_SECONDS, 0.0
+        try:
+            row = next(r for r in mounts.list_mounts(engines=False) if r["mountpoint"] == target)
+        finally:
+            mounts.QUICK_SECONDS = old
+        assert "quick: the first" in row["detail"] and "--deep checks all" in row["detail"]
     finally:
         built.umount_all()
 
@@ -168,7 +184,9 @@ def test_mounts_exit_status_and_needs_root(tmpfs: str) -> None:
         rc, out, _ = run_cli(["mounts", "--json", "--pid", str(os.getpid())])
         rows = {r["mountpoint"]: r for r in json.loads(out)}
         assert rows[rel_target]["health"] == "unresolved" and "relative" in rows[rel_target]["detail"]
-        assert rows[target]["health"] == "warning" and rows[target]["pid"] == os.getpid()
+        # the seed stack's /foo reads B's bytes, not C's: an error (quick mode checks it whole)
+        assert rows[target]["health"] == "error" and rows[target]["pid"] == os.getpid()
+        assert "shadowed-lowerdata" in rows[target]["detail"]
         assert rc == 1
         rc, out, _ = run_cli(["mounts", "--pid", str(os.getpid())])
         assert rc == 1 and "unresolved" in out
