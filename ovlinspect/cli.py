@@ -345,9 +345,12 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                 observed.append((ob, pc, obs.compare(engine, r, ob, pc=pc, whatif=ns.options or None)))
         finally:
             os.close(rootfd)
+    covered = [_covered_by(stack, r.path) for r in results]
     if ns.json:
         doc = engine.document(results)
         _json_notes(doc, stack)
+        for pj, cover in zip(doc["paths"], covered):
+            pj["covered_by"] = cover
         if observed is not None:
             for pj, (ob, pc, mismatches) in zip(doc["paths"], observed):
                 pj["data_content"] = pc.as_json() if pc is not None else None
@@ -365,6 +368,11 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     for i, res in enumerate(results):
         out.append("")
         out += _describe(engine, res)
+        if covered[i]:
+            c = covered[i]
+            out.append(f"  COVERED   {show(os.fsencode(c['mountpoint']))} is a {show(c['fstype'].encode())} "
+                       f"mount ({show(os.fsencode(c['source']))}) on top of the overlay: a program "
+                       "there sees that filesystem, not the overlay's entry explained here")
         if observed is not None:
             from .observe import content_line
 
@@ -379,6 +387,34 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                 out.append(f"  MISMATCH  {m}")
     print("\n".join(out))
     return 0
+
+
+def _covered_by(stack: Stack, path: tuple[bytes, ...]) -> dict | None:
+    """The mount stacked on the overlay at or above ``path`` (a volume, a bind-mounted file,
+    /proc in a container), as {mountpoint (inside the merged tree), fstype, source}, or None."""
+    if not stack.mountpoint:
+        return None
+    from .mountinfo import covering_mounts
+
+    proc = f"/proc/{stack.pid}" if stack.pid else "/proc/self"
+    try:
+        mounts = covering_mounts(stack.mountpoint, proc)
+    except (OSError, ValueError):
+        return None
+    base = stack.mountpoint.rstrip("/")
+    inside = b"/" + b"/".join(path)
+    best = None
+    for m in mounts:
+        if m.mountpoint != stack.mountpoint.rstrip("/") and not m.mountpoint.startswith(base + "/"):
+            continue
+        rel = os.fsencode(m.mountpoint[len(base):] or "/")
+        if inside == rel or inside.startswith(rel.rstrip(b"/") + b"/"):
+            if best is None or len(rel) < len(os.fsencode(best.mountpoint[len(base):] or "/")):
+                best = m  # the outermost one decides what is seen there
+    if best is None:
+        return None
+    return {"mountpoint": best.mountpoint[len(base):] or "/", "fstype": best.fstype,
+            "source": best.source + (best.root if best.root not in ("", "/") else "")}
 
 
 def _read_paths(name: str) -> list[bytes]:

@@ -250,3 +250,30 @@ def test_mounts_sees_a_user_and_mount_namespace(tmpfs: str) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_mount_on_top_of_the_overlay_is_named(tmpfs: str) -> None:
+    """A volume (here a tmpfs) mounted inside the merged tree hides the overlay's entries there:
+    `explain` says so for every path below it, and the kernel agrees (the file is the volume's)."""
+    from ovlinspect import mountapi
+
+    built = build_stack(demo_stack("whiteouts"), os.path.join(tmpfs, "layers"))
+    target = os.path.join(tmpfs, "merged")
+    os.mkdir(target)
+    built.mount(target)
+    try:
+        sub = next(n for n in sorted(os.listdir(target)) if os.path.isdir(os.path.join(target, n)))
+        with mountapi.private_tmpfs(os.path.join(target, sub)) as vol:
+            with open(os.path.join(vol, "only-in-volume"), "w") as f:
+                f.write("volume\n")
+            assert os.listdir(os.path.join(target, sub)) == ["only-in-volume"]  # the kernel
+            rc, out, _ = run_cli(["explain", "--json", target, f"/{sub}/only-in-volume", "/"])
+            doc = json.loads(out)
+            first, root = doc["paths"]
+            assert first["errno"] == "ENOENT"  # the overlay has no such entry...
+            assert first["covered_by"] == {"mountpoint": f"/{sub}", "fstype": "tmpfs", "source": "tmpfs"}
+            assert root["covered_by"] is None
+            rc, out, _ = run_cli(["explain", target, f"/{sub}/only-in-volume"])
+            assert f"COVERED   /{sub} is a tmpfs mount" in out
+    finally:
+        built.umount_all()
