@@ -417,16 +417,24 @@ def _covered_by(stack: Stack, path: tuple[bytes, ...]) -> dict | None:
             "source": best.source + (best.root if best.root not in ("", "/") else "")}
 
 
+#: the most ``--paths-from`` reads: far more paths than anyone asks about at once, and a
+#: bound, so that ``/dev/zero`` or a runaway pipe ends in one line instead of the OOM killer
+PATHS_FROM_MAX = 16 * 1024 * 1024
+
+
 def _read_paths(name: str) -> list[bytes]:
     """The paths of ``--paths-from``: one a line, raw bytes (a NUL ends nothing: it is kept)."""
     try:
         if name == "-":
-            data = sys.stdin.buffer.read()
+            data = sys.stdin.buffer.read(PATHS_FROM_MAX + 1)
         else:
             with open(name, "rb") as f:
-                data = f.read()
+                data = f.read(PATHS_FROM_MAX + 1)
     except OSError as e:
         raise InputError(f"--paths-from {name}: {e.strerror}") from None
+    if len(data) > PATHS_FROM_MAX:
+        raise InputError(f"--paths-from {name}: more than {PATHS_FROM_MAX // (1024 * 1024)} MiB of "
+                         "paths; give fewer at a time")
     return [line for line in data.split(b"\n") if line]
 
 
