@@ -245,6 +245,10 @@ def _split_lowerdir_before_data_layers(s: str) -> list[str]:
     if len(elements) > MAX_LAYERS:
         raise _lowerdir_error(s, f"too many lower directories, limit is {MAX_LAYERS}")
     paths = [unescape_lowerdir_element(e) for e in elements]
+    if len(paths) == 1 and not paths[0]:
+        # one (empty) layer: the kernel counts layers before it looks at them (observed on 6.1
+        # for "\\" without an upper layer)
+        raise _lowerdir_error(s, "at least 2 lowerdir are needed while upperdir nonexistent")
     if not all(paths):
         raise _lowerdir_error(s, "empty lowerdir")
     return paths
@@ -493,6 +497,10 @@ def _parse_checked(key: str, value: str | None, state: dict[str, object], was_se
             f"option {key!r} names a layer; pass the layers separately",
             kernel_log=None,
         )
+    if key in _VFS_SB_FLAGS and not profile.fs_context_parser:
+        # before 6.5 the VFS passed the whole string on: "ro" is one option too many
+        raise OptionError(f"{key} in the option string: kernel {profile.name} refuses it",
+                          kernel_log=f"{_FC}Unknown parameter '{key}'", newer=True)
     if key in _VFS_SB_FLAGS or key in _USERSPACE_OPTIONS or key.lower().startswith("x-"):
         return
     if key in _ENUMS:
@@ -660,8 +668,8 @@ def effective_options(
             log.append(_OVL + 'option "uuid=on" requires an upper fs, falling back to uuid=null.')
             uuid = "null"
         # Only the upper layer creates redirects, so without one "follow" means "on".
-        if redirect == "follow" and profile.redirect_mode_effective:
-            redirect = "on"
+        if redirect == "follow":
+            redirect = "on"  # (before 6.5 too, though mountinfo then shows the mode as typed)
 
     # Before 6.16 verity needs metacopy: it is turned on with it, unless typed off.
     if profile.verity_needs_metacopy and verity != "off" and not metacopy:

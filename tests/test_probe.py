@@ -40,33 +40,30 @@ def _mounts(layers: bytes, key: bytes | None, value: bytes | None) -> bool:
 
 
 @needs_root
-def test_probes_answer_as_the_mount_does_and_leave_no_trace():
+def test_probes_answer_as_the_mount_does_and_leave_no_trace(tmp_path):
     """Each probe's answer is what a real mount with that option does (the probes only ask the
     parser); the probes themselves mount nothing and log nothing."""
-    from ovlinspect.live import probe
-
     before = _mountinfo()
     with KernelLog() as log:
         found = probe_options()
         lines = [x for x in log.new_lines() if "overlay" in x]
     assert _mountinfo() == before
     assert lines == []
-    mnt = probe._scratch()
-    try:
-        root = f"/proc/self/fd/{mnt}".encode()
-        two = root + b"/A:" + root + b"/C"
-        # (which parser answers is judged by the parse-error messages in test_options)
-        assert not _mounts(two, b"ovlinspect-probe", None)
-        if not found["fs_context_parser"]:
-            return
-        for field, key, value in [("fsync_option", b"fsync", b"strict"),
-                                  ("override_creds_option", b"nooverride_creds", None),
-                                  ("uuid_null_auto", b"uuid", b"null"),
-                                  ("verity_option", b"verity", b"off")]:
-            assert found[field] == _mounts(two, key, value), field
-        assert found["data_only_layers"] == _mounts(root + b"/A::" + root + b"/C", None, None)
-    finally:
-        os.close(mnt)
+    # layers in a directory of ours (before 6.15 or so a detached mount cannot be a layer)
+    for name in ("A", "C"):
+        (tmp_path / name).mkdir()
+    root = os.fsencode(tmp_path)
+    two = root + b"/A:" + root + b"/C"
+    # (which parser answers is judged by the parse-error messages in test_options)
+    assert not _mounts(two, b"ovlinspect-probe", None)
+    if not found["fs_context_parser"]:
+        return
+    for field, key, value in [("fsync_option", b"fsync", b"strict"),
+                              ("override_creds_option", b"nooverride_creds", None),
+                              ("uuid_null_auto", b"uuid", b"null"),
+                              ("verity_option", b"verity", b"off")]:
+        assert found[field] == _mounts(two, key, value), field
+    assert found["data_only_layers"] == _mounts(root + b"/A::" + root + b"/C", None, None)
 
 
 @needs_root
