@@ -13,6 +13,7 @@ import time
 from typing import Sequence
 
 from .engine import Engine, Resolution, show, show_path
+from .layers import LayerError
 from .rules import RULES, Finding
 from .sources import InputError, check_privileges, demo_names, load_target, stack_from_args
 from .stack import Stack
@@ -31,7 +32,7 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir")
     p.add_argument("-o", "--options", default="", help="mount options, as mount -o takes them")
     p.add_argument("--from-inspect", metavar="FILE", help="docker/podman inspect JSON ('-' for stdin)")
-    p.add_argument("--pid", type=int, help="inspect a mount in this process's mount namespace")
+    p.add_argument("--pid", type=_pid, help="inspect a mount in this process's mount namespace")
     p.add_argument("--layer-root", metavar="DIR", help="resolve relative layer paths of a live mount from DIR")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     _stack_args(c)
     m = sub.add_parser("mounts", help="list overlay mounts with a one-word health (quick: stack-level "
                        "problems only; --deep: every path)")
-    m.add_argument("--pid", type=int)
+    m.add_argument("--pid", type=_pid)
     m.add_argument("--json", action="store_true")
     m.add_argument("--deep", action="store_true", help="check every path of every mount (slower)")
     d = sub.add_parser("demo", help="built-in demo stacks")
@@ -95,15 +96,24 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
         from .inspect_json import InspectError, load_inspect
 
         try:
-            text = sys.stdin.read() if ns.from_inspect == "-" else open(ns.from_inspect).read()
+            from .inspect_json import MAX_INSPECT
+
+            if ns.from_inspect == "-":
+                text = sys.stdin.buffer.read(MAX_INSPECT + 1)
+            else:
+                with open(ns.from_inspect, "rb") as f:
+                    text = f.read(MAX_INSPECT + 1)
             info = load_inspect(text)
         except OSError as err:
             raise InputError(f"{ns.from_inspect}: {err.strerror}") from None
         except InspectError as err:
             raise InputError(str(err)) from None
+        except ValueError as err:  # a NUL in the file name
+            raise InputError(f"{ns.from_inspect}: {err}") from None
         from .options import join_lowerdir
 
-        stack = stack_from_args(join_lowerdir(info.lowers, info.datas), info.upper, info.work,
+        lowers, datas, upper, work = info.mount_layers()
+        stack = stack_from_args(join_lowerdir(lowers, datas), upper, work,
                                 ns.options, source=f"inspect:{info.name}")
         rest = positional
     else:
@@ -128,6 +138,52 @@ def _engine(stack: Stack) -> Engine:
         raise InputError(f"bad stack parameters: {e}") from None
     check_privileges(stack, engine.options.userxattr)
     return engine
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def _write(text: str, stream=None) -> None:
+    """``text`` as UTF-8 bytes, whatever the locale (no surrogate or raw byte reaches it)."""
+    stream = stream or sys.stdout
+    data = text.encode("utf-8", "backslashreplace")
+    buf = getattr(stream, "buffer", None)
+    if buf is None:
+        stream.write(data.decode("utf-8"))
+        return
+    stream.flush()
+    buf.write(data)
+    buf.flush()
+
+
+def _print_lines(lines: Sequence[str] | str) -> None:
+    """Text output: every line through the one escaping function (``show``), then UTF-8."""
+    if isinstance(lines, str):
+        lines = [lines]
+    _write("".join(show(line) + "\n" for line in lines))
+
+
+def _print_json(doc) -> None:
+    """JSON output, valid UTF-8 in any locale: names that are not UTF-8 carry surrogates
+    (the contract's ``\\udcXX``), written as JSON escapes instead of raw bytes."""
+    import re
+
+    text = json.dumps(doc, indent=2, ensure_ascii=False)
+    text = re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text)
+    _write(text + "\n")
+
+
+def _pid(value: str) -> int:
+    """--pid: a process id (1 or more; 0 is not "this process")."""
+    try:
+        pid = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a process id: {value!r}") from None
+    if pid < 1:
+        raise argparse.ArgumentTypeError(f"not a process id: {value!r} (1 or more)")
+    if not os.path.exists(f"/proc/{pid}"):
+        raise argparse.ArgumentTypeError(f"no process {pid}")
+    return pid
 
 
 # ---------------------------------------------------------------------------- text output
@@ -236,7 +292,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
             for pj, r, ob in zip(doc["paths"], results, observed):
                 pj["observed"] = ob.as_json()
                 pj["mismatches"] = compare(engine, r, ob)
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        _print_json(doc)
         return 0
     out = [f"stack  {stack.source}  (kernel {engine.kernel}; {_options_text(engine)})"]
     out += _layers_text(engine)
@@ -253,7 +309,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
             out.append(f"  observed  {ob.summary()}" + ("" if mismatches else "  (matches the prediction)"))
             for m in mismatches:
                 out.append(f"  MISMATCH  {m}")
-    print("\n".join(out))
+    _print_lines(out)
     return 0
 
 
@@ -290,7 +346,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
     errors = sum(1 for f in findings if f.severity == "error")
     warnings = sum(1 for f in findings if f.severity == "warning")
     if ns.json:
-        print(json.dumps({
+        _print_json({
             "version": 1,
             "kernel": engine.kernel,
             "source": stack.source,
@@ -300,7 +356,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
             "summary": {"error": errors, "warning": warnings,
                         "info": len(findings) - errors - warnings},
             "findings": [f.as_json() for f in findings],
-        }, indent=2, ensure_ascii=False))
+        })
     else:
         out = [f"stack  {stack.source}  (kernel {engine.kernel}; {_options_text(engine)})"]
         out += _layers_text(engine)
@@ -312,7 +368,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
             out.append(f"        fix: {f.hint}")
         out.append(f"{errors} error(s), {warnings} warning(s), "
                    f"{len(findings) - errors - warnings} info in {count} paths")
-        print("\n".join(out))
+        _print_lines(out)
     return 1 if errors else 0
 
 
@@ -325,16 +381,20 @@ def cmd_rules(ns: argparse.Namespace) -> int:
 def cmd_mounts(ns: argparse.Namespace) -> int:
     from .mounts import list_mounts
 
-    rows = list_mounts(ns.pid, deep=ns.deep)
+    try:
+        rows = list_mounts(ns.pid, deep=ns.deep)
+    except OSError as e:  # the process went away, or its mountinfo cannot be read
+        raise InputError(f"cannot read the mounts of {'process ' + str(ns.pid) if ns.pid else 'this process'}: "
+                         f"{e.strerror}") from None
     if ns.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        _print_json(rows)
         return 0
     if not rows:
         print("no overlay mounts")
         return 0
     for r in rows:
-        print(f"{r['health']:<10} {show(os.fsencode(r['mountpoint']))}  upper={'yes' if r['upper'] else 'no'} "
-              f"lower={r['lowers']} data={r['datas']}  {show(r['detail'].encode())}")
+        _print_lines(f"{r['health']:<10} {show(r['mountpoint'])}  upper={'yes' if r['upper'] else 'no'} "
+                     f"lower={r['lowers']} data={r['datas']}  {show(r['detail'])}")
     if not ns.deep:
         print("(quick: stack-level problems only; --deep checks every path)")
     return 0
@@ -375,7 +435,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
         defaults = ModuleDefaults.read()
         stack.params = {f.name: ("Y" if v else "N") if isinstance(v, bool) else str(v)
                         for f in fields(defaults) for v in [getattr(defaults, f.name)]}
-    sys.stdout.write(dump_stack(stack))
+    _write(dump_stack(stack))
     return 0
 
 
@@ -387,6 +447,9 @@ def cmd_build(ns: argparse.Namespace) -> int:
         stack = load_stack(ns.stackfile)
     except StackFileError as e:
         raise InputError(str(e)) from None
+    if not stack.lowers:
+        raise InputError(f"build: {ns.stackfile} has no regular lower layer (role = \"lower\"); "
+                         "the kernel mounts no stack without one")
     from .build import BuildError
 
     try:
@@ -395,17 +458,22 @@ def cmd_build(ns: argparse.Namespace) -> int:
         raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"build: {e.strerror}: {e.filename or ns.dest}") from None
-    print(f"built {len(stack.layers)} layers under {ns.dest}")
-    print(f"lowerdir={built.lowerdir_string()}"
-          + (f",upperdir={built.upper},workdir={built.workdir}" if built.upper else "")
-          + (f",{built.options}" if built.options else ""))
+    _print_lines([f"built {len(stack.layers)} layers under {ns.dest}",
+                  f"lowerdir={built.lowerdir_string()}"
+                  + (f",upperdir={built.upper},workdir={built.workdir}" if built.upper else "")
+                  + (f",{built.options}" if built.options else "")])
     if ns.mount is not None:
         target = ns.mount or os.path.join(ns.dest, "merged")
         os.makedirs(target, exist_ok=True)
         if os.path.ismount(target):
             raise InputError(f"{target} is already a mountpoint; unmount it or name another")
-        built.mount(target)
-        print(f"mounted on {target}")
+        from .mountapi import MountError
+
+        try:
+            built.mount(target)
+        except (MountError, OSError) as e:
+            raise InputError(f"built under {ns.dest}, but the kernel refuses the mount on {target}: {e}") from None
+        _print_lines(f"mounted on {target}")
     return 0
 
 
@@ -443,8 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "build": cmd_build,
             "rules": cmd_rules,
         }[ns.command](ns)
-    except InputError as e:
-        print(f"ovlinspect: {e}", file=sys.stderr)
+    except (InputError, LayerError) as e:  # one line: a \n in a name does not split it
+        _write(f"ovlinspect: {show(str(e))}\n", sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

@@ -37,6 +37,7 @@ inline entries, so a bug report can carry the whole stack.
 from __future__ import annotations
 
 import os
+import pathlib
 import tomllib
 from typing import Any
 
@@ -52,6 +53,7 @@ from .layers import (
     split_path,
 )
 from .stack import Stack
+from .xattrs import safe
 
 __all__ = ["StackFileError", "load_stack", "loads_stack", "stack_from_dict", "dump_stack", "INLINE_LIMIT"]
 
@@ -267,7 +269,7 @@ class _Loader:
         if not os.path.isfile(full):
             raise self.fail(where, f"dump file does not exist: {full}")
         try:
-            layer = composefs.load_dump(full)
+            layer = composefs.load_dump(pathlib.Path(full))  # a path, even one holding "\n"
         except Exception as e:  # the dump parser reports its own problems
             raise self.fail(where, f"cannot load composefs dump {full}: {e}") from None
         layer.label = name
@@ -472,6 +474,8 @@ def _toml_str(s: str) -> str:
             out.append("\\t")
         elif o < 0x20 or o == 0x7F:
             out.append(f"\\u{o:04x}")
+        elif 0xD800 <= o <= 0xDFFF:  # a byte that is not UTF-8 (surrogateescape): TOML cannot
+            out.append(safe(ch).replace("\\", "\\\\"))  # hold it; its \\xNN text instead
         else:
             out.append(ch)
     out.append('"')
@@ -611,7 +615,7 @@ def dump_stack(stack: Stack) -> str:
         out.append(f"role = {_toml_str(role)}")
         out.append(f"name = {_toml_str(name)}")
         if isinstance(layer, DiskLayer):
-            out.append(f"# from {layer.path}".replace("\n", " "))
+            out.append(f"# from {safe(layer.path)}")  # escaped: one comment line, valid TOML
         for path, node in layer_entries(layer):
             out.append("")
             out.extend(_entry_lines(layer, path, node))
