@@ -150,6 +150,11 @@ class MemoryLayer(Layer):
 
     def __post_init__(self) -> None:
         self._known: dict[Path, set[bytes]] = {}
+        #: path -> whether every parent of it is a directory (memoized: a lookup of a path of
+        #: d components costs O(d) once, not O(d²) each time); valid while ``nodes`` keeps
+        #: the size it had when filled
+        self._reach: dict[Path, bool] = {}
+        self._reach_size = -1
         if () not in self.nodes:
             self.nodes[()] = Node("dir", 0o755)
         for p in list(self.nodes):
@@ -177,11 +182,28 @@ class MemoryLayer(Layer):
             self.contents[path] = content
 
     def node(self, path: Path) -> Node | None:
-        for i in range(len(path)):
-            parent = self.nodes.get(path[:i])
-            if parent is None or not parent.is_dir:
-                return None
-        return self.nodes.get(path)
+        if self._reach_size != len(self.nodes):
+            self._reach.clear()
+            self._reach_size = len(self.nodes)
+        ok = self._reach.get(path)
+        if ok is None:
+            ok = self._reachable(path)
+        return self.nodes.get(path) if ok else None
+
+    def _reachable(self, path: Path) -> bool:
+        """Whether every parent of ``path`` is a directory (iterative, memoized)."""
+        # the deepest prefix already known, then down from it
+        i = len(path)
+        while i > 0 and path[:i] not in self._reach:
+            i -= 1
+        ok = self._reach.get(path[:i], True) if i else True
+        for j in range(i, len(path) + 1):
+            prefix = path[:j]
+            if j > i:
+                parent = self.nodes.get(path[:j - 1])
+                ok = ok and parent is not None and parent.is_dir
+            self._reach[prefix] = ok
+        return ok
 
     def listdir(self, path: Path) -> list[bytes]:
         n = self.node(path)
