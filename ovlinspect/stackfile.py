@@ -474,6 +474,8 @@ def _toml_str(s: str) -> str:
             out.append("\\t")
         elif o < 0x20 or o == 0x7F:
             out.append(f"\\u{o:04x}")
+        elif not ch.isprintable() and not 0xD800 <= o <= 0xDFFF:  # C1, U+2028, bidi, ...:
+            out.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")  # same value, inert text
         elif 0xD800 <= o <= 0xDFFF:  # a byte that is not UTF-8 (surrogateescape): TOML cannot
             out.append(safe(ch).replace("\\", "\\\\"))  # hold it; its \\xNN text instead
         else:
