@@ -472,7 +472,11 @@ def cmd_build(ns: argparse.Namespace) -> int:
         try:
             built.mount(target)
         except (MountError, OSError) as e:
-            raise InputError(f"built under {ns.dest}, but the kernel refuses the mount on {target}: {e}") from None
+            import errno as _errno
+
+            code = _errno.errorcode.get(e.errno, str(e.errno)) if e.errno else "error"
+            raise InputError(f"built under {ns.dest}, but the kernel refuses the mount on {target}: "
+                             f"{code} ({e.strerror or e})") from None
         _print_lines(f"mounted on {target}")
     return 0
 
