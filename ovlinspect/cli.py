@@ -165,12 +165,22 @@ def _print_lines(lines: Sequence[str] | str) -> None:
 
 def _print_json(doc) -> None:
     """JSON output, valid UTF-8 in any locale: names that are not UTF-8 carry surrogates
-    (the contract's ``\\udcXX``), written as JSON escapes instead of raw bytes."""
-    import re
-
+    (the contract's ``\\udcXX``), written as JSON escapes instead of raw bytes, and so is
+    every other character that is not printable."""
     text = json.dumps(doc, indent=2, ensure_ascii=False)
-    text = re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text)
+    if not text.replace("\n", "").isprintable():  # outside strings there is only ASCII
+        text = "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
     _write(text + "\n")
+
+
+def _json_escape(c: str) -> str:
+    """A character JSON may carry raw but a terminal must not see (C1, U+2028, bidi, a
+    surrogate standing for a byte that is not UTF-8) as its \\uXXXX escape."""
+    o = ord(c)
+    if o > 0xFFFF:
+        o -= 0x10000
+        return f"\\u{0xD800 + (o >> 10):04x}\\u{0xDC00 + (o & 0x3FF):04x}"
+    return f"\\u{o:04x}"
 
 
 def _pid(value: str) -> int:

@@ -15,6 +15,7 @@ def list_mounts(pid: int | None = None, deep: bool = False) -> list[dict]:
     stack-level problems are looked for (quick); ``deep`` checks every path of every mount.
     """
     from .engine import Engine
+    from .layers import LayerError
     from .sources import InputError, live_stack
 
     proc = f"/proc/{pid}" if pid else "/proc/self"
@@ -32,7 +33,7 @@ def list_mounts(pid: int | None = None, deep: bool = False) -> list[dict]:
             stack = live_stack(m.mountpoint, pid)
             engine = Engine(stack)
             findings = engine.check() if deep else engine.stack_findings()
-        except (InputError, ValueError, OSError) as e:
+        except (InputError, LayerError, ValueError, OSError) as e:
             row["health"], row["detail"] = "unreadable", str(e)
             rows.append(row)
             continue
