@@ -22,6 +22,7 @@ import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)  # this checkout's ovlinspect, not an installed one
 
 
 def run_suite(factor: int, random: bool) -> int:
@@ -34,6 +35,9 @@ def run_suite(factor: int, random: bool) -> int:
         os.environ["OVLINSPECT_FUZZ_RANDOM"] = "1"
     import pytest
 
+    import ovlinspect
+
+    assert os.path.dirname(ovlinspect.__file__) == os.path.join(ROOT, "ovlinspect"), ovlinspect.__file__
     times: dict[str, float] = {}
 
     class Timer:

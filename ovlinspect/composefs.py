@@ -71,6 +71,7 @@ the dump's ``SIZE``), mtimes and nlink (kept in :class:`DumpEntry` only).
 
 from __future__ import annotations
 
+import io
 import zlib
 import os
 import stat as _stat
@@ -132,7 +133,7 @@ _TYPES = {
 
 #: Largest dump read, after decompression (bytes): beyond it, one line and no parse.  A real
 #: image of a million files writes about 200 MB.
-MAX_DUMP = 512 << 20
+MAX_DUMP = 384 << 20
 
 #: Field bounds: what the kernel can hold (st_mode 16 bits, loff_t, uid_t, dev_t 12:20 bits).
 MAX_MODE = 0o177777
@@ -363,17 +364,21 @@ def _read_source(source: str | bytes | os.PathLike | TextIO | BinaryIO) -> tuple
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
-    """Every gzip member of ``data``, inflated a piece at a time and never past ``limit`` bytes."""
-    out = bytearray()
+    """Every gzip member of ``data``, inflated a piece at a time and never past ``limit`` bytes
+    (memory stays about ``limit``: the pieces go to one growing buffer, returned uncopied)."""
+    out = io.BytesIO()
+    size = 0
     rest = data
     while rest:
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             while rest:
-                out += d.decompress(rest, limit + 1 - len(out))
+                piece = d.decompress(rest, min(limit + 1 - size, 16 << 20))
                 rest = d.unconsumed_tail
-                if len(out) > limit:
+                size += len(piece)
+                if size > limit:
                     raise DumpError(0, f"gzip data inflates past {limit >> 20} MiB; refused")
+                out.write(piece)
                 if d.eof:
                     break
         except zlib.error as e:
@@ -385,7 +390,7 @@ def _gunzip(data: bytes, limit: int) -> bytes:
             if rest.strip(b"\0"):  # trailing zeros (padding) are ignored, as gzip does
                 raise DumpError(0, "bad gzip data: trailing garbage after the last member")
             break
-    return bytes(out)
+    return out.getvalue()
 
 
 def parse_dump(source: str | bytes | os.PathLike | TextIO | BinaryIO) -> list[DumpEntry]:
