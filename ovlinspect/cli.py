@@ -14,6 +14,7 @@ from typing import Sequence
 
 from .engine import Engine, Resolution, show, show_path
 from .layers import LayerError
+from .kernel.profile import UnknownKernel, parse_version, profile_for
 from .rules import RULES, Finding
 from .sources import InputError, check_privileges, demo_names, load_target, stack_from_args
 from .stack import Stack
@@ -32,32 +33,46 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir")
     p.add_argument("-o", "--options", default="", help="mount options, as mount -o takes them")
     p.add_argument("--from-inspect", metavar="FILE", help="docker/podman inspect JSON ('-' for stdin)")
-    p.add_argument("--pid", type=_pid, help="inspect a mount in this process's mount namespace")
+    p.add_argument("--container", metavar="NAME|INDEX", help="with --from-inspect: which object of the JSON")
+    p.add_argument("--pid", type=_pid, help="inspect a mount in this process's mount namespace (layer paths: "
+                   "on the host first, then under /proc/PID/root)")
     p.add_argument("--layer-root", metavar="DIR", help="resolve relative layer paths of a live mount from DIR")
+    p.add_argument("--kernel", metavar="X.Y", help="predict what kernel X.Y does (default: the running "
+                   "kernel's release), e.g. --kernel 6.12 for Debian 13 or RHEL 10")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="ovlinspect",
-        usage="ovlinspect TARGET | ovlinspect COMMAND ...",
+        usage="ovlinspect [stack flags] TARGET [PATH] | ovlinspect COMMAND ...",
         description="Predict what overlayfs does with every path, and why. `ovlinspect TARGET` opens "
-                    "the interactive view of a mounted overlay (any path inside it), a stack file, or "
-                    "demo:NAME; `ovlinspect demo` opens the built-in seed demo.",
-        epilog="TARGET for the commands: a path on a mounted overlay, demo:NAME, a stack file (*.toml), "
+                    "the interactive view of a mounted overlay (at the path inside it that TARGET "
+                    "names, even one whose lookup fails), a running container (docker:NAME, ...), a "
+                    "stack file, or demo:NAME; it takes the same stack flags as the commands "
+                    "(--lowerdir, -o, --from-inspect, --pid, ...). `ovlinspect demo` opens the "
+                    "built-in seed demo.",
+        epilog="TARGET for the commands: a path on a mounted overlay, docker:NAME, podman:NAME, "
+               "nerdctl:NAME, crictl:ID (a running container's root overlay), demo:NAME, a stack file (*.toml), "
                "or the layers themselves: --lowerdir A:B::C [--upperdir U --workdir W] [-o OPTS], "
-               "--from-inspect FILE. Exit status: 0 ok, 1 check found errors, 2 bad input.")
+               "--from-inspect FILE. Exit status: 0 ok, 1 check found errors (mounts: a mount "
+               "has errors, is unresolved, unreadable or needs root), 2 bad input.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     e = sub.add_parser("explain", help="how the kernel resolves paths")
     e.add_argument("args", nargs="*", metavar="[TARGET] PATH")
     e.add_argument("--observe", action="store_true", help="also do what a program would do through the merged path (live mounts)")
+    e.add_argument("--paths-from", metavar="FILE", help="also explain the paths in FILE, one a line, raw bytes ('-' for stdin)")
     _stack_args(e)
     c = sub.add_parser("check", help="every problem of the stack")
     c.add_argument("args", nargs="*", metavar="TARGET")
     _stack_args(c)
-    m = sub.add_parser("mounts", help="list overlay mounts with a one-word health (quick: stack-level "
-                       "problems only; --deep: every path)")
-    m.add_argument("--pid", type=_pid)
+    m = sub.add_parser("mounts", help="list overlay mounts of every mount namespace with a one-word health "
+                       "(quick: stack-level problems only; --deep: every path)",
+                       description="Overlay mounts of every mount namespace (one process each), with the "
+                       "container an engine (docker, podman, nerdctl) knows them as. Exit status: 0 every "
+                       "mount ok or warning, 1 a mount has errors or is unresolved, unreadable or "
+                       "needs-root, 2 bad input.")
+    m.add_argument("--pid", type=_pid, help="only the mount namespace of this process (default: every namespace)")
     m.add_argument("--json", action="store_true")
     m.add_argument("--deep", action="store_true", help="check every path of every mount (slower)")
     d = sub.add_parser("demo", help="built-in demo stacks")
@@ -84,6 +99,10 @@ _SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
 
 def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[str]]:
     """The stack named by the arguments, and the positional arguments left (paths)."""
+    if ns.from_inspect and ns.lowerdir is not None:
+        raise InputError("give either --from-inspect or --lowerdir, not both")
+    if ns.container is not None and not ns.from_inspect:
+        raise InputError("--container picks an object of --from-inspect JSON; give --from-inspect too")
     if ns.lowerdir is not None:
         if not ns.lowerdir:
             raise InputError("bad --lowerdir: it is empty")
@@ -93,28 +112,7 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
         stack = stack_from_args(ns.lowerdir, ns.upperdir, ns.workdir, ns.options)
         rest = positional
     elif ns.from_inspect:
-        from .inspect_json import InspectError, load_inspect
-
-        try:
-            from .inspect_json import MAX_INSPECT
-
-            if ns.from_inspect == "-":
-                text = sys.stdin.buffer.read(MAX_INSPECT + 1)
-            else:
-                with open(ns.from_inspect, "rb") as f:
-                    text = f.read(MAX_INSPECT + 1)
-            info = load_inspect(text)
-        except OSError as err:
-            raise InputError(f"{ns.from_inspect}: {err.strerror}") from None
-        except InspectError as err:
-            raise InputError(str(err)) from None
-        except ValueError as err:  # a NUL in the file name
-            raise InputError(f"{ns.from_inspect}: {err}") from None
-        from .options import join_lowerdir
-
-        lowers, datas, upper, work = info.mount_layers()
-        stack = stack_from_args(join_lowerdir(lowers, datas), upper, work,
-                                ns.options, source=f"inspect:{info.name}")
+        stack = _from_inspect(ns)
         rest = positional
     else:
         if not positional:
@@ -124,7 +122,69 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
         if ns.options:  # what-if: the mount's options with these on top, as typed
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
             stack.effective = None
+    if ns.kernel:
+        try:
+            stack.profile = profile_for(parse_version(ns.kernel), chosen_by="--kernel")
+        except UnknownKernel as e:
+            raise InputError(f"--kernel: {e}") from None
     return stack, rest
+
+
+def _from_inspect(ns: argparse.Namespace) -> Stack:
+    """The stack of a docker/podman inspect object: the live mount when MergedDir is mounted
+    here (its options, its layers), else the layer directories with guessed options."""
+    from .inspect_json import InspectError, load_inspect
+
+    from .inspect_json import MAX_INSPECT
+
+    try:
+        if ns.from_inspect == "-":  # bytes, bounded: load_inspect says what is wrong with them
+            text = sys.stdin.buffer.read(MAX_INSPECT + 1)
+        else:
+            with open(ns.from_inspect, "rb") as f:
+                text = f.read(MAX_INSPECT + 1)
+        select = ns.container
+        if select is not None and select.lstrip("-").isdigit():
+            select = int(select)
+        info = load_inspect(text, select)
+    except OSError as err:
+        raise InputError(f"{ns.from_inspect}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{ns.from_inspect}: inspect JSON is not UTF-8 text") from None
+    except InspectError as err:
+        raise InputError(str(err)) from None
+    except ValueError as err:  # a NUL in the file name
+        raise InputError(f"{ns.from_inspect}: {err}") from None
+    from .inspect_json import layer_labels, merged_mount
+
+    labels = layer_labels(info)
+    if merged_mount(info):
+        from .sources import live_stack
+
+        stack = live_stack(info.merged, labels=labels)
+        stack.source = f"inspect:{info.name}"
+        note = f"options and layers read from the live mount at {info.merged} (MergedDir)"
+        stack.description = "; ".join(x for x in (note, stack.description) if x)
+        if ns.options:
+            stack.options = ",".join(x for x in (stack.options, ns.options) if x)
+            stack.effective = None
+        return stack
+    from .options import join_lowerdir
+
+    lowers, datas, upper, work = info.mount_layers()  # a single-layer image: its one lower
+    stack = stack_from_args(join_lowerdir(lowers, datas), upper, work,
+                            ns.options, source=f"inspect:{info.name}")
+    for _, layer in stack.layers:
+        label = labels.get(layer.path or "")
+        if label:
+            layer.label = label
+    stack.options_guessed = not ns.options
+    stack.description = (
+        ("MergedDir is not mounted here: options guessed from the module defaults "
+         "(/sys/module/overlay/parameters), not read from a mount; set them with -o "
+         "(e.g. -o metacopy=on)") if not ns.options else
+        "MergedDir is not mounted here: options are the ones given with -o")
+    return stack
 
 
 def _engine(stack: Stack) -> Engine:
@@ -132,6 +192,8 @@ def _engine(stack: Stack) -> Engine:
 
     try:
         engine = Engine(stack)
+    except UnknownKernel as e:
+        raise InputError(f"{e}; ask about a kernel ovlinspect models with --kernel X.Y") from None
     except OptionError as e:
         raise InputError(f"bad options: {e}") from None
     except ValueError as e:  # a module parameter override that is not Y/N, ...
@@ -207,6 +269,14 @@ def _layers_text(engine: Engine) -> list[str]:
     return out
 
 
+def _kernel_text(engine: Engine) -> str:
+    """Which kernel's behaviours the prediction follows, and why that one."""
+    p = engine.profile
+    if p.chosen_by == "release":
+        return f"kernel {engine.kernel}, {p.name} rules"
+    return f"kernel {p.name} rules ({p.chosen_by}; running {engine.kernel})"
+
+
 def _options_text(engine: Engine) -> str:
     o = engine.options
     return (f"metacopy={'on' if o.metacopy else 'off'} redirect_dir={o.redirect_dir} "
@@ -218,7 +288,8 @@ def _finding_text(f: Finding) -> list[str]:
 
 
 def _describe(engine: Engine, res: Resolution) -> list[str]:
-    lines = [show_path(res.path)]
+    head = show_path(res.path) + ("/" if res.slash and res.path else "")
+    lines = [head + (f"  (asked: {show(res.asked)})" if res.asked is not None else "")]
     if res.errno:
         lines.append(f"  lstat     fails: {res.errno}")
     else:
@@ -282,31 +353,48 @@ def _layers_at(engine: Engine, res: Resolution) -> list[str]:
 
 
 def cmd_explain(ns: argparse.Namespace) -> int:
-    stack, paths = _load(ns, ns.args)
-    if not paths:
-        raise InputError("explain: name at least one PATH inside the merged tree (/ is the root)")
+    if ns.paths_from == "-" and ns.from_inspect == "-":
+        raise InputError("explain: --paths-from and --from-inspect cannot both read stdin")
+    stack, args = _load(ns, ns.args)
+    paths = [os.fsencode(p) for p in args] + (_read_paths(ns.paths_from) if ns.paths_from else [])
+    asked = _asked_paths(stack, paths, ns.pid)
+    if not asked and stack.target_path is not None and not ns.paths_from:
+        asked = [(stack.target_path, stack.mountpoint == "/")]  # the TARGET's own path
+    if not asked:
+        raise InputError("explain: name at least one PATH inside the merged tree (/ is the root)"
+                         + (f"; {ns.paths_from} holds none" if ns.paths_from else ""))
     engine = _engine(stack)
     results: list[Resolution] = []
     if not engine.mount_errno:
-        results = [engine.explain(_merged_path(engine, p)) for p in paths]
+        for raw, contained in asked:
+            try:
+                results.append(engine.explain(raw, contained=contained))
+            except ValueError:
+                raise InputError(f"explain: {show(raw)}: '..' leads out of the mount at "
+                                 f"{stack.mountpoint}") from None
     observed = None
     if ns.observe:
         if not stack.mountpoint:
-            raise InputError("--observe needs a live mount as TARGET")
+            raise InputError("--observe needs a live mount as TARGET (for --from-inspect: a "
+                             "mounted MergedDir)")
         from .observe import compare, observe
 
-        observed = [observe(stack.mountpoint, r.path) for r in results]
+        where = _observe_root(stack)
+        # a path the walk needed as a directory is observed as such: lstat("file/")
+        observed = [observe(where, r.path + ((b"",) if r.slash and r.path else ()))
+                    for r in results]
     if ns.json:
         doc = engine.document(results)
+        _json_notes(doc, stack)
         if observed is not None:
             for pj, r, ob in zip(doc["paths"], results, observed):
                 pj["observed"] = ob.as_json()
                 pj["mismatches"] = compare(engine, r, ob)
         _print_json(doc)
         return 0
-    out = [f"stack  {stack.source}  (kernel {engine.kernel}; {_options_text(engine)})"]
+    out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
     out += _layers_text(engine)
-    if stack.mountpoint and stack.description:
+    if stack.description and (stack.mountpoint or stack.options_guessed or stack.source.startswith("inspect:")):
         out.append(f"note   {stack.description}")
     if engine.mount_errno:
         out.append(f"mount  fails: {engine.mount_errno}: " + "; ".join(engine.options.mount_log))
@@ -323,15 +411,69 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _merged_path(engine: Engine, p: str) -> bytes:
-    """A PATH argument: absolute inside the merged tree, or a path under the live mountpoint."""
-    b = os.fsencode(p)
-    mp = engine.stack.mountpoint
-    if mp:
-        mpb = os.fsencode(mp.rstrip("/"))
-        if b == mpb or b.startswith(mpb + b"/"):
-            return b[len(mpb):] or b"/"
-    return b
+def _read_paths(name: str) -> list[bytes]:
+    """The paths of ``--paths-from``: one a line, raw bytes (a NUL ends nothing: it is kept)."""
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(name, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise InputError(f"--paths-from {name}: {e.strerror}") from None
+    return [line for line in data.split(b"\n") if line]
+
+
+def _asked_paths(stack: Stack, paths: list[bytes], pid: int | None) -> list[tuple[bytes, bool]]:
+    """Each PATH argument as (its path in the merged tree, whether '..' stays at the root).
+
+    On a live mount an absolute PATH under the mountpoint is a host path; any other absolute
+    PATH is a merged-tree path.  A relative PATH is taken from the working directory when that
+    lies in the same mount, otherwise from the TARGET's place in the merged tree (the root for
+    stacks that are not mounted).  A host path's '..' can leave the mount (an error); a
+    merged-tree path's stays at the root, as inside the container.
+    """
+    mp = stack.mountpoint
+    mpb = os.fsencode(mp.rstrip("/")) if mp else None
+    at_root = mp is None or mp == "/"
+    base = stack.target_path or b"/"
+    if mp and pid is None and any(not p.startswith(b"/") for p in paths):
+        from .mountinfo import NotOverlayError, locate
+
+        try:
+            here = locate(os.getcwd())
+            if here.entry.mountpoint == mp:
+                base = here.inside
+        except (OSError, NotOverlayError):
+            pass
+    out = []
+    for p in paths:
+        if p.startswith(b"/"):
+            if mpb is not None and mpb and (p == mpb or p.startswith(mpb + b"/")):
+                out.append((p[len(mpb):] or b"/", at_root))
+            else:
+                out.append((p, True))
+        else:
+            out.append((base.rstrip(b"/") + b"/" + p, at_root))
+    return out
+
+
+def _observe_root(stack: Stack) -> str:
+    """Where this process reaches the merged tree (another namespace's: a copy of the mount)."""
+    from .containers import merged_root
+
+    try:
+        return merged_root(stack)
+    except OSError as e:
+        raise InputError(f"--observe: cannot reach the mount at {stack.mountpoint} of pid "
+                         f"{stack.pid}: {e.strerror}") from None
+
+
+def _json_notes(doc: dict, stack: Stack) -> None:
+    """Where the options came from, in the JSON (``--from-inspect`` guesses them)."""
+    doc["options_guessed"] = stack.options_guessed
+    if stack.description and (stack.mountpoint or stack.options_guessed or stack.source.startswith("inspect:")):
+        doc["note"] = stack.description
 
 
 def cmd_check(ns: argparse.Namespace) -> int:
@@ -363,13 +505,16 @@ def cmd_check(ns: argparse.Namespace) -> int:
             "options": engine.options.as_json(),
             "mount_errno": engine.mount_errno,
             "paths_checked": count,
+            "options_guessed": stack.options_guessed,
             "summary": {"error": errors, "warning": warnings,
                         "info": len(findings) - errors - warnings},
             "findings": [f.as_json() for f in findings],
         })
     else:
-        out = [f"stack  {stack.source}  (kernel {engine.kernel}; {_options_text(engine)})"]
+        out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
         out += _layers_text(engine)
+        if stack.description and (stack.mountpoint or stack.options_guessed or stack.source.startswith("inspect:")):
+            out.append(f"note   {stack.description}")
         out.append("")
         order = {"error": 0, "warning": 1, "info": 2}
         for f in sorted(findings, key=lambda f: (order[f.severity], f.rule, f.path)):
@@ -389,25 +534,31 @@ def cmd_rules(ns: argparse.Namespace) -> int:
 
 
 def cmd_mounts(ns: argparse.Namespace) -> int:
-    from .mounts import list_mounts
+    from .mounts import BAD_HEALTH, list_mounts
 
     try:
         rows = list_mounts(ns.pid, deep=ns.deep)
     except OSError as e:  # the process went away, or its mountinfo cannot be read
         raise InputError(f"cannot read the mounts of {'process ' + str(ns.pid) if ns.pid else 'this process'}: "
                          f"{e.strerror}") from None
+    bad = 1 if any(r["health"] in BAD_HEALTH for r in rows) else 0
     if ns.json:
         _print_json(rows)
-        return 0
+        return bad
     if not rows:
         print("no overlay mounts")
         return 0
     for r in rows:
-        _print_lines(f"{r['health']:<10} {show(r['mountpoint'])}  upper={'yes' if r['upper'] else 'no'} "
+        who = f"pid {r['pid']} ({show(r['comm'])}"
+        who += f", {show(r['container'])})" if r["container"] else ")"
+        _print_lines(f"{r['health']:<10} {show(r['mountpoint'])}  {who}  upper={'yes' if r['upper'] else 'no'} "
                      f"lower={r['lowers']} data={r['datas']}  {show(r['detail'])}")
     if not ns.deep:
         print("(quick: stack-level problems only; --deep checks every path)")
-    return 0
+    if os.geteuid() != 0:
+        print("(not root: other users' mount namespaces are not listed, and trusted.overlay.* "
+              "xattrs are invisible: run as root)")
+    return bad
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
@@ -491,21 +642,77 @@ def cmd_build(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _interactive(stack: Stack) -> int:
-    engine = _engine(stack)
+def _interactive(stack: Stack, start: tuple[bytes, bool] | None = None) -> int:
+    engine, where = _view_engine(stack, start)
     from .ui.app import run_app
 
-    return run_app(engine)
+    return run_app(engine, start=where)
+
+
+def _view_engine(stack: Stack, start: tuple[bytes, bool] | None) -> tuple[Engine, tuple[bytes, ...] | None]:
+    """The engine of the view, and the merged path to open at (where the walk of ``start`` ends)."""
+    engine = _engine(stack)
+    where = None
+    if start is not None and not engine.mount_errno:
+        try:
+            where = engine.walk_path(start[0], start[1]).path
+        except ValueError:
+            raise InputError(f"{show(start[0])}: '..' leads out of the mount at {stack.mountpoint}") from None
+    return engine, where
+
+
+def view_parser() -> argparse.ArgumentParser:
+    """``ovlinspect [stack flags] TARGET [PATH]``: the interactive view, with the commands' flags."""
+    v = _Parser(prog="ovlinspect", usage="ovlinspect [--lowerdir A:B::C ... | --from-inspect FILE | "
+                "--pid PID | -o OPTS | --layer-root DIR] TARGET [PATH]")
+    v.add_argument("args", nargs="*", metavar="TARGET [PATH]")
+    _stack_args(v)
+    return v
+
+
+def cmd_view(argv: list[str]) -> int:
+    """The interactive view, opened at the TARGET's own path (or PATH) when it names one."""
+    stack, start = view_target(argv)
+    return _interactive(stack, start)
+
+
+def view_target(argv: list[str]) -> tuple[Stack, tuple[bytes, bool] | None]:
+    """The stack the view's arguments name, and the path to open at (as for explain's PATHs)."""
+    ns = view_parser().parse_intermixed_args(argv)
+    if ns.json:
+        raise InputError("the interactive view has no --json; `ovlinspect explain --json` and "
+                         "`ovlinspect check --json` do")
+    args = ns.args
+    given_stack = ns.lowerdir is not None or ns.from_inspect
+    first = args[0] if args else ""
+    if len(args) > (1 if given_stack else 2) or (
+            len(args) == 2 and "/" not in first and ":" not in first and not first.endswith(".toml")
+            and not os.path.lexists(first)):
+        raise InputError(f"unknown command {first!r}; try `ovlinspect --help`")
+    if not args and not given_stack:
+        raise InputError("name a stack: a mountpoint, demo:NAME, a stack file, or --lowerdir")
+    stack, rest = _load(ns, args)
+    start = None
+    if rest:
+        start = _asked_paths(stack, [os.fsencode(rest[0])], ns.pid)[0]
+    elif stack.target_path is not None:
+        start = (stack.target_path, stack.mountpoint == "/")
+    return stack, start
+
+
+def view_app_args(argv: list[str]):
+    """``(engine, start)`` for :class:`~ovlinspect.ui.app.OvlInspectApp`, exactly as
+    ``ovlinspect ARGV`` opens the view (raises :class:`InputError` for bad input)."""
+    return _view_engine(*view_target(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
-            # `ovlinspect /mnt/merged` or `ovlinspect demo:seed`: the interactive view
-            if len(argv) != 1:
-                raise InputError(f"unknown command {argv[0]!r}; try `ovlinspect --help`")
-            return _interactive(load_target(argv[0]))
+        if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+            # `ovlinspect /mnt/merged/some/path`, `ovlinspect --pid 123 /merged`, `ovlinspect
+            # --lowerdir A:B::C`: the interactive view, parsed as the commands parse stacks
+            return cmd_view(argv)
         parser = build_parser()
         if argv and argv[0] in COMMANDS:
             # options may come between the TARGET and the PATHs

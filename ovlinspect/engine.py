@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from .kernel.profile import KernelProfile, profile_for_release
 from .layers import Layer, Node, Path, split_path
 from .options import ModuleDefaults, Options, effective_options
 from .rules import Finding
@@ -29,15 +30,6 @@ from .xattrs import METACOPY_MAX, METACOPY_MIN, decode_metacopy, safe
 MAX_SYMLINK_HOPS = 40
 #: the longest name the layers take (the overlay refuses longer ones with ENAMETOOLONG)
 NAME_MAX = 255
-
-
-def kernel_version(release: str) -> tuple[int, int] | None:
-    """(major, minor) of a kernel release string such as ``6.18.44-fc``."""
-    parts = release.split(".")
-    try:
-        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
-    except (IndexError, ValueError):
-        return None
 
 
 def pd2(path: Path) -> str:
@@ -58,6 +50,10 @@ show = safe
 
 def show_path(path: Path) -> str:
     return show(b"/" + b"/".join(path))
+
+
+def show_raw(path: Path) -> bytes:
+    return b"/" + b"/".join(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +146,12 @@ class Resolution:
     #: names readdir does not show although a layer holds them and their lookup fails with an
     #: error (not ENOENT): impure directories leave them out, or fail the whole listing
     _unlisted_failures: list[bytes] | None = None
+    #: the path as asked (:meth:`Engine.walk_path`), when it differs from ``path``: with its
+    #: ``..``, its trailing ``/`` or the symlinks the walk followed
+    asked: bytes | None = None
+    #: the walk needed ``path`` as a directory (a trailing ``/``, or a ``..`` or more
+    #: components after it): what a program sees is ``lstat("path/")``
+    slash: bool = False
 
     @property
     def ok(self) -> bool:
@@ -163,9 +165,12 @@ class Resolution:
 class Engine:
     """Predicts the kernel's behaviour for a :class:`Stack`."""
 
-    def __init__(self, stack: Stack, options: Options | None = None, kernel: str | None = None):
+    def __init__(self, stack: Stack, options: Options | None = None, kernel: str | None = None,
+                 profile: KernelProfile | None = None):
         self.stack = stack
         self.kernel = kernel or os.uname().release
+        #: the overlayfs behaviours predicted: those of ``kernel`` unless another is asked for
+        self.profile = profile or stack.profile or profile_for_release(self.kernel)
         self.klayers: list[Layer | None] = [stack.upper] + list(stack.lowers) + list(stack.data)
         self.nlower = len(stack.lowers)
         self.ndata = len(stack.data)
@@ -175,14 +180,18 @@ class Engine:
             defaults = (ModuleDefaults.from_mapping(stack.params) if stack.params is not None
                         else ModuleDefaults.read())
             options = effective_options(stack.options, has_upper=stack.upper is not None,
-                                        n_lower=self.nlower, n_data=self.ndata, defaults=defaults)
+                                        n_lower=self.nlower, n_data=self.ndata, defaults=defaults,
+                                        profile=self.profile)
         if stack.refusal is not None and not options.mount_errno:
             options = dataclasses.replace(options, mount_errno=stack.refusal[0],
                                           mount_log=tuple(options.mount_log) + (stack.refusal[1],))
         self.options = options
         self.prefix: bytes = options.xattr_prefix
         self.other_prefix = b"user.overlay." if self.prefix == b"trusted.overlay." else b"trusted.overlay."
-        self.check_redirect = options.redirect_follow or self.ndata > 0
+        # 6.16 reads metacopy and redirect xattrs in every regular layer when data-only layers
+        # exist, even with redirects not followed
+        self.check_redirect = options.redirect_follow or (
+            self.ndata > 0 and self.profile.lower_data_relaxed)
         self.root_lowers: list[Ref] = [Ref(i, ()) for i in range(1, self.nlower + 1)]
         self._cache: OrderedDict[Path, Resolution] = OrderedDict()
         #: build the step-by-step trace (off while walking a whole stack for check)
@@ -233,12 +242,15 @@ class Engine:
     def is_whiteout(self, node: Node) -> bool:
         if node.is_whiteout_dev:
             return True
-        return node.is_reg and node.size == 0 and self._x(node, b"whiteout") is not None
+        return (self.profile.xattr_whiteouts and node.is_reg and node.size == 0
+                and self._x(node, b"whiteout") is not None)
 
     def opaque_value(self, node: Node) -> bytes | None:
         v = self._x(node, b"opaque")
         # the kernel reads one byte; a longer value fails with ERANGE and counts as none
-        return v if v is not None and len(v) == 1 else None
+        if v is None or len(v) != 1 or (v == b"x" and not self.profile.opaque_x):
+            return None
+        return v
 
     # ------------------------------------------------------------------------- the root
     def _make_root(self) -> Resolution:
@@ -374,26 +386,33 @@ class Engine:
         return res
 
     def _check_follow(self, d: _LookupData, path: Path) -> None:
+        """``ovl_check_follow_redirect`` (6.16+): before each lower layer and after the loop."""
         if d.metacopy and not self.options.metacopy:
-            at = d.metacopy_at
-            why = ((f"{self.where(at)} is a metacopy file" if at else "a metacopy file was found")
-                   + " and the lookup would have to go on below it, but metacopy is off")
-            if at is not None and at.layer == self.nlower and not d.absolute_redirect:
-                why = (f"{self.where(at)} carries a metacopy xattr in the lowest layer, where no data "
-                       "can be found: remove the stray xattr (with metacopy=on this becomes EIO)")
-            raise LookupFailed(
-                "EPERM",
-                f"overlayfs: refusing to follow metacopy origin for ({pd2(path)})",
-                why, "metacopy-refused", [at.layer] if at else [], cause=at,
-            )
+            self._refuse_metacopy(d, path)
         if (d.redirect is not None or d.upperredirect is not None) and not self.options.redirect_follow:
-            raise LookupFailed(
-                "EPERM",
-                f"overlayfs: refusing to follow redirect for ({pd2(path)})",
-                f"a redirect would have to be followed, but redirect_dir={self.options.redirect_dir}",
-                "redirect-refused",
-                [d.redirect_from.layer] if d.redirect_from else [], cause=d.redirect_from,
-            )
+            self._refuse_redirect(d, path)
+
+    def _refuse_metacopy(self, d: _LookupData, path: Path) -> None:
+        at = d.metacopy_at
+        why = ((f"{self.where(at)} is a metacopy file" if at else "a metacopy file was found")
+               + " and the lookup would have to go on below it, but metacopy is off")
+        if at is not None and at.layer == self.nlower and not d.absolute_redirect:
+            why = (f"{self.where(at)} carries a metacopy xattr in the lowest layer, where no data "
+                   "can be found: remove the stray xattr (with metacopy=on this becomes EIO)")
+        raise LookupFailed(
+            "EPERM",
+            f"overlayfs: refusing to follow metacopy origin for ({pd2(path)})",
+            why, "metacopy-refused", [at.layer] if at else [], cause=at,
+        )
+
+    def _refuse_redirect(self, d: _LookupData, path: Path) -> None:
+        raise LookupFailed(
+            "EPERM",
+            f"overlayfs: refusing to follow redirect for ({pd2(path)})",
+            f"a redirect would have to be followed, but redirect_dir={self.options.redirect_dir}",
+            "redirect-refused",
+            [d.redirect_from.layer] if d.redirect_from else [], cause=d.redirect_from,
+        )
 
     def _lookup_layers(self, parent: Resolution, d: _LookupData, res: Resolution) -> None:
         path = res.path
@@ -421,9 +440,11 @@ class Engine:
                 t.append("the lower layers are not looked at")
         stack: list[Ref] = []
         i = 0
+        consistent = self.profile.consistent_follow_checks
         while not d.stop and i < len(poe):
             lower = poe[i]
-            self._check_follow(d, path)
+            if consistent:
+                self._check_follow(d, path)
             if not self.check_redirect:
                 d.last = i == len(poe) - 1
             elif d.is_dir or not self.ndata:
@@ -433,6 +454,9 @@ class Engine:
                 i += 1
                 continue
             ref = Ref(lower.layer, this)
+            if not consistent and (uppermetacopy or d.metacopy) and not self.options.metacopy:
+                # before 6.16 the refusal waits for a lower entry to be found
+                self._refuse_metacopy(d, path)
             if upper_path is None and not d.is_dir and not stack and d.metacopy:
                 metacopy_size = d.metacopy
             if d.metacopy and stack:
@@ -440,6 +464,8 @@ class Engine:
                     t.append(f"{self.where(ref)}: intermediate metacopy, not kept in the stack")
             else:
                 stack.append(ref)
+            if not consistent and d.redirect is not None and not self.options.redirect_follow:
+                self._refuse_redirect(d, path)
             if d.stop:
                 break
             if d.redirect is not None and d.redirect.startswith(b"/") and poe is not roe:
@@ -457,7 +483,7 @@ class Engine:
             if self.tracing:
                 t.append(f"metacopy with absolute redirect '{show(deferred)}' and no data found in the "
                          "regular layers: data lookup deferred to open, in the data-only layers")
-        else:
+        elif consistent:
             self._check_follow(d, path)
 
         if d.metacopy or (uppermetacopy and not stack):
@@ -1013,10 +1039,87 @@ class Engine:
             return True
         return bool(self._root.x_layers) and ref.layer in self._root.x_layers  # type: ignore[operator]
 
+    # ------------------------------------------------------------------ path walk
+    def walk_path(self, path: str | bytes, contained: bool = True) -> Resolution:
+        """Resolve a path as ``lstat(2)`` walks it, ``..`` and a trailing ``/`` included.
+
+        A path without ``..`` and without a trailing slash is :meth:`resolve` (``.`` and
+        doubled slashes mean nothing).  Otherwise the walk goes component by component the
+        way the kernel's path walk does: a component followed by more (or by ``/``) must be a
+        directory, a symlink there is followed first (relative targets from its directory,
+        absolute ones from the merged root), so ``link/..`` is the parent of the link's
+        target, not the link's own directory; ``file/`` and ``file/..`` fail with ENOTDIR; a
+        lookup that fails ends the walk with its errno.  ``..`` at the merged root stays there
+        (as in the container, whose root it is) when ``contained``; otherwise the path leaves
+        the mount and :class:`ValueError` is raised.
+        """
+        raw = os.fsencode(path)
+        comps = [c for c in raw.split(b"/") if c not in (b"", b".")]
+        trailing = bool(comps) and (raw.endswith(b"/") or raw.endswith(b"/."))
+        if b".." not in comps and not trailing:
+            return self.resolve(tuple(comps))
+        asked = b"/" + raw.lstrip(b"/")
+        cur: Path = ()
+        steps: list[str] = []
+        pending = list(comps)
+        hops = 0
+
+        def done(res: Resolution, slash: bool = False) -> Resolution:
+            res = dataclasses.replace(res, trace=steps + list(res.trace), slash=slash,
+                                      findings=list(res.findings))
+            if (asked if slash else asked.rstrip(b"/") or b"/") != show_raw(res.path) + (b"/" if slash else b""):
+                res.asked = asked
+            return res
+
+        while pending:
+            name = pending.pop(0)
+            if name == b"..":
+                if cur:
+                    steps.append(f"'..' in {show_path(cur)}: back to {show_path(cur[:-1])}")
+                    cur = cur[:-1]
+                elif contained:
+                    steps.append("'..' at the merged root stays at the root")
+                else:
+                    raise ValueError("'..' leads out of the mount")
+                continue
+            if not pending and not trailing:
+                return done(self.resolve(cur + (name,)))
+            res = self.resolve(cur + (name,))
+            here = cur + (name,)
+            why = "a trailing '/' follows" if not pending else "more of the path follows"
+            if res.errno is not None:
+                steps.append(f"{show_path(here)} must be a directory ({why}); its lookup fails:")
+                return done(res, slash=True)
+            if res.kind == "symlink":
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    fail = Resolution(path=here, errno="ELOOP")
+                    fail.trace.append("too many levels of symbolic links: ELOOP")
+                    return done(fail, slash=True)
+                target = res.target or b""
+                if not target:
+                    fail = Resolution(path=here, errno="ENOENT")
+                    fail.trace.append(f"{show_path(here)} is a symlink with an empty target: ENOENT")
+                    return done(fail, slash=True)
+                steps.append(f"{show_path(here)} is a symlink to '{show(target)}' and {why}: the "
+                             "walk follows it" + (" (absolute: from the merged root)"
+                                                  if target.startswith(b"/") else ""))
+                if target.startswith(b"/"):
+                    cur = ()
+                pending = [c for c in target.split(b"/") if c not in (b"", b".")] + pending
+                continue
+            if res.kind != "dir":
+                fail = Resolution(path=here, errno="ENOTDIR", cause=res.metadata)
+                fail.trace.append(f"{show_path(here)} is a {res.kind}, not a directory, and {why}: ENOTDIR")
+                return done(fail, slash=True)
+            cur = here
+        return done(self.resolve(cur))
+
     # ---------------------------------------------------------------- explain & check
-    def explain(self, path: str | bytes | Path) -> Resolution:
-        """:meth:`resolve` plus the directory listing and the listing's phantom entries."""
-        res = self.resolve(path)
+    def explain(self, path: str | bytes | Path, contained: bool = True) -> Resolution:
+        """:meth:`walk_path` (or :meth:`resolve` of a component tuple) plus the directory listing
+        and the listing's phantom entries."""
+        res = self.resolve(path) if isinstance(path, tuple) else self.walk_path(path, contained)
         if res.is_dir:
             names = self.entries(res)
             for name in names:
@@ -1054,7 +1157,7 @@ class Engine:
         if self.tracing:
             # a quiet twin on the same layers: no traces, and no shared caches with
             # interactive resolution that may run on another thread meanwhile
-            quiet = Engine(self.stack, options=self.options, kernel=self.kernel)
+            quiet = Engine(self.stack, options=self.options, kernel=self.kernel, profile=self.profile)
             quiet.tracing = False
             yield from quiet.walk(progress, cancel)
             return
@@ -1084,12 +1187,6 @@ class Engine:
     def stack_findings(self) -> list[Finding]:
         """Findings about the stack as a whole (mount refusal, shadowing hazards)."""
         out: list[Finding] = []
-        version = kernel_version(self.kernel)
-        if version is not None and version < (6, 16):
-            out.append(Finding("old-kernel", b"/",
-                               f"kernel {self.kernel}: predictions follow Linux 6.16+ rules (data-only "
-                               "layers without metacopy=on, the lower-to-data relaxation, consistent "
-                               "redirect/metacopy refusals), which this kernel does not have all of"))
         if self.options.index and self.has_upper:
             out.append(Finding("not-modelled", b"/",
                                "index=on: the kernel also looks up and verifies index entries "
@@ -1133,11 +1230,9 @@ class Engine:
 
     def with_options(self, options: str) -> "Engine":
         """The same layers under other mount options (what-if)."""
-        stack = Stack(lowers=self.stack.lowers, data=self.stack.data, upper=self.stack.upper,
-                      workdir=self.stack.workdir, options=options, source=self.stack.source,
-                      description=self.stack.description, params=self.stack.params,
-                      mountpoint=self.stack.mountpoint)
-        return Engine(stack, kernel=self.kernel)
+        # the stack as it is (its refusal too), with these options computed afresh
+        stack = dataclasses.replace(self.stack, options=options, effective=None)
+        return Engine(stack, kernel=self.kernel, profile=self.profile)
 
     # ----------------------------------------------------------------------- per layer
     def layer_view(self, res: Resolution) -> list[tuple[int, Path, Node | None, str]]:
@@ -1229,8 +1324,10 @@ class Engine:
         if res.readdir_errno:
             entries = None
         logs = res.kernel_log + (res.open_log if ok else []) + (res.readdir_log if ok else [])
+        path = _j(show_raw(res.path) + (b"/" if res.slash and res.path else b""))
         return {
-            "path": _j(b"/" + b"/".join(res.path)),
+            "path": path,
+            "asked": _j(res.asked) if res.asked is not None else path,
             "errno": res.errno,
             "type": res.kind if ok else None,
             "size": res.size if ok else None,
@@ -1250,6 +1347,7 @@ class Engine:
         return {
             "version": 1,
             "kernel": self.kernel,
+            "kernel_profile": self.profile.as_json(),
             "source": self.stack.source,
             "layers": [
                 {"index": i, "role": role, "path": layer.path if layer.path else None,

@@ -25,7 +25,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["InspectError", "InspectStack", "load_inspect", "load_inspect_all"]
+__all__ = ["InspectError", "InspectStack", "layer_labels", "load_inspect", "load_inspect_all",
+           "merged_mount"]
 
 #: Graph driver names that mean "the kernel's overlayfs" (docker's containerd snapshotter
 #: reports "overlayfs").
@@ -193,12 +194,12 @@ def load_inspect(text: str | bytes, select: str | int | None = None) -> InspectS
     objs = _parse(text)
     if select is None:
         if len(objs) > 1:
-            names = ", ".join(_label(o)[0] if isinstance(o, dict) else "?" for o in objs)
-            raise InspectError(f"inspect JSON holds {len(objs)} objects ({names}); inspect one at a time")
+            raise InspectError(f"inspect JSON holds {len(objs)} objects ({_choices(objs)}); pick one "
+                               "with --container NAME|INDEX")
         return _one(objs[0])
     if isinstance(select, int):
         if not -len(objs) <= select < len(objs):
-            raise InspectError(f"inspect JSON has {len(objs)} objects, no entry {select}")
+            raise InspectError(f"inspect JSON has {len(objs)} objects ({_choices(objs)}), no entry {select}")
         return _one(objs[select])
     for o in objs:
         if not isinstance(o, dict):
@@ -208,5 +209,33 @@ def load_inspect(text: str | bytes, select: str | int | None = None) -> InspectS
         bare = oid.removeprefix("sha256:")
         if select in (name, oid) or select in tags or (len(select) >= 4 and bare.startswith(select.removeprefix("sha256:"))):
             return _one(o)
-    names = ", ".join(_label(o)[0] if isinstance(o, dict) else "?" for o in objs)
-    raise InspectError(f"inspect JSON has no object named {select} (it has {names})")
+    raise InspectError(f"inspect JSON has no object named {select} (it has {_choices(objs)})")
+
+
+def _choices(objs: list) -> str:
+    return ", ".join(f"{i}: {_label(o)[0] if isinstance(o, dict) else '?'}" for i, o in enumerate(objs))
+
+
+def layer_labels(info: InspectStack) -> dict[str, str]:
+    """Layer directory -> what the engine calls it (its layer id; docker's ``-init`` kept)."""
+    from .containers import layout_label
+
+    out = {}
+    for d in [*info.lowers, *info.datas, *([info.upper] if info.upper else [])]:
+        label = layout_label(d)
+        if label:
+            out[d] = label
+    return out
+
+
+def merged_mount(info: InspectStack) -> bool:
+    """MergedDir is an overlay mounted in this mount namespace."""
+    if not info.merged:
+        return False
+    from .mountinfo import NotOverlayError, find_overlay_mount
+
+    try:
+        entry = find_overlay_mount(info.merged)
+    except (NotOverlayError, OSError, ValueError):
+        return False
+    return entry.mountpoint.rstrip("/") == info.merged.rstrip("/")

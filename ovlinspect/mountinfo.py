@@ -26,17 +26,22 @@ directory of whoever mounted, and a layer given as a file descriptor shows the d
 
 from __future__ import annotations
 
+import errno as _errno
 import os
 import re
+import stat as _stat
 from dataclasses import dataclass, field
 
 from .options import OptionError, split_lowerdir, unescape_lowerdir_element
 
 __all__ = [
+    "Located",
     "MountEntry",
     "NotOverlayError",
     "find_overlay_mount",
+    "mount_namespaces",
     "layer_path_problem",
+    "locate",
     "overlay_mounts",
     "parse_mountinfo",
     "read_mountinfo",
@@ -297,33 +302,126 @@ def _display(p: str) -> str:
     return p if p.isprintable() else repr(p)
 
 
-def find_overlay_mount(
-    path: str, mountinfo_text: str | None = None, proc_root: str = "/proc/self"
-) -> MountEntry:
-    """The overlay mount that ``path`` lies in.
+@dataclass(slots=True)
+class Located:
+    """Where a path given on the command line lies: its overlay mount, and its place inside."""
 
-    ``path`` is resolved (symlinks followed) in the root of the process ``proc_root`` names
-    (``/proc/self`` or ``/proc/PID``), then looked up in that process's mountinfo (read from
-    ``proc_root`` unless ``mountinfo_text`` is given) with :func:`visible_mount`.  Raises
-    :class:`NotOverlayError` when that mount is not an overlay, or nothing contains the path.
+    entry: MountEntry
+    #: The path inside the merged tree, raw bytes: the part the host walk resolved (physical)
+    #: followed by the part it left to the merged tree's own walk (a symlink inside the
+    #: overlay, a component whose lookup fails, a non-directory), with any ``..`` and a
+    #: trailing ``/`` kept as given.
+    inside: bytes
+
+
+def _walk_host(path: str, root: str, entries: list[MountEntry],
+               max_links: int = 40) -> tuple[str, list[str], bool, str | None]:
+    """Walk absolute ``path`` as far as the host's path walk settles it.
+
+    Returns (the deepest directory reached, physical; the components left; whether the path
+    ends with ``/``; the errno name that stopped the walk outside any overlay, if one did).
+    Outside overlay mounts, symlinks are followed as the kernel follows them (absolute
+    targets from ``root``: ``""`` or ``/proc/PID/root``).  Inside an overlay, the walk only
+    descends through real directories: a symlink, a name whose lookup fails (EIO, ENOENT,
+    EPERM, ESTALE, ...) or a non-directory stops it, and the rest is the merged tree's to
+    resolve.  Nothing but ``lstat`` and ``readlink`` is done.
     """
+    pending = [c for c in path.split("/") if c not in ("", ".")]
+    trailing = bool(pending) and (path.endswith("/") or path.endswith("/."))
+    done: list[str] = []
+    links = 0
+    while pending:
+        here = "/" + "/".join(done)
+        comp = pending[0]
+        if comp == "..":
+            pending.pop(0)
+            if done:
+                done.pop()
+            continue
+        mount = visible_mount(entries, here)
+        in_overlay = mount is not None and mount.is_overlay
+        full = root + ("/" + "/".join([*done, comp]))
+        try:
+            st = os.lstat(full)
+        except OSError as e:
+            if in_overlay:
+                break
+            return here, pending, trailing, _errno.errorcode.get(e.errno or 0, "ENOENT")
+        if _stat.S_ISDIR(st.st_mode):
+            done.append(pending.pop(0))
+            continue
+        if _stat.S_ISLNK(st.st_mode) and not in_overlay:
+            links += 1
+            if links > max_links:
+                raise NotOverlayError(f"{_display(path)}: too many levels of symbolic links")
+            try:
+                target = os.readlink(full)
+            except OSError:
+                break
+            pending.pop(0)
+            if target.startswith("/"):
+                done = []
+            pending = [c for c in target.split("/") if c not in ("", ".")] + pending
+            continue
+        if not in_overlay and pending[1:]:
+            return here, pending, trailing, "ENOTDIR"
+        break
+    return "/" + "/".join(done), pending, trailing, None
+
+
+def locate(path: str, mountinfo_text: str | None = None, proc_root: str = "/proc/self") -> Located:
+    """The overlay mount ``path`` lies in, and its place in the merged tree.
+
+    ``path`` need not exist: the mount is found through its deepest existing ancestor, so a
+    path whose own ``lstat`` fails (EIO, ENOENT, EPERM, ESTALE, ELOOP, ...) is located all
+    the same, and a final symlink inside the overlay is not followed.  ``path`` is walked in
+    the root of the process ``proc_root`` names (``/proc/self`` or ``/proc/PID``); a relative
+    path is taken from this process's working directory.  Raises :class:`NotOverlayError`
+    when the mount reached is not an overlay, or nothing contains the path.
+    """
+    given = mountinfo_text is not None
     if mountinfo_text is None:
         mountinfo_text = read_mountinfo(proc_root)
+    entries = parse_mountinfo(mountinfo_text)
     absolute = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
-    if os.path.normpath(proc_root) == "/proc/self":
-        resolved = os.path.realpath(absolute)
-    else:
-        resolved = _resolve_in_root(os.path.join(proc_root, "root"), absolute)
-
-    found = visible_mount(parse_mountinfo(mountinfo_text), resolved)
+    root = "" if os.path.normpath(proc_root) == "/proc/self" else os.path.join(proc_root, "root")
+    here, rest, trailing, failed = _walk_host(absolute, root, entries)
+    missing = os.path.join(here, rest[0]) if failed and rest else here
+    if failed:
+        # a host directory that is not there (or not one): go on by name, as realpath does,
+        # in case the rest names a mount all the same (mountinfo text from elsewhere)
+        here, rest = (os.path.normpath(os.path.join(here, *rest)) if rest else here), []
+    found = visible_mount(entries, here)
     if found is None:
         raise NotOverlayError(f"{_display(path)} is not on an overlay mount (no mount contains it)")
     if not found.is_overlay:
+        if failed and not given:
+            err = os.strerror(getattr(_errno, failed, _errno.ENOENT)).lower()
+            raise NotOverlayError(
+                f"{_display(path)}: {_display(missing)}: {err} (on {_display(found.fstype)} "
+                f"mounted at {_display(found.mountpoint)}, not on an overlay mount)")
         raise NotOverlayError(
             f"{_display(path)} is not on an overlay mount"
             f" (it is on {_display(found.fstype)} mounted at {_display(found.mountpoint)})"
         )
-    return found
+    mp = found.mountpoint.rstrip("/")
+    inside = here[len(mp):] if found.mountpoint != "/" else here
+    tail = "/".join(rest)
+    text = (inside.rstrip("/") + "/" + tail) if tail else (inside or "/")
+    if trailing and tail:
+        text += "/"
+    return Located(found, os.fsencode(text if text.startswith("/") else "/" + text))
+
+
+def find_overlay_mount(
+    path: str, mountinfo_text: str | None = None, proc_root: str = "/proc/self"
+) -> MountEntry:
+    """The overlay mount that ``path`` lies in (see :func:`locate`, which also says where).
+
+    Raises :class:`NotOverlayError` when that mount is not an overlay, or nothing contains
+    the path.
+    """
+    return locate(path, mountinfo_text, proc_root).entry
 
 
 def layer_path_problem(p: str) -> str | None:
@@ -343,3 +441,45 @@ def layer_path_problem(p: str) -> str | None:
     if p.endswith(" (deleted)"):
         return f"{p!r}: the layer directory was deleted after the mount was made"
     return None
+
+
+@dataclass(slots=True)
+class Namespace:
+    """A mount namespace and one process in it (the lowest pid seen)."""
+
+    #: the namespace's inode number (``mnt:[N]``)
+    ns: int
+    pid: int
+    comm: str
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read(64).decode("utf-8", "surrogateescape").strip()
+    except OSError:
+        return "?"
+
+
+def mount_namespaces(proc: str = "/proc") -> tuple[list[Namespace], int]:
+    """Every mount namespace with a process in it, one process each (ours first), and how
+    many processes' namespaces could not be read (not root, or the process went away)."""
+    found: dict[int, Namespace] = {}
+    denied = 0
+    try:
+        own = os.stat(f"{proc}/self/ns/mnt").st_ino
+    except OSError:
+        own = -1
+    pids = sorted(int(n) for n in os.listdir(proc) if n.isdigit())
+    for pid in pids:
+        try:
+            ino = os.stat(f"{proc}/{pid}/ns/mnt").st_ino
+        except PermissionError:
+            denied += 1
+            continue
+        except OSError:
+            continue
+        if ino not in found:
+            found[ino] = Namespace(ino, pid, _comm(pid))
+    spaces = sorted(found.values(), key=lambda n: (n.ns != own, n.pid))
+    return spaces, denied

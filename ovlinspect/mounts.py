@@ -1,50 +1,161 @@
-"""``ovlinspect mounts``: every overlay mount, its layer counts, and a one-word health."""
+"""``ovlinspect mounts``: every overlay mount of every mount namespace, with the process that
+holds it, the container an engine knows it as, its layer counts and a one-word health."""
 
 from __future__ import annotations
 
-from .mountinfo import layer_path_problem, overlay_mounts, read_mountinfo
+import os
+
+from .mountinfo import layer_path_problem, mount_namespaces, overlay_mounts, read_mountinfo
 from .rules import RULES
 
+#: health words that make ``mounts`` exit 1
+BAD_HEALTH = ("error", "unresolved", "unreadable", "needs-root")
 
-def list_mounts(pid: int | None = None, deep: bool = False) -> list[dict]:
-    """One row per overlay mount.
 
-    health: ``ok`` (layers readable, no problem found), ``warning`` (a shadowing hazard or
-    similar), ``error`` (the stack has errors), ``unresolved`` (layer paths cannot be used:
-    relative or fd-based), ``unreadable`` (a layer cannot be opened).  Without ``deep`` only
+def _own_ns() -> int:
+    try:
+        return os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        return -1
+
+
+def _container_names(want: bool) -> tuple[dict[int, str], dict[str, str]]:
+    """(mount namespace inode -> "engine: name", upper layer dir -> "engine: name")."""
+    by_ns: dict[int, str] = {}
+    by_upper: dict[str, str] = {}
+    if not want:
+        return by_ns, by_upper
+    from .containers import known_containers
+
+    for c in known_containers():
+        name = f"{c.engine}: {c.name}"
+        if c.pid > 0:
+            try:
+                by_ns[os.stat(f"/proc/{c.pid}/ns/mnt").st_ino] = name
+            except OSError:
+                pass
+        for upper in c.labels:
+            by_upper[upper] = name
+    return by_ns, by_upper
+
+
+def list_mounts(pid: int | None = None, deep: bool = False, engines: bool = True) -> list[dict]:
+    """One row per overlay mount (per mount namespace and mount id).
+
+    Without ``pid`` every mount namespace with a process in it is read (one process each);
+    with ``pid`` only that process's.  health: ``ok`` (layers readable, no problem found),
+    ``warning`` (a shadowing hazard or similar), ``error`` (the stack has errors),
+    ``unresolved`` (layer paths cannot be used: relative or fd-based), ``unreadable`` (a layer
+    cannot be opened), ``needs-root`` (not root and not a ``userxattr`` mount: the
+    ``trusted.overlay.*`` xattrs that decide the answer are invisible).  Without ``deep`` only
     stack-level problems are looked for (quick); ``deep`` checks every path of every mount.
     """
+    from .mountinfo import Namespace, _comm
+
+    own = _own_ns()
+    if pid is not None:
+        if pid <= 0 or not os.path.isdir(f"/proc/{pid}"):
+            from .sources import InputError
+
+            raise InputError(f"--pid {pid}: no such process")
+        try:
+            ino = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        except OSError as e:
+            from .sources import InputError
+
+            raise InputError(f"--pid {pid}: cannot read its mount namespace: {e.strerror}") from None
+        spaces = [Namespace(ino, pid, _comm(pid))]
+    else:
+        spaces, _ = mount_namespaces()
+    found: list[tuple[Namespace, object]] = []
+    for space in spaces:
+        proc = "/proc/self" if space.ns == own and pid is None else f"/proc/{space.pid}"
+        try:
+            found += [(space, m) for m in overlay_mounts(read_mountinfo(proc))]
+        except (OSError, ValueError):
+            continue
+    by_ns, by_upper = _container_names(engines and bool(found))
+    rows = []
+    health_of: dict[tuple, tuple[str, str]] = {}
+    for space, m in found:
+        here = space.ns == own and pid is None
+        row = {"mountpoint": m.mountpoint, "pid": space.pid, "comm": space.comm,
+               "mnt_ns": space.ns, "mount_id": m.mount_id,
+               "container": by_ns.get(space.ns) or by_upper.get(m.upperdir or "") or None,
+               "upper": m.upperdir is not None, "lowers": len(m.lowers), "datas": len(m.datas),
+               "health": "ok", "detail": ""}
+        key = (m.major_minor, m.super_options)  # one superblock seen in several namespaces
+        if key not in health_of:
+            health_of[key] = _health(m, None if here else space.pid, deep)
+        row["health"], row["detail"] = health_of[key]
+        rows.append(row)
+    return rows
+
+
+def _health(m, pid: int | None, deep: bool) -> tuple[str, str]:
     from .engine import Engine
     from .layers import LayerError
     from .sources import InputError, live_stack
 
-    proc = f"/proc/{pid}" if pid else "/proc/self"
-    rows = []
-    for m in overlay_mounts(read_mountinfo(proc)):
-        row = {"mountpoint": m.mountpoint, "upper": m.upperdir is not None,
-               "lowers": len(m.lowers), "datas": len(m.datas), "health": "ok", "detail": ""}
-        problems = [layer_path_problem(p) for p in [*m.lowers, *m.datas, *( [m.upperdir] if m.upperdir else [])]]
-        problems = [p for p in problems if p]
-        if problems:
-            row["health"], row["detail"] = "unresolved", problems[0]
-            rows.append(row)
+    problems = [layer_path_problem(p) for p in [*m.lowers, *m.datas, *([m.upperdir] if m.upperdir else [])]]
+    problems = [p for p in problems if p]
+    relative_only = all(p and not p.startswith("/") for p in [*m.lowers, *m.datas]
+                        if layer_path_problem(p))
+    if problems and not (relative_only and m.upperdir):
+        return "unresolved", problems[0]
+    if os.geteuid() != 0 and m.option("userxattr") is None:
+        return "needs-root", ("the trusted.overlay.* xattrs that decide what this mount shows are "
+                              "invisible without root (CAP_SYS_ADMIN); run as root")
+    try:
+        stack = live_stack(m.mountpoint, pid)
+    except (InputError, LayerError, ValueError, OSError) as e:
+        return ("unresolved" if problems else "unreadable"), str(e)
+    try:
+        engine = Engine(stack)
+        findings = engine.check() if deep else engine.stack_findings()
+    except (InputError, LayerError, ValueError, OSError) as e:
+        stack.close()
+        return "unreadable", str(e)
+    order = list(RULES)  # most important first
+    findings = sorted(findings, key=lambda f: order.index(f.rule))
+    errors = [f for f in findings if f.severity == "error"]
+    warnings = [f for f in findings if f.severity == "warning"]
+    stack.close()
+    if errors:
+        return "error", f"{len(errors)} error(s): {errors[0].rule}"
+    if warnings:
+        return "warning", f"{len(warnings)} warning(s): {warnings[0].rule}"
+    return "ok", ""
+
+
+def elsewhere_hint(target: str) -> str | None:
+    """When ``target`` is an overlay only in another mount namespace (one whose processes share
+    our root, such as rootless podman's), the one line that says which ``--pid`` reaches it."""
+    from .mountinfo import NotOverlayError, find_overlay_mount
+
+    try:
+        root = os.stat("/")
+        spaces, _ = mount_namespaces()
+    except OSError:
+        return None
+    own = _own_ns()
+    for space in spaces:
+        if space.ns == own:
             continue
         try:
-            stack = live_stack(m.mountpoint, pid)
-            engine = Engine(stack)
-            findings = engine.check() if deep else engine.stack_findings()
-        except (InputError, LayerError, ValueError, OSError) as e:
-            row["health"], row["detail"] = "unreadable", str(e)
-            rows.append(row)
+            st = os.stat(f"/proc/{space.pid}/root")
+            if (st.st_dev, st.st_ino) != (root.st_dev, root.st_ino):
+                continue  # another root: its paths are not ours
+            entry = find_overlay_mount(target, proc_root=f"/proc/{space.pid}")
+        except (OSError, NotOverlayError, ValueError):
             continue
-        order = list(RULES)  # most important first
-        findings = sorted(findings, key=lambda f: order.index(f.rule))
-        errors = [f for f in findings if f.severity == "error"]
-        warnings = [f for f in findings if f.severity == "warning"]
-        if errors:
-            row["health"], row["detail"] = "error", f"{len(errors)} error(s): {errors[0].rule}"
-        elif warnings:
-            row["health"], row["detail"] = "warning", f"{len(warnings)} warning(s): {warnings[0].rule}"
-        stack.close()
-        rows.append(row)
-    return rows
+        if entry.mountpoint == "/":
+            continue
+        by_ns, by_upper = _container_names(True)
+        name = by_ns.get(space.ns) or by_upper.get(entry.upperdir or "")
+        who = space.comm + (f"/{name}" if name else "")
+        use = f"--pid {space.pid}" + (f" or {name.replace(': ', ':')}" if name else "")
+        shown = target if target.isprintable() else repr(target)
+        return (f"{shown} is not on an overlay mount in this mount namespace; it is an overlay in "
+                f"the mount namespace of pid {space.pid} ({who}); use {use}")
+    return None

@@ -132,7 +132,8 @@ def _evidence(engine, res, ob: Observation) -> str:
     if "not-modelled" in rules:
         return ("evidence: the mount uses a feature ovlinspect does not model (see the "
                 "not-modelled note); that is the likely cause")
-    fresh = engine.__class__(_reopen(engine.stack), options=engine.options, kernel=engine.kernel)
+    fresh = engine.__class__(_reopen(engine.stack), options=engine.options, kernel=engine.kernel,
+                             profile=engine.profile)
     again = fresh.resolve(res.path)
     if fresh.to_json(again) != engine.to_json(res):
         return ("evidence: the layers changed while ovlinspect looked (a fresh read predicts "

@@ -20,6 +20,8 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
+from .kernel.profile import KernelProfile, newest
+
 __all__ = [
     "MAX_LAYERS",
     "ModuleDefaults",
@@ -183,7 +185,7 @@ def _scan_lowerdir(s: str) -> list[tuple[str, bool]]:
     return list(zip(elements, data_flags, strict=True))
 
 
-def split_lowerdir(s: str) -> tuple[list[str], list[str]]:
+def split_lowerdir(s: str, profile: KernelProfile | None = None) -> tuple[list[str], list[str]]:
     """Split a legacy ``lowerdir=`` value into (regular layers, data-only layers), top first.
 
     A single unescaped ``:`` separates regular layers and ``::`` separates data-only layers;
@@ -199,6 +201,8 @@ def split_lowerdir(s: str) -> tuple[list[str], list[str]]:
         raise OptionError(f"bad lowerdir {_show(s)}: a path cannot contain a NUL character")
     if not s:
         return [], []
+    if profile is not None and not profile.data_only_layers:
+        return _split_lowerdir_before_data_layers(s), []
     elements = _scan_lowerdir(s)
     if len(elements) > MAX_LAYERS:
         raise _lowerdir_error(s, f"too many lower directories, limit is {MAX_LAYERS}")
@@ -215,6 +219,31 @@ def split_lowerdir(s: str) -> tuple[list[str], list[str]]:
         if data and follows_regular:
             raise _lowerdir_error(s, "regular lower layers cannot follow data lower layers")
     return regular, data
+
+
+def _split_lowerdir_before_data_layers(s: str) -> list[str]:
+    """Before 6.5 every unescaped ``:`` separates two layers, and no layer may be empty."""
+    elements: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(s):
+        if s[i] == "\\":
+            current.append(s[i : i + 2])
+            i += 2
+            continue
+        if s[i] == ":":
+            elements.append("".join(current))
+            current = []
+        else:
+            current.append(s[i])
+        i += 1
+    elements.append("".join(current))
+    if len(elements) > MAX_LAYERS:
+        raise _lowerdir_error(s, f"too many lower directories, limit is {MAX_LAYERS}")
+    paths = [unescape_lowerdir_element(e) for e in elements]
+    if not all(paths):
+        raise _lowerdir_error(s, "empty lowerdir")
+    return paths
 
 
 def escape_lowerdir_element(path: str) -> str:
@@ -424,8 +453,37 @@ class Options:
         )  # fmt: skip
 
 
-def _parse_one(key: str, value: str | None, state: dict[str, object], was_set: set[str]) -> None:
+def _known(key: str, profile: KernelProfile) -> bool:
+    """Whether the kernel of ``profile`` has the option ``key`` at all."""
+    if key == "verity":
+        return profile.verity_option
+    if key == "fsync":
+        return profile.fsync_option
+    if key in ("override_creds", "nooverride_creds"):
+        return profile.override_creds_option
+    return True
+
+
+def _parse_one(key: str, value: str | None, state: dict[str, object], was_set: set[str],
+               profile: KernelProfile) -> None:
     """Apply one typed option to ``state``, or raise OptionError as the kernel's parser would."""
+    try:
+        _parse_checked(key, value, state, was_set, profile)
+    except OptionError as e:
+        if e.kernel_log and e.kernel_log.startswith(_FC) and not profile.fs_context_parser:
+            # before 6.5 the option table matched whole "key=value" tokens, and said so
+            typed = key if value is None else f"{key}={value}"
+            e.kernel_log = f'{_OVL}unrecognized mount option "{typed}" or missing value'
+        raise
+
+
+def _parse_checked(key: str, value: str | None, state: dict[str, object], was_set: set[str],
+                   profile: KernelProfile) -> None:
+    if not _known(key, profile):
+        raise OptionError(
+            f"unknown overlay option {key!r} (kernel {profile.name} does not have it)",
+            kernel_log=f"{_FC}Unknown parameter '{key}'",
+        )
     if key in LAYER_OPTIONS:
         raise OptionError(
             f"option {key!r} names a layer; pass the layers separately",
@@ -435,6 +493,8 @@ def _parse_one(key: str, value: str | None, state: dict[str, object], was_set: s
         return
     if key in _ENUMS:
         allowed = _ENUMS[key]
+        if key == "uuid" and not profile.uuid_null_auto:
+            allowed = _BOOL
         if value is None or value not in allowed:
             shown = "no value" if value is None else f"{value!r}"
             raise OptionError(
@@ -498,8 +558,9 @@ def effective_options(
     defaults: ModuleDefaults | None = None,
     same_fs: bool = True,
     privileged: bool = True,
+    profile: KernelProfile | None = None,
 ) -> Options:
-    """Predict the options a Linux 6.16+ overlay mount really uses.
+    """Predict the options an overlay mount really uses, on the kernel of ``profile``.
 
     ``opts`` is a ``mount -o`` string or ``(key, value)`` pairs, without the layer options
     (``lowerdir``, ``lowerdir+``, ``datadir+``, ``upperdir``, ``workdir``).  ``n_lower`` counts
@@ -513,6 +574,7 @@ def effective_options(
     already carrying ``overlay.uuid``, and its filesystem to support the needed xattrs.
     """
     defaults = defaults if defaults is not None else ModuleDefaults()
+    profile = profile if profile is not None else newest()
     pairs = split_options(opts) if isinstance(opts, str) else list(opts)
 
     state: dict[str, object] = {
@@ -521,8 +583,10 @@ def effective_options(
         "override_creds": True,
     }
     was_set: set[str] = set()
+    if not profile.uuid_null_auto:
+        state["uuid"] = "on"  # before uuid=null/auto: on unless typed off
     for key, value in pairs:
-        _parse_one(key, value, state, was_set)
+        _parse_one(key, value, state, was_set, profile)
 
     log: list[str] = []
     redirect = str(state["redirect_dir"])
@@ -564,16 +628,23 @@ def effective_options(
     if not has_upper:
         if index and "index" in was_set:
             log.append(_OVL + 'option "index=on" is useless in a non-upper mount, ignore')
+            was_set.discard("index")  # the kernel forgets it was typed
         index = False
         if fsync == "volatile":
             log.append(_OVL + 'option "volatile" is meaningless in a non-upper mount, ignoring it.')
             fsync = "auto"
-        if uuid == "on":
+        if uuid == "on" and profile.uuid_null_auto:
             log.append(_OVL + 'option "uuid=on" requires an upper fs, falling back to uuid=null.')
             uuid = "null"
         # Only the upper layer creates redirects, so without one "follow" means "on".
         if redirect == "follow":
             redirect = "on"
+
+    # Before 6.16 verity needs metacopy: it is turned on with it, unless typed off.
+    if profile.verity_needs_metacopy and verity != "off" and not metacopy:
+        if "metacopy" in was_set:
+            return fail("EINVAL", f"conflicting options: metacopy=off,verity={verity}")
+        metacopy = True
 
     # metacopy needs redirects to be followed and created.
     if metacopy and redirect != "on":
@@ -634,23 +705,32 @@ def effective_options(
         if n_data > 0:
             return fail("EPERM", "lower data-only dirs require permission to access trusted xattrs")
 
+    # Before 6.16 data-only layers need metacopy.
+    if profile.data_only_needs_metacopy and n_data > 0 and not metacopy:
+        return fail("EINVAL", "lower data-only dirs require metacopy support.")
+
     # --- checks made while setting up the superblock ---
+    if n_data > 0 and not profile.data_only_layers:
+        # before 6.5 "::" is no separator: it leaves an empty layer path between two colons
+        return fail("EINVAL", "empty lowerdir")
     if n_lower + n_data == 0:
         return fail("EINVAL", "missing 'lowerdir'")
     if not has_upper and n_lower + n_data == 1:
         return fail("EINVAL", "at least 2 lowerdir are needed while upperdir nonexistent")
-    if n_lower == 0:
+    if n_lower == 0 and profile.refuses_datadir_only:
         return fail("EINVAL", "at least one non-data lowerdir is required")
     if state["xino"] == "on" and same_fs:
         log.append(_OVL + '"xino=on" is useless with all layers on same fs, ignore.')
 
     # Lower-only mounts always span two "filesystems": slot 0 is kept for the absent upper.
     if uuid == "off" and (not has_upper or not same_fs):
+        # before uuid=null existed, the fallback was uuid=on
+        fallback = "null" if profile.uuid_null_auto else "on"
         log.append(
             _OVL + "The uuid=off requires a single fs for lower and upper,"
-            " falling back to uuid=null."
+            f" falling back to uuid={fallback}."
         )
-        uuid = "null"
+        uuid = fallback
     elif uuid == "auto" and has_upper:
         # A fresh upper gets a persistent overlay.uuid xattr, which turns "auto" into "on".
         uuid = "on"
@@ -661,7 +741,8 @@ def effective_options(
 
 
 def shown_options(
-    o: Options, defaults: ModuleDefaults | None = None, *, same_fs: bool = True
+    o: Options, defaults: ModuleDefaults | None = None, *, same_fs: bool = True,
+    profile: KernelProfile | None = None,
 ) -> list[tuple[str, str | None]]:
     """The overlay options ``/proc/self/mountinfo`` shows for ``o``, after the layers.
 
@@ -670,6 +751,7 @@ def shown_options(
     and layer options are not included.
     """
     defaults = defaults if defaults is not None else ModuleDefaults()
+    profile = profile if profile is not None else newest()
     out: list[tuple[str, str | None]] = []
     if o.default_permissions:
         out.append(("default_permissions", None))
@@ -677,7 +759,7 @@ def shown_options(
         out.append(("redirect_dir", o.redirect_dir))
     if o.index != defaults.index:
         out.append(("index", "on" if o.index else "off"))
-    if o.uuid != "auto":
+    if o.uuid != ("auto" if profile.uuid_null_auto else "on"):
         out.append(("uuid", o.uuid))
     if o.nfs_export != defaults.nfs_export:
         out.append(("nfs_export", "on" if o.nfs_export else "off"))
@@ -686,7 +768,8 @@ def shown_options(
     if o.metacopy != defaults.metacopy:
         out.append(("metacopy", "on" if o.metacopy else "off"))
     if o.fsync != "auto":
-        out.append(("fsync", o.fsync))
+        # before 6.18 the only other value was volatile, shown as a flag
+        out.append(("fsync", o.fsync) if profile.fsync_option else ("volatile", None))
     if o.userxattr:
         out.append(("userxattr", None))
     if o.verity != "off":

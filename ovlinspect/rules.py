@@ -115,13 +115,6 @@ RULES: dict[str, Rule] = {
             "remove the stray redirect xattr",
         ),
         Rule(
-            "old-kernel",
-            "info",
-            "the kernel is older than 6.16, whose rules the prediction follows",
-            "read the version notes: before 6.16 data-only layers need metacopy=on and the "
-            "metacopy refusal fires only when a lower entry is found",
-        ),
-        Rule(
             "not-modelled",
             "info",
             "the mount uses a feature whose checks ovlinspect does not model",

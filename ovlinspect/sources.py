@@ -85,25 +85,44 @@ def _workdir_refusal(upperdir: str, workdir: str | None) -> tuple[str, str] | No
     return None
 
 
-def live_stack(target: str, pid: int | None = None, layer_root: str | None = None) -> Stack:
-    """The stack of the overlay mount that contains ``target`` (read from mountinfo)."""
-    from .mountinfo import NotOverlayError, find_overlay_mount, layer_path_problem
+def live_stack(target: str, pid: int | None = None, layer_root: str | None = None,
+               labels: dict[str, str] | None = None) -> Stack:
+    """The stack of the overlay mount that contains ``target`` (read from mountinfo).
 
+    With ``pid``, ``target`` is a path in that process's mount namespace and root, and each
+    layer path is looked up on the host first, then under ``/proc/PID/root`` (container engines
+    mount from the host, a process inside a container mounts from its own root).  Layer paths
+    of the engines' storage layouts are resolved and labelled as the engine names the layer
+    (:func:`ovlinspect.containers.engine_layer`); ``labels`` (layer path -> label, from inspect
+    data) names them better still.
+    """
+    from .containers import engine_layer
+    from .mountinfo import NotOverlayError, layer_path_problem, locate
+
+    if pid is not None and (pid <= 0 or not os.path.isdir(f"/proc/{pid}")):
+        raise InputError(f"--pid {pid}: no such process")
     proc = f"/proc/{pid}" if pid else "/proc/self"
     root = f"/proc/{pid}/root" if pid else ""
     try:
-        entry = find_overlay_mount(target, proc_root=proc)
+        located = locate(target, proc_root=proc)
+        entry = located.entry
     except NotOverlayError as e:
+        if pid is None:
+            from .mounts import elsewhere_hint
+
+            hint = elsewhere_hint(target)
+            if hint:
+                raise InputError(hint) from None
         raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"cannot read {proc}/mountinfo: {e.strerror}") from None
-    note = ""
+    notes = []
     if not layer_root:
-        layer_root = _docker_root(entry, root)
+        layer_root = _docker_root(entry, root, tuple(labels or ()))
         if layer_root:
-            note = (f"relative layer paths resolved against {layer_root} (docker's overlay2 "
-                    "layout: its lowerdir is relative to the directory holding the upper layer's "
-                    "parent); use --layer-root to choose another")
+            notes.append(f"relative layer paths resolved against {layer_root} (docker's overlay2 "
+                         "layout: it mounts relative l/... paths from its overlay2 directory, the "
+                         "grandparent of <id>/merged); use --layer-root to choose another")
     if layer_root:
         def rel(p: str) -> str:
             return p if os.path.isabs(p) and p != "/" else os.path.join(layer_root, p.lstrip("/"))
@@ -111,8 +130,22 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
         entry.lowers = [rel(p) for p in entry.lowers]
         entry.datas = [rel(p) for p in entry.datas]
         entry.upperdir = rel(entry.upperdir) if entry.upperdir else None
-    paths = list(entry.lowers) + list(entry.datas) + ([entry.upperdir] if entry.upperdir else [])
-    for p in paths:
+    given = {p: p for p in [*entry.lowers, *entry.datas, *([entry.upperdir] if entry.upperdir else [])]}
+    names: dict[str, str] = {}
+    for p in given:
+        if layer_path_problem(p):
+            continue
+        prefix = ""  # the host first, then the process's root
+        used, label, note = engine_layer(p)
+        if root and not os.path.exists(used):
+            there = engine_layer(p, root)
+            if os.path.exists(root + there[0]):
+                prefix, (used, label, note) = root, there
+        given[p] = prefix + used
+        names[p] = (labels or {}).get(p) or (labels or {}).get(used) or label
+        if note and note not in notes:
+            notes.append(note)
+    for p in given:
         problem = layer_path_problem(p)
         if problem:
             raise InputError(
@@ -120,33 +153,81 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
                 "(and --upperdir/--workdir) or --layer-root")
     opts = ",".join(k if v is None else f"{k}={v}" for k, v in entry.options)
     verity = _verity_wanted(opts)
-    lowers = [_disk(root + p, os.path.basename(p.rstrip("/")) or p) for p in entry.lowers]
-    datas = [_disk(root + p, os.path.basename(p.rstrip("/")) or p, want_verity=verity, data=True)
-             for p in entry.datas]
-    upper = _disk(root + entry.upperdir, "upper") if entry.upperdir else None
+
+    def name(p: str) -> str:
+        return names.get(p) or os.path.basename(p.rstrip("/")) or p
+
+    lowers = [_disk(given[p], name(p)) for p in entry.lowers]
+    datas = [_disk(given[p], name(p), want_verity=verity, data=True) for p in entry.datas]
+    upper = _disk(given[entry.upperdir], names.get(entry.upperdir) or "upper") if entry.upperdir else None
     from .options import ModuleDefaults, options_from_shown
 
     effective = options_from_shown(entry.options, has_upper=upper is not None,
                                    defaults=ModuleDefaults.read())
-    return Stack(lowers=lowers, data=datas, upper=upper, workdir=entry.workdir, options=opts,
-                 source=entry.mountpoint, mountpoint=entry.mountpoint, effective=effective,
-                 description=note)
+    stack = Stack(lowers=lowers, data=datas, upper=upper, workdir=entry.workdir, options=opts,
+                  source=entry.mountpoint if not pid else f"{entry.mountpoint} (pid {pid})",
+                  mountpoint=entry.mountpoint, effective=effective, description="; ".join(notes),
+                  target_path=located.inside)
+    stack.pid = pid
+    return stack
 
 
-def _docker_root(entry, root: str) -> str | None:
-    """Where relative lower layers live when docker mounted them (``l/ABC`` from its root).
+def _docker_root(entry, root: str, hints: tuple[str, ...] = ()) -> str | None:
+    """Where relative layer paths live when docker mounted them (``l/ABC`` from its root).
 
-    Docker's overlay2 driver switches to relative ``l/<short id>`` lower paths when the option
-    string would be too long, mounting from ``/var/lib/docker/overlay2``; its upper layer stays
-    absolute (``<root>/<id>/diff``).  Taken only when every relative layer exists there.
+    Docker's overlay2 driver switches to relative paths (``lowerdir=l/<short id>:...``,
+    ``upperdir=<id>/diff``) when the option string would pass a page, mounting from its
+    ``overlay2`` directory (``/var/lib/docker/overlay2``) onto ``<root>/<id>/merged``.  The
+    root is found from an absolute upper layer (``<root>/<id>/diff``), from the mountpoint
+    (``<root>/<id>/merged``), from ``hints`` (layer directories an engine reported), or from
+    where the same superblock is mounted in another namespace sharing our root (a container's
+    ``/`` is dockerd's ``<root>/<id>/merged``).  Taken only when every relative layer exists
+    there (looked up on the host first, then under ``root``, the ``/proc/PID/root`` of the
+    process whose mount it is).
     """
-    relative = [p for p in [*entry.lowers, *entry.datas] if not os.path.isabs(p)]
-    if not relative or not entry.upperdir or not os.path.isabs(entry.upperdir):
+    layers = [*entry.lowers, *entry.datas, *([entry.upperdir] if entry.upperdir else [])]
+    relative = [p for p in layers if p and not os.path.isabs(p)]
+    if not relative:
         return None
-    base = os.path.dirname(os.path.dirname(entry.upperdir.rstrip("/")))
-    if all(os.path.isdir(root + os.path.join(base, p)) for p in relative):
-        return base
+
+    def grand(p: str) -> str:
+        return os.path.dirname(os.path.dirname(p.rstrip("/")))
+
+    def candidates():
+        if entry.upperdir and os.path.isabs(entry.upperdir):
+            yield grand(entry.upperdir)
+        if entry.mountpoint.rstrip("/").endswith("/merged"):
+            yield grand(entry.mountpoint)
+        yield from (grand(h) for h in hints if os.path.isabs(h) and h.rstrip("/").endswith("/diff"))
+        yield from (grand(mp) for mp in _same_superblock(entry) if mp.rstrip("/").endswith("/merged"))
+
+    for base in candidates():
+        for prefix in dict.fromkeys(["", root]):
+            if all(os.path.isdir(prefix + os.path.join(base, p)) for p in relative):
+                return base
     return None
+
+
+def _same_superblock(entry):
+    """Mountpoints of the same overlay superblock in namespaces whose root is ours."""
+    from .mountinfo import mount_namespaces, parse_mountinfo, read_mountinfo
+
+    try:
+        me = os.stat("/")
+        spaces, _ = mount_namespaces()
+    except OSError:
+        return
+    for space in spaces:
+        try:
+            st = os.stat(f"/proc/{space.pid}/root")
+            if (st.st_dev, st.st_ino) != (me.st_dev, me.st_ino):
+                continue
+            text = read_mountinfo(f"/proc/{space.pid}")
+            for e in parse_mountinfo(text):
+                if e.is_overlay and e.major_minor == entry.major_minor and e.root == "/":
+                    yield e.mountpoint
+        except (OSError, ValueError):
+            continue
 
 
 def demo_names() -> list[str]:
@@ -167,7 +248,14 @@ def demo_stack(name: str) -> Stack:
 
 
 def load_target(target: str, pid: int | None = None, layer_root: str | None = None) -> Stack:
-    """``demo:NAME``, a stack file (``.toml``), or a path on a mounted overlay."""
+    """``demo:NAME``, a stack file (``.toml``), ``docker:NAME`` and the like, or a path on a
+    mounted overlay."""
+    from .containers import split_target
+
+    if split_target(target):
+        from .containers import container_stack
+
+        return container_stack(target, pid, layer_root)
     if target.startswith("demo:"):
         return demo_stack(target[5:])
     if target.endswith(".toml") and os.path.isfile(target):
@@ -179,8 +267,7 @@ def load_target(target: str, pid: int | None = None, layer_root: str | None = No
             raise InputError(str(e)) from None
         stack.source = target
         return stack
-    if pid is None and not os.path.exists(target):
-        raise InputError(f"{target}: no such file or directory")
+    # a path need not exist: one whose lstat fails inside an overlay is the one to explain
     return live_stack(target, pid, layer_root)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .kernel.profile import KernelProfile
 from .layers import Layer
 
 
@@ -36,6 +37,19 @@ class Stack:
     #: a refusal of the mount found while reading the layer options, as (errno, kernel log
     #: line): the workdir missing or inside the upper layer, ...
     refusal: tuple[str, str] | None = None
+    #: The kernel whose behaviours to predict (``--kernel``); None: the running kernel's.
+    profile: KernelProfile | None = None
+    #: For a live mount named by a path inside it: that path's place in the merged tree, raw
+    #: (it may fail to resolve: that is the path to explain).
+    target_path: bytes | None = None
+    #: The process whose mount namespace holds the live mount (``--pid``, containers).
+    pid: int | None = None
+    #: A descriptor of a detached copy of that mount, made for ``--observe`` (see
+    #: :func:`ovlinspect.containers.merged_root`).
+    observe_fd: int | None = None
+    #: The options were not read from a mount nor given: module defaults (``--from-inspect``
+    #: of an unmounted container).
+    options_guessed: bool = False
 
     @property
     def layers(self) -> list[tuple[str, Layer]]:
@@ -50,3 +64,8 @@ class Stack:
     def close(self) -> None:
         for _, layer in self.layers:
             layer.close()
+        if self.observe_fd is not None:
+            import os
+
+            os.close(self.observe_fd)
+            self.observe_fd = None

@@ -246,16 +246,6 @@ def test_every_rule_has_a_test():
         assert f'"{rule}"' in here, rule
 
 
-def test_rule_old_kernel():
-    from ovlinspect.engine import Engine, kernel_version
-    from ovlinspect.stack import Stack
-
-    assert kernel_version("6.18.44-fc-v669") == (6, 18) and kernel_version("junk") is None
-    stack = Stack(lowers=[layer("A", {}), layer("B", {})], params={"metacopy": "N"})
-    assert "old-kernel" in {f.rule for f in Engine(stack, kernel="6.8.0").stack_findings()}
-    assert "old-kernel" not in {f.rule for f in Engine(stack, kernel="6.18.2").stack_findings()}
-
-
 def test_rule_not_modelled():
     a = layer("A", {})
     e = engine([a], upper=layer("U", {}), options="index=on")

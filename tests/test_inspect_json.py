@@ -129,7 +129,7 @@ def test_empty_strings_mean_absent():
 
 def test_several_objects():
     text = dumps([DOCKER_CONTAINER, PODMAN_CONTAINER])
-    with pytest.raises(InspectError, match=r"holds 2 objects \(web, db\)"):
+    with pytest.raises(InspectError, match=r"holds 2 objects \(0: web, 1: db\); pick one with --container"):
         load_inspect(text)
     assert load_inspect(text, select="db").name == "db"
     assert load_inspect(text, select=0).name == "web"

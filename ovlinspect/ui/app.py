@@ -142,8 +142,11 @@ class OvlInspectApp(App[int]):
     ]
 
     def __init__(self, engine: Engine, *, auto_jump: bool = True,
-                 auto_jump_window: float | None = AUTO_JUMP_WINDOW, observe: bool = True) -> None:
+                 auto_jump_window: float | None = AUTO_JUMP_WINDOW, observe: bool = True,
+                 start: Path | None = None) -> None:
         super().__init__()
+        #: the merged path to open at (the path the user named), instead of the root
+        self.start = start
         self.base = engine
         self.engine = engine
         self.palette = LayerPalette(engine)
@@ -195,6 +198,9 @@ class OvlInspectApp(App[int]):
         self.query_one(StackHeader).show(self.engine, self.palette, self.base)
         self.tree.focus()
         self.select(Selection(()))
+        if self.start:
+            self.auto_jump = False  # the user named a path: stay there
+            self.goto_path(self.start)
         self.start_scan()
 
     def on_unmount(self) -> None:
@@ -228,7 +234,9 @@ class OvlInspectApp(App[int]):
         except ImportError:
             return None
         try:
-            ob = observe(mp, res.path)
+            from ..containers import merged_root  # another namespace's mount: through a copy
+
+            ob = observe(merged_root(self.engine.stack), res.path)
             return ob.summary(), compare(self.engine, res, ob)
         except OSError as e:
             return f"cannot observe: {e.strerror}", []
@@ -240,6 +248,8 @@ class OvlInspectApp(App[int]):
             return
         if e.kind in ("merged", "whiteout"):
             self.select(Selection(e.path))
+        elif e.kind == "asked":
+            self.select(Selection(e.path + tuple(e.rest)))
         elif e.kind == "copy":
             self.select(Selection(e.path, layer=e.layer))
         elif e.kind in ("layerpath", "datalayer"):
@@ -253,7 +263,13 @@ class OvlInspectApp(App[int]):
         tree = self.tree
         node = await tree.reveal(path)
         if node is None or node.data is None or node.data.path != path:
-            # not listed (hidden by a whiteout, or below a failing directory): show it anyway
+            # not listed (absent, hidden by a whiteout, or below a failing directory): a row
+            # for the name the lookup fails on, under the deepest directory listed
+            if node is not None and node.data is not None and (node.data.is_dir or node is tree.root):
+                row = tree.add_asked(node, path)
+                if row is not None:
+                    tree.build_lines()
+                    tree.move_cursor(row)
             self.select(Selection(path))
         if focus:
             tree.focus()
@@ -659,9 +675,11 @@ class OvlInspectApp(App[int]):
         panel.set_status(t)
 
 
-def run_app(engine: Engine) -> int:
-    """Run the interactive view on ``engine`` until the user quits; the exit status."""
-    app = OvlInspectApp(engine)
+def run_app(engine: Engine, start: Path | None = None) -> int:
+    """Run the interactive view on ``engine`` until the user quits; the exit status.
+
+    ``start``: a merged path to open at, selected with its ancestors expanded."""
+    app = OvlInspectApp(engine, start=start)
     result = app.run()
     return result if isinstance(result, int) else 0
 

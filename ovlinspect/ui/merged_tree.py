@@ -45,7 +45,9 @@ class Entry:
     """What one tree line stands for."""
 
     path: Path
-    #: merged | whiteout | copy | datalayer | layerpath | more | loading | message
+    #: merged | whiteout | copy | datalayer | layerpath | more | loading | message | asked
+    #: ("asked": a name the user asked for that the listing does not show, with ``rest`` the
+    #: components asked below it)
     kind: str = "merged"
     res: Resolution | None = None
     reason: str = ""
@@ -218,6 +220,22 @@ class MergedTree(Tree[Entry]):
 
     def _add_whiteout(self, parent: TreeNode[Entry], path: Path, reason: str) -> None:
         parent.add_leaf(esc(path[-1]), Entry(path, "whiteout", reason=reason, loaded=True))
+
+    def add_asked(self, parent: TreeNode[Entry], path: Path) -> TreeNode[Entry] | None:
+        """A row for the path asked for, whose first unlisted name is under ``parent``."""
+        pe = parent.data
+        if pe is None or path[: len(pe.path)] != pe.path or len(path) <= len(pe.path):
+            return None
+        first = path[: len(pe.path) + 1]
+        for child in parent.children:
+            d = child.data
+            if d is not None and d.kind == "asked" and d.path == first:
+                return child
+        res = self.oapp.engine.resolve(path)
+        entry = Entry(first, "asked", res=res, rest=list(path[len(first):]), loaded=True)
+        if not parent.is_expanded:
+            parent.expand()
+        return parent.add_leaf(esc(first[-1]), entry)
 
     def _add_more(self, parent: TreeNode[Entry], path: Path, rest: list[bytes]) -> None:
         parent.add_leaf(Text(""), Entry(path, "more", rest=rest))
@@ -412,6 +430,13 @@ class MergedTree(Tree[Entry]):
                 if e.node.is_dir:
                     t.append("/", pal.style(e.layer))
                 t.append(f"  {_kind_short(e.node)}", "dim")
+            return t
+        if e.kind == "asked":
+            t.append_text(esc(b"/".join((e.path[-1], *e.rest)), Style(color="#ff5f5f", bold=True)))
+            err = e.res.errno if e.res is not None else None
+            if err:
+                t.append(f" {err} ", Style(color="white", bgcolor="#d70000", bold=True))
+            t.append("  asked for; not listed here", "italic dim")
             return t
         if e.kind == "whiteout":
             t.append_text(esc(e.path[-1], Style(strike=True, dim=True)))

@@ -52,7 +52,7 @@ class EngineClone:
             workdir=s.workdir, options=s.options, source=s.source,
             description=s.description, params=s.params, mountpoint=s.mountpoint,
         )
-        self.engine = Engine(stack, options=engine.options, kernel=engine.kernel)
+        self.engine = Engine(stack, options=engine.options, kernel=engine.kernel, profile=engine.profile)
 
     def close(self) -> None:
         for layer in self.opened:

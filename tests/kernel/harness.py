@@ -149,6 +149,9 @@ class Case:
     mount_errno: str | None = None
     paths: list[str] | None = None
     note: str = ""
+    #: the first kernel the row's own claims (``expect``, ``mount_errno``) were checked on; on
+    #: older kernels only the engine is compared with the kernel
+    since: tuple[int, int] = (6, 16)
 
     def __str__(self) -> str:
         return self.name

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -44,10 +45,20 @@ def test_mounts_lists_health(tmpfs: str) -> None:
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
 def test_pid_reads_another_mount_namespace(tmpfs: str) -> None:
+    """--pid: the layers are found on the host when they are there, under /proc/PID/root
+    when only that process sees them; --observe reaches the mount through its namespace."""
     built = build_stack(demo_stack("seed"), os.path.join(tmpfs, "layers"))
     target = os.path.join(tmpfs, "elsewhere")
-    os.mkdir(target)
-    script = f"mount -t overlay overlay -o lowerdir={built.lowerdir_string()},metacopy=on {target} && echo ok && exec sleep 60"
+    hidden = os.path.join(tmpfs, "hidden")  # a tmpfs mounted only in the child's namespace
+    target2 = os.path.join(tmpfs, "elsewhere2")
+    for d in (target, hidden, target2):
+        os.mkdir(d)
+    layers = os.path.join(tmpfs, "layers")
+    lower2 = built.lowerdir_string().replace(layers, hidden)
+    script = (f"mount -t overlay overlay -o lowerdir={built.lowerdir_string()},metacopy=on {target} && "
+              f"mount -t tmpfs tmpfs {hidden} && cp -a {layers}/. {hidden}/ && "
+              f"mount -t overlay overlay -o lowerdir={lower2},metacopy=on {target2} && "
+              "echo ok && exec sleep 60")
     proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                             stdout=subprocess.PIPE, text=True)
     try:
@@ -55,12 +66,29 @@ def test_pid_reads_another_mount_namespace(tmpfs: str) -> None:
         # not mounted in our namespace ...
         rc, _, err = run_cli(["check", target])
         assert rc == 2 and "not on an overlay mount" in err
-        # ... but in the child's
+        # ... and the one line says which --pid reaches it
+        assert f"mount namespace of pid {proc.pid} " in err and f"use --pid {proc.pid}" in err
+        assert err.count("\n") == 1
+        # ... but in the child's; its layers exist on the host: read there
         rc, out, err = run_cli(["explain", "--json", "--pid", str(proc.pid), target, "/foo"])
         assert rc == 0, err
         doc = json.loads(out)
         assert doc["paths"][0]["data"] == {"layer": 1, "path": "/1e/abcdef"}
-        assert all(l["path"].startswith(f"/proc/{proc.pid}/root/") for l in doc["layers"])
+        assert all(l["path"].startswith(layers + "/") for l in doc["layers"])
+        # layers only the child sees: read through its root
+        rc, out, err = run_cli(["explain", "--json", "--observe", "--pid", str(proc.pid), target2,
+                                "/foo", "/1e", "/"])
+        assert rc == 0, err
+        doc = json.loads(out)
+        assert doc["paths"][0]["data"] == {"layer": 1, "path": "/1e/abcdef"}
+        assert all(l["path"].startswith(f"/proc/{proc.pid}/root{hidden}/") for l in doc["layers"])
+        # observed through the child's namespace (the hidden tmpfs is empty here)
+        assert [p["mismatches"] for p in doc["paths"]] == [[], [], []]
+        assert doc["paths"][0]["observed"]["type"] == "file"
+        # a process that does not exist, or 0: one line, exit 2
+        for bad in ("999999999", "0"):
+            rc, _, err = run_cli(["explain", "--pid", bad, target, "/foo"])
+            assert rc == 2 and "no such process" in err and err.count("\n") == 1
     finally:
         proc.kill()
         proc.wait()
@@ -117,3 +145,90 @@ def test_docker_overlay2_relative_short_links(tmpfs: str) -> None:
         assert "MISMATCH" not in out and out.count("(matches the prediction)") == 4
     finally:
         mountapi.umount(target, detach=True)
+
+
+def test_mounts_exit_status_and_needs_root(tmpfs: str) -> None:
+    """`mounts` exits 1 on an unresolved mount; without root a trusted.* mount is `needs-root`."""
+    built = build_stack(demo_stack("seed"), os.path.join(tmpfs, "layers"))
+    target = os.path.join(tmpfs, "merged")
+    os.mkdir(target)
+    built.mount(target)
+    rel_target = os.path.join(tmpfs, "relative")
+    os.mkdir(rel_target)
+    from ovlinspect import mountapi
+
+    cwd = os.getcwd()
+    os.chdir(os.path.join(tmpfs, "layers"))
+    try:
+        rel = built.lowerdir_string().replace(os.path.join(tmpfs, "layers") + "/", "")
+        mountapi.mount_overlay_legacy(rel_target, rel, options="metacopy=on")
+    finally:
+        os.chdir(cwd)
+    try:
+        rc, out, _ = run_cli(["mounts", "--json", "--pid", str(os.getpid())])
+        rows = {r["mountpoint"]: r for r in json.loads(out)}
+        assert rows[rel_target]["health"] == "unresolved" and "relative" in rows[rel_target]["detail"]
+        assert rows[target]["health"] == "warning" and rows[target]["pid"] == os.getpid()
+        assert rc == 1
+        rc, out, _ = run_cli(["mounts", "--pid", str(os.getpid())])
+        assert rc == 1 and "unresolved" in out
+        # not root: the trusted.overlay.* xattrs are invisible; say so instead of "ok"/"warning"
+        import ovlinspect.engine  # noqa: F401  (the child cannot import from /root afterwards)
+        import ovlinspect.sources  # noqa: F401
+        from ovlinspect.mounts import list_mounts
+
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                os.close(r)
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                rows = list_mounts(engines=False)
+                os.write(w, json.dumps(rows).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            text = f.read()
+        os.waitpid(child, 0)
+        rows = {x["mountpoint"]: x for x in json.loads(text)}
+        assert rows[target]["health"] == "needs-root" and "root" in rows[target]["detail"]
+    finally:
+        mountapi.umount(rel_target, detach=True)
+        built.umount_all()
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
+def test_mounts_sees_a_user_and_mount_namespace(tmpfs: str) -> None:
+    """An overlay mounted in a user+mount namespace (how rootless podman mounts) is listed,
+    and `check` of its mountpoint says which --pid reaches it."""
+    built = build_stack(demo_stack("whiteouts"), os.path.join(tmpfs, "layers"))
+    target = os.path.join(tmpfs, "rootless")
+    os.mkdir(target)
+    script = (f"mount -t overlay overlay -o lowerdir={built.lowerdir_string()},userxattr {target} "
+              "&& echo ok && exec sleep 60")
+    proc = subprocess.Popen(["unshare", "-U", "-r", "-m", "--propagation", "private", "sh", "-c", script],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        if line != "ok":
+            pytest.skip(f"no overlay in a user namespace here: {proc.stderr.read().strip()[:200]}")
+        assert os.readlink(f"/proc/{proc.pid}/ns/user") != os.readlink("/proc/self/ns/user")
+        for _ in range(100):  # "ok" comes just before the exec of sleep
+            with open(f"/proc/{proc.pid}/comm") as f:
+                if f.read().strip() == "sleep":
+                    break
+            time.sleep(0.02)
+        rc, out, err = run_cli(["mounts", "--json"])
+        rows = [r for r in json.loads(out) if r["mountpoint"] == target]
+        assert len(rows) == 1 and rows[0]["pid"] == proc.pid and rows[0]["comm"] == "sleep", rows
+        assert rows[0]["mnt_ns"] != os.stat("/proc/self/ns/mnt").st_ino
+        rc, _, err = run_cli(["check", target])
+        assert rc == 2 and f"use --pid {proc.pid}" in err and err.count("\n") == 1
+        rc, out, err = run_cli(["explain", "--json", "--observe", "--pid", str(proc.pid), target, "/"])
+        assert rc == 0 and json.loads(out)["paths"][0]["mismatches"] == [], err
+    finally:
+        proc.kill()
+        proc.wait()
