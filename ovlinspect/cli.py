@@ -252,9 +252,9 @@ def _pid(value: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a process id: {value!r}") from None
     if pid < 1:
-        raise argparse.ArgumentTypeError(f"not a process id: {value!r} (1 or more)")
+        raise argparse.ArgumentTypeError(f"no such process: {value} (a process id is 1 or more)")
     if not os.path.exists(f"/proc/{pid}"):
-        raise argparse.ArgumentTypeError(f"no process {pid}")
+        raise argparse.ArgumentTypeError(f"no such process: {pid}")
     return pid
 
 
