@@ -709,6 +709,9 @@ def view_app_args(argv: list[str]):
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        bad = next((a for a in argv if "\0" in a), None)
+        if bad is not None:  # never from a shell, but main(argv) is an API: no path holds a NUL
+            raise InputError(f"argument {bad!r} contains a NUL byte")
         if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
             # `ovlinspect /mnt/merged/some/path`, `ovlinspect --pid 123 /merged`, `ovlinspect
             # --lowerdir A:B::C`: the interactive view, parsed as the commands parse stacks

@@ -376,3 +376,9 @@ def test_deep_disk_tree_walks_without_recursion(capsys, tmp_path):
             os.close(fds.pop())
             os.rmdir("d", dir_fd=fds[-1])
         os.close(fds.pop())
+
+
+def test_nul_in_an_argument(capsys):
+    """main(argv) is an API too: a NUL in a path is one line, not ValueError from the OS."""
+    for argv in (["explain", "\0"], ["check", "--lowerdir", "/a\0b"], ["explain", "demo:seed", "/a\0"]):
+        assert "NUL" in one_line_error(*run(capsys, *argv))
