@@ -130,12 +130,12 @@ def run_in_dir(files: dict[str, bytes], argvs: list[list[str]], kind: str, stdin
             p = os.path.join(d, name)
             os.makedirs(os.path.dirname(p), exist_ok=True)
             with open(p, "wb") as f:
-                f.write(data)
+                f.write(data.replace(b"{d}", os.fsencode(d)))
         dest = os.path.join(d, "built")
         cwd = os.getcwd()
         os.chdir(d)  # a relative path in an argv lands here, where a write would be seen
         try:
-            _run_all(d, dest, argvs, kind, stdin)
+            _run_all(d, dest, argvs, kind, stdin.replace(b"{d}", os.fsencode(d)))
         finally:
             os.chdir(cwd)
 
