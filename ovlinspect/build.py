@@ -9,10 +9,19 @@ the new mount API (:mod:`ovlinspect.mountapi`).
 
 Creating ``trusted.*`` xattrs and device nodes needs root (CAP_SYS_ADMIN / CAP_MKNOD):
 :class:`BuildError` says so instead of failing half-way with a bare EPERM.
+
+A stack file is untrusted input (it comes with bug reports), and built as root it could plant
+a setuid-root shell, a world-writable ``/dev/sda`` or file capabilities.  So the build is
+safe by default (:class:`Safety`): no device node other than the 0/0 whiteout, no setuid or
+setgid bit, no ``security.*`` xattr, no world-writable directory; each kind skipped or
+stripped is counted and reported.  ``exact=True`` (``ovlinspect build --unsafe-exact``)
+reproduces them.  None of these change what overlayfs does with a path except the device
+nodes themselves (absent instead of present).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno as _errno
 import os
 import re
@@ -34,6 +43,32 @@ class BuildError(Exception):
 
 
 @dataclass
+class Safety:
+    """What a safe build left out, counted per kind (see the module docstring)."""
+
+    devices: int = 0
+    setid: int = 0
+    security_xattrs: int = 0
+    world_writable_dirs: int = 0
+
+    def lines(self) -> list[str]:
+        """One line per kind that was skipped or stripped."""
+        def n(count: int, one: str, many: str) -> str:
+            return f"{count} {one if count == 1 else many}"
+
+        out = []
+        if self.devices:
+            out.append(f"skipped {n(self.devices, 'device node', 'device nodes')} other than the 0/0 whiteout")
+        if self.setid:
+            out.append(f"stripped the setuid/setgid bits of {n(self.setid, 'entry', 'entries')}")
+        if self.security_xattrs:
+            out.append(f"skipped {n(self.security_xattrs, 'security.* xattr', 'security.* xattrs')}")
+        if self.world_writable_dirs:
+            out.append(f"removed world write permission from {n(self.world_writable_dirs, 'directory', 'directories')}")
+        return out
+
+
+@dataclass
 class BuiltStack:
     """Directories of a materialized stack, and how to mount them."""
 
@@ -46,6 +81,8 @@ class BuiltStack:
     workdir: str | None
     options: str = ""
     mounts: list[str] = field(default_factory=list)
+    #: what the safe build left out (all zero for an exact build)
+    safety: Safety = field(default_factory=Safety)
 
     def dir_of(self, label: str) -> str:
         for _, name, d in self.dirs:
@@ -88,9 +125,13 @@ def _safe_name(label: str, fallback: str) -> str:
     return name or fallback
 
 
-def _needs_root(stack: Stack) -> str | None:
+def _needs_root(stack: Stack, exact: bool = True) -> str | None:
     for _, layer in stack.layers:
         for path, node in layer_entries(layer):
+            if not exact:
+                node = _safe_node(node, Safety())
+                if node is None:
+                    continue
             for name, _ in node.xattrs:
                 if name.startswith(b"trusted."):
                     return f"the trusted.* xattr {name.decode('utf-8', 'replace')} on {os.fsdecode(join_path(path))}"
@@ -100,11 +141,34 @@ def _needs_root(stack: Stack) -> str | None:
 
 
 
-def build_stack(stack: Stack, dest: str) -> BuiltStack:
-    """Write every layer of ``stack`` below ``dest`` (created if missing, must be empty)."""
+def _safe_node(node: Node, counts: Safety) -> Node | None:
+    """The node as a safe build creates it, or None to skip it; counts what was changed."""
+    if node.kind in ("chardev", "blockdev") and not node.is_whiteout_dev:
+        counts.devices += 1
+        return None
+    mode = node.mode
+    if mode & 0o6000:
+        counts.setid += 1
+        mode &= ~0o6000
+    if node.kind == "dir" and mode & 0o002:
+        counts.world_writable_dirs += 1
+        mode &= ~0o002
+    xattrs = tuple((k, v) for k, v in node.xattrs if not k.startswith(b"security."))
+    counts.security_xattrs += len(node.xattrs) - len(xattrs)
+    if mode == node.mode and len(xattrs) == len(node.xattrs):
+        return node
+    return dataclasses.replace(node, mode=mode, xattrs=xattrs)
+
+
+def build_stack(stack: Stack, dest: str, *, exact: bool = False) -> BuiltStack:
+    """Write every layer of ``stack`` below ``dest`` (created if missing, must be empty).
+
+    Safe unless ``exact``: see :class:`Safety` for what is left out (``BuiltStack.safety``).
+    """
     dest = os.path.abspath(dest)
+    safety = Safety()
     if os.geteuid() != 0:
-        why = _needs_root(stack)
+        why = _needs_root(stack, exact)
         if why is not None:
             raise BuildError(f"building this stack needs root: {why} cannot be created by uid {os.geteuid()}")
     os.makedirs(dest, exist_ok=True)
@@ -118,7 +182,7 @@ def build_stack(stack: Stack, dest: str) -> BuiltStack:
         name = _safe_name(layer.label, role)
         d = os.path.join(dest, f"{index}-{name}")
         os.mkdir(d, 0o755)
-        _write_layer(layer, d)
+        _write_layer(layer, d, None if exact else safety)
         dirs.append((role, layer.label or name, d))
         if role == "upper":
             upper = d
@@ -130,7 +194,7 @@ def build_stack(stack: Stack, dest: str) -> BuiltStack:
     if upper is not None:
         workdir = os.path.join(dest, "work")
         os.mkdir(workdir, 0o755)
-    return BuiltStack(dest, dirs, upper, lowers, data, workdir, stack.options)
+    return BuiltStack(dest, dirs, upper, lowers, data, workdir, stack.options, safety=safety)
 
 
 def _content(layer: Layer, path: Path, node: Node) -> bytes:
@@ -140,10 +204,14 @@ def _content(layer: Layer, path: Path, node: Node) -> bytes:
     return layer.read(path, min(node.size, COPY_LIMIT))
 
 
-def _write_layer(layer: Layer, root: str) -> None:
+def _write_layer(layer: Layer, root: str, safety: Safety | None) -> None:
     dirs_to_finish: list[tuple[bytes, Node]] = []
     broot = os.fsencode(root)
     for path, node in layer_entries(layer):
+        if safety is not None:
+            node = _safe_node(node, safety)
+            if node is None:
+                continue
         where = broot + join_path(path) if path else broot
         try:
             _create(layer, path, node, where)
@@ -186,6 +254,12 @@ def _create(layer: Layer, path: Path, node: Node, where: bytes) -> None:
         os.mknod(where, _stat.S_IFSOCK | 0o600)
     else:
         raise BuildError(f"unknown entry kind {kind!r} at {os.fsdecode(where)}")
+    # owner before xattrs: a chown clears security.capability (and setuid bits: mode comes last)
+    try:
+        os.chown(where, node.uid, node.gid, follow_symlinks=False)
+    except PermissionError:
+        if os.geteuid() == 0:
+            raise
     for name, value in node.xattrs:
         try:
             os.setxattr(where, name, value, follow_symlinks=False)
@@ -198,10 +272,5 @@ def _create(layer: Layer, path: Path, node: Node, where: bytes) -> None:
             raise BuildError(
                 f"cannot set xattr {name.decode('utf-8', 'replace')} on {os.fsdecode(where)}: {e.strerror}{hint}"
             ) from None
-    try:
-        os.chown(where, node.uid, node.gid, follow_symlinks=False)
-    except PermissionError:
-        if os.geteuid() == 0:
-            raise
     if kind not in ("symlink", "dir"):
         os.chmod(where, node.mode)

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from .engine import Engine, Resolution, show, show_path
 from .layers import LayerError
-from .kernel.profile import UnknownKernel, parse_version, profile_for
+from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
 from .rules import RULES, Finding
 from .sources import InputError, check_privileges, demo_names, load_target, stack_from_args
 from .stack import Stack
@@ -37,6 +37,9 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pid", type=_pid, help="inspect a mount in this process's mount namespace (layer paths: "
                    "on the host first, then under /proc/PID/root)")
     p.add_argument("--layer-root", metavar="DIR", help="resolve relative layer paths of a live mount from DIR")
+    p.add_argument("--image", action="append", metavar="IMAGE",
+                   help="the EROFS image of a live mount's lower layer that is gone (composefs "
+                        "mounts detach it); repeat for several")
     p.add_argument("--kernel", metavar="X.Y", help="predict what kernel X.Y does (default: the running "
                    "kernel's release), e.g. --kernel 6.12 for Debian 13 or RHEL 10")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -85,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("stackfile")
     b.add_argument("dest")
     b.add_argument("--mount", metavar="MOUNTPOINT", nargs="?", const="", default=None)
+    b.add_argument("--unsafe-exact", action="store_true",
+                   help="also create what a safe build leaves out of an untrusted stack file: device "
+                        "nodes, setuid/setgid bits, security.* xattrs, world-writable directories")
     sub.add_parser("rules", help="list the diagnostics")
     _SUBPARSERS.clear()
     _SUBPARSERS.update(sub.choices)
@@ -103,6 +109,9 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
         raise InputError("give either --from-inspect or --lowerdir, not both")
     if ns.container is not None and not ns.from_inspect:
         raise InputError("--container picks an object of --from-inspect JSON; give --from-inspect too")
+    if getattr(ns, "image", None) and (ns.lowerdir is not None or ns.from_inspect):
+        raise InputError("--image goes with a live mount as TARGET (its gone EROFS layer); with "
+                         "--lowerdir, name the image's mount directory or dump file as a layer")
     if ns.lowerdir is not None:
         if not ns.lowerdir:
             raise InputError("bad --lowerdir: it is empty")
@@ -117,7 +126,7 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
     else:
         if not positional:
             raise InputError("name a stack: a mountpoint, demo:NAME, a stack file, or --lowerdir")
-        stack = load_target(positional[0], ns.pid, ns.layer_root)
+        stack = load_target(positional[0], ns.pid, ns.layer_root, ns.image)
         rest = positional[1:]
         if ns.options:  # what-if: the mount's options with these on top, as typed
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
@@ -191,6 +200,11 @@ def _engine(stack: Stack) -> Engine:
     from .options import OptionError
 
     try:
+        if stack.profile is None and os.geteuid() == 0:
+            # the running kernel: its release, corrected by what it answers (backports)
+            from .live.probe import probed_profile
+
+            stack.profile = probed_profile(profile_for_release(os.uname().release))
         engine = Engine(stack)
     except UnknownKernel as e:
         raise InputError(f"{e}; ask about a kernel ovlinspect models with --kernel X.Y") from None
@@ -271,10 +285,7 @@ def _layers_text(engine: Engine) -> list[str]:
 
 def _kernel_text(engine: Engine) -> str:
     """Which kernel's behaviours the prediction follows, and why that one."""
-    p = engine.profile
-    if p.chosen_by == "release":
-        return f"kernel {engine.kernel}, {p.name} rules"
-    return f"kernel {p.name} rules ({p.chosen_by}; running {engine.kernel})"
+    return engine.profile.summary(engine.kernel)
 
 
 def _options_text(engine: Engine) -> str:
@@ -377,19 +388,33 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         if not stack.mountpoint:
             raise InputError("--observe needs a live mount as TARGET (for --from-inspect: a "
                              "mounted MergedDir)")
-        from .observe import compare, observe
+        from . import observe as obs
 
-        where = _observe_root(stack)
-        # a path the walk needed as a directory is observed as such: lstat("file/")
-        observed = [observe(where, r.path + ((b"",) if r.slash and r.path else ()))
-                    for r in results]
+        # the merged root as this process reaches it (another namespace's: a copy of the mount)
+        root = _observe_root(stack)
+        try:
+            rootfd = obs.open_root(root)
+        except OSError as err:
+            raise InputError(f"--observe: cannot open the mount root {show(os.fsencode(root))}: {err.strerror}") from None
+        try:
+            observed = []
+            for r in results:
+                # a path the walk needed as a directory is observed as such: lstat("file/")
+                ob = obs.observe_at(rootfd, r.path + ((b"",) if r.slash and r.path else ()))
+                obs.map_owner(ob, stack.pid)
+                pc = obs.predicted_content(engine, r)
+                observed.append((ob, pc, obs.compare(engine, r, ob, pc=pc, whatif=ns.options or None)))
+        finally:
+            os.close(rootfd)
     if ns.json:
         doc = engine.document(results)
         _json_notes(doc, stack)
         if observed is not None:
-            for pj, r, ob in zip(doc["paths"], results, observed):
+            for pj, (ob, pc, mismatches) in zip(doc["paths"], observed):
+                pj["data_content"] = pc.as_json() if pc is not None else None
                 pj["observed"] = ob.as_json()
-                pj["mismatches"] = compare(engine, r, ob)
+                pj["mismatches"] = mismatches
+                pj["evidence"] = mismatches[-1] if mismatches else None
         _print_json(doc)
         return 0
     out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
@@ -402,9 +427,15 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         out.append("")
         out += _describe(engine, res)
         if observed is not None:
-            ob = observed[i]
-            mismatches = compare(engine, res, ob)
+            from .observe import content_line
+
+            ob, pc, mismatches = observed[i]
             out.append(f"  observed  {ob.summary()}" + ("" if mismatches else "  (matches the prediction)"))
+            line = content_line(engine, res, ob, pc)
+            if line and not any(m.startswith("content:") for m in mismatches):
+                out.append(f"            {line}")
+            if ob.resolved_by and not ob.resolved_by.startswith(("openat2", "the mount root")):
+                out.append(f"            resolved inside the merged root by a {ob.resolved_by}")
             for m in mismatches:
                 out.append(f"  MISMATCH  {m}")
     _print_lines(out)
@@ -614,15 +645,17 @@ def cmd_build(ns: argparse.Namespace) -> int:
     from .build import BuildError
 
     try:
-        built = build_stack(stack, ns.dest)
+        built = build_stack(stack, ns.dest, exact=ns.unsafe_exact)
     except BuildError as e:
         raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"build: {e.strerror}: {e.filename or ns.dest}") from None
-    _print_lines([f"built {len(stack.layers)} layers under {ns.dest}",
-                  f"lowerdir={built.lowerdir_string()}"
-                  + (f",upperdir={built.upper},workdir={built.workdir}" if built.upper else "")
-                  + (f",{built.options}" if built.options else "")])
+    lines = [f"built {len(stack.layers)} layers under {ns.dest}"]
+    lines += [f"{line} (safe build; --unsafe-exact reproduces them)" for line in built.safety.lines()]
+    lines.append(f"lowerdir={built.lowerdir_string()}"
+                 + (f",upperdir={built.upper},workdir={built.workdir}" if built.upper else "")
+                 + (f",{built.options}" if built.options else ""))
+    _print_lines(lines)
     if ns.mount is not None:
         target = ns.mount or os.path.join(ns.dest, "merged")
         os.makedirs(target, exist_ok=True)

@@ -935,19 +935,36 @@ class Engine:
                 continue
             # (escaped trusted.overlay.overlay.* names are meant for a nested overlay, as
             # composefs writes them: shown by the per-layer view, not a problem)
+            values = dict(node.xattrs)
             ignored = [k for k, _ in node.xattrs
-                       if k.startswith(self.other_prefix) and not k.startswith(self.other_prefix + b"overlay")]
+                       if k.startswith(self.other_prefix) and not k.startswith(self.other_prefix + b"overlay")
+                       and not self._duplicated(k, values)]
             meaningful = [k for k in ignored
                           if k.rsplit(b".", 1)[-1] in (b"metacopy", b"redirect", b"opaque", b"whiteout")]
-            if meaningful:
-                names = ", ".join(show(k) for k in meaningful)
-                effect = ""
-                if res.kind == "file" and any(k.endswith(b"metacopy") for k in meaningful):
-                    effect = "; the file is served as it is in its layer (zeros for a sparse metacopy)"
+            here = b"/" + b"/".join(res.path)
+            names = ", ".join(show(k) for k in meaningful)
+            if res.kind == "file" and any(k.endswith(b".metacopy") for k in meaningful):
+                # silently wrong data, as shadowing is: an error
                 res.findings.append(Finding(
-                    "xattr-namespace-mismatch", b"/" + b"/".join(res.path),
+                    "metacopy-ignored", here,
                     f"{self.where(ref)} carries {names}, which this mount ignores (it reads "
-                    f"{show(self.prefix)}*){effect}", [self.json_index(ref.layer)]))
+                    f"{show(self.prefix)}*): the file is not a metacopy here, and read() returns "
+                    f"its own {node.size} bytes ({'zeros' if node.size else 'nothing'}, for a "
+                    "sparse metacopy) instead of the data", [self.json_index(ref.layer)]))
+            elif meaningful:
+                res.findings.append(Finding(
+                    "xattr-namespace-mismatch", here,
+                    f"{self.where(ref)} carries {names}, which this mount ignores (it reads "
+                    f"{show(self.prefix)}*)", [self.json_index(ref.layer)]))
+
+    def _duplicated(self, key: bytes, values: dict[bytes, bytes]) -> bool:
+        """An other-namespace overlay xattr with the same value in this mount's namespace, or
+        in the escaped trusted.overlay.overlay.* form (composefs writes user.overlay.whiteout
+        and opaque next to the trusted copies on purpose, for an outer userxattr overlay)."""
+        suffix = key[len(self.other_prefix):]
+        value = values.get(key)
+        return any(values.get(name) == value
+                   for name in (self.prefix + suffix, b"trusted.overlay.overlay." + suffix))
 
     # ------------------------------------------------------------------------- readdir
     def entries(self, res: Resolution) -> list[bytes]:
@@ -1207,9 +1224,10 @@ class Engine:
                     if n.is_dir:
                         tops.setdefault(name, li)
             regular = ([0] if self.has_upper else []) + list(range(1, self.nlower + 1))
+            reach = _RedirectReach(self, regular)
             for li in regular:
                 for name, n in self.layer(li).scan(()).items():
-                    if name in tops and n.is_dir:
+                    if name in tops and n.is_dir and reach.walked(li, name):
                         out.append(Finding(
                             "shadowing-hazard", b"/" + name,
                             f"{self.where(Ref(li, (name,)))} is a directory with the same name as "
@@ -1228,11 +1246,11 @@ class Engine:
             findings.extend(res.findings)
         return findings
 
-    def with_options(self, options: str) -> "Engine":
-        """The same layers under other mount options (what-if)."""
+    def with_options(self, options: str, profile: KernelProfile | None = None) -> "Engine":
+        """The same layers under other mount options, or on another kernel (what-if)."""
         # the stack as it is (its refusal too), with these options computed afresh
         stack = dataclasses.replace(self.stack, options=options, effective=None)
-        return Engine(stack, kernel=self.kernel, profile=self.profile)
+        return Engine(stack, kernel=self.kernel, profile=profile or self.profile)
 
     # ----------------------------------------------------------------------- per layer
     def layer_view(self, res: Resolution) -> list[tuple[int, Path, Node | None, str]]:
@@ -1332,6 +1350,8 @@ class Engine:
             "type": res.kind if ok else None,
             "size": res.size if ok else None,
             "mode": res.mode if ok else None,
+            "uid": res.uid if ok else None,
+            "gid": res.gid if ok else None,
             "target": _j(res.target) if ok and res.target is not None else None,
             "metadata": self.ref_json(res.metadata) if ok else None,
             "data": self.ref_json(res.data) if is_file else None,
@@ -1359,6 +1379,41 @@ class Engine:
             "mount_log": list(self.options.mount_log),
             "paths": [self.to_json(r) for r in paths],
         }
+
+
+class _RedirectReach:
+    """Which regular layers an absolute metacopy redirect into a top-level directory walks:
+    only those below the layer holding it (the lookup goes on downwards from there)."""
+
+    def __init__(self, engine: "Engine", regular: list[int]):
+        self.engine = engine
+        self.regular = regular
+        #: top-level name -> (highest layer holding such a redirect, its path), found lazily
+        self._first: dict[bytes, tuple[int, Path] | None] = {}
+        self._scanned = -1
+
+    def _scan_until(self, limit: int) -> None:
+        from .layers import iter_tree
+
+        e = self.engine
+        for li in self.regular:
+            if li <= self._scanned or li >= limit:
+                continue
+            for path, node in iter_tree(e.layer(li)):
+                if not node.is_reg:
+                    continue
+                red = e._x(node, b"redirect")
+                if red is None or not red.startswith(b"/") or e._x(node, b"metacopy") is None:
+                    continue
+                top = split_path(red)[:1]
+                if top and self._first.get(top[0]) is None:
+                    self._first[top[0]] = (li, path)
+            self._scanned = li
+
+    def walked(self, li: int, name: bytes) -> bool:
+        self._scan_until(li)
+        first = self._first.get(name)
+        return first is not None and first[0] < li
 
 
 def _j(b: bytes) -> str:

@@ -31,9 +31,13 @@ __all__ = [
     "MountError",
     "cannot_mount_overlay",
     "fs_context_log",
+    "fsmount_erofs",
+    "loop_attach_readonly",
     "mount_overlay_fsconfig",
     "mount_overlay_legacy",
     "open_tree_clone",
+    "loop_status",
+    "move_mount_fd",
     "private_tmpfs",
     "umount",
 ]
@@ -351,3 +355,149 @@ class KernelLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ------------------------------------------------------------------- EROFS images, detached
+
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+
+# <linux/loop.h>
+LOOP_SET_FD = 0x4C00
+LOOP_CLR_FD = 0x4C01
+LOOP_CONFIGURE = 0x4C0A
+LOOP_CTL_GET_FREE = 0x4C82
+LO_FLAGS_READ_ONLY = 1
+LO_FLAGS_AUTOCLEAR = 4
+LO_NAME_SIZE = 64
+LO_KEY_SIZE = 32
+
+
+class _LoopInfo64(ctypes.Structure):
+    _fields_ = [
+        ("lo_device", ctypes.c_uint64),
+        ("lo_inode", ctypes.c_uint64),
+        ("lo_rdevice", ctypes.c_uint64),
+        ("lo_offset", ctypes.c_uint64),
+        ("lo_sizelimit", ctypes.c_uint64),
+        ("lo_number", ctypes.c_uint32),
+        ("lo_encrypt_type", ctypes.c_uint32),
+        ("lo_encrypt_key_size", ctypes.c_uint32),
+        ("lo_flags", ctypes.c_uint32),
+        ("lo_file_name", ctypes.c_uint8 * LO_NAME_SIZE),
+        ("lo_crypt_name", ctypes.c_uint8 * LO_NAME_SIZE),
+        ("lo_encrypt_key", ctypes.c_uint8 * LO_KEY_SIZE),
+        ("lo_init", ctypes.c_uint64 * 2),
+    ]
+
+
+class _LoopConfig(ctypes.Structure):
+    _fields_ = [
+        ("fd", ctypes.c_uint32),
+        ("block_size", ctypes.c_uint32),
+        ("info", _LoopInfo64),
+        ("reserved", ctypes.c_uint64 * 8),
+    ]
+
+
+_libc.ioctl.restype = ctypes.c_int
+
+
+def fsmount_erofs(source: PathLike) -> int:
+    """A detached, read-only EROFS mount of ``source`` (an image file or a block device).
+
+    ``fsopen("erofs")``, ``fsconfig(source, ro)``, ``fsmount(MOUNT_ATTR_RDONLY|...)``: the
+    mount is never attached anywhere, so no mount table shows it and nothing can be written
+    through it.  Returns the mount's file descriptor (its root directory; read it through
+    ``/proc/self/fd/N`` or ``openat``); the mount goes away when the last descriptor on it is
+    closed.  An image *file* as source needs Linux 6.12+ (file-backed EROFS) and a backing
+    filesystem with page-cache reads (not tmpfs); otherwise the kernel refuses it with
+    ENOTBLK: then use :func:`loop_attach_readonly`.
+    """
+    fs_fd = _syscall(SYS_FSOPEN, ctypes.c_char_p(b"erofs"), ctypes.c_uint(FSOPEN_CLOEXEC))
+    if fs_fd < 0:
+        raise MountError(-fs_fd, "fsopen erofs")
+    try:
+        def config(cmd: int, key: bytes | None, value: bytes | None, what: str) -> None:
+            res = _syscall(SYS_FSCONFIG, ctypes.c_int(fs_fd), ctypes.c_uint(cmd),
+                           ctypes.c_char_p(key), ctypes.c_char_p(value), ctypes.c_int(0))
+            if res < 0:
+                raise MountError(-res, f"fsconfig {what}", fs_context_log(fs_fd))
+
+        config(FSCONFIG_SET_STRING, b"source", _b(source), "source")
+        config(FSCONFIG_SET_FLAG, b"ro", None, "ro")
+        config(FSCONFIG_CMD_CREATE, None, None, "create")
+        attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
+        mnt_fd = _syscall(SYS_FSMOUNT, ctypes.c_int(fs_fd), ctypes.c_uint(FSMOUNT_CLOEXEC),
+                          ctypes.c_uint(attrs))
+        if mnt_fd < 0:
+            raise MountError(-mnt_fd, "fsmount erofs", fs_context_log(fs_fd))
+        return mnt_fd
+    finally:
+        os.close(fs_fd)
+
+
+def loop_attach_readonly(image: PathLike) -> tuple[int, str]:
+    """Attach ``image`` to a free loop device, read-only and autoclear; (device fd, path).
+
+    ``LOOP_CONFIGURE`` with ``LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR``: the device detaches by
+    itself once its last user (the descriptor returned, a filesystem mounted from it) is gone.
+    Close the descriptor after mounting.
+    """
+    img_fd = os.open(_b(image), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for _attempt in range(8):  # another process may take the free device first
+            ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                number = _libc.ioctl(ctl, LOOP_CTL_GET_FREE)
+                if number < 0:
+                    err = ctypes.get_errno()
+                    raise MountError(err, "loop: LOOP_CTL_GET_FREE")
+            finally:
+                os.close(ctl)
+            dev = f"/dev/loop{number}"
+            loop_fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
+            cfg = _LoopConfig()
+            cfg.fd = img_fd
+            cfg.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR
+            name = _b(image)[: LO_NAME_SIZE - 1]
+            ctypes.memmove(cfg.info.lo_file_name, name, len(name))
+            if _libc.ioctl(loop_fd, LOOP_CONFIGURE, ctypes.byref(cfg)) == 0:
+                return loop_fd, dev
+            err = ctypes.get_errno()
+            os.close(loop_fd)
+            if err != _errno.EBUSY:
+                raise MountError(err, f"loop: LOOP_CONFIGURE {dev}")
+        raise MountError(_errno.EBUSY, "loop: no free loop device")
+    finally:
+        os.close(img_fd)
+
+
+def loop_status(name: str) -> dict[str, str] | None:
+    """What sysfs says of loop device ``name`` (``loop3``): its backing file, offset, ...
+
+    Keys are the files of ``/sys/block/NAME/loop/`` (``backing_file``, ``offset``,
+    ``sizelimit``, ``autoclear``) and ``ro`` (``/sys/block/NAME/ro``), values stripped; None
+    when the device is unused.
+    """
+    base = f"/sys/block/{name}/loop"
+    if not os.path.isdir(base):
+        return None
+    out: dict[str, str] = {}
+    for key in ("backing_file", "offset", "sizelimit", "ro", "autoclear"):
+        try:
+            with open(os.path.join(base if key != "ro" else base[:-5], key), "rb") as f:
+                out[key] = os.fsdecode(f.read(8192).rstrip(b"\n"))
+        except OSError:
+            continue
+    return out if "backing_file" in out else None
+
+
+def move_mount_fd(mnt_fd: int, target: PathLike) -> None:
+    """Attach the detached mount ``mnt_fd`` (from ``fsmount``/``open_tree``) at ``target``."""
+    res = _syscall(SYS_MOVE_MOUNT, ctypes.c_int(mnt_fd), ctypes.c_char_p(b""), ctypes.c_int(AT_FDCWD),
+                   ctypes.c_char_p(_b(target)), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH))
+    if res < 0:
+        raise MountError(-res, "move_mount", detail=os.fsdecode(_b(target)))

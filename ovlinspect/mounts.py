@@ -122,9 +122,9 @@ def _health(m, pid: int | None, deep: bool) -> tuple[str, str]:
     warnings = [f for f in findings if f.severity == "warning"]
     stack.close()
     if errors:
-        return "error", f"{len(errors)} error(s): {errors[0].rule}"
+        return "error", _counted(errors, "error(s)")
     if warnings:
-        return "warning", f"{len(warnings)} warning(s): {warnings[0].rule}"
+        return "warning", _counted(warnings, "warning(s)")
     return "ok", ""
 
 
@@ -159,3 +159,12 @@ def elsewhere_hint(target: str) -> str | None:
         return (f"{shown} is not on an overlay mount in this mount namespace; it is an overlay in "
                 f"the mount namespace of pid {space.pid} ({who}); use {use}")
     return None
+
+
+def _counted(findings: list, what: str) -> str:
+    """``3 error(s): lowerdata-redirect-broken ×2, lowerdata-missing ×1`` (most important rule
+    first, as the findings come sorted)."""
+    counts: dict[str, int] = {}
+    for f in findings:
+        counts[f.rule] = counts.get(f.rule, 0) + 1
+    return f"{len(findings)} {what}: " + ", ".join(f"{rule} ×{n}" for rule, n in counts.items())

@@ -68,6 +68,15 @@ RULES: dict[str, Rule] = {
             "rewrite the metacopy xattr: empty, or a 4-byte header (version 0, len) plus digest",
         ),
         Rule(
+            "metacopy-ignored",
+            "error",
+            "a metacopy file whose metacopy xattr this mount ignores: read() returns the "
+            "file's own bytes (zeros), not the data",
+            "write the overlay xattrs in the namespace the mount reads (user.overlay.* for a "
+            "userxattr mount, trusted.overlay.* otherwise), or mount without/with userxattr to "
+            "match the layers",
+        ),
+        Rule(
             "verity-failure",
             "error",
             "fs-verity validation fails at open (EIO)",

@@ -86,7 +86,7 @@ def _workdir_refusal(upperdir: str, workdir: str | None) -> tuple[str, str] | No
 
 
 def live_stack(target: str, pid: int | None = None, layer_root: str | None = None,
-               labels: dict[str, str] | None = None) -> Stack:
+               labels: dict[str, str] | None = None, images: list[str] | None = None) -> Stack:
     """The stack of the overlay mount that contains ``target`` (read from mountinfo).
 
     With ``pid``, ``target`` is a path in that process's mount namespace and root, and each
@@ -94,7 +94,9 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
     mount from the host, a process inside a container mounts from its own root).  Layer paths
     of the engines' storage layouts are resolved and labelled as the engine names the layer
     (:func:`ovlinspect.containers.engine_layer`); ``labels`` (layer path -> label, from inspect
-    data) names them better still.
+    data) names them better still.  A lower layer whose path is gone (composefs's detached EROFS
+    mount) is read from its image: ``images`` (``--image``) or one found by
+    :mod:`ovlinspect.cfsimage`.
     """
     from .containers import engine_layer
     from .mountinfo import NotOverlayError, layer_path_problem, locate
@@ -145,8 +147,10 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
         names[p] = (labels or {}).get(p) or (labels or {}).get(used) or label
         if note and note not in notes:
             notes.append(note)
+    replaced, cfs_note = _image_layers(entry, root, images, given)
+    notes += [cfs_note] if cfs_note else []
     for p in given:
-        problem = layer_path_problem(p)
+        problem = None if p in {entry.lowers[i] for i in replaced} else layer_path_problem(p)
         if problem:
             raise InputError(
                 f"{entry.mountpoint}: {problem}; name the layers yourself with --lowerdir "
@@ -157,7 +161,7 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
     def name(p: str) -> str:
         return names.get(p) or os.path.basename(p.rstrip("/")) or p
 
-    lowers = [_disk(given[p], name(p)) for p in entry.lowers]
+    lowers = [replaced.get(i) or _disk(given[p], name(p)) for i, p in enumerate(entry.lowers)]
     datas = [_disk(given[p], name(p), want_verity=verity, data=True) for p in entry.datas]
     upper = _disk(given[entry.upperdir], names.get(entry.upperdir) or "upper") if entry.upperdir else None
     from .options import ModuleDefaults, options_from_shown
@@ -170,6 +174,18 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
                   target_path=located.inside)
     stack.pid = pid
     return stack
+
+
+def _image_layers(entry, root: str, images: list[str] | None,
+                  given: dict[str, str]) -> tuple[dict[int, Layer], str]:
+    """EROFS images standing for gone lower layers (composefs), see :mod:`ovlinspect.cfsimage`."""
+    from .cfsimage import ImageError, image_layers
+
+    try:
+        found = image_layers(entry, root, images, resolve=lambda p: given.get(p, root + p))
+    except ImageError as e:
+        raise InputError(str(e)) from None
+    return found  # type: ignore[return-value]
 
 
 def _docker_root(entry, root: str, hints: tuple[str, ...] = ()) -> str | None:
@@ -247,14 +263,17 @@ def demo_stack(name: str) -> Stack:
     return stack
 
 
-def load_target(target: str, pid: int | None = None, layer_root: str | None = None) -> Stack:
+def load_target(target: str, pid: int | None = None, layer_root: str | None = None,
+                images: list[str] | None = None) -> Stack:
     """``demo:NAME``, a stack file (``.toml``), ``docker:NAME`` and the like, or a path on a
-    mounted overlay."""
+    mounted overlay (``images``: ``--image``, for a composefs layer that is gone)."""
     from .containers import split_target
 
     if split_target(target):
         from .containers import container_stack
 
+        if images:
+            raise InputError("--image goes with a mount path as TARGET, not a container name")
         return container_stack(target, pid, layer_root)
     if target.startswith("demo:"):
         return demo_stack(target[5:])
@@ -266,9 +285,11 @@ def load_target(target: str, pid: int | None = None, layer_root: str | None = No
         except StackFileError as e:
             raise InputError(str(e)) from None
         stack.source = target
+        if images:
+            raise InputError("--image is for a live mount whose EROFS layer is gone, not a stack file")
         return stack
     # a path need not exist: one whose lstat fails inside an overlay is the one to explain
-    return live_stack(target, pid, layer_root)
+    return live_stack(target, pid, layer_root, images=images)
 
 
 def check_privileges(stack: Stack, userxattr: bool) -> None:

@@ -53,9 +53,10 @@ def test_explain_text(capsys):
 def test_check_exit_status(capsys):
     assert run(capsys, "check", "demo:seed")[0] == 1
     rc, out, _ = run(capsys, "check", "--json", "demo:namespaces")
-    assert rc == 0  # warnings only
+    assert rc == 1  # the user.overlay.metacopy this mount ignores reads zeros: silently wrong data
     doc = json.loads(out)
-    assert doc["summary"]["error"] == 0 and doc["summary"]["warning"] == 1  # escaped: not a problem
+    assert doc["summary"]["error"] == 1 and doc["summary"]["warning"] == 0  # escaped: not a problem
+    assert [(f["rule"], f["path"]) for f in doc["findings"]] == [("metacopy-ignored", "/user-ns")]
 
 
 def test_what_if_options_on_a_target(capsys):

@@ -130,7 +130,9 @@ def test_user_namespace_xattrs_are_ignored():
     c = layer("C", {"/x": DATA})
     r = engine([a], [c]).explain("/foo")
     assert r.errno is None and r.data.layer == 1
-    assert "xattr-namespace-mismatch" in rules(r)
+    # the ignored metacopy means silently wrong data (the file's own zeros): an error
+    assert rules(r) == {"metacopy-ignored"}
+    assert r.findings[0].severity == "error" and "read() returns its own 18 bytes (zeros" in r.findings[0].message
 
 
 def test_shadowing_hazard():
@@ -301,7 +303,8 @@ def test_escaped_xattrs_are_not_a_namespace_mismatch():
     a = layer("A", {"/wh": ("file", {T + b"overlay.whiteout": b""}),
                     "/u": ("file", {b"user.overlay.redirect": b"/x", b"user.overlay.metacopy": b""})})
     e = engine([a], [layer("C", {})])
-    assert {f.path for f in e.check() if f.rule == "xattr-namespace-mismatch"} == {b"/u"}
+    assert {(f.rule, f.path) for f in e.check() if f.rule in ("xattr-namespace-mismatch", "metacopy-ignored")} \
+        == {("metacopy-ignored", b"/u")}
 
 
 def test_layer_view_names_the_path_each_layer_was_asked():

@@ -36,15 +36,15 @@ from .problems import ProblemsPanel, ProblemTree
 from .render import esc_str, path_text
 from .screens import HelpScreen, PreviewScreen, WhatIfScreen
 from .session import (
-    WHATIF_CHOICES,
     Change,
     EngineClone,
     Lister,
+    choice_values,
     current_choices,
     diff_outcomes,
     ordered_walk,
     union_walk,
-    whatif_options,
+    whatif_engine,
 )
 
 #: How long after start a first error found by the scan is selected by itself.
@@ -136,6 +136,7 @@ class OvlInspectApp(App[int]):
         Binding("R", "whatif_toggle('redirect_dir')", "redirect_dir", show=False),
         Binding("U", "whatif_toggle('userxattr')", "userxattr", show=False),
         Binding("V", "whatif_toggle('verity')", "verity", show=False),
+        Binding("K", "whatif_toggle('kernel')", "kernel", show=False),
         Binding("W", "reset_whatif", "Real options", show=False),
         Binding("z", "maximize_panel", "Zoom", show=False),
         Binding("escape", "escape", "Back", show=False),
@@ -541,7 +542,7 @@ class OvlInspectApp(App[int]):
         self.push_screen(WhatIfScreen(self.engine, self.base), done)
 
     def action_whatif_toggle(self, key: str) -> None:
-        values = WHATIF_CHOICES[key]
+        values = choice_values(self.base)[key]
         current = current_choices(self.engine)
         now = current[key]
         start = values.index(now) if now in values else -1
@@ -550,7 +551,7 @@ class OvlInspectApp(App[int]):
         for i in range(1, len(values) + 1):
             choices = {**current, key: values[(start + i) % len(values)]}
             try:
-                trial = self.base.with_options(whatif_options(self.base.stack.options, choices))
+                trial = whatif_engine(self.base, choices)
             except OptionError:
                 continue
             if current_choices(trial)[key] != now:
@@ -570,9 +571,8 @@ class OvlInspectApp(App[int]):
         if choices == current_choices(self.base):
             self.set_engine(self.base)
             return
-        opts = whatif_options(self.base.stack.options, choices)
         try:
-            engine = self.base.with_options(opts)
+            engine = whatif_engine(self.base, choices)
         except OptionError as e:
             self.notify(esc_str(str(e)).plain, severity="error", title="what-if", markup=False)
             return

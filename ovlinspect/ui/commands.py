@@ -11,7 +11,7 @@ from textual.markup import escape
 
 from ..layers import split_path
 from .render import esc, esc_str, plain
-from .session import WHATIF_CHOICES
+from .session import choice_values
 
 if TYPE_CHECKING:
     from .app import OvlInspectApp
@@ -41,9 +41,10 @@ class OvlCommands(Provider):
             ("Rescan problems", "run the background scan again", app.action_rescan),
             ("Show keys", "help screen (?)", app.action_help),
         ]
-        for key, values in WHATIF_CHOICES.items():
+        for key, values in choice_values(app.base).items():
             for v in values:
-                cmds.append((f"What-if: {key}={v}", f"predict the stack mounted with {key}={v}",
+                what = f"on kernel {v}" if key == "kernel" else f"mounted with {key}={v}"
+                cmds.append((f"What-if: {key}={v}", f"predict the stack {what}",
                              partial(app.set_whatif_option, key, v)))
         return cmds
 

@@ -23,7 +23,7 @@ def header_text(engine: Engine, pal: LayerPalette, base: Engine, width: int = 20
     if s.mountpoint and s.mountpoint != s.source:
         t.append("  on ", "dim")
         t.append_text(esc_str(s.mountpoint))
-    t.append(f"   kernel {engine.kernel}", "dim")
+    t.append(f"   {engine.profile.summary(engine.kernel)}", "dim")
     if s.description:
         first = s.description.strip().split("\n\n")[0].replace("\n", " ")
         t.append("   ")

@@ -14,7 +14,7 @@ from ..engine import Engine, Resolution
 from ..layers import Path
 from .palette import LayerPalette
 from .render import hex_preview, looks_textual, path_text, size_text, text_preview
-from .session import WHATIF_CHOICES, current_choices
+from .session import choice_values, current_choices
 
 PREVIEW_LIMIT = 4096
 
@@ -34,9 +34,10 @@ KEYS = [
         ("/", "search paths (substring); ctrl+t: problem paths only"),
     ]),
     ("What-if", [
-        ("w", "choose mount options and see which resolutions change"),
+        ("w", "choose mount options or a kernel, and see which resolutions change"),
         ("M  R  U  V", "toggle metacopy, cycle redirect_dir, toggle userxattr, cycle verity"),
-        ("W", "back to the real options"),
+        ("K", "cycle the kernel: 6.1, 6.12, 6.18, 7.0 (will this stack work on RHEL 10?)"),
+        ("W", "back to the real options and kernel"),
     ]),
     ("Other", [
         ("ctrl+p", "command palette"),
@@ -101,9 +102,10 @@ class WhatIfScreen(ModalScreen[dict | None]):
         now = current_choices(self.engine)
         real = current_choices(self.base)
         with Vertical(id="whatif-box"):
-            yield Static(Text("What if the stack were mounted with…", style="bold"), id="whatif-title")
+            yield Static(Text("What if the stack were mounted with… (or on another kernel)", style="bold"),
+                         id="whatif-title")
             with Grid(id="whatif-grid"):
-                for key, values in WHATIF_CHOICES.items():
+                for key, values in choice_values(self.base).items():
                     yield Label(Text(key, style="bold"))
                     yield Select([(v, v) for v in values], value=now[key], allow_blank=False,
                                  id=f"whatif-{key}")
@@ -115,7 +117,8 @@ class WhatIfScreen(ModalScreen[dict | None]):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "whatif-apply":
-            self.dismiss({key: str(self.query_one(f"#whatif-{key}", Select).value) for key in WHATIF_CHOICES})
+            self.dismiss({key: str(self.query_one(f"#whatif-{key}", Select).value)
+                          for key in choice_values(self.base)})
         elif event.button.id == "whatif-reset":
             self.dismiss(current_choices(self.base))
         else:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from ..engine import Engine, Ref, Resolution
+from ..kernel.profile import FLEET, parse_version, profile_for
 from ..layers import DiskLayer, Layer, Node, Path
 from ..options import split_options
 from ..stack import Stack
@@ -61,14 +62,34 @@ class EngineClone:
 
 
 def current_choices(engine: Engine) -> dict[str, str]:
-    """The effective values of the what-if options for ``engine``."""
+    """The effective values of the what-if options for ``engine``, and its kernel."""
     o = engine.options
     return {
         "metacopy": "on" if o.metacopy else "off",
         "redirect_dir": o.redirect_dir,
         "userxattr": "on" if o.userxattr else "off",
         "verity": o.verity,
+        "kernel": engine.profile.name,
     }
+
+
+def choice_values(base: Engine) -> dict[str, tuple[str, ...]]:
+    """What each what-if choice can be: the options' values, and the kernels fleets run
+    (with the stack's own kernel among them)."""
+    kernels = tuple(sorted({*FLEET, base.profile.name}, key=parse_version))
+    return {**WHATIF_CHOICES, "kernel": kernels}
+
+
+def whatif_engine(base: Engine, choices: dict[str, str]) -> Engine:
+    """``base`` under the chosen options, on the chosen kernel (OptionError when refused)."""
+    profile = base.profile
+    kernel = choices.get("kernel", profile.name)
+    if kernel != profile.name:
+        profile = profile_for(parse_version(kernel), chosen_by="what-if")
+    if not profile.verity_option and choices.get("verity") == "off":
+        # a kernel without the option: "off" is what it does anyway, and typing it is refused
+        choices = {k: v for k, v in choices.items() if k != "verity"}
+    return base.with_options(whatif_options(base.stack.options, choices), profile=profile)
 
 
 def whatif_options(base: str, choices: dict[str, str]) -> str:
@@ -78,7 +99,7 @@ def whatif_options(base: str, choices: dict[str, str]) -> str:
         if key == "userxattr":
             if value == "on":
                 pairs.append(("userxattr", None))
-        else:
+        elif key != "kernel":
             pairs.append((key, value))
     return ",".join(k if v is None else f"{k}={v}" for k, v in pairs)
 

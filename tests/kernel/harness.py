@@ -222,7 +222,7 @@ def paths_of_case(case: Case) -> list[str]:
 
 
 def build(case: Case, dest: str) -> BuiltStack:
-    return build_stack(case_stack(case), dest)
+    return build_stack(case_stack(case), dest, exact=True)  # our own cases: every bit as described
 
 
 def mount_errno(built: BuiltStack, target: str, api: str = "legacy") -> str | None:
@@ -244,6 +244,8 @@ class Observation:
     type: str | None = None
     size: int | None = None
     mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
     target: str | None = None
     open_errno: str | None = None
     data: bytes | None = None
@@ -350,6 +352,7 @@ def _observe_one(rootfd: int, p: str) -> Observation:
         o.type = _KINDS.get(_stat.S_IFMT(st.st_mode), "?")
         o.size = st.st_size
         o.mode = _stat.S_IMODE(st.st_mode)
+        o.uid, o.gid = st.st_uid, st.st_gid
         try:
             o.xattrs = _listxattr_at(pfd, name)
         except OSError as e:
@@ -519,6 +522,8 @@ def compare(obs: dict[str, Observation], pred: dict, layer_dirs: list[str] | Non
         diff("size", o.size, p.get("size"))
         diff("mode", oct(o.mode) if o.mode is not None else None,
              oct(p["mode"]) if isinstance(p.get("mode"), int) else p.get("mode"))
+        diff("uid", o.uid, p.get("uid"))
+        diff("gid", o.gid, p.get("gid"))
         if o.type == "symlink":
             diff("target", o.target, p.get("target"))
         if o.type == "file":

@@ -36,7 +36,23 @@ def test_whatif_options_replace_only_the_four_options():
 def test_current_choices_are_the_effective_values():
     e = Engine(demo_stack("seed"), kernel=KERNEL)
     assert current_choices(e) == {"metacopy": "on", "redirect_dir": "on", "userxattr": "off",
-                                  "verity": "off"}
+                                  "verity": "off", "kernel": "6.18"}
+
+
+def test_kernel_whatif_predicts_the_older_kernel():
+    """The seed stack without metacopy=on: 6.18 mounts it and refuses the metacopy at lookup
+    (EPERM); 6.12 refuses the mount itself (both observed in the kernel VMs)."""
+    from ovlinspect.ui.session import choice_values, whatif_engine
+
+    base = Engine(demo_stack("seed"), kernel=KERNEL)
+    assert {"6.1", "6.12", "6.18", "7.0"} <= set(choice_values(base)["kernel"])
+    off = {**current_choices(base), "metacopy": "off"}
+    on_618 = whatif_engine(base, off)
+    assert on_618.mount_errno is None and on_618.explain("/foo").errno == "EPERM"
+    on_612 = whatif_engine(base, {**off, "kernel": "6.12"})
+    assert on_612.profile.name == "6.12" and on_612.profile.chosen_by == "what-if"
+    assert on_612.mount_errno == "EINVAL"
+    assert on_612.options.mount_log[-1] == "overlayfs: lower data-only dirs require metacopy support."
 
 
 def test_clone_shares_memory_layers_and_reopens_disk_layers(tmp_path):

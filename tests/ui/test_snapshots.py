@@ -76,6 +76,10 @@ class TestStates:
         """R: redirect_dir=nofollow conflicts with metacopy=on; the kernel refuses the mount."""
         assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=_keys("R"))
 
+    def test_whatif_kernel(self, snap_compare):
+        """M then K to 6.12: without metacopy=on, 6.12 refuses the data-only layer at mount."""
+        assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=_keys("M", "K", "K", "K"))
+
     def test_search(self, snap_compare):
         """/ searches the merged tree."""
         assert snap_compare(demo_app("composefs", auto_jump=False), terminal_size=SIZE,
