@@ -13,6 +13,7 @@ import time
 from typing import Sequence
 
 from .engine import Engine, Resolution, show, show_path
+from .layers import LayerError
 from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
 from .rules import RULES, Finding
 from .sources import InputError, check_privileges, demo_names, load_target, stack_from_args
@@ -33,7 +34,7 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--options", default="", help="mount options, as mount -o takes them")
     p.add_argument("--from-inspect", metavar="FILE", help="docker/podman inspect JSON ('-' for stdin)")
     p.add_argument("--container", metavar="NAME|INDEX", help="with --from-inspect: which object of the JSON")
-    p.add_argument("--pid", type=int, help="inspect a mount in this process's mount namespace (layer paths: "
+    p.add_argument("--pid", type=_pid, help="inspect a mount in this process's mount namespace (layer paths: "
                    "on the host first, then under /proc/PID/root)")
     p.add_argument("--layer-root", metavar="DIR", help="resolve relative layer paths of a live mount from DIR")
     p.add_argument("--image", action="append", metavar="IMAGE",
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "container an engine (docker, podman, nerdctl) knows them as. Exit status: 0 every "
                        "mount ok or warning, 1 a mount has errors or is unresolved, unreadable or "
                        "needs-root, 2 bad input.")
-    m.add_argument("--pid", type=int, help="only the mount namespace of this process (default: every namespace)")
+    m.add_argument("--pid", type=_pid, help="only the mount namespace of this process (default: every namespace)")
     m.add_argument("--json", action="store_true")
     m.add_argument("--deep", action="store_true", help="check every path of every mount (slower)")
     d = sub.add_parser("demo", help="built-in demo stacks")
@@ -144,12 +145,14 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
     here (its options, its layers), else the layer directories with guessed options."""
     from .inspect_json import InspectError, load_inspect
 
+    from .inspect_json import MAX_INSPECT
+
     try:
-        if ns.from_inspect == "-":
-            text = sys.stdin.read()
+        if ns.from_inspect == "-":  # bytes, bounded: load_inspect says what is wrong with them
+            text = sys.stdin.buffer.read(MAX_INSPECT + 1)
         else:
-            with open(ns.from_inspect) as f:
-                text = f.read()
+            with open(ns.from_inspect, "rb") as f:
+                text = f.read(MAX_INSPECT + 1)
         select = ns.container
         if select is not None and select.lstrip("-").isdigit():
             select = int(select)
@@ -160,6 +163,8 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
         raise InputError(f"{ns.from_inspect}: inspect JSON is not UTF-8 text") from None
     except InspectError as err:
         raise InputError(str(err)) from None
+    except ValueError as err:  # a NUL in the file name
+        raise InputError(f"{ns.from_inspect}: {err}") from None
     from .inspect_json import layer_labels, merged_mount
 
     labels = layer_labels(info)
@@ -176,7 +181,8 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
         return stack
     from .options import join_lowerdir
 
-    stack = stack_from_args(join_lowerdir(info.lowers, info.datas), info.upper, info.work,
+    lowers, datas, upper, work = info.mount_layers()  # a single-layer image: its one lower
+    stack = stack_from_args(join_lowerdir(lowers, datas), upper, work,
                             ns.options, source=f"inspect:{info.name}")
     for _, layer in stack.layers:
         label = labels.get(layer.path or "")
@@ -209,6 +215,62 @@ def _engine(stack: Stack) -> Engine:
         raise InputError(f"bad stack parameters: {e}") from None
     check_privileges(stack, engine.options.userxattr)
     return engine
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def _write(text: str, stream=None) -> None:
+    """``text`` as UTF-8 bytes, whatever the locale (no surrogate or raw byte reaches it)."""
+    stream = stream or sys.stdout
+    data = text.encode("utf-8", "backslashreplace")
+    buf = getattr(stream, "buffer", None)
+    if buf is None:
+        stream.write(data.decode("utf-8"))
+        return
+    stream.flush()
+    buf.write(data)
+    buf.flush()
+
+
+def _print_lines(lines: Sequence[str] | str) -> None:
+    """Text output: every line through the one escaping function (``show``), then UTF-8."""
+    if isinstance(lines, str):
+        lines = [lines]
+    _write("".join(show(line) + "\n" for line in lines))
+
+
+def _print_json(doc) -> None:
+    """JSON output, valid UTF-8 in any locale: names that are not UTF-8 carry surrogates
+    (the contract's ``\\udcXX``), written as JSON escapes instead of raw bytes, and so is
+    every other character that is not printable."""
+    text = json.dumps(doc, indent=2, ensure_ascii=False)
+    if not text.replace("\n", "").isprintable():  # outside strings there is only ASCII
+        text = "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
+    _write(text + "\n")
+
+
+def _json_escape(c: str) -> str:
+    """A character JSON may carry raw but a terminal must not see (C1, U+2028, bidi, a
+    surrogate standing for a byte that is not UTF-8) as its \\uXXXX escape."""
+    o = ord(c)
+    if o > 0xFFFF:
+        o -= 0x10000
+        return f"\\u{0xD800 + (o >> 10):04x}\\u{0xDC00 + (o & 0x3FF):04x}"
+    return f"\\u{o:04x}"
+
+
+def _pid(value: str) -> int:
+    """--pid: a process id (1 or more; 0 is not "this process")."""
+    try:
+        pid = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a process id: {value!r}") from None
+    if pid < 1:
+        raise argparse.ArgumentTypeError(f"no such process: {value} (a process id is 1 or more)")
+    if not os.path.exists(f"/proc/{pid}"):
+        raise argparse.ArgumentTypeError(f"no such process: {pid}")
+    return pid
 
 
 # ---------------------------------------------------------------------------- text output
@@ -357,7 +419,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                 pj["observed"] = ob.as_json()
                 pj["mismatches"] = mismatches
                 pj["evidence"] = mismatches[-1] if mismatches else None
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        _print_json(doc)
         return 0
     out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
     out += _layers_text(engine)
@@ -385,7 +447,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                 out.append(f"            resolved inside the merged root by a {ob.resolved_by}")
             for m in mismatches:
                 out.append(f"  MISMATCH  {m}")
-    print("\n".join(out))
+    _print_lines(out)
     return 0
 
 
@@ -512,7 +574,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
     errors = sum(1 for f in findings if f.severity == "error")
     warnings = sum(1 for f in findings if f.severity == "warning")
     if ns.json:
-        print(json.dumps({
+        _print_json({
             "version": 1,
             "kernel": engine.kernel,
             "source": stack.source,
@@ -523,7 +585,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
             "summary": {"error": errors, "warning": warnings,
                         "info": len(findings) - errors - warnings},
             "findings": [f.as_json() for f in findings],
-        }, indent=2, ensure_ascii=False))
+        })
     else:
         out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
         out += _layers_text(engine)
@@ -537,7 +599,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
             out.append(f"        fix: {f.hint}")
         out.append(f"{errors} error(s), {warnings} warning(s), "
                    f"{len(findings) - errors - warnings} info in {count} paths")
-        print("\n".join(out))
+        _print_lines(out)
     return 1 if errors else 0
 
 
@@ -550,19 +612,23 @@ def cmd_rules(ns: argparse.Namespace) -> int:
 def cmd_mounts(ns: argparse.Namespace) -> int:
     from .mounts import BAD_HEALTH, QUICK_SECONDS, list_mounts
 
-    rows = list_mounts(ns.pid, deep=ns.deep)
+    try:
+        rows = list_mounts(ns.pid, deep=ns.deep)
+    except OSError as e:  # the process went away, or its mountinfo cannot be read
+        raise InputError(f"cannot read the mounts of {'process ' + str(ns.pid) if ns.pid else 'this process'}: "
+                         f"{e.strerror}") from None
     bad = 1 if any(r["health"] in BAD_HEALTH for r in rows) else 0
     if ns.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        _print_json(rows)
         return bad
     if not rows:
         print("no overlay mounts")
         return 0
     for r in rows:
-        who = f"pid {r['pid']} ({show(r['comm'].encode('utf-8', 'surrogateescape'))}"
-        who += f", {show(r['container'].encode('utf-8', 'surrogateescape'))})" if r["container"] else ")"
-        print(f"{r['health']:<10} {show(os.fsencode(r['mountpoint']))}  {who}  upper={'yes' if r['upper'] else 'no'} "
-              f"lower={r['lowers']} data={r['datas']}  {show(r['detail'].encode('utf-8', 'surrogateescape'))}")
+        who = f"pid {r['pid']} ({show(r['comm'])}"
+        who += f", {show(r['container'])})" if r["container"] else ")"
+        _print_lines(f"{r['health']:<10} {show(r['mountpoint'])}  {who}  upper={'yes' if r['upper'] else 'no'} "
+                     f"lower={r['lowers']} data={r['datas']}  {show(r['detail'])}")
     if not ns.deep:
         print(f"(quick: each mount's paths checked for {QUICK_SECONDS:g} s; --deep checks every path)")
     if os.geteuid() != 0:
@@ -606,7 +672,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
         defaults = ModuleDefaults.read()
         stack.params = {f.name: ("Y" if v else "N") if isinstance(v, bool) else str(v)
                         for f in fields(defaults) for v in [getattr(defaults, f.name)]}
-    sys.stdout.write(dump_stack(stack))
+    _write(dump_stack(stack))
     return 0
 
 
@@ -618,6 +684,9 @@ def cmd_build(ns: argparse.Namespace) -> int:
         stack = load_stack(ns.stackfile)
     except StackFileError as e:
         raise InputError(str(e)) from None
+    if not stack.lowers:
+        raise InputError(f"build: {ns.stackfile} has no regular lower layer (role = \"lower\"); "
+                         "the kernel mounts no stack without one")
     from .build import BuildError
 
     try:
@@ -626,19 +695,28 @@ def cmd_build(ns: argparse.Namespace) -> int:
         raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"build: {e.strerror}: {e.filename or ns.dest}") from None
-    print(f"built {len(stack.layers)} layers under {ns.dest}")
-    for line in built.safety.lines():
-        print(f"{line} (safe build; --unsafe-exact reproduces them)")
-    print(f"lowerdir={built.lowerdir_string()}"
-          + (f",upperdir={built.upper},workdir={built.workdir}" if built.upper else "")
-          + (f",{built.options}" if built.options else ""))
+    lines = [f"built {len(stack.layers)} layers under {ns.dest}"]
+    lines += [f"{line} (safe build; --unsafe-exact reproduces them)" for line in built.safety.lines()]
+    lines.append(f"lowerdir={built.lowerdir_string()}"
+                 + (f",upperdir={built.upper},workdir={built.workdir}" if built.upper else "")
+                 + (f",{built.options}" if built.options else ""))
+    _print_lines(lines)
     if ns.mount is not None:
         target = ns.mount or os.path.join(ns.dest, "merged")
         os.makedirs(target, exist_ok=True)
         if os.path.ismount(target):
             raise InputError(f"{target} is already a mountpoint; unmount it or name another")
-        built.mount(target)
-        print(f"mounted on {target}")
+        from .mountapi import MountError
+
+        try:
+            built.mount(target)
+        except (MountError, OSError) as e:
+            import errno as _errno
+
+            code = _errno.errorcode.get(e.errno, str(e.errno)) if e.errno else "error"
+            raise InputError(f"built under {ns.dest}, but the kernel refuses the mount on {target}: "
+                             f"{code} ({e.strerror or e})") from None
+        _print_lines(f"mounted on {target}")
     return 0
 
 
@@ -709,6 +787,9 @@ def view_app_args(argv: list[str]):
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        bad = next((a for a in argv if "\0" in a), None)
+        if bad is not None:  # never from a shell, but main(argv) is an API: no path holds a NUL
+            raise InputError(f"argument {bad!r} contains a NUL byte")
         if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
             # `ovlinspect /mnt/merged/some/path`, `ovlinspect --pid 123 /merged`, `ovlinspect
             # --lowerdir A:B::C`: the interactive view, parsed as the commands parse stacks
@@ -732,8 +813,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "build": cmd_build,
             "rules": cmd_rules,
         }[ns.command](ns)
-    except InputError as e:
-        print(f"ovlinspect: {e}", file=sys.stderr)
+    except (InputError, LayerError) as e:  # one line: a \n in a name does not split it
+        _write(f"ovlinspect: {show(str(e))}\n", sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

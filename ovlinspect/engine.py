@@ -38,9 +38,11 @@ def pd2(path: Path) -> str:
     if not path:
         return "/"
     parent = path[-2] if len(path) > 1 else b"/"
+    # the kernel prints the raw bytes: kept (surrogate-escaped) for --json, escaped by show()
+    # on every text line
     if parent == b"/":
-        return "/" + path[-1].decode("utf-8", "backslashreplace")
-    return (parent + b"/" + path[-1]).decode("utf-8", "backslashreplace")
+        return "/" + path[-1].decode("utf-8", "surrogateescape")
+    return (parent + b"/" + path[-1]).decode("utf-8", "surrogateescape")
 
 
 #: Bytes for a trace line: decoded, undecodable bytes and control characters made visible.

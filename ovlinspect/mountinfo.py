@@ -192,9 +192,11 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
     Raises :class:`ValueError` naming the line for a line that is not mountinfo.
     """
     entries: list[MountEntry] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.rstrip("\r")
-        if not line.strip():
+    # Lines end with "\n" only: the kernel escapes space, tab, newline and backslash in a
+    # field and nothing else, so \r, \f, \v, \x1c-\x1e, U+0085, U+2028, U+2029 (which
+    # str.splitlines() would split on) are bytes of a name, and so is a trailing \r.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line:
             continue
         entries.append(_parse_line(line, number))
     return entries
@@ -208,7 +210,8 @@ def overlay_mounts(text: str) -> list[MountEntry]:
 def read_mountinfo(proc_root: str = "/proc/self") -> str:
     """The mountinfo text of a process (``/proc/self`` or ``/proc/PID``)."""
     with open(
-        os.path.join(proc_root, "mountinfo"), encoding="utf-8", errors="surrogateescape"
+        os.path.join(proc_root, "mountinfo"), encoding="utf-8", errors="surrogateescape",
+        newline="",  # no newline translation: a \r is a byte of a mountpoint
     ) as f:
         return f.read()
 

@@ -111,6 +111,7 @@ def _gone(m, space, here: bool) -> bool:
 
 def _health(m, pid: int | None, deep: bool) -> tuple[str, str]:
     from .engine import Engine
+    from .layers import LayerError
     from .sources import InputError, live_stack
 
     problems = [layer_path_problem(p) for p in [*m.lowers, *m.datas, *([m.upperdir] if m.upperdir else [])]]
@@ -124,7 +125,7 @@ def _health(m, pid: int | None, deep: bool) -> tuple[str, str]:
                               "invisible without root (CAP_SYS_ADMIN); run as root")
     try:
         stack = live_stack(m.mountpoint, pid)
-    except (InputError, ValueError, OSError) as e:
+    except (InputError, LayerError, ValueError, OSError) as e:
         return ("unresolved" if problems else "unreadable"), str(e)
     checked = 0
     stopped = False
@@ -142,7 +143,7 @@ def _health(m, pid: int | None, deep: bool) -> tuple[str, str]:
         engine = Engine(stack)
         deadline = time.monotonic() + QUICK_SECONDS
         findings = engine.check(progress, cancel)
-    except (InputError, ValueError, OSError) as e:
+    except (InputError, LayerError, ValueError, OSError) as e:
         stack.close()
         return "unreadable", str(e)
     order = list(RULES)  # most important first

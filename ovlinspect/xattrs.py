@@ -20,10 +20,23 @@ METACOPY_MIN = 4
 METACOPY_MAX = 68
 
 
-def safe(b: bytes | None, limit: int | None = None) -> str:
-    """Bytes as display text: undecodable bytes as \\xNN, control characters escaped."""
+def safe(b: bytes | str | None, limit: int | None = None) -> str:
+    """Bytes (or text from outside) as display text: THE escaping of ovlinspect.
+
+    Every line that shows bytes from outside (names, paths, labels, xattr values, log lines,
+    error messages) goes through here: undecodable bytes become ``\\xNN``, and every character
+    that is not printable (C0/C1 controls, DEL, \\r, \\n, line and paragraph separators, bidi
+    overrides, ...) its ``repr`` escape, so nothing from outside moves the cursor, splits a line
+    or starts an escape sequence.  Text (``str``) is taken with its surrogate escapes
+    (``os.fsdecode``) as the bytes they stand for.  Idempotent on its own output.
+    """
     if b is None:
         return ""
+    if isinstance(b, str):
+        try:
+            b = b.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate that does not stand for a byte
+            b = b.encode("utf-8", "backslashreplace")
     cut = b[:limit] if limit is not None else b
     text = cut.decode("utf-8", "backslashreplace")
     if not text.isprintable():
