@@ -195,7 +195,25 @@ class Engine:
         #: build the step-by-step trace (off while walking a whole stack for check)
         self.tracing = True
         self._labels = [self._make_label(k) for k in range(len(self.klayers))]
+        #: what the upper/work/index state makes the kernel do at mount (kernel/origin.py)
+        self.mount_state = self._mount_state()
+        if self.mount_state.refusal is not None and not self.options.mount_errno:
+            errno_, log = self.mount_state.refusal
+            self.options = dataclasses.replace(
+                self.options, mount_errno=errno_, mount_log=tuple(self.options.mount_log) + log)
         self._root = self._make_root()
+
+    def _mount_state(self):
+        from .kernel.origin import MountState, mount_state
+
+        if self.options.mount_errno:
+            return MountState()
+        try:
+            return mount_state(self)
+        except OSError as e:
+            state = MountState()
+            state.unchecked.append(f"the work or index directory could not be read: {e.strerror}")
+            return state
 
     # ------------------------------------------------------------------ layer numbering
     @property
@@ -1202,17 +1220,25 @@ class Engine:
     def stack_findings(self) -> list[Finding]:
         """Findings about the stack as a whole (mount refusal, shadowing hazards)."""
         out: list[Finding] = []
+        state = self.mount_state
+        out.extend(state.findings)
         if self.options.index and self.has_upper:
-            out.append(Finding("not-modelled", b"/",
-                               "index=on: the kernel also looks up and verifies index entries "
-                               "(a bad or stale one gives EIO, hard links are shared); ovlinspect "
-                               "does not read the index directory"))
+            checked = not state.unchecked and self.stack.mountpoint is None and bool(self.stack.workdir)
+            why = "; ".join(state.unchecked)
+            out.append(Finding("not-modelled", b"/", (
+                "index=on: the mount-time checks (upper root origin, index directory, work "
+                "directory) are predicted; at lookup the kernel also verifies origins and index "
+                "entries (hard links copied up are served from the index), which ovlinspect does "
+                "not model") if checked else (
+                (f"index=on: {why}. " if why else "index=on: ")
+                + "the kernel also looks up and verifies index entries (a bad or stale one gives "
+                "EIO, hard links are shared); ovlinspect does not read the index directory")))
         if self.options.xino != "off" and not self.same_fs:
             out.append(Finding("not-modelled", b"/",
                                f"xino={self.options.xino} on layers of several filesystems: readdir "
                                "looks every entry up to remap inode numbers, which can hide entries "
                                "whose lookup fails; ovlinspect does not model that"))
-        if self.options.mount_errno:
+        if self.options.mount_errno and state.refusal is None:
             msg = "; ".join(self.options.mount_log) or "the mount is refused"
             out.append(Finding("mount-refused", b"/", f"mount fails with {self.options.mount_errno}: {msg}"))
         if self.ndata:
