@@ -201,6 +201,7 @@ class Engine:
             errno_, log = self.mount_state.refusal
             self.options = dataclasses.replace(
                 self.options, mount_errno=errno_, mount_log=tuple(self.options.mount_log) + log)
+        self._index = self._index_lookup()
         self._root = self._make_root()
 
     def _mount_state(self):
@@ -214,6 +215,14 @@ class Engine:
             state = MountState()
             state.unchecked.append(f"the work or index directory could not be read: {e.strerror}")
             return state
+
+    def _index_lookup(self):
+        from .kernel.origin import IndexLookup
+
+        try:
+            return IndexLookup.for_engine(self)
+        except OSError:
+            return None
 
     # ------------------------------------------------------------------ layer numbering
     @property
@@ -556,6 +565,15 @@ class Engine:
                 t.append(("merged" if res.merge else "non-merged (readdir passes through)")
                          + f" directory: {self._stack_text(res)}")
             return
+        if self._index is not None:
+            log = self._index.check(res, upper_path, stack)
+            if log is True:
+                res.data = None  # the index entry: in no layer
+                return
+            if log:
+                raise LookupFailed("EIO", log, "index=on: the index entry named by this file's "
+                                   "origin is a whiteout or of another type (a stale or damaged "
+                                   "index)", "index-entry-bad", [0])
         if res.kind != "file":
             return
         res.redirect = d.redirect
@@ -1227,9 +1245,10 @@ class Engine:
             why = "; ".join(state.unchecked)
             out.append(Finding("not-modelled", b"/", (
                 "index=on: the mount-time checks (upper root origin, index directory, work "
-                "directory) are predicted; at lookup the kernel also verifies origins and index "
-                "entries (hard links copied up are served from the index), which ovlinspect does "
-                "not model") if checked else (
+                "directory) and the index lookup of files are predicted; at lookup the kernel "
+                "also verifies the origin of metacopy files and (with nfs_export) of directories "
+                "and looks up directory index entries, which ovlinspect does not model")
+                if checked else (
                 (f"index=on: {why}. " if why else "index=on: ")
                 + "the kernel also looks up and verifies index entries (a bad or stale one gives "
                 "EIO, hard links are shared); ovlinspect does not read the index directory")))

@@ -167,6 +167,22 @@ RULES: dict[str, Rule] = {
             "nothing to do: the mount cleans it up (a write to the work directory)",
         ),
         Rule(
+            "index-entry-bad",
+            "error",
+            "index=on: the index entry of a file's origin is a whiteout or of another type: "
+            "lookup fails with EIO",
+            "delete the work directory's index/ (or that entry) with the overlay unmounted, "
+            "or mount with index=off",
+        ),
+        Rule(
+            "index-served",
+            "info",
+            "index=on: a lower hard link whose alias was copied up is served from the index "
+            "(the copied-up bytes), not from the lower file",
+            "nothing to fix: this is how index=on keeps hard links together; with index=off "
+            "the lower file shows again",
+        ),
+        Rule(
             "index-fallback",
             "warning",
             "index=on is asked for but the kernel turns it off at mount",

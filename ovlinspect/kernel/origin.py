@@ -27,6 +27,7 @@ import errno as _errno
 import fcntl
 import os
 import stat as _stat
+import weakref
 from dataclasses import dataclass, field
 
 from ..layers import DiskLayer, Layer
@@ -368,3 +369,174 @@ def mount_state(engine) -> MountState:
                 "index-entry-stale", b"/", f"index/{safe(name)} is a leftover of an interrupted "
                 "index update: the kernel deletes it at mount (a write)", [engine.json_index(0)]))
     return st
+
+
+# ---------------------------------------------------------------------------- at lookup
+
+
+class _HandleIn(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ)]
+
+
+_libc.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.POINTER(_HandleIn), ctypes.c_int]
+
+
+def decodes(dir_fd: int, ftype: int, fid: bytes) -> bool | None:
+    """Whether a handle still names an object on the filesystem of the directory ``dir_fd``
+    (which may be ``O_PATH``).  The object is opened ``O_PATH``: nothing is read, no device or
+    fifo is opened.  None when it cannot be told (no CAP_DAC_READ_SEARCH)."""
+    if len(fid) > MAX_HANDLE_SZ:
+        return False
+    try:  # open_by_handle_at wants a real descriptor on the filesystem, not an O_PATH one
+        mount_fd = os.open(f"/proc/self/fd/{dir_fd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return _decodes(mount_fd, ftype, fid)
+    finally:
+        os.close(mount_fd)
+
+
+def _decodes(mount_fd: int, ftype: int, fid: bytes) -> bool | None:
+    h = _HandleIn()
+    h.handle_bytes = len(fid)
+    h.handle_type = ftype
+    ctypes.memmove(h.f_handle, fid, len(fid))
+    fd = _libc.open_by_handle_at(mount_fd, ctypes.byref(h), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        return None if err == _errno.EPERM else False
+    os.close(fd)
+    return True
+
+
+_KIND_IFMT = {"file": _stat.S_IFREG, "symlink": _stat.S_IFLNK, "dir": _stat.S_IFDIR,
+              "fifo": _stat.S_IFIFO, "socket": _stat.S_IFSOCK, "chardev": _stat.S_IFCHR,
+              "blockdev": _stat.S_IFBLK}
+
+
+class IndexLookup:
+    """The index lookup of ``ovl_lookup`` for non-directories (``ovl_lookup_index``).
+
+    The origin of a copied-up file (its ``overlay.origin``, when it still decodes in a lower
+    layer) or the lower file of a lower-only one names an index entry: the hex of its handle
+    in ``work/index``.  A whiteout or an entry of another type there fails the lookup with EIO
+    (``bad index found``); for a lower-only file, an entry is the copy-up of a hard-linked
+    alias, and the kernel serves the file from it (the upper bytes, not the lower's).
+    """
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        opts = engine.options
+        self.index_dir = os.path.join(engine.stack.workdir, "index")
+        self.ids = [layer_id(l) if l is not None else None for l in engine.klayers]
+        same_fs = len({i.dev for i in self.ids[: engine.nlower + 1] if i is not None}) == 1
+        self.origin_uuid = origin_uuid_used(opts, engine.profile, same_fs)
+        self.prefix = engine.prefix
+        try:
+            self.fd: int | None = os.open(self.index_dir, os.O_PATH | os.O_DIRECTORY
+                                          | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            self.fd = None
+        else:
+            weakref.finalize(self, os.close, self.fd)
+
+    @classmethod
+    def for_engine(cls, engine) -> "IndexLookup | None":
+        st = engine.stack
+        if not (engine.options.index and st.upper is not None and st.workdir
+                and not engine.options.mount_errno):
+            return None
+        if not isinstance(st.upper, DiskLayer) or not all(isinstance(l, DiskLayer) for l in st.lowers):
+            return None
+        idx = cls(engine)
+        return idx if idx.fd is not None else None
+
+    def _entry(self, fh: bytes) -> tuple[bytes, os.stat_result] | None:
+        name = fh.hex().encode()
+        try:
+            return name, os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except OSError:
+            return None
+
+    def _lower_fh(self, klayer: int, path) -> tuple[bytes, int] | None:
+        """(the index key of a lower object, its S_IFMT), from its real handle."""
+        layer = self.engine.layer(klayer)
+        lid = self.ids[klayer]
+        if lid is None:
+            return None
+        with layer._lock:  # noqa: SLF001 - the layer's own descriptors, read-only
+            fd = layer._dirfd(path[:-1]) if path else layer._root  # noqa: SLF001
+            if fd is None:
+                return None
+            got = handle_at(fd, path[-1] if path else b"")
+            try:
+                mode = os.stat(path[-1], dir_fd=fd, follow_symlinks=False).st_mode if path \
+                    else os.fstat(fd).st_mode
+            except OSError:
+                return None
+        if not isinstance(got, tuple):
+            return None
+        uuid = (lid.uuid or NULL_UUID) if self.origin_uuid else None
+        return encode_fh(got[0], got[1], uuid), _stat.S_IFMT(mode)
+
+    def _upper_origin(self, upper_path) -> tuple[bytes, int] | None:
+        """(the stored origin, the origin's S_IFMT) when it decodes in a lower layer."""
+        node = self.engine.layer(0).node(upper_path)
+        raw = node.xattr(self.prefix + b"origin") if node is not None else None
+        if raw is None:
+            return None
+        fh = decode_fh(raw)
+        if not fh.usable:
+            return None
+        for k in range(1, self.engine.nlower + 1):
+            lid = self.ids[k]
+            if lid is None:
+                continue
+            if self.origin_uuid and lid.uuid is not None and lid.uuid != fh.uuid:
+                continue
+            if not self.origin_uuid and fh.uuid != NULL_UUID:
+                continue
+            layer = self.engine.layer(k)
+            if decodes(layer._root, fh.type, fh.fid):  # noqa: SLF001
+                return fh.wire, _KIND_IFMT.get(node.kind, 0)
+        return None
+
+    def check(self, res, upper_path, stack) -> str | bool | None:
+        """Apply the index lookup to a positive non-directory: the EIO log line when it fails,
+        True when the file is served from the index entry (``res`` then says so)."""
+        from ..engine import show_path
+
+        key: tuple[bytes, int] | None
+        if upper_path is None:
+            key = self._lower_fh(stack[0].layer, stack[0].path) if stack else None
+        else:
+            key = self._upper_origin(upper_path)
+        if key is None:
+            return None
+        fh, origin_type = key
+        found = self._entry(fh)
+        if found is None:
+            return None
+        name, st = found
+        whiteout = _stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+        if origin_type and (whiteout or _stat.S_IFMT(st.st_mode) != origin_type):
+            return (f"overlayfs: bad index found (index=index/{safe(name)}, "
+                    f"ftype={_stat.S_IFMT(st.st_mode):x}, origin ftype={origin_type:x}).")
+        if upper_path is not None:
+            return None  # the upper is the indexed inode, or the entry is ignored
+        # a lower hard link whose alias was copied up: served from the index entry
+        res.size, res.mode, res.uid, res.gid = (st.st_size, _stat.S_IMODE(st.st_mode),
+                                                st.st_uid, st.st_gid)
+        if self.engine.tracing:
+            res.trace.append(f"index=on: the lower file's handle names the index entry "
+                             f"index/{safe(name)}: a hard-linked alias was copied up, and the "
+                             "kernel serves this file from it")
+        res.findings.append(Finding(
+            "index-served", b"/" + b"/".join(res.path),
+            f"{show_path(res.path)} is a hard link in {self.engine.label(stack[0].layer)} whose "
+            f"alias was copied up with index=on: stat and read give the index entry "
+            f"work/index/{safe(name)} (the copied-up inode: its size {st.st_size}, its bytes), "
+            "not the lower file", [self.engine.json_index(stack[0].layer)]))
+        return True

@@ -373,3 +373,55 @@ def test_filesystem_uuid_changed(tmpfs, klog):
             agree(engine, *kernel_mount(l, u0, w0, m, options, klog))
         assert predict(l, u0, w0, "index=on,uuid=off").mount_errno is None
         assert predict(l, u0, w0, "index=on").mount_errno == "ESTALE"
+
+
+# ------------------------------------------------------------------------- at lookup
+
+
+def test_hard_link_served_from_the_index(tmpfs, klog):
+    """A lower hard link whose alias was copied up: the kernel serves it from the index."""
+    l, u, w, m = (os.path.join(tmpfs, n) for n in ("l", "u", "w", "m"))
+    mkdirs(tmpfs, "u", "w")
+    make_lower(l)
+    used_with_index(l, u, w, m)
+    paths = ["/f", "/hardlink", "/dir/g"]
+    for options in ("index=on", "index=off"):
+        engine = predict(l, u, w, options)
+        mount_overlay_legacy(m, l, u, w, options)
+        try:
+            obs = harness.observe(m, paths)
+        finally:
+            umount(m)
+        res = engine.explain("/hardlink")
+        assert (res.errno, res.size) == (obs["/hardlink"].errno, obs["/hardlink"].size)
+        served = "index-served" in {f.rule for f in res.findings}
+        assert served == (options == "index=on")
+        assert obs["/hardlink"].data == (b"lower f\nchanged\n" if served else b"lower f\n")
+        for p in paths:
+            assert engine.explain(p).errno == obs[p].errno is None
+
+
+def test_whiteout_in_the_index_is_eio_at_lookup(tmpfs, klog):
+    """An index entry turned into a whiteout (what nfs_export leaves for an unlinked inode)
+    while lower aliases remain: lookup of the copied-up file and its lower alias fail with EIO."""
+    l, u, w, m = (os.path.join(tmpfs, n) for n in ("l", "u", "w", "m"))
+    mkdirs(tmpfs, "u", "w")
+    make_lower(l)
+    used_with_index(l, u, w, m)
+    [entry] = os.listdir(os.path.join(w, "index"))
+    os.unlink(os.path.join(w, "index", entry))
+    os.mknod(os.path.join(w, "index", entry), 0o600 | 0o020000, os.makedev(0, 0))
+    engine = predict(l, u, w, "index=on")
+    assert engine.mount_errno is None
+    mount_overlay_legacy(m, l, u, w, "index=on")
+    klog.new_lines()
+    try:
+        obs = harness.observe(m, ["/f", "/hardlink"])
+    finally:
+        umount(m)
+    lines = klog.new_lines()
+    for p in ("/f", "/hardlink"):
+        res = engine.explain(p)
+        assert obs[p].errno == res.errno == "EIO"
+        assert any(line in lines for line in res.kernel_log), (res.kernel_log, lines)
+    assert "index-entry-bad" in {f.rule for f in engine.check()}
