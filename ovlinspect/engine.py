@@ -482,6 +482,27 @@ class Engine:
             if not consistent and (uppermetacopy or d.metacopy) and not self.options.metacopy:
                 # before 6.16 the refusal waits for a lower entry to be found
                 self._refuse_metacopy(d, path)
+            if upper_path is not None and not stack and self._index is not None:
+                failed = self._index.verify_lower(upper_path, ref, d.is_dir)
+                if failed and d.is_dir:
+                    res.kernel_log.append(failed)
+                    if self.tracing:
+                        t.append(f"nfs_export: the upper directory's origin is not "
+                                 f"{self.where(ref)}: the lower directories are not merged")
+                    res.findings.append(Finding(
+                        "stale-origin-lookup", b"/" + b"/".join(path),
+                        f"the upper directory's overlay.origin does not name "
+                        f"{self.where(ref)} (the lower directory was replaced or moved): with "
+                        "nfs_export=on the kernel does not merge it, and its entries are not "
+                        "listed", [self.json_index(0), self.json_index(ref.layer)]))
+                    break
+                if failed:
+                    raise LookupFailed(
+                        "ESTALE", failed,
+                        f"index=on: the upper metacopy's overlay.origin names another lower "
+                        f"object than {self.where(ref)}, which the lookup by name found (the "
+                        "lower file was replaced, or layers were added or reordered)",
+                        "stale-origin-lookup", [0, ref.layer], cause=ref)
             if upper_path is None and not d.is_dir and not stack and d.metacopy:
                 metacopy_size = d.metacopy
             if d.metacopy and stack:

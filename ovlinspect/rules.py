@@ -167,6 +167,15 @@ RULES: dict[str, Rule] = {
             "nothing to do: the mount cleans it up (a write to the work directory)",
         ),
         Rule(
+            "stale-origin-lookup",
+            "error",
+            "index=on: a copied-up object's overlay.origin names another lower object than "
+            "the one found by name (ESTALE for a metacopy; a directory left unmerged with "
+            "nfs_export)",
+            "restore the lower layer the upper was made on, or mount with index=off (and "
+            "nfs_export=off); a metacopy can also be made a full copy",
+        ),
+        Rule(
             "index-entry-bad",
             "error",
             "index=on: the index entry of a file's origin is a whiteout or of another type: "

@@ -540,3 +540,42 @@ class IndexLookup:
             f"work/index/{safe(name)} (the copied-up inode: its size {st.st_size}, its bytes), "
             "not the lower file", [self.engine.json_index(stack[0].layer)]))
         return True
+
+    def verify_lower(self, upper_path, ref, is_dir: bool) -> str | None:
+        """``ovl_verify_origin`` of the first lower entry found by path under an upper one:
+        the log line when the upper's origin names another object (None: it matches, or the
+        kernel does not verify).  Files: with index=on, when the origin still decodes (a
+        metacopy: the lookup fails with ESTALE).  Directories: with nfs_export=on (the lower
+        directory is then not merged)."""
+        node = self.engine.layer(0).node(upper_path)
+        raw = node.xattr(self.prefix + b"origin") if node is not None else None
+        if raw is None:
+            return None
+        fh = decode_fh(raw)
+        if not fh.usable:
+            return None
+        if is_dir:
+            if not self.engine.options.nfs_export:
+                return None
+        elif self._upper_origin(upper_path) is None:
+            return None
+        want = self._lower_fh(ref.layer, ref.path)
+        if want is None or fh.wire == want[0]:
+            return None
+        layer = self.engine.layer(ref.layer)
+        try:
+            with layer._lock:  # noqa: SLF001
+                fd = layer._dirfd(ref.path[:-1])  # noqa: SLF001
+                ino = os.stat(ref.path[-1], dir_fd=fd, follow_symlinks=False).st_ino if fd is not None else 0
+        except OSError:
+            ino = 0
+        return f"overlayfs: failed to verify origin ({lower_pd2(layer.path, ref.path)}, ino={ino}, err=-116)"
+
+
+def lower_pd2(layer_dir: str, path) -> str:
+    """``%pd2`` of an object inside a layer: its parent's name and its own."""
+    name = path[-1].decode("utf-8", "backslashreplace")
+    if len(path) > 1:
+        return path[-2].decode("utf-8", "backslashreplace") + "/" + name
+    parent = pd2_of_dir(layer_dir)
+    return "/" + name if parent == "/" else parent.rsplit("/", 1)[-1] + "/" + name

@@ -425,3 +425,63 @@ def test_whiteout_in_the_index_is_eio_at_lookup(tmpfs, klog):
         assert obs[p].errno == res.errno == "EIO"
         assert any(line in lines for line in res.kernel_log), (res.kernel_log, lines)
     assert "index-entry-bad" in {f.rule for f in engine.check()}
+
+
+def test_lower_file_replaced_under_a_metacopy(tmpfs, klog):
+    """The upper metacopy's origin still decodes (the old lower inode lives on as f.old) but
+    the lookup by name finds a new file: ESTALE with index=on, the new bytes with index=off."""
+    l, u, w, m = (os.path.join(tmpfs, n) for n in ("l", "u", "w", "m"))
+    mkdirs(tmpfs, "l", "u", "w", "m")
+    with open(os.path.join(l, "f"), "w") as f:
+        f.write("lower f\n")
+    mount_overlay_legacy(m, l, u, w, "index=on,metacopy=on")
+    os.chmod(os.path.join(m, "f"), 0o600)  # a metacopy copy-up
+    umount(m)
+    os.rename(os.path.join(l, "f"), os.path.join(l, "f.old"))
+    with open(os.path.join(l, "f"), "w") as f:
+        f.write("new lower f\n")
+    for options in ("index=on,metacopy=on", "index=off,metacopy=on"):
+        engine = predict(l, u, w, options)
+        mount_overlay_legacy(m, l, u, w, options)
+        klog.new_lines()
+        try:
+            obs = harness.observe(m, ["/f", "/f.old"])
+        finally:
+            umount(m)
+        lines = klog.new_lines()
+        res = engine.explain("/f")
+        assert res.errno == obs["/f"].errno
+        assert all(line in lines for line in res.kernel_log), (res.kernel_log, lines)
+        if options.startswith("index=on"):
+            assert res.errno == "ESTALE" and res.kernel_log
+            assert "stale-origin-lookup" in {f.rule for f in res.findings}
+        else:
+            assert obs["/f"].data == b"new lower f\n"
+
+
+def test_lower_directory_replaced_with_nfs_export(tmpfs, klog):
+    """nfs_export=on verifies a directory's origin: a replaced lower directory is not merged."""
+    l, u, w, m = (os.path.join(tmpfs, n) for n in ("l", "u", "w", "m"))
+    mkdirs(tmpfs, "l/d", "u", "w", "m")
+    with open(os.path.join(l, "d", "g"), "w") as f:
+        f.write("g\n")
+    mount_overlay_legacy(m, l, u, w, "index=on,nfs_export=on")
+    os.chmod(os.path.join(m, "d"), 0o700)  # copy-up records the origin
+    umount(m)
+    os.rename(os.path.join(l, "d"), os.path.join(l, "d.old"))
+    os.mkdir(os.path.join(l, "d"))
+    with open(os.path.join(l, "d", "new"), "w") as f:
+        f.write("new\n")
+    for options in ("index=on,nfs_export=on", "index=on", "index=off"):
+        engine = predict(l, u, w, options)
+        mount_overlay_legacy(m, l, u, w, options)
+        klog.new_lines()
+        try:
+            obs = harness.observe(m, ["/d"])
+        finally:
+            umount(m)
+        lines = klog.new_lines()
+        res = engine.explain("/d")
+        assert sorted(x.decode() for x in engine.entries(res)) == sorted(obs["/d"].entries)
+        assert all(line in lines for line in res.kernel_log), (res.kernel_log, lines)
+        assert (obs["/d"].entries == []) == (options == "index=on,nfs_export=on")
