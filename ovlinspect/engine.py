@@ -201,6 +201,10 @@ class Engine:
             errno_, log = self.mount_state.refusal
             self.options = dataclasses.replace(
                 self.options, mount_errno=errno_, mount_log=tuple(self.options.mount_log) + log)
+        if self.mount_state.fallback or self.mount_state.log:
+            self.options = dataclasses.replace(
+                self.options, **self.mount_state.fallback,  # type: ignore[arg-type]
+                mount_log=tuple(self.options.mount_log) + tuple(self.mount_state.log))
         self._index = self._index_lookup()
         self._root = self._make_root()
 

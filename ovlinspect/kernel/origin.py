@@ -159,6 +159,8 @@ class MountState:
     log: list[str] = field(default_factory=list)
     #: what could not be checked, for the not-modelled note
     unchecked: list[str] = field(default_factory=list)
+    #: options the kernel turns off at mount (index, nfs_export, xino), with their new values
+    fallback: dict[str, object] = field(default_factory=dict)
 
     def refuse(self, errno: str, log: list[str], rule: str, message: str, layers: list[int]) -> None:
         if self.refusal is None:
@@ -274,6 +276,7 @@ def mount_state(engine) -> MountState:
             st.log.append(_OVL + what)
             st.findings.append(Finding("index-fallback", b"/", f"{_label(engine, k)}: {what}",
                                        [engine.json_index(k)]))
+            st.fallback = {"index": False} if k == 0 else {"index": False, "nfs_export": False}
             return st
     # ovl_get_fsid / ovl_lower_uuid_ok: two lower filesystems with one uuid turn the index off
     seen: dict[bytes, int] = {}
@@ -292,6 +295,9 @@ def mount_state(engine) -> MountState:
                 f"{_label(engine, prev)} and {_label(engine, k)} are on two filesystems with the "
                 f"same uuid {uuid_text(i.uuid)} (a cloned image): the kernel turns the index off",
                 [engine.json_index(prev), engine.json_index(k)]))
+            st.fallback = {"index": False, "nfs_export": False}
+            if opts.xino == "auto":
+                st.fallback["xino"] = "off"
             return st
         seen.setdefault(i.uuid, k)
     same_fs = len({i.dev for i in ids[: engine.nlower + 1] if i is not None}) == 1
@@ -319,9 +325,6 @@ def mount_state(engine) -> MountState:
                       "records the new origin; earlier copy-ups keep stale origins, so their "
                       "inode numbers change)", [engine.json_index(0), engine.json_index(1)])
             return st
-    elif stored is None or not stored.usable:
-        st.log.append("(the kernel records the first lower root as the upper root's origin at "
-                      "mount: a write to the upper layer)")
     # the index directory's "upper" xattr against the upper root
     index_dir = os.path.join(stack.workdir, "index")
     try:

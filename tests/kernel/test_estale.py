@@ -317,14 +317,16 @@ def test_stray_file_in_the_index(tmpfs, klog):
 
 
 @contextlib.contextmanager
-def ext4(image_dir: str, mountpoint: str):
-    """An ext4 filesystem on a loop device; yields (device, mountpoint); removes everything."""
+def ext4(image_dir: str, mountpoint: str, name: str = "ext4.img", make: bool = True):
+    """An ext4 filesystem on a loop device; yields (device, mountpoint); removes everything.
+    ``make=False``: use the image already at ``name`` (a copy: a clone with the same UUID)."""
     if not shutil.which("mkfs.ext4") or not shutil.which("tune2fs") or not shutil.which("losetup"):
         pytest.skip("needs mkfs.ext4, tune2fs and losetup")
-    image = os.path.join(image_dir, "ext4.img")
-    with open(image, "wb") as f:
-        f.truncate(16 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-O", "^metadata_csum,^has_journal", image], check=True)
+    image = os.path.join(image_dir, name)
+    if make:
+        with open(image, "wb") as f:
+            f.truncate(16 << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-O", "^metadata_csum,^has_journal", image], check=True)
     res = subprocess.run(["losetup", "--find", "--show", image], capture_output=True, text=True)
     if res.returncode != 0:
         pytest.skip(f"no loop device: {res.stderr.strip()}")
@@ -485,3 +487,28 @@ def test_lower_directory_replaced_with_nfs_export(tmpfs, klog):
         assert sorted(x.decode() for x in engine.entries(res)) == sorted(obs["/d"].entries)
         assert all(line in lines for line in res.kernel_log), (res.kernel_log, lines)
         assert (obs["/d"].entries == []) == (options == "index=on,nfs_export=on")
+
+
+def test_two_lower_filesystems_with_one_uuid(tmpfs, klog):
+    """A cloned disk image mounted twice: two lower filesystems with the same UUID.  The
+    kernel cannot tell their handles apart and turns index=on off (a warning, no refusal)."""
+    e1, e2 = os.path.join(tmpfs, "e1"), os.path.join(tmpfs, "e2")
+    with ext4(tmpfs, e1) as (dev1, mp1):
+        for d in ("l1", "l2"):
+            os.mkdir(os.path.join(mp1, d))
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.umount2(mp1.encode(), 0) == 0
+        subprocess.run(["cp", "--sparse=always", os.path.join(tmpfs, "ext4.img"),
+                        os.path.join(tmpfs, "clone.img")], check=True)
+        assert libc.mount(dev1.encode(), mp1.encode(), b"ext4", 0, None) == 0
+        with ext4(tmpfs, e2, "clone.img", make=False) as (_, mp2):
+            l1, l2 = os.path.join(mp1, "l1"), os.path.join(mp2, "l2")
+            u, w, m = (os.path.join(tmpfs, n) for n in ("u", "w", "m"))
+            mkdirs(tmpfs, "u", "w", "m")
+            engine = predict(f"{l1}:{l2}", u, w, "index=on")
+            got, lines = kernel_mount(f"{l1}:{l2}", u, w, m, "index=on", klog)
+            assert got is None
+            assert any("conflicting uuid detected in lower fs" in x for x in lines), lines
+            agree(engine, got, lines)
+            assert engine.options.index is False
+            assert "index-fallback" in {f.rule for f in engine.check()}
