@@ -220,6 +220,16 @@ class Engine:
             state.unchecked.append(f"the work or index directory could not be read: {e.strerror}")
             return state
 
+    def origin_text(self, fh, path: Path | None = None) -> str:
+        """Where an origin file handle points in this stack (see kernel/origin.py); ``path``:
+        the name to prefer for an inode with several (hard links)."""
+        from .kernel.origin import where_origin
+
+        try:
+            return where_origin(self, fh, path)
+        except OSError:
+            return ""
+
     def _index_lookup(self):
         from .kernel.origin import IndexLookup
 

@@ -582,3 +582,82 @@ def lower_pd2(layer_dir: str, path) -> str:
         return path[-2].decode("utf-8", "backslashreplace") + "/" + name
     parent = pd2_of_dir(layer_dir)
     return "/" + name if parent == "/" else parent.rsplit("/", 1)[-1] + "/" + name
+
+
+def _open_handle(dir_fd: int, ftype: int, fid: bytes) -> int | None:
+    try:
+        mount_fd = os.open(f"/proc/self/fd/{dir_fd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        h = _HandleIn()
+        h.handle_bytes = len(fid)
+        h.handle_type = ftype
+        ctypes.memmove(h.f_handle, fid, len(fid))
+        fd = _libc.open_by_handle_at(mount_fd, ctypes.byref(h),
+                                     os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return fd if fd >= 0 else None
+    finally:
+        os.close(mount_fd)
+
+
+def _lstat_in(layer, path) -> os.stat_result | None:
+    if not isinstance(layer, DiskLayer) or not path:
+        return None
+    with layer._lock:  # noqa: SLF001
+        fd = layer._dirfd(path[:-1])  # noqa: SLF001
+        if fd is None:
+            return None
+        try:
+            return os.stat(path[-1], dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return None
+
+
+def where_origin(engine, fh: FileHandle, prefer=None) -> str:
+    """Where an origin handle points, in the stack's words: ``matches lower 2 (l):/usr/lib``,
+    or ``points to a filesystem that is not in this stack`` (the object is only opened
+    ``O_PATH`` to learn its path; nothing is read)."""
+    if not fh.usable or len(fh.fid) > MAX_HANDLE_SZ:
+        return ""
+    from ..engine import show_path
+
+    ids = [layer_id(l) if l is not None else None for l in engine.klayers]
+    same_uuid = [k for k, i in enumerate(ids) if i is not None and i.uuid is not None
+                 and (fh.uuid == i.uuid or fh.uuid == NULL_UUID)]
+    if not same_uuid:
+        if all(i is None or i.uuid is None for i in ids):
+            return ""
+        return (f"points to a filesystem that is not in this stack (uuid {uuid_text(fh.uuid)}): "
+                "the lower layer moved, or was copied")
+    for k in same_uuid:
+        if k == 0 and fh.uuid == NULL_UUID:
+            continue
+        layer = engine.layer(k)
+        fd = _open_handle(layer._root, fh.type, fh.fid)  # noqa: SLF001
+        if fd is None:
+            continue
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            st = os.fstat(fd)
+        except OSError:
+            target, st = "", None
+        finally:
+            os.close(fd)
+        if prefer and st is not None:  # a hard link: name it as the merged path does
+            for j in same_uuid:
+                node_st = _lstat_in(engine.layer(j), prefer)
+                if node_st is not None and (node_st.st_dev, node_st.st_ino) == (st.st_dev, st.st_ino):
+                    return f"matches {engine.label(j)}:{show_path(prefer)}"
+        for j in same_uuid:  # the layer that holds it (several layers may share a filesystem)
+            r = os.path.realpath(engine.layer(j).path)
+            if target == r or target.startswith(r.rstrip("/") + "/"):
+                rel = target[len(r):].lstrip("/")
+                comps = tuple(os.fsencode(c) for c in rel.split("/") if c)
+                return f"matches {engine.label(j)}:{show_path(comps)}"
+        return (f"an object on the filesystem of {engine.label(k)}, outside every layer "
+                f"({safe(os.fsencode(target))})" if target else
+                f"an object on the filesystem of {engine.label(k)}, outside every layer")
+    return ("stale: no object with this handle on the filesystem of "
+            f"{engine.label(same_uuid[0])} (deleted or re-created: the kernel treats the origin "
+            "as unknown)")
