@@ -192,6 +192,13 @@ RULES: dict[str, Rule] = {
             "the lower file shows again",
         ),
         Rule(
+            "workdir-leftovers",
+            "info",
+            "the work directory holds leftovers of interrupted operations: the kernel deletes "
+            "them at mount",
+            "nothing to do: the next mount cleans them up",
+        ),
+        Rule(
             "index-fallback",
             "warning",
             "index=on is asked for but the kernel turns it off at mount",

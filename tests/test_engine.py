@@ -339,5 +339,6 @@ def test_estale_rules_are_tested_in_their_own_files():
     text = (here / "test_origin.py").read_text() + (here / "kernel" / "test_estale.py").read_text()
     for rule in ("stale-origin", "incompat-workdir", "workdir-in-use", "workdir-shared",
                  "index-entry-invalid", "index-entry-stale", "index-fallback", "index-entry-bad",
-                 "index-served", "stale-origin-lookup"):
+                 "index-served", "stale-origin-lookup",
+                 "workdir-leftovers"):
         assert f'"{rule}"' in text, rule

@@ -100,3 +100,17 @@ def test_index_entries(tmp_path):
     (index / ("zz" * 30)).write_bytes(b"")
     got = {name: problem for name, _, problem in index_entries(str(index))}
     assert got == {b"#111": "temp", b"notes.txt": "invalid", b"zz" * 30: "invalid"}
+
+
+def test_uuid_off_across_filesystems_on_7_0():
+    """6.18 falls back to uuid=null when uuid=off spans filesystems (origins carry the UUID);
+    7.0 (869056dbbd63) keeps uuid=off with index=on.  On one filesystem uuid=off always holds."""
+    from ovlinspect.kernel.origin import origin_uuid_used
+    from ovlinspect.kernel.profile import profile_for
+    from ovlinspect.options import Options
+
+    off_index = Options(index=True, uuid="off")
+    assert origin_uuid_used(off_index, profile_for((6, 18)), same_fs=False) is True
+    assert origin_uuid_used(off_index, profile_for((7, 0)), same_fs=False) is False
+    assert origin_uuid_used(off_index, profile_for((6, 18)), same_fs=True) is False
+    assert origin_uuid_used(Options(index=True, uuid="on"), profile_for((7, 0)), same_fs=True)

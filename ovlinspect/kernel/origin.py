@@ -227,7 +227,7 @@ def _describe_mismatch(engine, stored: FileHandle, want: bytes, ids: list[LayerI
 
 def mount_state(engine) -> MountState:
     """Predict the index checks of a mount of ``engine``'s stack (upper + workdir given)."""
-    from .workdir import in_use_checks, index_entries, incompat_features
+    from .workdir import in_use_checks, incompat_features, index_entries, work_leftovers
 
     st = MountState()
     stack = engine.stack
@@ -256,6 +256,13 @@ def mount_state(engine) -> MountState:
                       "synced, delete the work directory's work/incompat" if volatile else ""),
                   [engine.json_index(0)])
         return st
+    leftovers = work_leftovers(stack.workdir)
+    if leftovers:
+        st.findings.append(Finding(
+            "workdir-leftovers", b"/", f"the work directory's work/ holds {leftovers} leftover "
+            "entr" + ("y" if leftovers == 1 else "ies") + " of interrupted copy-ups or renames: "
+            "the kernel deletes them at mount (a write to the work directory); nothing in the "
+            "merged tree depends on them", [engine.json_index(0)]))
     if not opts.index:
         return st
     ids: list[LayerId | None] = [layer_id(l) if l is not None else None for l in engine.klayers]

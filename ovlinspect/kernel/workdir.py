@@ -67,6 +67,20 @@ def incompat_features(workdir: str) -> bytes | None:
     return None
 
 
+def work_leftovers(workdir: str) -> int:
+    """How many entries ``workdir/work`` holds besides ``incompat`` (leftovers of interrupted
+    copy-ups, renames and whiteouts, named ``#<hex>``): the kernel deletes them at mount."""
+    fd = _open_dir(workdir, "work")
+    if fd is None:
+        return 0
+    try:
+        return sum(1 for n in _list(fd) if n != b"incompat")
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
+
 def _in_use_paths() -> dict[tuple[int, int], str]:
     """(dev, ino) of the upper and work directories of the overlays mounted here."""
     from ..mountinfo import parse_mountinfo, read_mountinfo

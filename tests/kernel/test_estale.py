@@ -523,3 +523,24 @@ def test_two_lower_filesystems_with_one_uuid(tmpfs, klog):
             agree(engine, got, lines)
             assert engine.options.index is False
             assert "index-fallback" in {f.rule for f in engine.check()}
+
+
+def test_leftovers_are_deleted_not_refused(tmpfs, klog):
+    """'#' leftovers in work/work and in the index: the kernel deletes them and mounts."""
+    l, u, w, m = (os.path.join(tmpfs, n) for n in ("l", "u", "w", "m"))
+    mkdirs(tmpfs, "u", "w")
+    make_lower(l)
+    used_with_index(l, u, w, m)
+    for p in ("work/#5", "index/#12"):
+        with open(os.path.join(w, p), "w"):
+            pass
+    os.mkdir(os.path.join(w, "index", "#13"))
+    engine = predict(l, u, w, "index=on")
+    rules = {f.rule for f in engine.check()}
+    assert {"workdir-leftovers", "index-entry-stale"} <= rules
+    assert not any(f.severity == "error" for f in engine.check())
+    agree(engine, *kernel_mount(l, u, w, m, "index=on", klog))
+    assert engine.mount_errno is None
+    # the kernel did delete them (on this test's own copy)
+    assert not [n for n in os.listdir(os.path.join(w, "index")) if n.startswith("#")]
+    assert os.listdir(os.path.join(w, "work")) == []
