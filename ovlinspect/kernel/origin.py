@@ -198,21 +198,20 @@ def _describe_mismatch(engine, stored: FileHandle, want: bytes, ids: list[LayerI
     parts = []
     if origin_uuid and first is not None and first.uuid is not None and stored.uuid != first.uuid:
         if stored.uuid == NULL_UUID:
-            parts.append(f"the origin was recorded with uuid=off (a null uuid), this mount "
-                         f"records uuids ({_label(engine, 1)} is on {uuid_text(first.uuid)})")
+            stored_uuid = "a null uuid (made with uuid=off, or on a filesystem without a UUID)"
+        upper = ids[0]
+        where = (" (the upper layer's filesystem)" if upper is not None and upper.uuid ==
+                 stored.uuid else "")
+        parts.append(f"{_label(engine, 1)} is now on another filesystem: uuid "
+                     f"{uuid_text(first.uuid) if first.uuid != NULL_UUID else 'null'}, the "
+                     f"origin was recorded on {stored_uuid}{where}")
+        if same_handle:
+            parts.append("its root has the same handle under the new uuid: a btrfs clone "
+                         "with a temporary fsid, or a filesystem whose UUID was changed "
+                         "(a stack made with uuid=off does not record the UUID)")
         else:
-            upper = ids[0]
-            where = (" (the upper layer's filesystem)" if upper is not None and upper.uuid ==
-                     stored.uuid else "")
-            parts.append(f"{_label(engine, 1)} is now on another filesystem: uuid "
-                         f"{uuid_text(first.uuid)}, the origin was recorded on {stored_uuid}{where}")
-            if same_handle:
-                parts.append("its root has the same handle under the new uuid: a btrfs clone "
-                             "with a temporary fsid, or a filesystem whose UUID was changed "
-                             "(a stack made with uuid=off does not record the UUID)")
-            else:
-                parts.append("its root's handle differs too: a copy (a restore, a migration, a "
-                             "tmpfs re-created after a reboot), so uuid=off would not help")
+            parts.append("its root's handle differs too: a copy (a restore, a migration, a "
+                         "tmpfs re-created after a reboot), so uuid=off would not help")
     elif not origin_uuid and stored.uuid != NULL_UUID:
         parts.append(f"the origin records the filesystem uuid {stored_uuid}, but with uuid=off "
                      "the kernel expects a null uuid")
