@@ -81,11 +81,12 @@ def work_leftovers(workdir: str) -> int:
         os.close(fd)
 
 
-def _in_use_paths() -> dict[tuple[int, int], str]:
-    """(dev, ino) of the upper and work directories of the overlays mounted here."""
+def _in_use_paths() -> dict[tuple[int, int], tuple[str, tuple]]:
+    """(dev, ino) of the upper and work directories of the overlays mounted here -> (what it
+    is, the (dev, ino) pair of that mount's upper and work directories)."""
     from ..mountinfo import parse_mountinfo, read_mountinfo
 
-    out: dict[tuple[int, int], str] = {}
+    out: dict[tuple[int, int], tuple[str, tuple]] = {}
     try:
         entries = parse_mountinfo(read_mountinfo("/proc/self"))
     except (OSError, ValueError):
@@ -93,40 +94,53 @@ def _in_use_paths() -> dict[tuple[int, int], str]:
     for e in entries:
         if not e.is_overlay:
             continue
-        for role, p in (("upperdir", e.upperdir), ("workdir", e.workdir)):
-            if p and os.path.isabs(p):
-                try:
-                    st = os.stat(p)
-                except OSError:
-                    continue
-                out.setdefault((st.st_dev, st.st_ino), f"{role} of the overlay on {e.mountpoint}")
+        ids = []
+        for p in (e.upperdir, e.workdir):
+            try:
+                st = os.stat(p) if p and os.path.isabs(p) else None
+            except OSError:
+                st = None
+            ids.append((st.st_dev, st.st_ino) if st is not None else None)
+        for role, key in zip(("upperdir", "workdir"), ids):
+            if key is not None:
+                out.setdefault(key, (f"{role} of the overlay on {e.mountpoint}", tuple(ids)))
     return out
+
+
+def _key(path: str | None) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if st is not None else None
 
 
 def in_use_checks(stack, index: bool) -> list[tuple[str | None, list[str], str]]:
     """(errno or None, log lines, message) for each layer directory another mount uses.
 
-    Only the mounts of this mount namespace are seen.  In kernel order: upperdir, workdir,
-    then the lower directories; with ``index=on`` the first one refuses the mount (EBUSY).
+    Only the mounts of this mount namespace are seen.  A mount of this very stack (same upper
+    and work directories) counts too: mounting it again is what a runtime does after leaking
+    the first mount.  In kernel order: upperdir, workdir, then the lower directories; with
+    ``index=on`` the first one refuses the mount (EBUSY).
     """
     used = _in_use_paths()
     if not used:
         return []
+    upper = getattr(stack.upper, "path", None) if stack.upper is not None else None
+    mine = (_key(upper), _key(stack.workdir))
     named: list[tuple[str, str]] = []
-    if stack.upper is not None and getattr(stack.upper, "path", None):
-        named.append(("upperdir", stack.upper.path))
+    if upper:
+        named.append(("upperdir", upper))
     if stack.workdir:
         named.append(("workdir", stack.workdir))
     named += [("lowerdir", l.path) for l in stack.lowers if getattr(l, "path", None)]
     out: list[tuple[str | None, list[str], str]] = []
     for role, path in named:
-        try:
-            st = os.stat(path)
-        except OSError:
+        found = used.get(_key(path)) if _key(path) is not None else None  # type: ignore[arg-type]
+        if found is None:
             continue
-        other = used.get((st.st_dev, st.st_ino))
-        if other is None:
-            continue
+        other = found[0] + (" (this same stack, already mounted: a leaked mount?)"
+                            if found[1] == mine else "")
         if index:
             line = (_OVL + f"{role} is in-use as upperdir/workdir of another mount, mount with "
                     "'-o index=off' to override exclusive upperdir protection.")

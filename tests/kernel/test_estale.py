@@ -302,6 +302,11 @@ def test_workdir_in_use_by_another_mount(tmpfs, klog):
         engine = predict(l, u, os.path.join(tmpfs, "w2"), "index=on")
         agree(engine, *kernel_mount(l, u, os.path.join(tmpfs, "w2"), m2, "index=on", klog))
         assert engine.mount_errno == "EBUSY"
+        # the same stack mounted again (a runtime remounting after a leaked mount)
+        engine = predict(l, u, w, "index=on")
+        agree(engine, *kernel_mount(l, u, w, m2, "index=on", klog))
+        assert engine.mount_errno == "EBUSY"
+        assert "leaked mount" in next(f.message for f in engine.check() if f.rule == "workdir-in-use")
     finally:
         umount(m)
     assert predict(l, u2, w, "index=on").mount_errno is None
