@@ -13,7 +13,7 @@ import time
 from typing import Sequence
 
 from .engine import Engine, Resolution, show, show_path
-from .kernel.profile import UnknownKernel, parse_version, profile_for
+from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
 from .rules import RULES, Finding
 from .sources import InputError, check_privileges, demo_names, load_target, stack_from_args
 from .stack import Stack
@@ -194,6 +194,11 @@ def _engine(stack: Stack) -> Engine:
     from .options import OptionError
 
     try:
+        if stack.profile is None and os.geteuid() == 0:
+            # the running kernel: its release, corrected by what it answers (backports)
+            from .live.probe import probed_profile
+
+            stack.profile = probed_profile(profile_for_release(os.uname().release))
         engine = Engine(stack)
     except UnknownKernel as e:
         raise InputError(f"{e}; ask about a kernel ovlinspect models with --kernel X.Y") from None
@@ -218,10 +223,7 @@ def _layers_text(engine: Engine) -> list[str]:
 
 def _kernel_text(engine: Engine) -> str:
     """Which kernel's behaviours the prediction follows, and why that one."""
-    p = engine.profile
-    if p.chosen_by == "release":
-        return f"kernel {engine.kernel}, {p.name} rules"
-    return f"kernel {p.name} rules ({p.chosen_by}; running {engine.kernel})"
+    return engine.profile.summary(engine.kernel)
 
 
 def _options_text(engine: Engine) -> str:

@@ -637,7 +637,7 @@ def effective_options(
             log.append(_OVL + 'option "uuid=on" requires an upper fs, falling back to uuid=null.')
             uuid = "null"
         # Only the upper layer creates redirects, so without one "follow" means "on".
-        if redirect == "follow":
+        if redirect == "follow" and profile.redirect_mode_effective:
             redirect = "on"
 
     # Before 6.16 verity needs metacopy: it is turned on with it, unless typed off.
@@ -723,7 +723,7 @@ def effective_options(
         log.append(_OVL + '"xino=on" is useless with all layers on same fs, ignore.')
 
     # Lower-only mounts always span two "filesystems": slot 0 is kept for the absent upper.
-    if uuid == "off" and (not has_upper or not same_fs):
+    if uuid == "off" and (not has_upper or not same_fs) and not profile.uuid_off_index_relaxed:
         # before uuid=null existed, the fallback was uuid=on
         fallback = "null" if profile.uuid_null_auto else "on"
         log.append(
@@ -755,8 +755,13 @@ def shown_options(
     out: list[tuple[str, str | None]] = []
     if o.default_permissions:
         out.append(("default_permissions", None))
-    if o.redirect_dir != defaults.redirect_mode:
-        out.append(("redirect_dir", o.redirect_dir))
+    if profile.redirect_mode_effective:
+        if o.redirect_dir != defaults.redirect_mode:
+            out.append(("redirect_dir", o.redirect_dir))
+    else:
+        typed = [v for k, v in o.given if k == "redirect_dir"]
+        if typed and typed[-1] != ("on" if defaults.redirect_dir else "off"):
+            out.append(("redirect_dir", typed[-1]))
     if o.index != defaults.index:
         out.append(("index", "on" if o.index else "off"))
     if o.uuid != ("auto" if profile.uuid_null_auto else "on"):

@@ -170,12 +170,11 @@ class MountState:
 
 def origin_uuid_used(options, profile, same_fs: bool) -> bool:
     """Whether origin handles carry the filesystem UUID (``ovl_origin_uuid``): not with
-    ``uuid=off`` on one filesystem (before 7.0) or with ``index=on`` (7.0's relaxation)."""
+    ``uuid=off``, which before 7.0 holds only when the upper and lower layers share one
+    filesystem (it falls back to ``uuid=null`` otherwise) and from 7.0 on is kept."""
     if options.uuid != "off":
         return True
-    if same_fs:
-        return False
-    return not (profile.uuid_off_index_relaxed and options.index)
+    return not (same_fs or profile.uuid_off_index_relaxed)
 
 
 def _label(engine, klayer: int) -> str:

@@ -64,9 +64,15 @@ class KernelProfile:
     refuses_datadir_only: bool = False
     #: the ``override_creds``/``nooverride_creds`` option.
     override_creds_option: bool = False
+    #: ``redirect_dir`` is kept as an effective mode: a lower-only mount turns ``follow`` into
+    #: ``on``, and mountinfo shows the effective mode when it differs from the module default.
+    #: Before, mountinfo shows the mode as typed unless it is the default string (``on`` with
+    #: the redirect_dir parameter, else ``off``), and ``follow`` stays ``follow``.
+    redirect_mode_effective: bool = False
     #: ``fsync=auto|strict|volatile``; mountinfo then shows ``fsync=volatile``, not ``volatile``.
     fsync_option: bool = False
-    #: ``uuid=off`` with ``index=on`` accepted on layers of several filesystems.
+    #: ``uuid=off`` is kept on layers of several filesystems (and on lower-only mounts, observed
+    #: on 7.2), where it used to fall back to ``uuid=null``; ``index=on`` then works with it.
     uuid_off_index_relaxed: bool = False
 
     # --- lookup (namei.c, util.c) ---
@@ -88,6 +94,15 @@ class KernelProfile:
     def name(self) -> str:
         """``6.12``: the version the behaviours are those of."""
         return f"{self.version[0]}.{self.version[1]}"
+
+    def summary(self, running: str) -> str:
+        """One line: whose rules the prediction follows, and how they were chosen."""
+        how = self.chosen_by
+        if how in ("release", "release, confirmed by probes"):
+            return f"kernel {running}, {self.name} rules"
+        if how.startswith("release"):
+            return f"kernel {running}, {self.name} rules{how[len('release'):]}"
+        return f"kernel {self.name} rules ({how}; running {running})"
 
     def as_json(self) -> dict:
         return {"profile": self.name, "release": self.release, "chosen_by": self.chosen_by}
@@ -111,6 +126,9 @@ class Change:
 CHANGES: tuple[Change, ...] = (
     Change((6, 5), "fs_context_parser", True,
            "ovl: port to new mount api (Christian Brauner, Amir Goldstein, 6.5)"),
+    Change((6, 5), "redirect_mode_effective", True,
+           "ovl: port to new mount api (6.5): redirect_dir parsed into an enum (observed: 6.1 "
+           "shows the typed mode, 6.12 the effective one)"),
     Change((6, 5), "data_only_layers", True,
            "ovl: introduce data-only lower layers (Amir Goldstein, 6.5)"),
     Change((6, 5), "data_only_needs_metacopy", True,
