@@ -1276,17 +1276,21 @@ class Engine:
         state = self.mount_state
         out.extend(state.findings)
         if self.options.index and self.has_upper:
-            checked = not state.unchecked and self.stack.mountpoint is None and bool(self.stack.workdir)
+            live = self.stack.mountpoint is not None
             why = "; ".join(state.unchecked)
-            out.append(Finding("not-modelled", b"/", (
-                "index=on: the mount-time checks (upper root origin, index directory, work "
-                "directory) and the index lookup of files are predicted; at lookup the kernel "
-                "also verifies the origin of metacopy files and (with nfs_export) of directories "
-                "and looks up directory index entries, which ovlinspect does not model")
-                if checked else (
-                (f"index=on: {why}. " if why else "index=on: ")
-                + "the kernel also looks up and verifies index entries (a bad or stale one gives "
-                "EIO, hard links are shared); ovlinspect does not read the index directory")))
+            if why or not self.stack.workdir:
+                text = ((f"index=on: {why}. " if why else "index=on: the work directory is not "
+                         "known. ") + "The kernel also verifies origins and index entries (a bad "
+                        "or stale one gives ESTALE or EIO, hard links are shared through the "
+                        "index); ovlinspect could not check them here")
+            else:
+                text = ("index=on: " + ("the index lookup of files is predicted (the mount-time "
+                        "checks passed when this overlay was mounted)" if live else
+                        "the mount-time checks (upper root origin, index directory, work "
+                        "directory) and the index lookup of files are predicted")
+                        + "; the kernel also looks up directory index entries, which ovlinspect "
+                        "does not model")
+            out.append(Finding("not-modelled", b"/", text))
         if self.options.xino != "off" and not self.same_fs:
             out.append(Finding("not-modelled", b"/",
                                f"xino={self.options.xino} on layers of several filesystems: readdir "
