@@ -32,6 +32,7 @@ def main() -> int:
     ap.add_argument("--random", type=int, default=200, help="random stacks per kernel")
     ap.add_argument("--fetch", action="store_true", help="download missing kernel packages")
     ns = ap.parse_args()
+    os.environ["OVLINSPECT_VM"] = "1"
     reason = vm.skip_reason()
     if reason:
         print(f"cannot run: {reason}")

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("args", nargs="*", metavar="TARGET")
     _stack_args(c)
     m = sub.add_parser("mounts", help="list overlay mounts of every mount namespace with a one-word health "
-                       "(quick: stack-level problems only; --deep: every path)",
+                       "(quick: each mount checked for a second; --deep: every path)",
                        description="Overlay mounts of every mount namespace (one process each), with the "
                        "container an engine (docker, podman, nerdctl) knows them as. Exit status: 0 every "
                        "mount ok or warning, 1 a mount has errors or is unresolved, unreadable or "
@@ -130,9 +130,10 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
         if ns.options:  # what-if: the mount's options with these on top, as typed
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
             stack.effective = None
-    if ns.kernel:
+    if ns.kernel is not None:
         try:
-            stack.profile = profile_for(parse_version(ns.kernel), chosen_by="--kernel")
+            stack.profile = profile_for(parse_version(ns.kernel, strict=True), chosen_by="--kernel",
+                                        release=ns.kernel.strip())
         except UnknownKernel as e:
             raise InputError(f"--kernel: {e}") from None
     return stack, rest
@@ -348,9 +349,12 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                 observed.append((ob, pc, obs.compare(engine, r, ob, pc=pc, whatif=ns.options or None)))
         finally:
             os.close(rootfd)
+    covered = [_covered_by(stack, r.path) for r in results]
     if ns.json:
         doc = engine.document(results)
         _json_notes(doc, stack)
+        for pj, cover in zip(doc["paths"], covered):
+            pj["covered_by"] = cover
         if observed is not None:
             for pj, (ob, pc, mismatches) in zip(doc["paths"], observed):
                 pj["data_content"] = pc.as_json() if pc is not None else None
@@ -368,6 +372,11 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     for i, res in enumerate(results):
         out.append("")
         out += _describe(engine, res)
+        if covered[i]:
+            c = covered[i]
+            out.append(f"  COVERED   {show(os.fsencode(c['mountpoint']))} is a {show(c['fstype'].encode())} "
+                       f"mount ({show(os.fsencode(c['source']))}) on top of the overlay: a program "
+                       "there sees that filesystem, not the overlay's entry explained here")
         if observed is not None:
             from .observe import content_line
 
@@ -384,16 +393,52 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _covered_by(stack: Stack, path: tuple[bytes, ...]) -> dict | None:
+    """The mount stacked on the overlay at or above ``path`` (a volume, a bind-mounted file,
+    /proc in a container), as {mountpoint (inside the merged tree), fstype, source}, or None."""
+    if not stack.mountpoint:
+        return None
+    from .mountinfo import covering_mounts
+
+    proc = f"/proc/{stack.pid}" if stack.pid else "/proc/self"
+    try:
+        mounts = covering_mounts(stack.mountpoint, proc)
+    except (OSError, ValueError):
+        return None
+    base = stack.mountpoint.rstrip("/")
+    inside = b"/" + b"/".join(path)
+    best = None
+    for m in mounts:
+        if m.mountpoint != stack.mountpoint.rstrip("/") and not m.mountpoint.startswith(base + "/"):
+            continue
+        rel = os.fsencode(m.mountpoint[len(base):] or "/")
+        if inside == rel or inside.startswith(rel.rstrip(b"/") + b"/"):
+            if best is None or len(rel) < len(os.fsencode(best.mountpoint[len(base):] or "/")):
+                best = m  # the outermost one decides what is seen there
+    if best is None:
+        return None
+    return {"mountpoint": best.mountpoint[len(base):] or "/", "fstype": best.fstype,
+            "source": best.source + (best.root if best.root not in ("", "/") else "")}
+
+
+#: the most ``--paths-from`` reads: far more paths than anyone asks about at once, and a
+#: bound, so that ``/dev/zero`` or a runaway pipe ends in one line instead of the OOM killer
+PATHS_FROM_MAX = 16 * 1024 * 1024
+
+
 def _read_paths(name: str) -> list[bytes]:
     """The paths of ``--paths-from``: one a line, raw bytes (a NUL ends nothing: it is kept)."""
     try:
         if name == "-":
-            data = sys.stdin.buffer.read()
+            data = sys.stdin.buffer.read(PATHS_FROM_MAX + 1)
         else:
             with open(name, "rb") as f:
-                data = f.read()
+                data = f.read(PATHS_FROM_MAX + 1)
     except OSError as e:
         raise InputError(f"--paths-from {name}: {e.strerror}") from None
+    if len(data) > PATHS_FROM_MAX:
+        raise InputError(f"--paths-from {name}: more than {PATHS_FROM_MAX // (1024 * 1024)} MiB of "
+                         "paths; give fewer at a time")
     return [line for line in data.split(b"\n") if line]
 
 
@@ -507,7 +552,7 @@ def cmd_rules(ns: argparse.Namespace) -> int:
 
 
 def cmd_mounts(ns: argparse.Namespace) -> int:
-    from .mounts import BAD_HEALTH, list_mounts
+    from .mounts import BAD_HEALTH, QUICK_SECONDS, list_mounts
 
     rows = list_mounts(ns.pid, deep=ns.deep)
     bad = 1 if any(r["health"] in BAD_HEALTH for r in rows) else 0
@@ -523,7 +568,7 @@ def cmd_mounts(ns: argparse.Namespace) -> int:
         print(f"{r['health']:<10} {show(os.fsencode(r['mountpoint']))}  {who}  upper={'yes' if r['upper'] else 'no'} "
               f"lower={r['lowers']} data={r['datas']}  {show(r['detail'].encode('utf-8', 'surrogateescape'))}")
     if not ns.deep:
-        print("(quick: stack-level problems only; --deep checks every path)")
+        print(f"(quick: each mount's paths checked for {QUICK_SECONDS:g} s; --deep checks every path)")
     if os.geteuid() != 0:
         print("(not root: other users' mount namespaces are not listed, and trusted.overlay.* "
               "xattrs are invisible: run as root)")

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from .kernel.bugs import bug_findings
 from .kernel.profile import KernelProfile, profile_for_release
 from .layers import Layer, Node, Path, split_path
 from .options import ModuleDefaults, Options, effective_options
@@ -1299,6 +1300,8 @@ class Engine:
         if self.options.mount_errno and state.refusal is None:
             msg = "; ".join(self.options.mount_log) or "the mount is refused"
             out.append(Finding("mount-refused", b"/", f"mount fails with {self.options.mount_errno}: {msg}"))
+        else:  # known regressions of this kernel that the stack meets (kernel/bugs.py)
+            out.extend(bug_findings(self))
         if self.ndata:
             tops: dict[bytes, int] = {}
             for li in range(self.nlower + 1, self.nlower + self.ndata + 1):

@@ -480,3 +480,29 @@ def mount_namespaces(proc: str = "/proc") -> tuple[list[Namespace], int]:
             found[ino] = Namespace(ino, pid, _comm(pid))
     spaces = sorted(found.values(), key=lambda n: (n.ns != own, n.pid))
     return spaces, denied
+
+
+def covering_mounts(mountpoint: str, proc_root: str = "/proc/self") -> list[MountEntry]:
+    """The mounts stacked inside the overlay mounted at ``mountpoint`` (in the mount namespace
+    of ``proc_root``): a container's volumes, bind-mounted ``/etc/hosts``, ``/proc``, ...
+
+    A program there sees those filesystems at their paths, not the overlay's entries.  Found
+    by walking the mount tree from the overlay's mount to its descendants; the overlay itself is
+    the last overlay mounted on ``mountpoint``.
+    """
+    entries = parse_mountinfo(read_mountinfo(proc_root))
+    here = [e for e in entries if e.mountpoint == mountpoint and e.is_overlay]
+    if not here:
+        return []
+    top = here[-1].mount_id
+    children: dict[int, list[MountEntry]] = {}
+    for e in entries:
+        if e.mount_id != e.parent_id:
+            children.setdefault(e.parent_id, []).append(e)
+    out: list[MountEntry] = []
+    pending = list(children.get(top, []))
+    while pending:
+        e = pending.pop()
+        out.append(e)
+        pending += children.get(e.mount_id, [])
+    return out

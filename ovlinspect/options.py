@@ -92,10 +92,14 @@ class OptionError(ValueError):
     ``"overlay: Unknown parameter 'bogus'"``), or ``None`` when it logs nothing.
     """
 
-    def __init__(self, message: str, *, errno: str = "EINVAL", kernel_log: str | None = None):
+    def __init__(self, message: str, *, errno: str = "EINVAL", kernel_log: str | None = None,
+                 newer: bool = False):
         super().__init__(message)
         self.errno = errno
         self.kernel_log = kernel_log
+        #: an option of a newer kernel than the one predicted for (a refusal to predict, not bad
+        #: input: "will this work on 6.1?" gets "the mount fails")
+        self.newer = newer
 
 
 def _show(s: str) -> str:
@@ -482,7 +486,7 @@ def _parse_checked(key: str, value: str | None, state: dict[str, object], was_se
     if not _known(key, profile):
         raise OptionError(
             f"unknown overlay option {key!r} (kernel {profile.name} does not have it)",
-            kernel_log=f"{_FC}Unknown parameter '{key}'",
+            kernel_log=f"{_FC}Unknown parameter '{key}'", newer=True,
         )
     if key in LAYER_OPTIONS:
         raise OptionError(
@@ -495,6 +499,9 @@ def _parse_checked(key: str, value: str | None, state: dict[str, object], was_se
         allowed = _ENUMS[key]
         if key == "uuid" and not profile.uuid_null_auto:
             allowed = _BOOL
+            if value in _ENUMS["uuid"] and value not in allowed:
+                raise OptionError(f"uuid={value} needs a newer kernel than {profile.name}",
+                                  kernel_log=f"{_FC}Bad value for 'uuid'", newer=True)
         if value is None or value not in allowed:
             shown = "no value" if value is None else f"{value!r}"
             raise OptionError(
@@ -502,6 +509,7 @@ def _parse_checked(key: str, value: str | None, state: dict[str, object], was_se
                 kernel_log=f"{_FC}Bad value for '{key}'",
             )
         if key == "redirect_dir":
+            state["typed_redirect"] = value
             if value == "off":
                 # Translated while parsing: "off" only stops creating redirects.
                 value = "follow" if state["always_follow"] else "nofollow"
@@ -585,8 +593,15 @@ def effective_options(
     was_set: set[str] = set()
     if not profile.uuid_null_auto:
         state["uuid"] = "on"  # before uuid=null/auto: on unless typed off
+    newer: OptionError | None = None
     for key, value in pairs:
-        _parse_one(key, value, state, was_set, profile)
+        try:
+            _parse_one(key, value, state, was_set, profile)
+        except OptionError as e:
+            if not e.newer:
+                raise
+            newer = e
+            break
 
     log: list[str] = []
     redirect = str(state["redirect_dir"])
@@ -617,9 +632,17 @@ def effective_options(
             given=tuple(pairs),
         )
 
+    def shown_redirect() -> str:
+        """The redirect mode as the kernel names it in a message: before 6.5, as typed."""
+        return redirect if profile.redirect_mode_effective else str(state.get("typed_redirect", redirect))
+
     def fail(errno: str, message: str) -> Options:
         log.append(_OVL + message)
         return result(errno)
+
+    if newer is not None:  # the kernel's parser refuses the mount
+        log.append(str(newer.kernel_log))
+        return result(newer.errno)
 
     if n_lower + n_data > MAX_LAYERS:
         return fail("EINVAL", f"too many lower directories, limit is {MAX_LAYERS}")
@@ -649,7 +672,7 @@ def effective_options(
     # metacopy needs redirects to be followed and created.
     if metacopy and redirect != "on":
         if "metacopy" in was_set and "redirect" in was_set:
-            return fail("EINVAL", f"conflicting options: metacopy=on,redirect_dir={redirect}")
+            return fail("EINVAL", f"conflicting options: metacopy=on,redirect_dir={shown_redirect()}")
         if "redirect" in was_set:
             log.append(_OVL + f"disabling metacopy due to redirect_dir={redirect}")
             metacopy = False
@@ -689,7 +712,7 @@ def effective_options(
     # user.overlay.* xattrs cannot carry redirects or metacopy.
     if userxattr:
         if "redirect" in was_set and redirect != "nofollow":
-            return fail("EINVAL", f"conflicting options: userxattr,redirect_dir={redirect}")
+            return fail("EINVAL", f"conflicting options: userxattr,redirect_dir={shown_redirect()}")
         if metacopy and "metacopy" in was_set:
             return fail("EINVAL", "conflicting options: userxattr,metacopy=on")
         redirect = "nofollow"

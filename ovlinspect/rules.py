@@ -212,6 +212,13 @@ RULES: dict[str, Rule] = {
             "treat predictions for copied-up files with care; compare with explain --observe",
         ),
         Rule(
+            "kernel-bug",
+            "error",
+            "the kernel has a known overlayfs regression that this stack meets",
+            "upgrade to the fixed release the message names (or apply the workaround it names); "
+            "a distribution kernel may carry the fix under an older version number",
+        ),
+        Rule(
             "mount-refused",
             "error",
             "the kernel refuses to mount this stack",

@@ -238,6 +238,18 @@ def test_rule_mount_refused():
     assert [f.rule for f in e.check()] == ["mount-refused"]
 
 
+def test_rule_kernel_bug():
+    # verity on with a digest on 7.0.3 (bootc#2174); more in tests/test_kernel_bugs.py
+    from ovlinspect.engine import Engine
+
+    digest = bytes([0, 36, 0, 1]) + b"\x11" * 32
+    image = layer("image", {"/f": metacopy(b"/ab/cd", 5, digest)})
+    objects = layer("objects", {"/ab": "dir", "/ab/cd": b"data\n"})
+    stack = engine([image], data=[objects], options="metacopy=on,verity=on").stack
+    assert "kernel-bug" in [f.rule for f in Engine(stack, kernel="7.0.3").check()]
+    assert "kernel-bug" not in [f.rule for f in Engine(stack, kernel="7.0.7").check()]
+
+
 def test_every_rule_has_a_test():
     import pathlib
 

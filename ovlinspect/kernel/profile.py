@@ -170,13 +170,20 @@ CHANGES: tuple[Change, ...] = (
 FLEET = ("6.1", "6.12", "6.18", "7.0")
 
 _VERSION = re.compile(r"^\s*(\d+)\.(\d+)")
+#: a release as a user types it: X.Y, X.Y.Z, then a suffix after a separator (-rc3, +deb12, ...)
+_RELEASE = re.compile(r"^(\d{1,3})\.(\d{1,3})(\.\d{1,5})?([-+~_.][0-9A-Za-z.+~_-]*)?$")
 
 
-def parse_version(text: str) -> tuple[int, int]:
-    """``(major, minor)`` of ``6.12``, ``6.12.118+deb12-cloud-amd64`` or ``7.0-rc3``."""
-    m = _VERSION.match(text)
+def parse_version(text: str, strict: bool = False) -> tuple[int, int]:
+    """``(major, minor)`` of ``6.12``, ``6.12.118+deb12-cloud-amd64`` or ``7.0-rc3``.
+
+    ``strict`` (a version a user typed) refuses what a release string would not hold:
+    ``6.12abc``, an empty string, absurd numbers.
+    """
+    m = _RELEASE.match(text.strip()) if strict else _VERSION.match(text)
     if not m:
-        raise UnknownKernel(f"not a kernel version: {text!r} (expected X.Y, e.g. 6.12)")
+        raise UnknownKernel(f"not a kernel version: {text!r} (expected X.Y, e.g. 6.12, or a "
+                            "release such as 6.12.118+deb12-amd64)")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -187,6 +194,10 @@ def profile_for(version: tuple[int, int], *, chosen_by: str = "release",
         raise UnknownKernel(
             f"kernel {version[0]}.{version[1]} is older than {OLDEST[0]}.{OLDEST[1]}, the oldest "
             "overlayfs ovlinspect models; its predictions would be guesses")
+    newest_known = CHANGES[-1].since
+    if version > newest_known:
+        chosen_by += (f"; newer than any change ovlinspect knows of: "
+                      f"{newest_known[0]}.{newest_known[1]}'s rules")
     profile = KernelProfile(version=version, chosen_by=chosen_by, release=release)
     for change in CHANGES:
         if change.since <= version:

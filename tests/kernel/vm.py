@@ -22,6 +22,8 @@ DEBS = Path(os.environ.get("DEBS", "/tmp/kvm-debs"))
 def skip_reason() -> str | None:
     if os.environ.get("KVM_KREL"):
         return "already inside a kernel VM"
+    if not (os.environ.get("CI") or os.environ.get("OVLINSPECT_VM")):
+        return "kernel VMs take minutes: they run under CI, or with OVLINSPECT_VM=1"
     if os.geteuid() != 0:
         return "kernel VMs need root"
     if not (TOOL / "run").exists():
@@ -69,13 +71,15 @@ def snapshot() -> str:
     return dest
 
 
-def run_tests(version: str, selection: str, timeout: int = 1500) -> tuple[int, str, str, float]:
+def run_tests(version: str, selection: str, timeout: int = 1500,
+              files: list[str] | str | None = None) -> tuple[int, str, str, float]:
     """Boot kernel ``version`` and run ``pytest -q SELECTION`` on a copy of the project.
 
-    Returns (the tool's exit status, the last pytest summary line or "", the output's tail,
-    seconds).  Raises LookupError with the reason when the kernel cannot be had.
+    ``files``: the kernel's packages (:func:`debs`), found here when not given.  Returns (the
+    tool's exit status, the last pytest summary line or "", the output's tail, seconds).
+    Raises LookupError with the reason when the kernel cannot be had.
     """
-    files = debs(version)
+    files = debs(version) if files is None else files
     if isinstance(files, str):
         raise LookupError(files)
     snap = snapshot()
