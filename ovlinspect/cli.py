@@ -349,15 +349,19 @@ def _layers_at(engine: Engine, res: Resolution) -> list[str]:
             elif node.kind == "symlink":
                 what += f" -> {show(node.target)}"
             what += f" {node.mode:04o}"
-        rows.append((engine.label(li), show_path(path), what, role, node))
+        rows.append((engine.label(li), show_path(path), what, role, node, path))
     w = [max(len(r[i]) for r in rows) for i in range(4)]
     out = []
-    for label, path, what, role, node in rows:
+    for label, path, what, role, node, raw in rows:
         out.append(f"    {label:<{w[0]}}  {path:<{w[1]}}  {what:<{w[2]}}  {role}")
         if node is not None:
             for x in decode_xattrs(node, engine.prefix, root=path == ()):
                 note = f"  [{x.note}]" if x.note else ""
                 out.append(f"    {'':<{w[0]}}    {x.summary}{note}")
+                if x.handle is not None and x.key == "origin":
+                    where = engine.origin_text(x.handle, raw)
+                    if where:
+                        out.append(f"    {'':<{w[0]}}      → {where}")
     return out
 
 

@@ -341,3 +341,16 @@ def test_root_opaque_is_decoded_as_no_effect():
     assert decode_xattrs(n, T)[0].active
     x = decode_xattrs(n, T, root=True)[0]
     assert not x.active and "root" in x.note
+
+
+def test_estale_rules_are_tested_in_their_own_files():
+    """The ESTALE/work-directory rules need real layers: their tests are the kernel's."""
+    import pathlib
+
+    here = pathlib.Path(__file__).parent
+    text = (here / "test_origin.py").read_text() + (here / "kernel" / "test_estale.py").read_text()
+    for rule in ("stale-origin", "incompat-workdir", "workdir-in-use", "workdir-shared",
+                 "index-entry-invalid", "index-entry-stale", "index-fallback", "index-entry-bad",
+                 "index-served", "stale-origin-lookup",
+                 "workdir-leftovers"):
+        assert f'"{rule}"' in text, rule
