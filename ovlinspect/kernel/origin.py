@@ -489,14 +489,19 @@ class IndexLookup:
         uuid = (lid.uuid or NULL_UUID) if self.origin_uuid else None
         return encode_fh(got[0], got[1], uuid), _stat.S_IFMT(mode)
 
-    def _upper_origin(self, upper_path) -> tuple[bytes, int] | None:
-        """(the stored origin, the origin's S_IFMT) when it decodes in a lower layer."""
+    def _stored_origin(self, upper_path):
+        """The upper entry's ``overlay.origin``, decoded, when the kernel would use it."""
         node = self.engine.layer(0).node(upper_path)
         raw = node.xattr(self.prefix + b"origin") if node is not None else None
         if raw is None:
-            return None
+            return None, node
         fh = decode_fh(raw)
-        if not fh.usable:
+        return (fh if fh.usable else None), node
+
+    def _upper_origin(self, upper_path) -> tuple[bytes, int] | None:
+        """(the stored origin, the origin's S_IFMT) when it decodes in a lower layer."""
+        fh, node = self._stored_origin(upper_path)
+        if fh is None:
             return None
         for k in range(1, self.engine.nlower + 1):
             lid = self.ids[k]
@@ -555,12 +560,8 @@ class IndexLookup:
         kernel does not verify).  Files: with index=on, when the origin still decodes (a
         metacopy: the lookup fails with ESTALE).  Directories: with nfs_export=on (the lower
         directory is then not merged)."""
-        node = self.engine.layer(0).node(upper_path)
-        raw = node.xattr(self.prefix + b"origin") if node is not None else None
-        if raw is None:
-            return None
-        fh = decode_fh(raw)
-        if not fh.usable:
+        fh, _ = self._stored_origin(upper_path)
+        if fh is None:
             return None
         if is_dir:
             if not self.engine.options.nfs_export:
