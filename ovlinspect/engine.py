@@ -192,6 +192,8 @@ class Engine:
             self.ndata > 0 and self.profile.lower_data_relaxed)
         self.root_lowers: list[Ref] = [Ref(i, ()) for i in range(1, self.nlower + 1)]
         self._cache: OrderedDict[Path, Resolution] = OrderedDict()
+        #: set while resolving the other path of an inode alias (no alias check in there)
+        self._alias_guard = False
         #: build the step-by-step trace (off while walking a whole stack for check)
         self.tracing = True
         self._labels = [self._make_label(k) for k in range(len(self.klayers))]
@@ -380,6 +382,8 @@ class Engine:
             res.redirect = d.redirect
         else:
             self._file_findings(res)
+            if res.kind == "dir":
+                self._alias_finding(res)
         self._namespace_findings(parent, name, res)
         return res
 
@@ -901,18 +905,7 @@ class Engine:
                 if self.tracing:
                     res.trace.append(f"! shadowing: {self.where(ref)} also holds this path, but the "
                                      "regular layers are searched first")
-        if (res.upper is not None and res.metacopy and res.data is not None and res.data.layer != 0
-                and res.data.path != res.path):
-            other = self.resolve(res.data.path)
-            if other.errno is None and other.metadata == res.data:
-                res.findings.append(Finding(
-                    "inode-alias", here,
-                    f"{show(here)} and {show_path(res.data.path)} both resolve to the lower inode "
-                    f"{self.where(res.data)}; on a fresh mount the one looked up second fails "
-                    "with ESTALE (\"overlayfs: failed to get inode (-116)\"), and an impure "
-                    "parent's readdir then leaves that name out; this prediction assumes this "
-                    "path is looked up first",
-                    [self.json_index(res.data.layer)]))
+        self._alias_finding(res)
         if res.data is not None and res.metacopy and res.open_errno is None:
             dnode = self.layer(res.data.layer).node(res.data.path)
             if dnode is not None and res.size is not None and dnode.size != res.size:
@@ -921,6 +914,41 @@ class Engine:
                     f"stat says {res.size} bytes, read() returns the {dnode.size} bytes of "
                     f"{self.where(res.data)}",
                     [self.json_index(res.data.layer)]))
+
+    def _alias_finding(self, res: Resolution) -> None:
+        """Flag another merged path whose overlay inode is this one's (``ovl_get_inode``).
+
+        Overlay inodes with a lower are hashed by their first lower inode, whatever the file's
+        data: an upper metacopy redirected to a lower metacopy (a chain) shares the inode of that
+        lower file's own path, and so does an upper directory redirected to a visible lower one.
+        The second of two such paths looked up either gets the first one's inode (a file
+        without an upper copy: its size, mode and data) or fails with ESTALE.  The prediction is
+        the fresh-mount answer for this path looked up first.
+        """
+        if res.upper is None or not res.lowers or self._alias_guard:
+            return
+        key = res.lowers[0]
+        if key.path == res.path:
+            return
+        self._alias_guard = True  # the other path may be a redirect back to this one (a loop)
+        try:
+            other = self.resolve(key.path)
+        finally:
+            self._alias_guard = False
+        if other.errno is not None or other.lowers[:1] != [key]:
+            return
+        here = b"/" + b"/".join(res.path)
+        second = ("fails with ESTALE (\"overlayfs: failed to get inode (-116)\")"
+                  if res.kind == "dir" or other.upper is not None else
+                  f"fails with ESTALE, or ({show_path(key.path)} second) shows this path's "
+                  "size, mode and data")
+        res.findings.append(Finding(
+            "inode-alias", here,
+            f"{show(here)} and {show_path(key.path)} both resolve to the lower inode "
+            f"{self.where(key)} (the first lower, which keys the overlay inode); on a fresh mount "
+            f"the one looked up second {second}, and an impure parent's readdir then leaves that "
+            "name out; this prediction assumes this path is looked up first",
+            [self.json_index(key.layer)]))
 
     def _namespace_findings(self, parent: Resolution, name: bytes, res: Resolution) -> None:
         """Overlay xattrs in the other namespace, or escaped, are ignored by this mount."""

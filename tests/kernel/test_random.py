@@ -144,15 +144,15 @@ def layer_entries(draw, role: str) -> list[dict]:
 @st.composite
 def options(draw) -> str:
     opts = []
-    mc = draw(st.sampled_from([None, None, "on", "off"]))
+    mc = draw(st.sampled_from([None, "on", "on", "on", "off"]))
     if mc:
         opts.append(f"metacopy={mc}")
-    rd = draw(st.sampled_from([None, None, None, "on", "follow", "nofollow", "off"]))
+    rd = draw(st.sampled_from([None, None, None, None, None, "on", "follow", "nofollow", "off"]))
     if rd:
         opts.append(f"redirect_dir={rd}")
-    if draw(st.integers(0, 5)) == 0:
+    if draw(st.integers(0, 7)) == 0:
         opts.append("userxattr")
-    vr = draw(st.sampled_from([None, None, None, None, "off", "on", "require"]))
+    vr = draw(st.sampled_from([None] * 9 + ["off", "on", "require"]))
     if vr:
         opts.append(f"verity={vr}")
     return ",".join(opts)
@@ -160,15 +160,100 @@ def options(draw) -> str:
 
 @st.composite
 def random_case(draw) -> Case:
+    opts = draw(options())
     layers = []
-    if draw(st.booleans()):
+    if draw(st.integers(0, 2)) != 0:
         layers.append(("upper", "U", draw(layer_entries("upper"))))
     for name in ["A", "B", "D"][: draw(st.integers(1, 3))]:
         layers.append(("lower", name, draw(layer_entries("lower"))))
     for name in ["C", "E"][: draw(st.integers(0, 2))]:
         layers.append(("data", name, draw(layer_entries("data"))))
-    case = Case("random", layers, draw(options()))
-    return case
+    _links(draw, layers, opts)
+    return Case("random", layers, opts)
+
+
+def _add(layers: list, i: int, entries: list[dict]) -> None:
+    """Put entries in front of layer i (they win over what was drawn there) and keep it consistent."""
+    role, name, old = layers[i]
+    layers[i] = (role, name, _consistent(entries + old))
+
+
+def _links(draw, layers: list, opts: str) -> None:
+    """Redirects that meet something: metacopy files and directories redirected to paths that
+    exist in some layer (or to the source of an earlier link: chains, loops), renames (the
+    source whited out above), opaque directories and data files at the targets, metacopy
+    files in the upper over differently sized data."""
+    prefix = "user.overlay." if "userxattr" in opts else "trusted.overlay."
+    regular = [i for i, (role, _n, _e) in enumerate(layers) if role != "data"]
+    lowers = [i for i, (role, _n, _e) in enumerate(layers) if role == "lower"]
+    data = [i for i, (role, _n, _e) in enumerate(layers) if role == "data"]
+    known = sorted({e["path"] for _r, _n, es in layers for e in es if e["path"] != "/"})
+    sources: list[str] = []
+    for _ in range(draw(st.integers(0, 4))):
+        pfx = prefix if draw(st.integers(0, 7)) else draw(st.sampled_from(PREFIXES))
+        src_layer = draw(st.sampled_from(regular[:1] * 2 + regular))
+        src = draw(rel_path)
+        pick = draw(st.integers(0, 5))
+        if sources and pick <= 1:
+            target = draw(st.sampled_from(sources))  # a chain (or a loop) of redirects
+        elif known and pick <= 4:
+            target = draw(st.sampled_from(known))
+        else:
+            target = draw(rel_path)
+        sources.append(src)
+        absolute = draw(st.integers(0, 2)) != 0
+        value = target if absolute else target.rsplit("/", 1)[-1]
+        kind = draw(st.sampled_from(["mc", "mc", "dir"]))
+        if kind == "mc":
+            x = {pfx + "metacopy": "", pfx + "redirect": value}
+            e = {"path": src, "type": "file", "size": draw(st.sampled_from([0, 5, 18, 18, 100])), "xattrs": x}
+        else:
+            x = {pfx + "redirect": value}
+            if draw(st.integers(0, 4)) == 0:
+                x[pfx + "opaque"] = draw(st.sampled_from(["y", "x"]))
+            e = {"path": src, "type": "dir", "xattrs": x}
+        _add(layers, src_layer, [e])
+        known = sorted(set(known) | {src})
+        full = target if absolute else (src.rsplit("/", 1)[0] + "/" + value)
+        below = [i for i in lowers if i > src_layer]
+        # what the target meets below the source
+        meet = draw(st.sampled_from(["nothing", "file", "dir", "opaque", "opaque-parent", "whiteout", "mc"]))
+        if below and meet != "nothing" and full != src:
+            li = draw(st.sampled_from(below))
+            parent = full.rsplit("/", 1)[0]
+            if meet == "file":
+                met = [{"path": full, "type": "file", "size": draw(st.sampled_from([0, 18, 30]))}]
+            elif meet == "dir":
+                met = [{"path": full, "type": "dir"}, {"path": full + "/" + draw(st.sampled_from(NAMES)),
+                                                       "type": "file"}]
+            elif meet == "opaque":
+                met = [{"path": full, "type": "dir", "xattrs": {pfx + "opaque": draw(st.sampled_from(["y", "x"]))}},
+                       {"path": full + "/b", "type": "file"}]
+            elif meet == "opaque-parent" and parent:
+                met = [{"path": parent, "type": "dir", "xattrs": {pfx + "opaque": "y"}},
+                       {"path": full, "type": draw(st.sampled_from(["file", "dir"]))}]
+            elif meet == "whiteout":
+                met = [{"path": full, "type": "whiteout"}]
+            else:  # a metacopy in between: a chain of redirects down the layers
+                nxt = draw(st.sampled_from(known)) if draw(st.booleans()) else draw(rel_path)
+                if not draw(st.integers(0, 2)):
+                    nxt = nxt.rsplit("/", 1)[-1]
+                met = [{"path": full, "type": "file", "size": draw(st.sampled_from([5, 18, 40])),
+                        "xattrs": {pfx + "metacopy": "", pfx + "redirect": nxt}}]
+                deeper = [i for i in lowers if i > li] + data
+                if deeper and draw(st.integers(0, 3)):
+                    end = nxt if nxt.startswith("/") else full.rsplit("/", 1)[0] + "/" + nxt
+                    _add(layers, draw(st.sampled_from(deeper)),
+                         [{"path": end, "type": "file", "size": draw(st.sampled_from([0, 18, 30]))}])
+            _add(layers, li, met)
+            known = sorted(set(known) | {full})
+        if data and absolute and kind == "mc" and draw(st.booleans()):
+            _add(layers, draw(st.sampled_from(data)),
+                 [{"path": full, "type": "file", "size": draw(st.sampled_from([0, 18, 30]))}])
+        # a rename: the source of the redirect whited out (or made opaque) above it
+        if absolute and draw(st.integers(0, 2)) == 0 and not (src + "/").startswith(target + "/") \
+                and not (target + "/").startswith(src + "/"):
+            _add(layers, src_layer, [{"path": target, "type": "whiteout"}])
 
 
 def run_random(case: Case, api: str = "legacy", live: bool = False):
