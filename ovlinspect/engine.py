@@ -1019,33 +1019,67 @@ class Engine:
                         names = []
                         break
         else:
-            seen: set[bytes] = set()
-            reads: list[Ref] = ([Ref(0, res.upper)] if res.upper is not None else []) + list(res.lowers)
-            for ref in reads:
-                layer = self.layer(ref.layer)
-                scan = layer.scan(ref.path)
-                in_x = res.xwhiteouts and ref.layer != 0 and self._layer_xwhiteouts(res, ref)
-                for name, node in scan.items():
-                    if name in seen:
-                        continue
-                    seen.add(name)
-                    if node.is_whiteout_dev:
-                        hidden[name] = f"0/0 whiteout in {self.where(Ref(ref.layer, ref.path + (name,)))}"
-                        continue
-                    if (in_x and node.is_reg) or (impure and ref.layer == 0):
-                        child = self.resolve(res.path + (name,))
-                        if child.errno is not None:
-                            why = ("xattr-whiteout check in " + self.label(ref.layer) if in_x and node.is_reg
-                                   else "impure upper directory: d_ino recomputed by a lookup")
-                            hidden[name] = f"{why}: lookup gives {child.errno}"
-                            if child.errno != "ENOENT":
-                                res.readdir_log.append(self._stale_log(name, child.errno))
-                                res._unlisted_failures = (res._unlisted_failures or []) + [name]
-                            continue
-                    names.append(name)
-            names.sort()
+            names = self._merged_entries(res, impure, hidden)
         res._entries = names
         res._hidden = hidden
+        return names
+
+    def _merged_entries(self, res: Resolution, impure: bool, hidden: dict[bytes, str]) -> list[bytes]:
+        """A merged directory's listing, as ``ovl_iterate`` produces it (``readdir.c``).
+
+        The merged list (``ovl_dir_read_merged``) holds each name once, from the highest layer
+        holding it, in the kernel's order: the names only the lowest layer has first, then
+        the top layer's (``.`` and ``..`` first), then those of the layers in between.  Some
+        entries are looked up as they are returned: upper entries of an impure directory
+        (d_ino), regular files of a layer with xattr whiteouts.  A negative lookup hides the
+        entry; a failing one hides it too, but ends that ``getdents`` call with the error,
+        which reaches the program only when the call returned nothing yet: when it is the
+        first entry, or right after another failing entry (the next call starts there).
+        """
+        reads: list[Ref] = ([Ref(0, res.upper)] if res.upper is not None else []) + list(res.lowers)
+        seen: set[bytes] = set()
+        front: list[tuple[bytes, Ref, Node, bool]] = []
+        rest: list[tuple[bytes, Ref, Node, bool] | None] = []
+        for k, ref in enumerate(reads):
+            lowest = k == len(reads) - 1
+            in_x = res.xwhiteouts and ref.layer != 0 and self._layer_xwhiteouts(res, ref)
+            out = front if lowest and k else rest
+            if k == 0:
+                out.append(None)  # "." and "..": looked up without fail, always returned
+            for name, node in self.layer(ref.layer).scan(ref.path).items():
+                if name in seen:
+                    continue
+                seen.add(name)
+                out.append((name, ref, node, in_x))
+        names: list[bytes] = []
+        returned = 0  # entries returned by the current getdents call
+        for item in front + rest:
+            if item is None:
+                returned += 1
+                continue
+            name, ref, node, in_x = item
+            if node.is_whiteout_dev:
+                hidden[name] = f"0/0 whiteout in {self.where(Ref(ref.layer, ref.path + (name,)))}"
+                continue
+            if (in_x and node.is_reg) or (impure and ref.layer == 0):
+                child = self.resolve(res.path + (name,))
+                if child.errno is not None:
+                    why = ("xattr-whiteout check in " + self.label(ref.layer) if in_x and node.is_reg
+                           else "impure upper directory: d_ino recomputed by a lookup")
+                    hidden[name] = f"{why}: lookup gives {child.errno}"
+                    if child.errno != "ENOENT":
+                        res.readdir_log.append(self._stale_log(name, child.errno))
+                        res._unlisted_failures = (res._unlisted_failures or []) + [name]
+                        if not returned:
+                            res.readdir_errno = child.errno
+                            res._unlisted_failures = [n for n in seen if n not in hidden or
+                                                      n in res._unlisted_failures]
+                            return []
+                        returned = 0  # the next getdents call starts right after it
+                    continue
+            names.append(name)
+            returned += 1
+        names.sort()
         return names
 
     def _impure(self, res: Resolution) -> bool:
