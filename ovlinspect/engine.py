@@ -1028,8 +1028,9 @@ class Engine:
         """A merged directory's listing, as ``ovl_iterate`` produces it (``readdir.c``).
 
         The merged list (``ovl_dir_read_merged``) holds each name once, from the highest layer
-        holding it, in the kernel's order: the names only the lowest layer has first, then
-        the top layer's (``.`` and ``..`` first), then those of the layers in between.  Some
+        holding it, in the kernel's order: every name of the lowest layer first, in that
+        layer's order (``.`` and ``..`` first; names seen above are moved there), then the
+        other names of the top layer, then those of the layers in between.  Some
         entries are looked up as they are returned: upper entries of an impure directory
         (d_ino), regular files of a layer with xattr whiteouts.  A negative lookup hides the
         entry; a failing one hides it too, but ends that ``getdents`` call with the error,
@@ -1037,27 +1038,36 @@ class Engine:
         first entry, or right after another failing entry (the next call starts there).
         """
         reads: list[Ref] = ([Ref(0, res.upper)] if res.upper is not None else []) + list(res.lowers)
-        seen: set[bytes] = set()
-        front: list[tuple[bytes, Ref, Node, bool]] = []
-        rest: list[tuple[bytes, Ref, Node, bool] | None] = []
+        dots = (b".", b"..")
+        # name -> (layer entry it comes from, its node, checked for xattr whiteouts); the dots
+        # are looked up without fail and always returned
+        rest: dict[bytes, tuple[Ref, Node, bool] | None] = {}
+        front: dict[bytes, tuple[Ref, Node, bool] | None] = {}
         for k, ref in enumerate(reads):
-            lowest = k == len(reads) - 1
             in_x = res.xwhiteouts and ref.layer != 0 and self._layer_xwhiteouts(res, ref)
-            out = front if lowest and k else rest
+            scan = self.layer(ref.layer).scan(ref.path)
+            if k and k == len(reads) - 1:
+                # ovl_fill_lowest: the lowest layer's names go in front, in its order, the
+                # names already seen above moved there (the dots too)
+                for name in dots + tuple(scan):
+                    if name in rest:
+                        front[name] = rest.pop(name)
+                    elif name not in front:
+                        front[name] = (ref, scan[name], in_x)
+                continue
             if k == 0:
-                out.append(None)  # "." and "..": looked up without fail, always returned
-            for name, node in self.layer(ref.layer).scan(ref.path).items():
-                if name in seen:
-                    continue
-                seen.add(name)
-                out.append((name, ref, node, in_x))
+                rest.update(dict.fromkeys(dots))
+            for name, node in scan.items():
+                if name not in rest:
+                    rest[name] = (ref, node, in_x)
+        seen = set(front) | set(rest)
         names: list[bytes] = []
         returned = 0  # entries returned by the current getdents call
-        for item in front + rest:
+        for name, item in list(front.items()) + list(rest.items()):
             if item is None:
                 returned += 1
                 continue
-            name, ref, node, in_x = item
+            ref, node, in_x = item
             if node.is_whiteout_dev:
                 hidden[name] = f"0/0 whiteout in {self.where(Ref(ref.layer, ref.path + (name,)))}"
                 continue
