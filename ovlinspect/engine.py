@@ -134,6 +134,9 @@ class Resolution:
     inode_keys: dict | None = None
     #: layers whose copy of this directory was read with opaque=x (xattr whiteouts enabled)
     x_layers: set | None = None
+    #: layers the lookups of this directory and its ancestors found opaque=x in (the kernel
+    #: flags such a layer for good: ``ovl_layer_set_xwhiteouts``)
+    x_seen: frozenset = frozenset()
     readdir_errno: str | None = None
     #: for a failed lookup: where it fails, and the entry whose metacopy/redirect led there
     cause: Ref | None = None
@@ -273,6 +276,7 @@ class Engine:
             if n is not None and self.opaque_value(n) == b"x":
                 res.xwhiteouts = True
                 res.x_layers = (res.x_layers or set()) | {ref.layer}
+        res.x_seen = frozenset(res.x_layers or ())
         return res
 
     def _stack_text(self, res: Resolution) -> str:
@@ -527,6 +531,7 @@ class Engine:
         res.lowers = stack
         res.xwhiteouts = d.xwhiteouts
         res.x_layers = d.x_layers
+        res.x_seen = parent.x_seen | frozenset(d.x_layers or ())
         top = Ref(0, upper_path) if upper_path is not None else stack[0]
         node = self.layer(top.layer).node(top.path)
         self._fill_attrs(res, node)
@@ -1119,12 +1124,12 @@ class Engine:
 
         The kernel flags a layer when a lookup reads opaque=x on one of its directories (never
         on the bottom layer, where opaque is not read), and at mount for a lower root with
-        opaque=x (not the lowest).  This directory's own lookup and the roots are what a fresh
-        mount is sure to have seen.
+        opaque=x (not the lowest).  This directory's own lookup, its ancestors' lookups and the
+        roots are what a fresh mount is sure to have seen.
         """
         if res.x_layers and ref.layer in res.x_layers:
             return True
-        return bool(self._root.x_layers) and ref.layer in self._root.x_layers  # type: ignore[operator]
+        return ref.layer in res.x_seen  # the ancestors' lookups, and the roots at mount
 
     # ------------------------------------------------------------------ path walk
     def walk_path(self, path: str | bytes, contained: bool = True) -> Resolution:
