@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="seed (default: derandomized, as in CI)")
     ap.add_argument("--save", metavar="DIR", help="write one stack file per disagreement class here")
     ap.add_argument("--live", action="store_true", help="also compare the live-mount prediction")
+    ap.add_argument("--stats", action="store_true", help="also count the kernel's answers (errnos)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every disagreeing case")
     args = ap.parse_args(argv)
     reason = harness.kernel_unavailable_reason()
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     cases_by_class: Counter = Counter()
     first: dict[str, str] = {}
     times: list[float] = []
+    answers: Counter = Counter()  # what the kernel answered, over every observed path
 
     def one(case, api) -> None:
         t0 = time.monotonic()
@@ -87,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
             return
         times.append(time.monotonic() - t0)
         stats["run"] += 1
+        for o in res.obs.values():
+            answers[f"lstat {o.errno or 'ok'}"] += 1
+            if o.readdir_errno or o.open_errno:
+                answers[f"readdir {o.readdir_errno}" if o.readdir_errno else f"open {o.open_errno}"] += 1
+        if res.aliased:
+            stats["aliased"] += 1
         if dis is None:
             stats["unavailable"] += 1
             return
@@ -129,12 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'agreements':<28}{stats['agree']:>6}")
     print(f"  {'disagreements':<28}{stats['disagree']:>6}")
     print(f"  {'crashes':<28}{stats['crashed']:>6}")
+    print(f"  {'with access-order paths':<28}{stats['aliased']:>6}  (ESTALE re-observed alone)")
     if stats["unavailable"]:
         print(f"  {'no prediction (CLI)':<28}{stats['unavailable']:>6}")
     if classes:
         print("\n  cases  fields  class")
         for cls, count in sorted(classes.items(), key=lambda kv: (-cases_by_class[kv[0]], kv[0])):
             print(f"  {cases_by_class[cls]:>5}  {count:>6}  {cls}")
+    if args.stats:
+        print("\n  kernel answers over all observed paths:")
+        for k, v in sorted(answers.items(), key=lambda kv: -kv[1]):
+            print(f"  {v:>7}  {k}")
     if args.save and first:
         os.makedirs(args.save, exist_ok=True)
         for i, (cls, text) in enumerate(sorted(first.items())):

@@ -147,10 +147,16 @@ def options(draw) -> str:
     mc = draw(st.sampled_from([None, "on", "on", "on", "off"]))
     if mc:
         opts.append(f"metacopy={mc}")
-    rd = draw(st.sampled_from([None, None, None, None, None, "on", "follow", "nofollow", "off"]))
+    # mostly a set the kernel takes (metacopy=on wants redirects on, userxattr wants them off);
+    # one in six anything, to compare refusals too
+    coherent = draw(st.integers(0, 5)) != 0
+    if coherent and mc == "on":
+        rd = draw(st.sampled_from([None, None, None, "on"]))
+    else:
+        rd = draw(st.sampled_from([None, None, None, None, None, "on", "follow", "nofollow", "off"]))
     if rd:
         opts.append(f"redirect_dir={rd}")
-    if draw(st.integers(0, 7)) == 0:
+    if draw(st.integers(0, 7)) == 0 and not (coherent and (mc == "on" or rd not in (None, "nofollow"))):
         opts.append("userxattr")
     vr = draw(st.sampled_from([None] * 9 + ["off", "on", "require"]))
     if vr:
@@ -164,7 +170,8 @@ def random_case(draw) -> Case:
     layers = []
     if draw(st.integers(0, 2)) != 0:
         layers.append(("upper", "U", draw(layer_entries("upper"))))
-    for name in ["A", "B", "D"][: draw(st.integers(1, 3))]:
+    # a single lower layer needs an upper or a data-only layer (else the mount is refused)
+    for name in ["A", "B", "D"][: draw(st.sampled_from([2, 1, 3, 2] if layers else [2, 3, 2, 1]))]:
         layers.append(("lower", name, draw(layer_entries("lower"))))
     for name in ["C", "E"][: draw(st.integers(0, 2))]:
         layers.append(("data", name, draw(layer_entries("data"))))
@@ -193,8 +200,13 @@ def _links(draw, layers: list, opts: str) -> None:
         pfx = prefix if draw(st.integers(0, 7)) else draw(st.sampled_from(PREFIXES))
         src_layer = draw(st.sampled_from(regular[:1] * 2 + regular))
         src = draw(rel_path)
-        pick = draw(st.integers(0, 5))
-        if sources and pick <= 1:
+        pick = draw(st.integers(0, 6))
+        if pick == 6:  # into its own ancestors or descendants (a redirected directory's inode
+            # may be that of a directory on its own path)
+            parts = src.strip("/").split("/")
+            target = draw(st.sampled_from(["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
+                                          + [src + "/" + draw(st.sampled_from(NAMES)), src]))
+        elif sources and pick <= 1:
             target = draw(st.sampled_from(sources))  # a chain (or a loop) of redirects
         elif known and pick <= 4:
             target = draw(st.sampled_from(known))
@@ -298,7 +310,7 @@ def _live_supported() -> bool:
     return _LIVE[0]
 
 
-@settings(max_examples=int(os.environ.get("OVLK_EXAMPLES", "60")), derandomize=True, deadline=None,
+@settings(max_examples=int(os.environ.get("OVLK_EXAMPLES", "300")), derandomize=True, deadline=None,
           database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(case=random_case(), api=st.sampled_from(["legacy", "legacy", "fsconfig"]))
 def test_random_stack(case: Case, api: str, kernel_ready) -> None:
