@@ -1065,7 +1065,7 @@ class Engine:
             for name, node in scan.items():
                 if name not in rest:
                     rest[name] = (ref, node, in_x)
-        seen = set(front) | set(rest)
+        seen = (set(front) | set(rest)) - set(dots)
         names: list[bytes] = []
         returned = 0  # entries returned by the current getdents call
         for name, item in list(front.items()) + list(rest.items()):
