@@ -4,9 +4,18 @@ Small name alphabet (a, b, 1e, foo), depth up to 3, an upper layer or not, 1-3 r
 and 0-2 data-only layers, every entry kind (dir, file, symlink, 0/0 whiteout, xattr whiteout,
 fifo) and random overlay xattrs (opaque y/x/z, redirects absolute/relative/invalid, metacopy
 empty/short/header/digest, whiteout, under trusted.overlay., user.overlay. and the escaped
-trusted.overlay.overlay.) with random option sets.  Every case is built on a fresh tmpfs,
-mounted, observed and compared field by field with the engine's prediction.  Mounts the kernel
-refuses are compared too: the engine must predict that the mount fails, with the same errno.
+trusted.overlay.overlay.) with random option sets (mostly ones the kernel takes).  On top of
+that, redirect links that meet something: metacopy files and directories (in the upper as
+in the lowers) redirected to paths that exist, to the source of an earlier link (chains and
+loops), into their own ancestors or descendants, with a whiteout at the old name (a rename),
+and at the target below an opaque (y/x) directory, an opaque parent, a file, a whiteout, a
+data file, or another metacopy with its own redirect; metacopy sizes differ from the data's.
+Every case is built on a fresh tmpfs, mounted, observed and compared field by field with the
+engine's prediction.  Mounts the kernel refuses are compared too: the engine must predict that
+the mount fails, with the same errno.
+
+300 stacks here (about 20 s; ``OVLK_EXAMPLES`` for more); ``bench/random_matrix.py`` runs
+1000 or more with any seed and tabulates the disagreements by class.
 """
 
 from __future__ import annotations
