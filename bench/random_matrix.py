@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import harness  # noqa: E402
-from test_random import random_case, run_random  # noqa: E402
+from test_random import APIS, random_case, run_random  # noqa: E402
 
 
 def classify(res, dis) -> str:
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     @settings(max_examples=args.cases, derandomize=args.seed is None, deadline=None, database=None,
               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
-    @given(case=random_case(), api=st.sampled_from(["legacy", "legacy", "fsconfig"]))
+    @given(case=random_case(), api=st.sampled_from(APIS))
     def run(case, api) -> None:
         one(case, api)
 
