@@ -13,7 +13,8 @@ import time
 from typing import Sequence
 
 from .engine import Engine, Resolution, show, show_path
-from .kernel.profile import UnknownKernel, parse_version, profile_for
+from .layers import LayerError
+from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
 from .rules import RULES, Finding
 from .sources import InputError, check_privileges, demo_names, load_target, stack_from_args
 from .stack import Stack
@@ -33,7 +34,7 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--options", default="", help="mount options, as mount -o takes them")
     p.add_argument("--from-inspect", metavar="FILE", help="docker/podman inspect JSON ('-' for stdin)")
     p.add_argument("--container", metavar="NAME|INDEX", help="with --from-inspect: which object of the JSON")
-    p.add_argument("--pid", type=int, help="inspect a mount in this process's mount namespace (layer paths: "
+    p.add_argument("--pid", type=_pid, help="inspect a mount in this process's mount namespace (layer paths: "
                    "on the host first, then under /proc/PID/root)")
     p.add_argument("--layer-root", metavar="DIR", help="resolve relative layer paths of a live mount from DIR")
     p.add_argument("--image", action="append", metavar="IMAGE",
@@ -69,12 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("args", nargs="*", metavar="TARGET")
     _stack_args(c)
     m = sub.add_parser("mounts", help="list overlay mounts of every mount namespace with a one-word health "
-                       "(quick: stack-level problems only; --deep: every path)",
+                       "(quick: each mount checked for a second; --deep: every path)",
                        description="Overlay mounts of every mount namespace (one process each), with the "
                        "container an engine (docker, podman, nerdctl) knows them as. Exit status: 0 every "
                        "mount ok or warning, 1 a mount has errors or is unresolved, unreadable or "
                        "needs-root, 2 bad input.")
-    m.add_argument("--pid", type=int, help="only the mount namespace of this process (default: every namespace)")
+    m.add_argument("--pid", type=_pid, help="only the mount namespace of this process (default: every namespace)")
     m.add_argument("--json", action="store_true")
     m.add_argument("--deep", action="store_true", help="check every path of every mount (slower)")
     d = sub.add_parser("demo", help="built-in demo stacks")
@@ -130,9 +131,10 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
         if ns.options:  # what-if: the mount's options with these on top, as typed
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
             stack.effective = None
-    if ns.kernel:
+    if ns.kernel is not None:
         try:
-            stack.profile = profile_for(parse_version(ns.kernel), chosen_by="--kernel")
+            stack.profile = profile_for(parse_version(ns.kernel, strict=True), chosen_by="--kernel",
+                                        release=ns.kernel.strip())
         except UnknownKernel as e:
             raise InputError(f"--kernel: {e}") from None
     return stack, rest
@@ -143,12 +145,14 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
     here (its options, its layers), else the layer directories with guessed options."""
     from .inspect_json import InspectError, load_inspect
 
+    from .inspect_json import MAX_INSPECT
+
     try:
-        if ns.from_inspect == "-":
-            text = sys.stdin.read()
+        if ns.from_inspect == "-":  # bytes, bounded: load_inspect says what is wrong with them
+            text = sys.stdin.buffer.read(MAX_INSPECT + 1)
         else:
-            with open(ns.from_inspect) as f:
-                text = f.read()
+            with open(ns.from_inspect, "rb") as f:
+                text = f.read(MAX_INSPECT + 1)
         select = ns.container
         if select is not None and select.lstrip("-").isdigit():
             select = int(select)
@@ -159,6 +163,8 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
         raise InputError(f"{ns.from_inspect}: inspect JSON is not UTF-8 text") from None
     except InspectError as err:
         raise InputError(str(err)) from None
+    except ValueError as err:  # a NUL in the file name
+        raise InputError(f"{ns.from_inspect}: {err}") from None
     from .inspect_json import layer_labels, merged_mount
 
     labels = layer_labels(info)
@@ -175,7 +181,8 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
         return stack
     from .options import join_lowerdir
 
-    stack = stack_from_args(join_lowerdir(info.lowers, info.datas), info.upper, info.work,
+    lowers, datas, upper, work = info.mount_layers()  # a single-layer image: its one lower
+    stack = stack_from_args(join_lowerdir(lowers, datas), upper, work,
                             ns.options, source=f"inspect:{info.name}")
     for _, layer in stack.layers:
         label = labels.get(layer.path or "")
@@ -194,6 +201,11 @@ def _engine(stack: Stack) -> Engine:
     from .options import OptionError
 
     try:
+        if stack.profile is None and os.geteuid() == 0:
+            # the running kernel: its release, corrected by what it answers (backports)
+            from .live.probe import probed_profile
+
+            stack.profile = probed_profile(profile_for_release(os.uname().release))
         engine = Engine(stack)
     except UnknownKernel as e:
         raise InputError(f"{e}; ask about a kernel ovlinspect models with --kernel X.Y") from None
@@ -203,6 +215,62 @@ def _engine(stack: Stack) -> Engine:
         raise InputError(f"bad stack parameters: {e}") from None
     check_privileges(stack, engine.options.userxattr)
     return engine
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def _write(text: str, stream=None) -> None:
+    """``text`` as UTF-8 bytes, whatever the locale (no surrogate or raw byte reaches it)."""
+    stream = stream or sys.stdout
+    data = text.encode("utf-8", "backslashreplace")
+    buf = getattr(stream, "buffer", None)
+    if buf is None:
+        stream.write(data.decode("utf-8"))
+        return
+    stream.flush()
+    buf.write(data)
+    buf.flush()
+
+
+def _print_lines(lines: Sequence[str] | str) -> None:
+    """Text output: every line through the one escaping function (``show``), then UTF-8."""
+    if isinstance(lines, str):
+        lines = [lines]
+    _write("".join(show(line) + "\n" for line in lines))
+
+
+def _print_json(doc) -> None:
+    """JSON output, valid UTF-8 in any locale: names that are not UTF-8 carry surrogates
+    (the contract's ``\\udcXX``), written as JSON escapes instead of raw bytes, and so is
+    every other character that is not printable."""
+    text = json.dumps(doc, indent=2, ensure_ascii=False)
+    if not text.replace("\n", "").isprintable():  # outside strings there is only ASCII
+        text = "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
+    _write(text + "\n")
+
+
+def _json_escape(c: str) -> str:
+    """A character JSON may carry raw but a terminal must not see (C1, U+2028, bidi, a
+    surrogate standing for a byte that is not UTF-8) as its \\uXXXX escape."""
+    o = ord(c)
+    if o > 0xFFFF:
+        o -= 0x10000
+        return f"\\u{0xD800 + (o >> 10):04x}\\u{0xDC00 + (o & 0x3FF):04x}"
+    return f"\\u{o:04x}"
+
+
+def _pid(value: str) -> int:
+    """--pid: a process id (1 or more; 0 is not "this process")."""
+    try:
+        pid = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a process id: {value!r}") from None
+    if pid < 1:
+        raise argparse.ArgumentTypeError(f"no such process: {value} (a process id is 1 or more)")
+    if not os.path.exists(f"/proc/{pid}"):
+        raise argparse.ArgumentTypeError(f"no such process: {pid}")
+    return pid
 
 
 # ---------------------------------------------------------------------------- text output
@@ -218,10 +286,7 @@ def _layers_text(engine: Engine) -> list[str]:
 
 def _kernel_text(engine: Engine) -> str:
     """Which kernel's behaviours the prediction follows, and why that one."""
-    p = engine.profile
-    if p.chosen_by == "release":
-        return f"kernel {engine.kernel}, {p.name} rules"
-    return f"kernel {p.name} rules ({p.chosen_by}; running {engine.kernel})"
+    return engine.profile.summary(engine.kernel)
 
 
 def _options_text(engine: Engine) -> str:
@@ -285,15 +350,19 @@ def _layers_at(engine: Engine, res: Resolution) -> list[str]:
             elif node.kind == "symlink":
                 what += f" -> {show(node.target)}"
             what += f" {node.mode:04o}"
-        rows.append((engine.label(li), show_path(path), what, role, node))
+        rows.append((engine.label(li), show_path(path), what, role, node, path))
     w = [max(len(r[i]) for r in rows) for i in range(4)]
     out = []
-    for label, path, what, role, node in rows:
+    for label, path, what, role, node, raw in rows:
         out.append(f"    {label:<{w[0]}}  {path:<{w[1]}}  {what:<{w[2]}}  {role}")
         if node is not None:
             for x in decode_xattrs(node, engine.prefix, root=path == ()):
                 note = f"  [{x.note}]" if x.note else ""
                 out.append(f"    {'':<{w[0]}}    {x.summary}{note}")
+                if x.handle is not None and x.key == "origin":
+                    where = engine.origin_text(x.handle, raw)
+                    if where:
+                        out.append(f"    {'':<{w[0]}}      → {where}")
     return out
 
 
@@ -343,16 +412,19 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                 observed.append((ob, pc, obs.compare(engine, r, ob, pc=pc, whatif=ns.options or None)))
         finally:
             os.close(rootfd)
+    covered = [_covered_by(stack, r.path) for r in results]
     if ns.json:
         doc = engine.document(results)
         _json_notes(doc, stack)
+        for pj, cover in zip(doc["paths"], covered):
+            pj["covered_by"] = cover
         if observed is not None:
             for pj, (ob, pc, mismatches) in zip(doc["paths"], observed):
                 pj["data_content"] = pc.as_json() if pc is not None else None
                 pj["observed"] = ob.as_json()
                 pj["mismatches"] = mismatches
                 pj["evidence"] = mismatches[-1] if mismatches else None
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        _print_json(doc)
         return 0
     out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
     out += _layers_text(engine)
@@ -363,6 +435,11 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     for i, res in enumerate(results):
         out.append("")
         out += _describe(engine, res)
+        if covered[i]:
+            c = covered[i]
+            out.append(f"  COVERED   {show(os.fsencode(c['mountpoint']))} is a {show(c['fstype'].encode())} "
+                       f"mount ({show(os.fsencode(c['source']))}) on top of the overlay: a program "
+                       "there sees that filesystem, not the overlay's entry explained here")
         if observed is not None:
             from .observe import content_line
 
@@ -375,20 +452,56 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                 out.append(f"            resolved inside the merged root by a {ob.resolved_by}")
             for m in mismatches:
                 out.append(f"  MISMATCH  {m}")
-    print("\n".join(out))
+    _print_lines(out)
     return 0
+
+
+def _covered_by(stack: Stack, path: tuple[bytes, ...]) -> dict | None:
+    """The mount stacked on the overlay at or above ``path`` (a volume, a bind-mounted file,
+    /proc in a container), as {mountpoint (inside the merged tree), fstype, source}, or None."""
+    if not stack.mountpoint:
+        return None
+    from .mountinfo import covering_mounts
+
+    proc = f"/proc/{stack.pid}" if stack.pid else "/proc/self"
+    try:
+        mounts = covering_mounts(stack.mountpoint, proc)
+    except (OSError, ValueError):
+        return None
+    base = stack.mountpoint.rstrip("/")
+    inside = b"/" + b"/".join(path)
+    best = None
+    for m in mounts:
+        if m.mountpoint != stack.mountpoint.rstrip("/") and not m.mountpoint.startswith(base + "/"):
+            continue
+        rel = os.fsencode(m.mountpoint[len(base):] or "/")
+        if inside == rel or inside.startswith(rel.rstrip(b"/") + b"/"):
+            if best is None or len(rel) < len(os.fsencode(best.mountpoint[len(base):] or "/")):
+                best = m  # the outermost one decides what is seen there
+    if best is None:
+        return None
+    return {"mountpoint": best.mountpoint[len(base):] or "/", "fstype": best.fstype,
+            "source": best.source + (best.root if best.root not in ("", "/") else "")}
+
+
+#: the most ``--paths-from`` reads: far more paths than anyone asks about at once, and a
+#: bound, so that ``/dev/zero`` or a runaway pipe ends in one line instead of the OOM killer
+PATHS_FROM_MAX = 16 * 1024 * 1024
 
 
 def _read_paths(name: str) -> list[bytes]:
     """The paths of ``--paths-from``: one a line, raw bytes (a NUL ends nothing: it is kept)."""
     try:
         if name == "-":
-            data = sys.stdin.buffer.read()
+            data = sys.stdin.buffer.read(PATHS_FROM_MAX + 1)
         else:
             with open(name, "rb") as f:
-                data = f.read()
+                data = f.read(PATHS_FROM_MAX + 1)
     except OSError as e:
         raise InputError(f"--paths-from {name}: {e.strerror}") from None
+    if len(data) > PATHS_FROM_MAX:
+        raise InputError(f"--paths-from {name}: more than {PATHS_FROM_MAX // (1024 * 1024)} MiB of "
+                         "paths; give fewer at a time")
     return [line for line in data.split(b"\n") if line]
 
 
@@ -466,7 +579,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
     errors = sum(1 for f in findings if f.severity == "error")
     warnings = sum(1 for f in findings if f.severity == "warning")
     if ns.json:
-        print(json.dumps({
+        _print_json({
             "version": 1,
             "kernel": engine.kernel,
             "source": stack.source,
@@ -477,7 +590,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
             "summary": {"error": errors, "warning": warnings,
                         "info": len(findings) - errors - warnings},
             "findings": [f.as_json() for f in findings],
-        }, indent=2, ensure_ascii=False))
+        })
     else:
         out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
         out += _layers_text(engine)
@@ -491,7 +604,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
             out.append(f"        fix: {f.hint}")
         out.append(f"{errors} error(s), {warnings} warning(s), "
                    f"{len(findings) - errors - warnings} info in {count} paths")
-        print("\n".join(out))
+        _print_lines(out)
     return 1 if errors else 0
 
 
@@ -502,23 +615,27 @@ def cmd_rules(ns: argparse.Namespace) -> int:
 
 
 def cmd_mounts(ns: argparse.Namespace) -> int:
-    from .mounts import BAD_HEALTH, list_mounts
+    from .mounts import BAD_HEALTH, QUICK_SECONDS, list_mounts
 
-    rows = list_mounts(ns.pid, deep=ns.deep)
+    try:
+        rows = list_mounts(ns.pid, deep=ns.deep)
+    except OSError as e:  # the process went away, or its mountinfo cannot be read
+        raise InputError(f"cannot read the mounts of {'process ' + str(ns.pid) if ns.pid else 'this process'}: "
+                         f"{e.strerror}") from None
     bad = 1 if any(r["health"] in BAD_HEALTH for r in rows) else 0
     if ns.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        _print_json(rows)
         return bad
     if not rows:
         print("no overlay mounts")
         return 0
     for r in rows:
-        who = f"pid {r['pid']} ({show(r['comm'].encode('utf-8', 'surrogateescape'))}"
-        who += f", {show(r['container'].encode('utf-8', 'surrogateescape'))})" if r["container"] else ")"
-        print(f"{r['health']:<10} {show(os.fsencode(r['mountpoint']))}  {who}  upper={'yes' if r['upper'] else 'no'} "
-              f"lower={r['lowers']} data={r['datas']}  {show(r['detail'].encode('utf-8', 'surrogateescape'))}")
+        who = f"pid {r['pid']} ({show(r['comm'])}"
+        who += f", {show(r['container'])})" if r["container"] else ")"
+        _print_lines(f"{r['health']:<10} {show(r['mountpoint'])}  {who}  upper={'yes' if r['upper'] else 'no'} "
+                     f"lower={r['lowers']} data={r['datas']}  {show(r['detail'])}")
     if not ns.deep:
-        print("(quick: stack-level problems only; --deep checks every path)")
+        print(f"(quick: each mount's paths checked for {QUICK_SECONDS:g} s; --deep checks every path)")
     if os.geteuid() != 0:
         print("(not root: other users' mount namespaces are not listed, and trusted.overlay.* "
               "xattrs are invisible: run as root)")
@@ -560,7 +677,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
         defaults = ModuleDefaults.read()
         stack.params = {f.name: ("Y" if v else "N") if isinstance(v, bool) else str(v)
                         for f in fields(defaults) for v in [getattr(defaults, f.name)]}
-    sys.stdout.write(dump_stack(stack))
+    _write(dump_stack(stack))
     return 0
 
 
@@ -572,6 +689,9 @@ def cmd_build(ns: argparse.Namespace) -> int:
         stack = load_stack(ns.stackfile)
     except StackFileError as e:
         raise InputError(str(e)) from None
+    if not stack.lowers:
+        raise InputError(f"build: {ns.stackfile} has no regular lower layer (role = \"lower\"); "
+                         "the kernel mounts no stack without one")
     from .build import BuildError
 
     try:
@@ -580,19 +700,28 @@ def cmd_build(ns: argparse.Namespace) -> int:
         raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"build: {e.strerror}: {e.filename or ns.dest}") from None
-    print(f"built {len(stack.layers)} layers under {ns.dest}")
-    for line in built.safety.lines():
-        print(f"{line} (safe build; --unsafe-exact reproduces them)")
-    print(f"lowerdir={built.lowerdir_string()}"
-          + (f",upperdir={built.upper},workdir={built.workdir}" if built.upper else "")
-          + (f",{built.options}" if built.options else ""))
+    lines = [f"built {len(stack.layers)} layers under {ns.dest}"]
+    lines += [f"{line} (safe build; --unsafe-exact reproduces them)" for line in built.safety.lines()]
+    lines.append(f"lowerdir={built.lowerdir_string()}"
+                 + (f",upperdir={built.upper},workdir={built.workdir}" if built.upper else "")
+                 + (f",{built.options}" if built.options else ""))
+    _print_lines(lines)
     if ns.mount is not None:
         target = ns.mount or os.path.join(ns.dest, "merged")
         os.makedirs(target, exist_ok=True)
         if os.path.ismount(target):
             raise InputError(f"{target} is already a mountpoint; unmount it or name another")
-        built.mount(target)
-        print(f"mounted on {target}")
+        from .mountapi import MountError
+
+        try:
+            built.mount(target)
+        except (MountError, OSError) as e:
+            import errno as _errno
+
+            code = _errno.errorcode.get(e.errno, str(e.errno)) if e.errno else "error"
+            raise InputError(f"built under {ns.dest}, but the kernel refuses the mount on {target}: "
+                             f"{code} ({e.strerror or e})") from None
+        _print_lines(f"mounted on {target}")
     return 0
 
 
@@ -663,6 +792,9 @@ def view_app_args(argv: list[str]):
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        bad = next((a for a in argv if "\0" in a), None)
+        if bad is not None:  # never from a shell, but main(argv) is an API: no path holds a NUL
+            raise InputError(f"argument {bad!r} contains a NUL byte")
         if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
             # `ovlinspect /mnt/merged/some/path`, `ovlinspect --pid 123 /merged`, `ovlinspect
             # --lowerdir A:B::C`: the interactive view, parsed as the commands parse stacks
@@ -686,8 +818,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "build": cmd_build,
             "rules": cmd_rules,
         }[ns.command](ns)
-    except InputError as e:
-        print(f"ovlinspect: {e}", file=sys.stderr)
+    except (InputError, LayerError) as e:  # one line: a \n in a name does not split it
+        _write(f"ovlinspect: {show(str(e))}\n", sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

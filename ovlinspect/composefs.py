@@ -71,7 +71,8 @@ the dump's ``SIZE``), mtimes and nlink (kept in :class:`DumpEntry` only).
 
 from __future__ import annotations
 
-import gzip
+import io
+import zlib
 import os
 import stat as _stat
 from dataclasses import dataclass, field
@@ -129,6 +130,17 @@ _TYPES = {
     _stat.S_IFIFO: "fifo",
     _stat.S_IFSOCK: "socket",
 }
+
+#: Largest dump read, after decompression (bytes): beyond it, one line and no parse.  A real
+#: image of a million files writes about 200 MB.
+MAX_DUMP = 384 << 20
+
+#: Field bounds: what the kernel can hold (st_mode 16 bits, loff_t, uid_t, dev_t 12:20 bits).
+MAX_MODE = 0o177777
+MAX_SIZE = 2**63 - 1
+MAX_ID = 2**32 - 1
+MAX_MAJOR = 2**12 - 1
+MAX_MINOR = 2**20 - 1
 
 _SIMPLE_ESCAPES = {ord("\\"): 0x5C, ord("n"): 0x0A, ord("r"): 0x0D, ord("t"): 0x09}
 _HEX = b"0123456789abcdefABCDEF"
@@ -228,14 +240,20 @@ class DumpEntry:
         return self.kind == "file" and self.size > 0 and self.content is None
 
 
-def _int(raw: bytes, line: int, name: str, base: int = 10, signed: bool = False) -> int:
+def _int(raw: bytes, line: int, name: str, base: int = 10, signed: bool = False,
+         hi: int = 2**64 - 1) -> int:
     text = raw.decode("ascii", "replace")
     body = text[1:] if signed and text.startswith("-") else text
     digits = "01234567" if base == 8 else "0123456789"
     if not body or any(ch not in digits for ch in body):
         kind = "an octal" if base == 8 else "a decimal"
-        raise DumpError(line, f"{name} {escape(raw)} is not {kind} number")
-    return int(text, base)
+        raise DumpError(line, f"{name} {escape(raw[:40])}{'...' if len(raw) > 40 else ''} is not {kind} number")
+    if len(body.lstrip("0")) > 40:  # far beyond any field (and int() refuses 4300 digits)
+        raise DumpError(line, f"{name} has {len(body)} digits: out of range")
+    value = int(text, base)
+    if not (-hi - 1 if signed else 0) <= value <= hi:
+        raise DumpError(line, f"{name} {text} is out of range (0 to {hi})")
+    return value
 
 
 def _path(raw: bytes, line: int) -> Path:
@@ -278,7 +296,7 @@ def _parse_line(raw: bytes, line: int) -> DumpEntry:
     hardlink = mode_raw.startswith(b"@")
     if hardlink:
         mode_raw = mode_raw[1:]
-    mode = _int(mode_raw, line, "MODE", 8)
+    mode = _int(mode_raw, line, "MODE", 8, hi=MAX_MODE)
     if _stat.S_IFMT(mode) not in _TYPES:
         raise DumpError(line, f"MODE {mode:o} has no valid file type")
     if hardlink:
@@ -289,15 +307,19 @@ def _parse_line(raw: bytes, line: int) -> DumpEntry:
             raise DumpError(line, f"hard link {_show(path)} has no target in PAYLOAD")
         return DumpEntry(path, line, 0, mode, 1, 0, 0, 0, (0, 0),
                          hardlink=tuple(c for c in target.split(b"/") if c))
-    size = _int(fields[1], line, "SIZE")
-    nlink = _int(fields[3], line, "NLINK")
-    uid = _int(fields[4], line, "UID")
-    gid = _int(fields[5], line, "GID")
+    size = _int(fields[1], line, "SIZE", hi=MAX_SIZE)
+    nlink = _int(fields[3], line, "NLINK", hi=MAX_ID)
+    uid = _int(fields[4], line, "UID", hi=MAX_ID)
+    gid = _int(fields[5], line, "GID", hi=MAX_ID)
     rdev = _int(fields[6], line, "RDEV")
+    if os.major(rdev) > MAX_MAJOR or os.minor(rdev) > MAX_MINOR:
+        raise DumpError(line, f"RDEV {rdev} is {os.major(rdev)}:{os.minor(rdev)}, beyond the kernel's "
+                              f"{MAX_MAJOR}:{MAX_MINOR}")
     sec, dot, nsec = fields[7].partition(b".")
     if not dot:
         raise DumpError(line, f"MTIME {escape(fields[7])} is not sec.nsec")
-    mtime = (_int(sec, line, "MTIME seconds", signed=True), _int(nsec, line, "MTIME nanoseconds"))
+    mtime = (_int(sec, line, "MTIME seconds", signed=True, hi=2**63 - 1),
+             _int(nsec, line, "MTIME nanoseconds", hi=999_999_999))
     payload = _optional(fields[8], line, "PAYLOAD")
     content = _optional(fields[9], line, "CONTENT")
     if content is not None and _stat.S_ISREG(mode) and len(content) != size:
@@ -321,21 +343,54 @@ def _read_source(source: str | bytes | os.PathLike | TextIO | BinaryIO) -> tuple
         data, name = source.encode("utf-8", "surrogateescape"), None
     elif isinstance(source, (str, os.PathLike)):
         name = os.fsdecode(source)
-        with open(name, "rb") as f:
-            data = f.read()
+        try:
+            f = open(name, "rb")
+        except ValueError as e:  # a NUL in the name
+            raise DumpError(0, f"cannot open: {e}") from None
+        with f:
+            data = f.read(MAX_DUMP + 1)
     elif hasattr(source, "read"):
-        got = source.read()
+        got = source.read(MAX_DUMP + 1)
         data = got.encode("utf-8", "surrogateescape") if isinstance(got, str) else bytes(got)
         name = getattr(source, "name", None)
         name = name if isinstance(name, str) else None
     else:
         raise TypeError(f"cannot read a dump from {type(source).__name__}")
     if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise DumpError(0, f"bad gzip data: {e}") from None
+        data = _gunzip(data, MAX_DUMP)
+    elif len(data) > MAX_DUMP:
+        raise DumpError(0, f"larger than {MAX_DUMP >> 20} MiB; refused")
     return data, name
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Every gzip member of ``data``, inflated a piece at a time and never past ``limit`` bytes
+    (memory stays about ``limit``: the pieces go to one growing buffer, returned uncopied)."""
+    out = io.BytesIO()
+    size = 0
+    rest = data
+    while rest:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            while rest:
+                piece = d.decompress(rest, min(limit + 1 - size, 16 << 20))
+                rest = d.unconsumed_tail
+                size += len(piece)
+                if size > limit:
+                    raise DumpError(0, f"gzip data inflates past {limit >> 20} MiB; refused")
+                out.write(piece)
+                if d.eof:
+                    break
+        except zlib.error as e:
+            raise DumpError(0, f"bad gzip data: {e}") from None
+        if not d.eof:
+            raise DumpError(0, "bad gzip data: truncated")
+        rest = d.unused_data
+        if rest and rest[:2] != b"\x1f\x8b":
+            if rest.strip(b"\0"):  # trailing zeros (padding) are ignored, as gzip does
+                raise DumpError(0, "bad gzip data: trailing garbage after the last member")
+            break
+    return out.getvalue()
 
 
 def parse_dump(source: str | bytes | os.PathLike | TextIO | BinaryIO) -> list[DumpEntry]:

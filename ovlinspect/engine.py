@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from .kernel.bugs import bug_findings
 from .kernel.profile import KernelProfile, profile_for_release
 from .layers import Layer, Node, Path, split_path
 from .options import ModuleDefaults, Options, effective_options
@@ -37,9 +38,11 @@ def pd2(path: Path) -> str:
     if not path:
         return "/"
     parent = path[-2] if len(path) > 1 else b"/"
+    # the kernel prints the raw bytes: kept (surrogate-escaped) for --json, escaped by show()
+    # on every text line
     if parent == b"/":
-        return "/" + path[-1].decode("utf-8", "backslashreplace")
-    return (parent + b"/" + path[-1]).decode("utf-8", "backslashreplace")
+        return "/" + path[-1].decode("utf-8", "surrogateescape")
+    return (parent + b"/" + path[-1]).decode("utf-8", "surrogateescape")
 
 
 #: Bytes for a trace line: decoded, undecodable bytes and control characters made visible.
@@ -200,7 +203,48 @@ class Engine:
         #: build the step-by-step trace (off while walking a whole stack for check)
         self.tracing = True
         self._labels = [self._make_label(k) for k in range(len(self.klayers))]
+        #: what the upper/work/index state makes the kernel do at mount (kernel/origin.py)
+        self.mount_state = self._mount_state()
+        if self.mount_state.refusal is not None and not self.options.mount_errno:
+            errno_, log = self.mount_state.refusal
+            self.options = dataclasses.replace(
+                self.options, mount_errno=errno_, mount_log=tuple(self.options.mount_log) + log)
+        if self.mount_state.fallback or self.mount_state.log:
+            self.options = dataclasses.replace(
+                self.options, **self.mount_state.fallback,  # type: ignore[arg-type]
+                mount_log=tuple(self.options.mount_log) + tuple(self.mount_state.log))
+        self._index = self._index_lookup()
         self._root = self._make_root()
+
+    def _mount_state(self):
+        from .kernel.origin import MountState, mount_state
+
+        if self.options.mount_errno:
+            return MountState()
+        try:
+            return mount_state(self)
+        except OSError as e:
+            state = MountState()
+            state.unchecked.append(f"the work or index directory could not be read: {e.strerror}")
+            return state
+
+    def origin_text(self, fh, path: Path | None = None) -> str:
+        """Where an origin file handle points in this stack (see kernel/origin.py); ``path``:
+        the name to prefer for an inode with several (hard links)."""
+        from .kernel.origin import where_origin
+
+        try:
+            return where_origin(self, fh, path)
+        except OSError:
+            return ""
+
+    def _index_lookup(self):
+        from .kernel.origin import IndexLookup
+
+        try:
+            return IndexLookup.for_engine(self)
+        except OSError:
+            return None
 
     # ------------------------------------------------------------------ layer numbering
     @property
@@ -463,6 +507,27 @@ class Engine:
             if not consistent and (uppermetacopy or d.metacopy) and not self.options.metacopy:
                 # before 6.16 the refusal waits for a lower entry to be found
                 self._refuse_metacopy(d, path)
+            if upper_path is not None and not stack and self._index is not None:
+                failed = self._index.verify_lower(upper_path, ref, d.is_dir)
+                if failed and d.is_dir:
+                    res.kernel_log.append(failed)
+                    if self.tracing:
+                        t.append(f"nfs_export: the upper directory's origin is not "
+                                 f"{self.where(ref)}: the lower directories are not merged")
+                    res.findings.append(Finding(
+                        "stale-origin-lookup", b"/" + b"/".join(path),
+                        f"the upper directory's overlay.origin does not name "
+                        f"{self.where(ref)} (the lower directory was replaced or moved): with "
+                        "nfs_export=on the kernel does not merge it, and its entries are not "
+                        "listed", [self.json_index(0), self.json_index(ref.layer)]))
+                    break
+                if failed:
+                    raise LookupFailed(
+                        "ESTALE", failed,
+                        f"index=on: the upper metacopy's overlay.origin names another lower "
+                        f"object than {self.where(ref)}, which the lookup by name found (the "
+                        "lower file was replaced, or layers were added or reordered)",
+                        "stale-origin-lookup", [0, ref.layer], cause=ref)
             if upper_path is None and not d.is_dir and not stack and d.metacopy:
                 metacopy_size = d.metacopy
             if d.metacopy and stack:
@@ -547,6 +612,15 @@ class Engine:
                 t.append(("merged" if res.merge else "non-merged (readdir passes through)")
                          + f" directory: {self._stack_text(res)}")
             return
+        if self._index is not None:
+            log = self._index.check(res, upper_path, stack)
+            if log is True:
+                res.data = None  # the index entry: in no layer
+                return
+            if log:
+                raise LookupFailed("EIO", log, "index=on: the index entry named by this file's "
+                                   "origin is a whiteout or of another type (a stale or damaged "
+                                   "index)", "index-entry-bad", [0])
         if res.kind != "file":
             return
         res.redirect = d.redirect
@@ -1279,19 +1353,34 @@ class Engine:
     def stack_findings(self) -> list[Finding]:
         """Findings about the stack as a whole (mount refusal, shadowing hazards)."""
         out: list[Finding] = []
+        state = self.mount_state
+        out.extend(state.findings)
         if self.options.index and self.has_upper:
-            out.append(Finding("not-modelled", b"/",
-                               "index=on: the kernel also looks up and verifies index entries "
-                               "(a bad or stale one gives EIO, hard links are shared); ovlinspect "
-                               "does not read the index directory"))
+            live = self.stack.mountpoint is not None
+            why = "; ".join(state.unchecked)
+            if why or not self.stack.workdir:
+                text = ((f"index=on: {why}. " if why else "index=on: the work directory is not "
+                         "known. ") + "The kernel also verifies origins and index entries (a bad "
+                        "or stale one gives ESTALE or EIO, hard links are shared through the "
+                        "index); ovlinspect could not check them here")
+            else:
+                text = ("index=on: " + ("the index lookup of files is predicted (the mount-time "
+                        "checks passed when this overlay was mounted)" if live else
+                        "the mount-time checks (upper root origin, index directory, work "
+                        "directory) and the index lookup of files are predicted")
+                        + "; the kernel also looks up directory index entries, which ovlinspect "
+                        "does not model")
+            out.append(Finding("not-modelled", b"/", text))
         if self.options.xino != "off" and not self.same_fs:
             out.append(Finding("not-modelled", b"/",
                                f"xino={self.options.xino} on layers of several filesystems: readdir "
                                "looks every entry up to remap inode numbers, which can hide entries "
                                "whose lookup fails; ovlinspect does not model that"))
-        if self.options.mount_errno:
+        if self.options.mount_errno and state.refusal is None:
             msg = "; ".join(self.options.mount_log) or "the mount is refused"
             out.append(Finding("mount-refused", b"/", f"mount fails with {self.options.mount_errno}: {msg}"))
+        else:  # known regressions of this kernel that the stack meets (kernel/bugs.py)
+            out.extend(bug_findings(self))
         if self.ndata:
             tops: dict[bytes, int] = {}
             for li in range(self.nlower + 1, self.nlower + self.ndata + 1):

@@ -56,6 +56,16 @@ class InspectStack:
     #: "container" or "image".
     kind: str = "container"
 
+    def mount_layers(self) -> tuple[list[str], list[str], str | None, str | None]:
+        """(lowers, datas, upper, work) as a mount takes them.
+
+        An image of a single layer reports only ``UpperDir``: that read-only layer is then the
+        one lower layer, and there is no upper or work directory.
+        """
+        if not self.lowers and not self.datas and self.upper is not None:
+            return [self.upper], [], None, None
+        return list(self.lowers), list(self.datas), self.upper, self.work
+
 
 def _type_name(v: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
@@ -68,7 +78,15 @@ def _dir(data: dict, key: str, where: str) -> str | None:
         return None
     if not isinstance(v, str):
         raise InspectError(f"{where}GraphDriver.Data.{key} is {_type_name(v)}, not a string")
+    if "\0" in v:
+        raise InspectError(f"{where}GraphDriver.Data.{key} contains a NUL character")
     return v
+
+
+def _tags(obj: dict) -> list[str]:
+    """``RepoTags`` when it is a list (the strings in it); anything else holds no tag."""
+    tags = obj.get("RepoTags")
+    return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
 
 
 def _label(obj: dict) -> tuple[str, str, str]:
@@ -77,8 +95,7 @@ def _label(obj: dict) -> tuple[str, str, str]:
     oid = oid if isinstance(oid, str) else ""
     is_image = "State" not in obj and ("RepoTags" in obj or "RootFS" in obj)
     if is_image:
-        tags = obj.get("RepoTags") or []
-        name = next((t for t in tags if isinstance(t, str) and t), "")
+        name = next((t for t in _tags(obj) if t), "")
         return name or oid.removeprefix("sha256:")[:12], oid, "image"
     name = obj.get("Name")
     if isinstance(name, str) and name.strip("/"):
@@ -134,13 +151,23 @@ def _one(obj: Any, where: str = "") -> InspectStack:
     )
 
 
+#: Largest inspect JSON read (bytes).
+MAX_INSPECT = 64 << 20
+
+
 def _parse(text: str | bytes) -> list[Any]:
+    if len(text) > MAX_INSPECT:
+        raise InspectError(f"inspect JSON larger than {MAX_INSPECT >> 20} MiB; refused")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise InspectError(f"inspect JSON is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except UnicodeDecodeError:
         raise InspectError("inspect JSON is not UTF-8 text") from None
+    except RecursionError:
+        raise InspectError("inspect JSON is nested too deeply") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise InspectError(f"inspect JSON: {e}") from None
     if isinstance(doc, dict):
         return [doc]
     if isinstance(doc, list):
@@ -178,7 +205,7 @@ def load_inspect(text: str | bytes, select: str | int | None = None) -> InspectS
         if not isinstance(o, dict):
             continue
         name, oid, _ = _label(o)
-        tags = o.get("RepoTags") or []
+        tags = _tags(o)
         bare = oid.removeprefix("sha256:")
         if select in (name, oid) or select in tags or (len(select) >= 4 and bare.startswith(select.removeprefix("sha256:"))):
             return _one(o)

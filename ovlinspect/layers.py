@@ -39,6 +39,12 @@ class LayerError(Exception):
     """A layer cannot be read (missing, not a directory, permission denied, ...)."""
 
 
+def _shown(b: bytes) -> str:
+    from .xattrs import safe
+
+    return safe(b)
+
+
 def _kind_of(mode: int) -> str:
     if _stat.S_ISREG(mode):
         return "file"
@@ -144,6 +150,11 @@ class MemoryLayer(Layer):
 
     def __post_init__(self) -> None:
         self._known: dict[Path, set[bytes]] = {}
+        #: path -> whether every parent of it is a directory (memoized: a lookup of a path of
+        #: d components costs O(d) once, not O(d²) each time); valid while ``nodes`` keeps
+        #: the size it had when filled
+        self._reach: dict[Path, bool] = {}
+        self._reach_size = -1
         if () not in self.nodes:
             self.nodes[()] = Node("dir", 0o755)
         for p in list(self.nodes):
@@ -171,11 +182,28 @@ class MemoryLayer(Layer):
             self.contents[path] = content
 
     def node(self, path: Path) -> Node | None:
-        for i in range(len(path)):
-            parent = self.nodes.get(path[:i])
-            if parent is None or not parent.is_dir:
-                return None
-        return self.nodes.get(path)
+        if self._reach_size != len(self.nodes):
+            self._reach.clear()
+            self._reach_size = len(self.nodes)
+        ok = self._reach.get(path)
+        if ok is None:
+            ok = self._reachable(path)
+        return self.nodes.get(path) if ok else None
+
+    def _reachable(self, path: Path) -> bool:
+        """Whether every parent of ``path`` is a directory (iterative, memoized)."""
+        # the deepest prefix already known, then down from it
+        i = len(path)
+        while i > 0 and path[:i] not in self._reach:
+            i -= 1
+        ok = self._reach.get(path[:i], True) if i else True
+        for j in range(i, len(path) + 1):
+            prefix = path[:j]
+            if j > i:
+                parent = self.nodes.get(path[:j - 1])
+                ok = ok and parent is not None and parent.is_dir
+            self._reach[prefix] = ok
+        return ok
 
     def listdir(self, path: Path) -> list[bytes]:
         n = self.node(path)
@@ -243,6 +271,16 @@ def read_overlay_xattrs(dirfd: int, name: bytes) -> tuple[tuple[bytes, bytes], .
     return tuple(result)
 
 
+def _overlay_xattrs(dirfd: int, name: bytes, layer: str, where: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """:func:`read_overlay_xattrs`, any failure (EACCES on a mode-000 file for a user
+    without the capability, EIO, ...) a :class:`LayerError` naming the entry."""
+    try:
+        return read_overlay_xattrs(dirfd, name)
+    except OSError as e:
+        raise LayerError(f"{_shown(os.fsencode(layer) + where)}: cannot read its overlay xattrs: "
+                         f"{e.strerror or e}") from None
+
+
 class DiskLayer(Layer):
     """A layer directory on disk, read through directory descriptors, never through symlinks."""
 
@@ -251,6 +289,8 @@ class DiskLayer(Layer):
         p = os.fsdecode(path)
         if not os.path.isabs(p):
             raise LayerError(f"layer path is not absolute: {p!r}")
+        if "\0" in p:
+            raise LayerError(f"layer path contains a NUL byte: {_shown(os.fsencode(p))}")
         self.path = p
         self.label = label or p
         self.want_verity = want_verity
@@ -288,20 +328,35 @@ class DiskLayer(Layer):
         if fd is not None:
             self._fds.move_to_end(path)
             return fd
-        parent = self._dirfd(path[:-1])
-        if parent is None:
-            return None
+        # iterative (a path may have thousands of components): the deepest cached ancestor,
+        # then one O_PATH open per component below it
+        start = len(path) - 1
+        while start > 0 and path[:start] not in self._fds:
+            start -= 1
+        parent = self._fds[path[:start]] if start else self._root
+        if start:
+            self._fds.move_to_end(path[:start])
+        opened: list[int] = []
         try:
-            fd = os.open(path[-1], _O_PATH_DIR, dir_fd=parent)
-        except OSError:
-            return None
-        self._fds[path] = fd
+            for i in range(start, len(path)):
+                try:
+                    fd = os.open(path[i], _O_PATH_DIR, dir_fd=parent)
+                except OSError:
+                    return None
+                opened.append(fd)
+                parent = fd
+            last = opened.pop()
+        finally:
+            for extra in opened:  # intermediate descriptors are not kept
+                os.close(extra)
+        self._fds[path] = last
         if len(self._fds) > self._max_fds:
             _, old = self._fds.popitem(last=False)
             os.close(old)
-        return fd
+        return last
 
-    def _node_at(self, dirfd: int, name: bytes, st: os.stat_result | None = None) -> Node | None:
+    def _node_at(self, dirfd: int, name: bytes, st: os.stat_result | None = None,
+                 parent: Path = ()) -> Node | None:
         if st is None:
             try:
                 st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
@@ -310,7 +365,7 @@ class DiskLayer(Layer):
             except OSError as e:
                 if e.errno == _errno.ENAMETOOLONG:  # the kernel treats it as "not in this layer"
                     return None
-                raise
+                raise LayerError(f"{self.path}: cannot lstat {_shown(name)}: {e.strerror}") from None
         kind = _kind_of(st.st_mode)
         target = None
         if kind == "symlink":
@@ -318,7 +373,7 @@ class DiskLayer(Layer):
                 target = os.readlink(name, dir_fd=dirfd)[:4096]
             except OSError:
                 target = b""
-        xattrs = read_overlay_xattrs(dirfd, name) if self.want_xattrs else ()
+        xattrs = _overlay_xattrs(dirfd, name, self.path or "", join_path(parent + (name,))) if self.want_xattrs else ()
         verity = None
         if kind == "file" and self.want_verity:
             verity = self._verity(dirfd, name)
@@ -360,7 +415,7 @@ class DiskLayer(Layer):
             self._nodes.move_to_end(path)
             return self._nodes[path]
         dirfd = self._dirfd(path[:-1])
-        n = None if dirfd is None else self._node_at(dirfd, path[-1])
+        n = None if dirfd is None else self._node_at(dirfd, path[-1], parent=path[:-1])
         self._nodes[path] = n
         if len(self._nodes) > self._max_nodes:
             self._nodes.popitem(last=False)
@@ -369,7 +424,7 @@ class DiskLayer(Layer):
     def _node_root(self) -> Node:
         st = os.stat(self._root)
         return Node("dir", _stat.S_IMODE(st.st_mode), st.st_size, st.st_uid, st.st_gid,
-                    xattrs=read_overlay_xattrs(self._root, b""))
+                    xattrs=_overlay_xattrs(self._root, b"", self.path or "", b""))
 
     def _listdir(self, path: Path) -> list[bytes]:
         dirfd = self._dirfd(path)
@@ -381,6 +436,9 @@ class DiskLayer(Layer):
             return []
         try:
             return [os.fsencode(e.name) for e in os.scandir(fd)]
+        except OSError as e:  # a readdir that fails part-way: say so, do not guess
+            raise LayerError(f"{self.path}: cannot read directory {_shown(join_path(path))}: "
+                             f"{e.strerror}") from None
         finally:
             os.close(fd)
 
@@ -403,9 +461,12 @@ class DiskLayer(Layer):
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                n = self._node_at(dirfd, name, st)
+                n = self._node_at(dirfd, name, st, parent=path)
                 if n is not None:
                     result[name] = n
+        except OSError as e:  # a readdir that fails part-way: say so, do not guess
+            raise LayerError(f"{self.path}: cannot read directory {_shown(join_path(path))}: "
+                             f"{e.strerror}") from None
         finally:
             os.close(fd)
         self._scans[path] = result

@@ -192,9 +192,11 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
     Raises :class:`ValueError` naming the line for a line that is not mountinfo.
     """
     entries: list[MountEntry] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.rstrip("\r")
-        if not line.strip():
+    # Lines end with "\n" only: the kernel escapes space, tab, newline and backslash in a
+    # field and nothing else, so \r, \f, \v, \x1c-\x1e, U+0085, U+2028, U+2029 (which
+    # str.splitlines() would split on) are bytes of a name, and so is a trailing \r.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line:
             continue
         entries.append(_parse_line(line, number))
     return entries
@@ -208,7 +210,8 @@ def overlay_mounts(text: str) -> list[MountEntry]:
 def read_mountinfo(proc_root: str = "/proc/self") -> str:
     """The mountinfo text of a process (``/proc/self`` or ``/proc/PID``)."""
     with open(
-        os.path.join(proc_root, "mountinfo"), encoding="utf-8", errors="surrogateescape"
+        os.path.join(proc_root, "mountinfo"), encoding="utf-8", errors="surrogateescape",
+        newline="",  # no newline translation: a \r is a byte of a mountpoint
     ) as f:
         return f.read()
 
@@ -480,3 +483,29 @@ def mount_namespaces(proc: str = "/proc") -> tuple[list[Namespace], int]:
             found[ino] = Namespace(ino, pid, _comm(pid))
     spaces = sorted(found.values(), key=lambda n: (n.ns != own, n.pid))
     return spaces, denied
+
+
+def covering_mounts(mountpoint: str, proc_root: str = "/proc/self") -> list[MountEntry]:
+    """The mounts stacked inside the overlay mounted at ``mountpoint`` (in the mount namespace
+    of ``proc_root``): a container's volumes, bind-mounted ``/etc/hosts``, ``/proc``, ...
+
+    A program there sees those filesystems at their paths, not the overlay's entries.  Found
+    by walking the mount tree from the overlay's mount to its descendants; the overlay itself is
+    the last overlay mounted on ``mountpoint``.
+    """
+    entries = parse_mountinfo(read_mountinfo(proc_root))
+    here = [e for e in entries if e.mountpoint == mountpoint and e.is_overlay]
+    if not here:
+        return []
+    top = here[-1].mount_id
+    children: dict[int, list[MountEntry]] = {}
+    for e in entries:
+        if e.mount_id != e.parent_id:
+            children.setdefault(e.parent_id, []).append(e)
+    out: list[MountEntry] = []
+    pending = list(children.get(top, []))
+    while pending:
+        e = pending.pop()
+        out.append(e)
+        pending += children.get(e.mount_id, [])
+    return out

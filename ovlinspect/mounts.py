@@ -4,9 +4,13 @@ holds it, the container an engine knows it as, its layer counts and a one-word h
 from __future__ import annotations
 
 import os
+import time
 
 from .mountinfo import layer_path_problem, mount_namespaces, overlay_mounts, read_mountinfo
 from .rules import RULES
+
+#: how long the quick mode checks the paths of one mount (a small image is checked whole)
+QUICK_SECONDS = 1.0
 
 #: health words that make ``mounts`` exit 1
 BAD_HEALTH = ("error", "unresolved", "unreadable", "needs-root")
@@ -47,8 +51,10 @@ def list_mounts(pid: int | None = None, deep: bool = False, engines: bool = True
     ``warning`` (a shadowing hazard or similar), ``error`` (the stack has errors),
     ``unresolved`` (layer paths cannot be used: relative or fd-based), ``unreadable`` (a layer
     cannot be opened), ``needs-root`` (not root and not a ``userxattr`` mount: the
-    ``trusted.overlay.*`` xattrs that decide the answer are invisible).  Without ``deep`` only
-    stack-level problems are looked for (quick); ``deep`` checks every path of every mount.
+    ``trusted.overlay.*`` xattrs that decide the answer are invisible).  Without ``deep`` the
+    paths of each mount are checked for :data:`QUICK_SECONDS` (the detail says when that did not
+    reach every path); ``deep`` checks every path of every mount.  A mount that goes away while
+    it is looked at is left out.
     """
     from .mountinfo import Namespace, _comm
 
@@ -88,12 +94,24 @@ def list_mounts(pid: int | None = None, deep: bool = False, engines: bool = True
         if key not in health_of:
             health_of[key] = _health(m, None if here else space.pid, deep)
         row["health"], row["detail"] = health_of[key]
+        if row["health"] in ("unreadable", "unresolved") and _gone(m, space, here):
+            continue
         rows.append(row)
     return rows
 
 
+def _gone(m, space, here: bool) -> bool:
+    """Whether mount ``m`` was unmounted meanwhile (a short-lived mount of someone else's)."""
+    try:
+        text = read_mountinfo("/proc/self" if here else f"/proc/{space.pid}")
+    except OSError:
+        return True
+    return all(e.mount_id != m.mount_id for e in overlay_mounts(text))
+
+
 def _health(m, pid: int | None, deep: bool) -> tuple[str, str]:
     from .engine import Engine
+    from .layers import LayerError
     from .sources import InputError, live_stack
 
     problems = [layer_path_problem(p) for p in [*m.lowers, *m.datas, *([m.upperdir] if m.upperdir else [])]]
@@ -107,12 +125,25 @@ def _health(m, pid: int | None, deep: bool) -> tuple[str, str]:
                               "invisible without root (CAP_SYS_ADMIN); run as root")
     try:
         stack = live_stack(m.mountpoint, pid)
-    except (InputError, ValueError, OSError) as e:
+    except (InputError, LayerError, ValueError, OSError) as e:
         return ("unresolved" if problems else "unreadable"), str(e)
+    checked = 0
+    stopped = False
+
+    def progress(n: int) -> None:
+        nonlocal checked
+        checked = n
+
+    def cancel() -> bool:
+        nonlocal stopped
+        stopped = stopped or (not deep and time.monotonic() > deadline)
+        return stopped
+
     try:
         engine = Engine(stack)
-        findings = engine.check() if deep else engine.stack_findings()
-    except (InputError, ValueError, OSError) as e:
+        deadline = time.monotonic() + QUICK_SECONDS
+        findings = engine.check(progress, cancel)
+    except (InputError, LayerError, ValueError, OSError) as e:
         stack.close()
         return "unreadable", str(e)
     order = list(RULES)  # most important first
@@ -120,11 +151,13 @@ def _health(m, pid: int | None, deep: bool) -> tuple[str, str]:
     errors = [f for f in findings if f.severity == "error"]
     warnings = [f for f in findings if f.severity == "warning"]
     stack.close()
+    partial = (f" (quick: the first {checked} paths, in {QUICK_SECONDS:g} s; --deep checks all)"
+               if stopped else "")
     if errors:
-        return "error", _counted(errors, "error(s)")
+        return "error", _counted(errors, "error(s)") + partial
     if warnings:
-        return "warning", _counted(warnings, "warning(s)")
-    return "ok", ""
+        return "warning", _counted(warnings, "warning(s)") + partial
+    return "ok", partial.strip()
 
 
 def elsewhere_hint(target: str) -> str | None:

@@ -580,7 +580,13 @@ def evidence(engine, res, ob: Observation, diffs, *, fresh=None) -> str:
                     "unmapped; with --pid or a container TARGET owners are compared as the "
                     "container's user namespace sees them" + (f" (see the note: {engine.stack.description})"
                                                               if "idmapped" in engine.stack.description else ""))
-    # 3. the kernel itself, fresh: the same layers mounted again, this path looked up first
+    # 3. a known regression of the running kernel that this stack meets and the mismatch fits
+    from .kernel.bugs import observed_bug
+
+    known = observed_bug(engine, diffs, ob)
+    if known:
+        return known
+    # 4. the kernel itself, fresh: the same layers mounted again, this path looked up first
     if fresh is None:
         fresh = observe_fresh(engine, res.path)
     fob, why = fresh

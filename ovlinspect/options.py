@@ -92,10 +92,14 @@ class OptionError(ValueError):
     ``"overlay: Unknown parameter 'bogus'"``), or ``None`` when it logs nothing.
     """
 
-    def __init__(self, message: str, *, errno: str = "EINVAL", kernel_log: str | None = None):
+    def __init__(self, message: str, *, errno: str = "EINVAL", kernel_log: str | None = None,
+                 newer: bool = False):
         super().__init__(message)
         self.errno = errno
         self.kernel_log = kernel_log
+        #: an option of a newer kernel than the one predicted for (a refusal to predict, not bad
+        #: input: "will this work on 6.1?" gets "the mount fails")
+        self.newer = newer
 
 
 def _show(s: str) -> str:
@@ -241,6 +245,10 @@ def _split_lowerdir_before_data_layers(s: str) -> list[str]:
     if len(elements) > MAX_LAYERS:
         raise _lowerdir_error(s, f"too many lower directories, limit is {MAX_LAYERS}")
     paths = [unescape_lowerdir_element(e) for e in elements]
+    if len(paths) == 1 and not paths[0]:
+        # one (empty) layer: the kernel counts layers before it looks at them (observed on 6.1
+        # for "\\" without an upper layer)
+        raise _lowerdir_error(s, "at least 2 lowerdir are needed while upperdir nonexistent")
     if not all(paths):
         raise _lowerdir_error(s, "empty lowerdir")
     return paths
@@ -482,19 +490,26 @@ def _parse_checked(key: str, value: str | None, state: dict[str, object], was_se
     if not _known(key, profile):
         raise OptionError(
             f"unknown overlay option {key!r} (kernel {profile.name} does not have it)",
-            kernel_log=f"{_FC}Unknown parameter '{key}'",
+            kernel_log=f"{_FC}Unknown parameter '{key}'", newer=True,
         )
     if key in LAYER_OPTIONS:
         raise OptionError(
             f"option {key!r} names a layer; pass the layers separately",
             kernel_log=None,
         )
+    if key in _VFS_SB_FLAGS and not profile.fs_context_parser:
+        # before 6.5 the VFS passed the whole string on: "ro" is one option too many
+        raise OptionError(f"{key} in the option string: kernel {profile.name} refuses it",
+                          kernel_log=f"{_FC}Unknown parameter '{key}'", newer=True)
     if key in _VFS_SB_FLAGS or key in _USERSPACE_OPTIONS or key.lower().startswith("x-"):
         return
     if key in _ENUMS:
         allowed = _ENUMS[key]
         if key == "uuid" and not profile.uuid_null_auto:
             allowed = _BOOL
+            if value in _ENUMS["uuid"] and value not in allowed:
+                raise OptionError(f"uuid={value} needs a newer kernel than {profile.name}",
+                                  kernel_log=f"{_FC}Bad value for 'uuid'", newer=True)
         if value is None or value not in allowed:
             shown = "no value" if value is None else f"{value!r}"
             raise OptionError(
@@ -502,6 +517,7 @@ def _parse_checked(key: str, value: str | None, state: dict[str, object], was_se
                 kernel_log=f"{_FC}Bad value for '{key}'",
             )
         if key == "redirect_dir":
+            state["typed_redirect"] = value
             if value == "off":
                 # Translated while parsing: "off" only stops creating redirects.
                 value = "follow" if state["always_follow"] else "nofollow"
@@ -585,8 +601,15 @@ def effective_options(
     was_set: set[str] = set()
     if not profile.uuid_null_auto:
         state["uuid"] = "on"  # before uuid=null/auto: on unless typed off
+    newer: OptionError | None = None
     for key, value in pairs:
-        _parse_one(key, value, state, was_set, profile)
+        try:
+            _parse_one(key, value, state, was_set, profile)
+        except OptionError as e:
+            if not e.newer:
+                raise
+            newer = e
+            break
 
     log: list[str] = []
     redirect = str(state["redirect_dir"])
@@ -617,9 +640,17 @@ def effective_options(
             given=tuple(pairs),
         )
 
+    def shown_redirect() -> str:
+        """The redirect mode as the kernel names it in a message: before 6.5, as typed."""
+        return redirect if profile.redirect_mode_effective else str(state.get("typed_redirect", redirect))
+
     def fail(errno: str, message: str) -> Options:
         log.append(_OVL + message)
         return result(errno)
+
+    if newer is not None:  # the kernel's parser refuses the mount
+        log.append(str(newer.kernel_log))
+        return result(newer.errno)
 
     if n_lower + n_data > MAX_LAYERS:
         return fail("EINVAL", f"too many lower directories, limit is {MAX_LAYERS}")
@@ -638,7 +669,7 @@ def effective_options(
             uuid = "null"
         # Only the upper layer creates redirects, so without one "follow" means "on".
         if redirect == "follow":
-            redirect = "on"
+            redirect = "on"  # (before 6.5 too, though mountinfo then shows the mode as typed)
 
     # Before 6.16 verity needs metacopy: it is turned on with it, unless typed off.
     if profile.verity_needs_metacopy and verity != "off" and not metacopy:
@@ -649,7 +680,7 @@ def effective_options(
     # metacopy needs redirects to be followed and created.
     if metacopy and redirect != "on":
         if "metacopy" in was_set and "redirect" in was_set:
-            return fail("EINVAL", f"conflicting options: metacopy=on,redirect_dir={redirect}")
+            return fail("EINVAL", f"conflicting options: metacopy=on,redirect_dir={shown_redirect()}")
         if "redirect" in was_set:
             log.append(_OVL + f"disabling metacopy due to redirect_dir={redirect}")
             metacopy = False
@@ -689,7 +720,7 @@ def effective_options(
     # user.overlay.* xattrs cannot carry redirects or metacopy.
     if userxattr:
         if "redirect" in was_set and redirect != "nofollow":
-            return fail("EINVAL", f"conflicting options: userxattr,redirect_dir={redirect}")
+            return fail("EINVAL", f"conflicting options: userxattr,redirect_dir={shown_redirect()}")
         if metacopy and "metacopy" in was_set:
             return fail("EINVAL", "conflicting options: userxattr,metacopy=on")
         redirect = "nofollow"
@@ -723,7 +754,7 @@ def effective_options(
         log.append(_OVL + '"xino=on" is useless with all layers on same fs, ignore.')
 
     # Lower-only mounts always span two "filesystems": slot 0 is kept for the absent upper.
-    if uuid == "off" and (not has_upper or not same_fs):
+    if uuid == "off" and (not has_upper or not same_fs) and not profile.uuid_off_index_relaxed:
         # before uuid=null existed, the fallback was uuid=on
         fallback = "null" if profile.uuid_null_auto else "on"
         log.append(
@@ -755,8 +786,13 @@ def shown_options(
     out: list[tuple[str, str | None]] = []
     if o.default_permissions:
         out.append(("default_permissions", None))
-    if o.redirect_dir != defaults.redirect_mode:
-        out.append(("redirect_dir", o.redirect_dir))
+    if profile.redirect_mode_effective:
+        if o.redirect_dir != defaults.redirect_mode:
+            out.append(("redirect_dir", o.redirect_dir))
+    else:
+        typed = [v for k, v in o.given if k == "redirect_dir"]
+        if typed and typed[-1] != ("on" if defaults.redirect_dir else "off"):
+            out.append(("redirect_dir", typed[-1]))
     if o.index != defaults.index:
         out.append(("index", "on" if o.index else "off"))
     if o.uuid != ("auto" if profile.uuid_null_auto else "on"):

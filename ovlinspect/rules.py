@@ -124,10 +124,99 @@ RULES: dict[str, Rule] = {
             "remove the stray redirect xattr",
         ),
         Rule(
+            "stale-origin",
+            "error",
+            "index=on: the file handles recorded in the upper layer or the index no longer "
+            "match the layers (ESTALE at mount)",
+            "mount with index=off, or the layers the upper was made with; to adopt the new "
+            "layers remove the upper root's overlay.origin and the index directory",
+        ),
+        Rule(
+            "incompat-workdir",
+            "error",
+            "the work directory records an incompatible feature (work/incompat/volatile): "
+            "the mount fails with EINVAL",
+            "throw away the upper and work directories (a volatile mount may have lost "
+            "writes), or delete work/incompat if the upper was synced",
+        ),
+        Rule(
+            "workdir-in-use",
+            "error",
+            "the upper or work directory is in use by another overlay mount (EBUSY with "
+            "index=on, a warning otherwise)",
+            "unmount the other overlay, or give each mount its own upper and work directories",
+        ),
+        Rule(
+            "workdir-shared",
+            "warning",
+            "the upper or work directory is also used by another overlay mount (index=off: "
+            "the kernel only warns)",
+            "unmount the other overlay, or give each mount its own upper and work directories",
+        ),
+        Rule(
+            "index-entry-invalid",
+            "error",
+            "the index directory holds an entry that is not a file handle: the mount fails "
+            "with EINVAL",
+            "remove the entry or the index directory, or mount with index=off",
+        ),
+        Rule(
+            "index-entry-stale",
+            "info",
+            "the kernel deletes a leftover index entry at mount",
+            "nothing to do: the mount cleans it up (a write to the work directory)",
+        ),
+        Rule(
+            "stale-origin-lookup",
+            "error",
+            "index=on: a copied-up object's overlay.origin names another lower object than "
+            "the one found by name (ESTALE for a metacopy; a directory left unmerged with "
+            "nfs_export)",
+            "restore the lower layer the upper was made on, or mount with index=off (and "
+            "nfs_export=off); a metacopy can also be made a full copy",
+        ),
+        Rule(
+            "index-entry-bad",
+            "error",
+            "index=on: the index entry of a file's origin is a whiteout or of another type: "
+            "lookup fails with EIO",
+            "delete the work directory's index/ (or that entry) with the overlay unmounted, "
+            "or mount with index=off",
+        ),
+        Rule(
+            "index-served",
+            "info",
+            "index=on: a lower hard link whose alias was copied up is served from the index "
+            "(the copied-up bytes), not from the lower file",
+            "nothing to fix: this is how index=on keeps hard links together; with index=off "
+            "the lower file shows again",
+        ),
+        Rule(
+            "workdir-leftovers",
+            "info",
+            "the work directory holds leftovers of interrupted operations: the kernel deletes "
+            "them at mount",
+            "nothing to do: the next mount cleans them up",
+        ),
+        Rule(
+            "index-fallback",
+            "warning",
+            "index=on is asked for but the kernel turns it off at mount",
+            "see the message: layers without file handles, or two lower filesystems with the "
+            "same UUID (use distinct UUIDs, or mount with index=off to say so)",
+        ),
+        Rule(
             "not-modelled",
             "info",
             "the mount uses a feature whose checks ovlinspect does not model",
             "treat predictions for copied-up files with care; compare with explain --observe",
+        ),
+        Rule(
+            "kernel-bug",
+            "error",
+            "the kernel has a known overlayfs regression that this stack meets",
+            "upgrade to the fixed release the message names (or apply the workaround it names); "
+            "a distribution kernel may carry the fix under an older version number",
         ),
         Rule(
             "mount-refused",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 from importlib import resources
 
 from .layers import DiskLayer, Layer, LayerError
@@ -25,7 +26,7 @@ def _disk(path: str, label: str, base: str | None = None, want_verity: bool = Fa
         from .composefs import DumpError, load_dump
 
         try:
-            layer = load_dump(p, label)
+            layer = load_dump(pathlib.Path(p), label)  # a path, even one holding "\n" or "/ "
             layer.path = p
             return layer
         except DumpError as e:

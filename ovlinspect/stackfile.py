@@ -37,6 +37,7 @@ inline entries, so a bug report can carry the whole stack.
 from __future__ import annotations
 
 import os
+import pathlib
 import tomllib
 from typing import Any
 
@@ -52,10 +53,21 @@ from .layers import (
     split_path,
 )
 from .stack import Stack
+from .xattrs import safe
 
 __all__ = ["StackFileError", "load_stack", "loads_stack", "stack_from_dict", "dump_stack", "INLINE_LIMIT"]
 
 VERSION = 1
+
+#: Largest stack file read (bytes): a bigger one is refused with one line, not parsed.
+MAX_STACK_FILE = 256 << 20
+
+#: Largest size, uid/gid and device numbers an entry may give (what the kernel can hold:
+#: loff_t, uid_t/gid_t, and the kernel's dev_t: a 12-bit major and a 20-bit minor).
+MAX_SIZE = 2**63 - 1
+MAX_ID = 2**32 - 1
+MAX_MAJOR = 2**12 - 1
+MAX_MINOR = 2**20 - 1
 
 #: Files up to this size are written inline by :func:`dump_stack`; sparse contents are padded
 #: with zeros up to this size when loaded.
@@ -85,9 +97,13 @@ def load_stack(path: str | os.PathLike) -> Stack:
     p = os.fspath(path)
     try:
         with open(p, "rb") as f:
-            raw = f.read()
+            raw = f.read(MAX_STACK_FILE + 1)
     except OSError as e:
         raise StackFileError(f"{p}: cannot read stack file: {e.strerror}") from None
+    except ValueError as e:  # a NUL in the path
+        raise StackFileError(f"{p}: cannot read stack file: {e}") from None
+    if len(raw) > MAX_STACK_FILE:
+        raise StackFileError(f"{p}: stack file larger than {MAX_STACK_FILE >> 20} MiB; refused")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -124,6 +140,10 @@ class _Loader:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise self.fail("", f"malformed TOML: {e}") from None
+        except RecursionError:
+            raise self.fail("", "malformed TOML: nested too deeply") from None
+        except ValueError as e:  # an integer of more than 4300 digits, ...
+            raise self.fail("", f"malformed TOML: {e}") from None
         return self.load_doc(doc)
 
     def load_doc(self, doc: dict) -> Stack:
@@ -133,7 +153,7 @@ class _Loader:
         if unknown:
             raise self.fail("", f"unknown key {sorted(unknown)[0]!r}")
         version = doc.get("version", VERSION)
-        if version != VERSION:
+        if type(version) is not int or version != VERSION:  # not true, not 1.0
             raise self.fail("", f"unsupported version {version!r} (this ovlinspect reads version {VERSION})")
         description = doc.get("description", "")
         if not isinstance(description, str):
@@ -249,7 +269,7 @@ class _Loader:
         if not os.path.isfile(full):
             raise self.fail(where, f"dump file does not exist: {full}")
         try:
-            layer = composefs.load_dump(full)
+            layer = composefs.load_dump(pathlib.Path(full))  # a path, even one holding "\n"
         except Exception as e:  # the dump parser reports its own problems
             raise self.fail(where, f"cannot load composefs dump {full}: {e}") from None
         layer.label = name
@@ -318,7 +338,7 @@ class _Loader:
         except ValueError:
             raise self.fail(where, f"{key} is not valid hex: {value!r}") from None
 
-    def _int(self, where: str, key: str, value: Any, lo: int = 0, hi: int = 2**63) -> int:
+    def _int(self, where: str, key: str, value: Any, lo: int = 0, hi: int = MAX_SIZE) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(where, f"{key} must be an integer, got {value!r}")
         if not lo <= value <= hi:
@@ -386,8 +406,8 @@ class _Loader:
             if etype == "whiteout" and rdev != (0, 0):
                 raise self.fail(where, "a whiteout is a character device 0:0")
 
-        uid = self._int(where, "uid", e.get("uid", 0), 0, 2**32 - 1)
-        gid = self._int(where, "gid", e.get("gid", 0), 0, 2**32 - 1)
+        uid = self._int(where, "uid", e.get("uid", 0), 0, MAX_ID)
+        gid = self._int(where, "gid", e.get("gid", 0), 0, MAX_ID)
         xattrs = self._xattrs(where, e)
         verity = self._verity(where, e.get("verity"), kind)
         node = Node(kind, mode, size, uid, gid, rdev, target, xattrs, verity)
@@ -395,13 +415,13 @@ class _Loader:
 
     def _rdev(self, where: str, value: Any) -> tuple[int, int]:
         if isinstance(value, list) and len(value) == 2:
-            return (self._int(where, "rdev", value[0], 0, 2**32 - 1), self._int(where, "rdev", value[1], 0, 2**32 - 1))
+            return (self._int(where, "rdev major", value[0], 0, MAX_MAJOR),
+                    self._int(where, "rdev minor", value[1], 0, MAX_MINOR))
         if isinstance(value, str) and value.count(":") == 1:
             a, b = value.split(":")
-            try:
-                return int(a), int(b)
-            except ValueError:
-                pass
+            if a.isascii() and a.isdigit() and b.isascii() and b.isdigit() and len(a) + len(b) <= 40:
+                return (self._int(where, "rdev major", int(a), 0, MAX_MAJOR),
+                        self._int(where, "rdev minor", int(b), 0, MAX_MINOR))
         raise self.fail(where, f"bad rdev {value!r} (expected \"major:minor\")")
 
     def _xattrs(self, where: str, e: dict) -> tuple[tuple[bytes, bytes], ...]:
@@ -454,6 +474,10 @@ def _toml_str(s: str) -> str:
             out.append("\\t")
         elif o < 0x20 or o == 0x7F:
             out.append(f"\\u{o:04x}")
+        elif not ch.isprintable() and not 0xD800 <= o <= 0xDFFF:  # C1, U+2028, bidi, ...:
+            out.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")  # same value, inert text
+        elif 0xD800 <= o <= 0xDFFF:  # a byte that is not UTF-8 (surrogateescape): TOML cannot
+            out.append(safe(ch).replace("\\", "\\\\"))  # hold it; its \\xNN text instead
         else:
             out.append(ch)
     out.append('"')
@@ -593,7 +617,7 @@ def dump_stack(stack: Stack) -> str:
         out.append(f"role = {_toml_str(role)}")
         out.append(f"name = {_toml_str(name)}")
         if isinstance(layer, DiskLayer):
-            out.append(f"# from {layer.path}".replace("\n", " "))
+            out.append(f"# from {safe(layer.path)}")  # escaped: one comment line, valid TOML
         for path, node in layer_entries(layer):
             out.append("")
             out.extend(_entry_lines(layer, path, node))

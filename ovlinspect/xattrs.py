@@ -10,6 +10,7 @@ fields are already made safe for display (control bytes and invalid UTF-8 escape
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from .layers import Node
@@ -20,10 +21,23 @@ METACOPY_MIN = 4
 METACOPY_MAX = 68
 
 
-def safe(b: bytes | None, limit: int | None = None) -> str:
-    """Bytes as display text: undecodable bytes as \\xNN, control characters escaped."""
+def safe(b: bytes | str | None, limit: int | None = None) -> str:
+    """Bytes (or text from outside) as display text: THE escaping of ovlinspect.
+
+    Every line that shows bytes from outside (names, paths, labels, xattr values, log lines,
+    error messages) goes through here: undecodable bytes become ``\\xNN``, and every character
+    that is not printable (C0/C1 controls, DEL, \\r, \\n, line and paragraph separators, bidi
+    overrides, ...) its ``repr`` escape, so nothing from outside moves the cursor, splits a line
+    or starts an escape sequence.  Text (``str``) is taken with its surrogate escapes
+    (``os.fsdecode``) as the bytes they stand for.  Idempotent on its own output.
+    """
     if b is None:
         return ""
+    if isinstance(b, str):
+        try:
+            b = b.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate that does not stand for a byte
+            b = b.encode("utf-8", "backslashreplace")
     cut = b[:limit] if limit is not None else b
     text = cut.decode("utf-8", "backslashreplace")
     if not text.isprintable():
@@ -75,6 +89,105 @@ class Metacopy:
         return text
 
 
+#: ``struct ovl_fb`` (overlayfs.h): version, magic, len, flags, type, the filesystem UUID, then
+#: the exportfs file handle.  ``len`` counts the whole structure.
+FB_HEADER = 21
+FH_VERSION = 0
+FH_MAGIC = 0xFB
+FH_FLAG_BIG_ENDIAN = 1 << 0
+FH_FLAG_ANY_ENDIAN = 1 << 1
+FH_FLAG_PATH_UPPER = 1 << 2
+FH_FLAG_ALL = FH_FLAG_BIG_ENDIAN | FH_FLAG_ANY_ENDIAN | FH_FLAG_PATH_UPPER
+#: the kernel's own byte order bit (``OVL_FH_FLAG_CPU_ENDIAN``)
+FH_FLAG_CPU_ENDIAN = FH_FLAG_BIG_ENDIAN if sys.byteorder == "big" else 0
+NULL_UUID = bytes(16)
+
+
+def uuid_text(b: bytes) -> str:
+    h = b.hex()
+    if len(b) != 16:
+        return h
+    return "-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
+
+
+@dataclass(frozen=True)
+class FileHandle:
+    """A decoded overlay file handle (``overlay.origin``, ``overlay.upper``, an index name)."""
+
+    size: int
+    version: int = 0
+    magic: int = 0
+    length: int = 0
+    flags: int = 0
+    type: int = 0
+    uuid: bytes = b""
+    fid: bytes = b""
+    #: "" usable; "unknown" the kernel treats it as "origin unknown" (a newer version, unknown
+    #: flags, the other byte order); "invalid" it warns ``invalid origin (...)`` and ignores it;
+    #: "empty" a zero-size value ("copied up, origin unknown")
+    status: str = ""
+    why: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.status == ""
+
+    @property
+    def wire(self) -> bytes:
+        """The bytes the kernel compares (the first ``len`` bytes)."""
+        return (bytes([self.version, self.magic, self.length, self.flags, self.type]) + self.uuid
+                + self.fid)[: self.length]
+
+    @property
+    def path_upper(self) -> bool:
+        return bool(self.flags & FH_FLAG_PATH_UPPER)
+
+    def summary(self, key: str = "origin") -> str:
+        if self.status == "empty":
+            return f"{key}: empty (copied up, origin unknown)"
+        if self.status == "invalid":
+            return f"{key}: invalid file handle ({self.why})"
+        uuid = "null" if self.uuid == NULL_UUID else uuid_text(self.uuid)
+        text = (f"{key}: fs uuid {uuid}, handle type 0x{self.type:x}, len {len(self.fid)}"
+                + (", upper" if self.path_upper else ""))
+        if self.status == "unknown":
+            text += f" (ignored: {self.why})"
+        return text
+
+
+def decode_fh(value: bytes) -> FileHandle:
+    """``value`` as the kernel reads it (``ovl_check_fb_len``)."""
+    n = len(value)
+    if n == 0:
+        return FileHandle(0, status="empty")
+    if n < FB_HEADER:
+        return FileHandle(n, status="invalid", why=f"{n} bytes, less than the {FB_HEADER}-byte header")
+    version, magic, length, flags, ftype = value[:5]
+    fh = FileHandle(n, version, magic, length, flags, ftype, bytes(value[5:21]),
+                    bytes(value[21:max(length, 21)]))
+    if n < length:
+        return FileHandle(**{**fh.__dict__, "status": "invalid",
+                             "why": f"header len {length} but {n} bytes"})
+    if length < FB_HEADER:
+        return FileHandle(**{**fh.__dict__, "status": "invalid",
+                             "why": f"header len {length}, less than the header"})
+    if magic != FH_MAGIC:
+        return FileHandle(**{**fh.__dict__, "status": "invalid", "why": f"magic 0x{magic:02x}, not 0xfb"})
+    if version > FH_VERSION or flags & ~FH_FLAG_ALL:
+        return FileHandle(**{**fh.__dict__, "status": "unknown",
+                             "why": f"version {version}, flags 0x{flags:02x}"})
+    if not flags & FH_FLAG_ANY_ENDIAN and (flags & FH_FLAG_BIG_ENDIAN) != FH_FLAG_CPU_ENDIAN:
+        return FileHandle(**{**fh.__dict__, "status": "unknown", "why": "written on the other byte order"})
+    return fh
+
+
+def encode_fh(ftype: int, fid: bytes, uuid: bytes | None, upper: bool = False) -> bytes:
+    """The handle the kernel writes for an object (``ovl_encode_real_fh``); ``uuid`` None: null."""
+    flags = FH_FLAG_CPU_ENDIAN | (FH_FLAG_PATH_UPPER if upper else 0)
+    return (bytes([FH_VERSION, FH_MAGIC, FB_HEADER + len(fid), flags, ftype])
+            + (uuid if uuid is not None else NULL_UUID) + fid)
+
+
 def decode_metacopy(value: bytes) -> Metacopy:
     if len(value) < METACOPY_MIN:
         return Metacopy(size=len(value))
@@ -99,6 +212,8 @@ class OverlayXattr:
     metacopy: Metacopy | None = None
     #: a redirect as the kernel uses it (up to the first NUL)
     redirect: bytes | None = None
+    #: a decoded file handle (origin, upper)
+    handle: FileHandle | None = None
 
 
 def decode_xattrs(node: Node, prefix: bytes, root: bool = False) -> list[OverlayXattr]:
@@ -152,13 +267,12 @@ def decode_xattrs(node: Node, prefix: bytes, root: bool = False) -> list[Overlay
             out.append(OverlayXattr(name, value, key, ok, "xattr whiteout",
                                     "" if ok else "ignored: not a zero-size regular file"))
         elif key == "uuid":
-            text = value.hex()
-            if len(value) == 16:
-                text = "-".join((text[:8], text[8:12], text[12:16], text[16:20], text[20:]))
-            out.append(OverlayXattr(name, value, key, True, f"uuid {text}"))
+            out.append(OverlayXattr(name, value, key, True, f"uuid {uuid_text(value)}"))
         elif key in ("origin", "upper"):
-            out.append(OverlayXattr(name, value, key, True,
-                                    f"{key}: file handle {value[:16].hex()}" + ("…" if len(value) > 16 else "")))
+            fh = decode_fh(value)
+            note = {"invalid": "invalid: the kernel warns 'invalid origin' and ignores it",
+                    "unknown": "treated as origin unknown"}.get(fh.status, "")
+            out.append(OverlayXattr(name, value, key, fh.usable, fh.summary(key), note, handle=fh))
         else:
             out.append(OverlayXattr(name, value, key, True, f"{key}={safe(value, 60)}"))
     return out

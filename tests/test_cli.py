@@ -223,3 +223,12 @@ def test_without_root_trusted_xattrs_cannot_be_read(capsys, tmp_path, monkeypatc
     assert rc == 0, err
     # demos are in memory: no root needed
     assert run(capsys, "check", "demo:seed")[0] == 1
+
+
+def test_paths_from_is_bounded(capsys):
+    """`--paths-from /dev/zero` used to grow until the OOM killer came (QA): one line, exit 2."""
+    from ovlinspect.cli import main
+
+    assert main(["explain", "demo:seed", "--paths-from", "/dev/zero"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "more than 16 MiB" in err

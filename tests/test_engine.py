@@ -238,6 +238,18 @@ def test_rule_mount_refused():
     assert [f.rule for f in e.check()] == ["mount-refused"]
 
 
+def test_rule_kernel_bug():
+    # verity on with a digest on 7.0.3 (bootc#2174); more in tests/test_kernel_bugs.py
+    from ovlinspect.engine import Engine
+
+    digest = bytes([0, 36, 0, 1]) + b"\x11" * 32
+    image = layer("image", {"/f": metacopy(b"/ab/cd", 5, digest)})
+    objects = layer("objects", {"/ab": "dir", "/ab/cd": b"data\n"})
+    stack = engine([image], data=[objects], options="metacopy=on,verity=on").stack
+    assert "kernel-bug" in [f.rule for f in Engine(stack, kernel="7.0.3").check()]
+    assert "kernel-bug" not in [f.rule for f in Engine(stack, kernel="7.0.7").check()]
+
+
 def test_every_rule_has_a_test():
     import pathlib
 
@@ -329,3 +341,16 @@ def test_root_opaque_is_decoded_as_no_effect():
     assert decode_xattrs(n, T)[0].active
     x = decode_xattrs(n, T, root=True)[0]
     assert not x.active and "root" in x.note
+
+
+def test_estale_rules_are_tested_in_their_own_files():
+    """The ESTALE/work-directory rules need real layers: their tests are the kernel's."""
+    import pathlib
+
+    here = pathlib.Path(__file__).parent
+    text = (here / "test_origin.py").read_text() + (here / "kernel" / "test_estale.py").read_text()
+    for rule in ("stale-origin", "incompat-workdir", "workdir-in-use", "workdir-shared",
+                 "index-entry-invalid", "index-entry-stale", "index-fallback", "index-entry-bad",
+                 "index-served", "stale-origin-lookup",
+                 "workdir-leftovers"):
+        assert f'"{rule}"' in text, rule

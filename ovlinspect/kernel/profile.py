@@ -64,9 +64,15 @@ class KernelProfile:
     refuses_datadir_only: bool = False
     #: the ``override_creds``/``nooverride_creds`` option.
     override_creds_option: bool = False
+    #: ``redirect_dir`` is kept as an effective mode: a lower-only mount turns ``follow`` into
+    #: ``on``, and mountinfo shows the effective mode when it differs from the module default.
+    #: Before, mountinfo shows the mode as typed unless it is the default string (``on`` with
+    #: the redirect_dir parameter, else ``off``), and ``follow`` stays ``follow``.
+    redirect_mode_effective: bool = False
     #: ``fsync=auto|strict|volatile``; mountinfo then shows ``fsync=volatile``, not ``volatile``.
     fsync_option: bool = False
-    #: ``uuid=off`` with ``index=on`` accepted on layers of several filesystems.
+    #: ``uuid=off`` is kept on layers of several filesystems (and on lower-only mounts, observed
+    #: on 7.2), where it used to fall back to ``uuid=null``; ``index=on`` then works with it.
     uuid_off_index_relaxed: bool = False
 
     # --- lookup (namei.c, util.c) ---
@@ -88,6 +94,15 @@ class KernelProfile:
     def name(self) -> str:
         """``6.12``: the version the behaviours are those of."""
         return f"{self.version[0]}.{self.version[1]}"
+
+    def summary(self, running: str) -> str:
+        """One line: whose rules the prediction follows, and how they were chosen."""
+        how = self.chosen_by
+        if how in ("release", "release, confirmed by probes"):
+            return f"kernel {running}, {self.name} rules"
+        if how.startswith("release"):
+            return f"kernel {running}, {self.name} rules{how[len('release'):]}"
+        return f"kernel {self.name} rules ({how}; running {running})"
 
     def as_json(self) -> dict:
         return {"profile": self.name, "release": self.release, "chosen_by": self.chosen_by}
@@ -111,6 +126,9 @@ class Change:
 CHANGES: tuple[Change, ...] = (
     Change((6, 5), "fs_context_parser", True,
            "ovl: port to new mount api (Christian Brauner, Amir Goldstein, 6.5)"),
+    Change((6, 5), "redirect_mode_effective", True,
+           "ovl: port to new mount api (6.5): redirect_dir parsed into an enum (observed: 6.1 "
+           "shows the typed mode, 6.12 the effective one)"),
     Change((6, 5), "data_only_layers", True,
            "ovl: introduce data-only lower layers (Amir Goldstein, 6.5)"),
     Change((6, 5), "data_only_needs_metacopy", True,
@@ -152,13 +170,20 @@ CHANGES: tuple[Change, ...] = (
 FLEET = ("6.1", "6.12", "6.18", "7.0")
 
 _VERSION = re.compile(r"^\s*(\d+)\.(\d+)")
+#: a release as a user types it: X.Y, X.Y.Z, then a suffix after a separator (-rc3, +deb12, ...)
+_RELEASE = re.compile(r"^(\d{1,3})\.(\d{1,3})(\.\d{1,5})?([-+~_.][0-9A-Za-z.+~_-]*)?$")
 
 
-def parse_version(text: str) -> tuple[int, int]:
-    """``(major, minor)`` of ``6.12``, ``6.12.118+deb12-cloud-amd64`` or ``7.0-rc3``."""
-    m = _VERSION.match(text)
+def parse_version(text: str, strict: bool = False) -> tuple[int, int]:
+    """``(major, minor)`` of ``6.12``, ``6.12.118+deb12-cloud-amd64`` or ``7.0-rc3``.
+
+    ``strict`` (a version a user typed) refuses what a release string would not hold:
+    ``6.12abc``, an empty string, absurd numbers.
+    """
+    m = _RELEASE.match(text.strip()) if strict else _VERSION.match(text)
     if not m:
-        raise UnknownKernel(f"not a kernel version: {text!r} (expected X.Y, e.g. 6.12)")
+        raise UnknownKernel(f"not a kernel version: {text!r} (expected X.Y, e.g. 6.12, or a "
+                            "release such as 6.12.118+deb12-amd64)")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -169,6 +194,10 @@ def profile_for(version: tuple[int, int], *, chosen_by: str = "release",
         raise UnknownKernel(
             f"kernel {version[0]}.{version[1]} is older than {OLDEST[0]}.{OLDEST[1]}, the oldest "
             "overlayfs ovlinspect models; its predictions would be guesses")
+    newest_known = CHANGES[-1].since
+    if version > newest_known:
+        chosen_by += (f"; newer than any change ovlinspect knows of: "
+                      f"{newest_known[0]}.{newest_known[1]}'s rules")
     profile = KernelProfile(version=version, chosen_by=chosen_by, release=release)
     for change in CHANGES:
         if change.since <= version:

@@ -23,10 +23,7 @@ def header_text(engine: Engine, pal: LayerPalette, base: Engine, width: int = 20
     if s.mountpoint and s.mountpoint != s.source:
         t.append("  on ", "dim")
         t.append_text(esc_str(s.mountpoint))
-    if engine.profile.chosen_by == "release":
-        t.append(f"   kernel {engine.kernel}", "dim")
-    else:
-        t.append(f"   {engine.profile.name} rules ({engine.profile.chosen_by}; running {engine.kernel})", "dim")
+    t.append(f"   {engine.profile.summary(engine.kernel)}", "dim")
     if s.description:
         first = s.description.strip().split("\n\n")[0].replace("\n", " ")
         t.append("   ")

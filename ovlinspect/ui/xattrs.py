@@ -108,9 +108,12 @@ def _render(x: OverlayXattr) -> Text:
     elif x.key == "whiteout":
         t.append("whiteout", "bold")
         t.append(" (xattr whiteout)", "dim")
+    elif x.key == "uuid":
+        t.append("uuid ", "bold")
+        t.append(x.summary.removeprefix("uuid "), "dim")  # hex digits from the model: safe
     elif x.key in ("origin", "upper"):
         t.append(x.key, "bold")
-        t.append(f" file handle {x.value[:16].hex()}" + ("…" if len(x.value) > 16 else ""), "dim")
+        t.append(x.summary[len(x.key):] if x.summary.startswith(x.key) else f" {x.summary}", "dim")
     else:
         t.append_text(esc(x.key.encode(), "bold"))
         if x.value:

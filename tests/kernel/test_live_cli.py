@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -32,13 +33,28 @@ def test_mounts_lists_health(tmpfs: str) -> None:
     os.mkdir(target)
     built.mount(target)
     try:
+        # quick: a small stack is checked whole within the time given to each mount; the
+        # EIO of /foo is an error (the kernel: `cat` fails), not an "ok" or a mere warning
+        with pytest.raises(OSError) as failed:
+            os.stat(os.path.join(target, "foo"))
+        assert failed.value.errno == errno.EIO
         rc, out, _ = run_cli(["mounts", "--json"])
         row = next(r for r in json.loads(out) if r["mountpoint"] == target)
         assert (row["lowers"], row["datas"], row["upper"]) == (2, 1, False)
-        assert row["health"] == "warning"  # quick: the stack-level shadowing hazard
+        assert rc == 1 and row["health"] == "error" and "lowerdata-redirect-broken" in row["detail"]
+        assert "quick" not in row["detail"]
         rc, out, _ = run_cli(["mounts", "--json", "--deep"])
         row = next(r for r in json.loads(out) if r["mountpoint"] == target)
         assert row["health"] == "error" and "lowerdata-redirect-broken" in row["detail"]
+        # a budget too small for the whole stack says how far it got
+        from ovlinspect import mounts
+
+        old, mounts.QUICK_SECONDS = mounts.QUICK_SECONDS, 0.0
+        try:
+            row = next(r for r in mounts.list_mounts(engines=False) if r["mountpoint"] == target)
+        finally:
+            mounts.QUICK_SECONDS = old
+        assert "quick: the first" in row["detail"] and "--deep checks all" in row["detail"]
     finally:
         built.umount_all()
 
@@ -168,7 +184,9 @@ def test_mounts_exit_status_and_needs_root(tmpfs: str) -> None:
         rc, out, _ = run_cli(["mounts", "--json", "--pid", str(os.getpid())])
         rows = {r["mountpoint"]: r for r in json.loads(out)}
         assert rows[rel_target]["health"] == "unresolved" and "relative" in rows[rel_target]["detail"]
-        assert rows[target]["health"] == "warning" and rows[target]["pid"] == os.getpid()
+        # the seed stack's /foo reads B's bytes, not C's: an error (quick mode checks it whole)
+        assert rows[target]["health"] == "error" and rows[target]["pid"] == os.getpid()
+        assert "shadowed-lowerdata" in rows[target]["detail"]
         assert rc == 1
         rc, out, _ = run_cli(["mounts", "--pid", str(os.getpid())])
         assert rc == 1 and "unresolved" in out
@@ -232,3 +250,30 @@ def test_mounts_sees_a_user_and_mount_namespace(tmpfs: str) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_mount_on_top_of_the_overlay_is_named(tmpfs: str) -> None:
+    """A volume (here a tmpfs) mounted inside the merged tree hides the overlay's entries there:
+    `explain` says so for every path below it, and the kernel agrees (the file is the volume's)."""
+    from ovlinspect import mountapi
+
+    built = build_stack(demo_stack("whiteouts"), os.path.join(tmpfs, "layers"))
+    target = os.path.join(tmpfs, "merged")
+    os.mkdir(target)
+    built.mount(target)
+    try:
+        sub = next(n for n in sorted(os.listdir(target)) if os.path.isdir(os.path.join(target, n)))
+        with mountapi.private_tmpfs(os.path.join(target, sub)) as vol:
+            with open(os.path.join(vol, "only-in-volume"), "w") as f:
+                f.write("volume\n")
+            assert os.listdir(os.path.join(target, sub)) == ["only-in-volume"]  # the kernel
+            rc, out, _ = run_cli(["explain", "--json", target, f"/{sub}/only-in-volume", "/"])
+            doc = json.loads(out)
+            first, root = doc["paths"]
+            assert first["errno"] == "ENOENT"  # the overlay has no such entry...
+            assert first["covered_by"] == {"mountpoint": f"/{sub}", "fstype": "tmpfs", "source": "tmpfs"}
+            assert root["covered_by"] is None
+            rc, out, _ = run_cli(["explain", target, f"/{sub}/only-in-volume"])
+            assert f"COVERED   /{sub} is a tmpfs mount" in out
+    finally:
+        built.umount_all()

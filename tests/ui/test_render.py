@@ -74,3 +74,10 @@ def test_previews_never_interpret():
     assert t == "line1\n\\x1b[2Jline2"
     h = hex_preview(b"hi\x1b\x00").plain
     assert "68 69 1b 00" in h and "hi.." in h
+
+
+def test_uuid_is_decoded_as_explain_decodes_it():
+    """The view showed overlay.uuid as escaped raw bytes where `explain` shows the UUID (QA)."""
+    node = Node("dir", 0o755, xattrs=((T + b"uuid", bytes.fromhex("959720d3edb3498b955d1e1350af117d")),))
+    (d,) = decode(node, T, root=True)
+    assert d.text.plain == "uuid 959720d3-edb3-498b-955d-1e1350af117d"
