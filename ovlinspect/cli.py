@@ -318,8 +318,9 @@ def _describe(engine: Engine, res: Resolution) -> list[str]:
         if res.kind == "dir":
             names = engine.entries(res)
             shown = ", ".join(show(n) for n in names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-            lines.append(f"  readdir   {shown if names else '(empty)'}")
-    logs = res.kernel_log + (res.open_log if not res.errno else [])
+            lines.append(f"  readdir   fails: {res.readdir_errno}" if res.readdir_errno else
+                         f"  readdir   {shown if names else '(empty)'}")
+    logs = res.kernel_log + (res.open_log + res.readdir_log if not res.errno else [])
     for log in logs:
         lines.append(f"  dmesg     {log}")
     lines.append("  layers")

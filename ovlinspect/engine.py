@@ -137,6 +137,9 @@ class Resolution:
     inode_keys: dict | None = None
     #: layers whose copy of this directory was read with opaque=x (xattr whiteouts enabled)
     x_layers: set | None = None
+    #: layers the lookups of this directory and its ancestors found opaque=x in (the kernel
+    #: flags such a layer for good: ``ovl_layer_set_xwhiteouts``)
+    x_seen: frozenset = frozenset()
     readdir_errno: str | None = None
     #: for a failed lookup: where it fails, and the entry whose metacopy/redirect led there
     cause: Ref | None = None
@@ -195,6 +198,8 @@ class Engine:
             self.ndata > 0 and self.profile.lower_data_relaxed)
         self.root_lowers: list[Ref] = [Ref(i, ()) for i in range(1, self.nlower + 1)]
         self._cache: OrderedDict[Path, Resolution] = OrderedDict()
+        #: set while resolving the other path of an inode alias (no alias check in there)
+        self._alias_guard = False
         #: build the step-by-step trace (off while walking a whole stack for check)
         self.tracing = True
         self._labels = [self._make_label(k) for k in range(len(self.klayers))]
@@ -315,6 +320,7 @@ class Engine:
             if n is not None and self.opaque_value(n) == b"x":
                 res.xwhiteouts = True
                 res.x_layers = (res.x_layers or set()) | {ref.layer}
+        res.x_seen = frozenset(res.x_layers or ())
         return res
 
     def _stack_text(self, res: Resolution) -> str:
@@ -424,6 +430,8 @@ class Engine:
             res.redirect = d.redirect
         else:
             self._file_findings(res)
+            if res.kind == "dir":
+                self._alias_finding(res)
         self._namespace_findings(parent, name, res)
         return res
 
@@ -588,6 +596,7 @@ class Engine:
         res.lowers = stack
         res.xwhiteouts = d.xwhiteouts
         res.x_layers = d.x_layers
+        res.x_seen = parent.x_seen | frozenset(d.x_layers or ())
         top = Ref(0, upper_path) if upper_path is not None else stack[0]
         node = self.layer(top.layer).node(top.path)
         self._fill_attrs(res, node)
@@ -975,18 +984,7 @@ class Engine:
                 if self.tracing:
                     res.trace.append(f"! shadowing: {self.where(ref)} also holds this path, but the "
                                      "regular layers are searched first")
-        if (res.upper is not None and res.metacopy and res.data is not None and res.data.layer != 0
-                and res.data.path != res.path):
-            other = self.resolve(res.data.path)
-            if other.errno is None and other.metadata == res.data:
-                res.findings.append(Finding(
-                    "inode-alias", here,
-                    f"{show(here)} and {show_path(res.data.path)} both resolve to the lower inode "
-                    f"{self.where(res.data)}; on a fresh mount the one looked up second fails "
-                    "with ESTALE (\"overlayfs: failed to get inode (-116)\"), and an impure "
-                    "parent's readdir then leaves that name out; this prediction assumes this "
-                    "path is looked up first",
-                    [self.json_index(res.data.layer)]))
+        self._alias_finding(res)
         if res.data is not None and res.metacopy and res.open_errno is None:
             dnode = self.layer(res.data.layer).node(res.data.path)
             if dnode is not None and res.size is not None and dnode.size != res.size:
@@ -995,6 +993,41 @@ class Engine:
                     f"stat says {res.size} bytes, read() returns the {dnode.size} bytes of "
                     f"{self.where(res.data)}",
                     [self.json_index(res.data.layer)]))
+
+    def _alias_finding(self, res: Resolution) -> None:
+        """Flag another merged path whose overlay inode is this one's (``ovl_get_inode``).
+
+        Overlay inodes with a lower are hashed by their first lower inode, whatever the file's
+        data: an upper metacopy redirected to a lower metacopy (a chain) shares the inode of that
+        lower file's own path, and so does an upper directory redirected to a visible lower one.
+        The second of two such paths looked up either gets the first one's inode (a file
+        without an upper copy: its size, mode and data) or fails with ESTALE.  The prediction is
+        the fresh-mount answer for this path looked up first.
+        """
+        if res.upper is None or not res.lowers or self._alias_guard:
+            return
+        key = res.lowers[0]
+        if key.path == res.path:
+            return
+        self._alias_guard = True  # the other path may be a redirect back to this one (a loop)
+        try:
+            other = self.resolve(key.path)
+        finally:
+            self._alias_guard = False
+        if other.errno is not None or other.lowers[:1] != [key]:
+            return
+        here = b"/" + b"/".join(res.path)
+        second = ("fails with ESTALE (\"overlayfs: failed to get inode (-116)\")"
+                  if res.kind == "dir" or other.upper is not None else
+                  f"fails with ESTALE, or ({show_path(key.path)} second) shows this path's "
+                  "size, mode and data")
+        res.findings.append(Finding(
+            "inode-alias", here,
+            f"{show(here)} and {show_path(key.path)} both resolve to the lower inode "
+            f"{self.where(key)} (the first lower, which keys the overlay inode); on a fresh mount "
+            f"the one looked up second {second}, and an impure parent's readdir then leaves that "
+            "name out; this prediction assumes this path is looked up first",
+            [self.json_index(key.layer)]))
 
     def _namespace_findings(self, parent: Resolution, name: bytes, res: Resolution) -> None:
         """Overlay xattrs in the other namespace, or escaped, are ignored by this mount."""
@@ -1065,33 +1098,77 @@ class Engine:
                         names = []
                         break
         else:
-            seen: set[bytes] = set()
-            reads: list[Ref] = ([Ref(0, res.upper)] if res.upper is not None else []) + list(res.lowers)
-            for ref in reads:
-                layer = self.layer(ref.layer)
-                scan = layer.scan(ref.path)
-                in_x = res.xwhiteouts and ref.layer != 0 and self._layer_xwhiteouts(res, ref)
-                for name, node in scan.items():
-                    if name in seen:
-                        continue
-                    seen.add(name)
-                    if node.is_whiteout_dev:
-                        hidden[name] = f"0/0 whiteout in {self.where(Ref(ref.layer, ref.path + (name,)))}"
-                        continue
-                    if (in_x and node.is_reg) or (impure and ref.layer == 0):
-                        child = self.resolve(res.path + (name,))
-                        if child.errno is not None:
-                            why = ("xattr-whiteout check in " + self.label(ref.layer) if in_x and node.is_reg
-                                   else "impure upper directory: d_ino recomputed by a lookup")
-                            hidden[name] = f"{why}: lookup gives {child.errno}"
-                            if child.errno != "ENOENT":
-                                res.readdir_log.append(self._stale_log(name, child.errno))
-                                res._unlisted_failures = (res._unlisted_failures or []) + [name]
-                            continue
-                    names.append(name)
-            names.sort()
+            names = self._merged_entries(res, impure, hidden)
         res._entries = names
         res._hidden = hidden
+        return names
+
+    def _merged_entries(self, res: Resolution, impure: bool, hidden: dict[bytes, str]) -> list[bytes]:
+        """A merged directory's listing, as ``ovl_iterate`` produces it (``readdir.c``).
+
+        The merged list (``ovl_dir_read_merged``) holds each name once, from the highest layer
+        holding it, in the kernel's order: every name of the lowest layer first, in that
+        layer's order (``.`` and ``..`` first; names seen above are moved there), then the
+        other names of the top layer, then those of the layers in between.  Some
+        entries are looked up as they are returned: upper entries of an impure directory
+        (d_ino), regular files of a layer with xattr whiteouts.  A negative lookup hides the
+        entry; a failing one hides it too, but ends that ``getdents`` call with the error,
+        which reaches the program only when the call returned nothing yet: when it is the
+        first entry, or right after another failing entry (the next call starts there).
+        """
+        reads: list[Ref] = ([Ref(0, res.upper)] if res.upper is not None else []) + list(res.lowers)
+        dots = (b".", b"..")
+        # name -> (layer entry it comes from, its node, checked for xattr whiteouts); the dots
+        # are looked up without fail and always returned
+        rest: dict[bytes, tuple[Ref, Node, bool] | None] = {}
+        front: dict[bytes, tuple[Ref, Node, bool] | None] = {}
+        for k, ref in enumerate(reads):
+            in_x = res.xwhiteouts and ref.layer != 0 and self._layer_xwhiteouts(res, ref)
+            scan = self.layer(ref.layer).scan(ref.path)
+            if k and k == len(reads) - 1:
+                # ovl_fill_lowest: the lowest layer's names go in front, in its order, the
+                # names already seen above moved there (the dots too)
+                for name in dots + tuple(scan):
+                    if name in rest:
+                        front[name] = rest.pop(name)
+                    elif name not in front:
+                        front[name] = (ref, scan[name], in_x)
+                continue
+            if k == 0:
+                rest.update(dict.fromkeys(dots))
+            for name, node in scan.items():
+                if name not in rest:
+                    rest[name] = (ref, node, in_x)
+        seen = (set(front) | set(rest)) - set(dots)
+        names: list[bytes] = []
+        returned = 0  # entries returned by the current getdents call
+        for name, item in list(front.items()) + list(rest.items()):
+            if item is None:
+                returned += 1
+                continue
+            ref, node, in_x = item
+            if node.is_whiteout_dev:
+                hidden[name] = f"0/0 whiteout in {self.where(Ref(ref.layer, ref.path + (name,)))}"
+                continue
+            if (in_x and node.is_reg) or (impure and ref.layer == 0):
+                child = self.resolve(res.path + (name,))
+                if child.errno is not None:
+                    why = ("xattr-whiteout check in " + self.label(ref.layer) if in_x and node.is_reg
+                           else "impure upper directory: d_ino recomputed by a lookup")
+                    hidden[name] = f"{why}: lookup gives {child.errno}"
+                    if child.errno != "ENOENT":
+                        res.readdir_log.append(self._stale_log(name, child.errno))
+                        res._unlisted_failures = (res._unlisted_failures or []) + [name]
+                        if not returned:
+                            res.readdir_errno = child.errno
+                            res._unlisted_failures = [n for n in seen if n not in hidden or
+                                                      n in res._unlisted_failures]
+                            return []
+                        returned = 0  # the next getdents call starts right after it
+                    continue
+            names.append(name)
+            returned += 1
+        names.sort()
         return names
 
     def _impure(self, res: Resolution) -> bool:
@@ -1121,12 +1198,12 @@ class Engine:
 
         The kernel flags a layer when a lookup reads opaque=x on one of its directories (never
         on the bottom layer, where opaque is not read), and at mount for a lower root with
-        opaque=x (not the lowest).  This directory's own lookup and the roots are what a fresh
-        mount is sure to have seen.
+        opaque=x (not the lowest).  This directory's own lookup, its ancestors' lookups and the
+        roots are what a fresh mount is sure to have seen.
         """
         if res.x_layers and ref.layer in res.x_layers:
             return True
-        return bool(self._root.x_layers) and ref.layer in self._root.x_layers  # type: ignore[operator]
+        return ref.layer in res.x_seen  # the ancestors' lookups, and the roots at mount
 
     # ------------------------------------------------------------------ path walk
     def walk_path(self, path: str | bytes, contained: bool = True) -> Resolution:

@@ -367,6 +367,81 @@ case("impure-upper-dir-all-entries-fine",
      [("upper", "U", [d("/d", xattrs=_IMP), f("/d/u"), d("/d/e")]), ("lower", "A", [f("/d/a")]), ("lower", "B", [])],
      "", {"/d": {"entries": ["a", "e", "u"]}})
 
+# Found by the random stacks (issue 8, tests/kernel/test_random.py), rebuilt small ("found-"
+# rather than "random-": the kernel VMs deselect "random"). Each is the kernel's observed answer.
+#
+# Overlay inodes are keyed by their first lower inode, whatever supplies the data: an upper
+# metacopy /a redirected to the lower metacopy A/b (itself redirected to B/c) has A/b's key,
+# the key of the merged /b too.  Looked up after /a, /b is /a's inode (its size, 100); looked
+# up first, /b is itself and /a then fails with ESTALE.
+_CHAIN = [("upper", "U", [mc("/a", "/b", size=100)]), ("lower", "A", [mc("/b", "/c", size=5)]),
+          ("lower", "B", [f("/c", size=30)])]
+# (/a first: test_upper_metacopy_chain_alias_a_first below, as /b's answer is not ESTALE)
+case("found-upper-metacopy-chain-b-first", _CHAIN, ON,
+     {"/b": ok_data("B:/c", size=5), "/a": lookup_err("ESTALE")}, paths=["/", "/b", "/a", "/c"])
+# Two upper metacopy files redirected to each other's names (a loop through the lower layer):
+# each reads the lower file of the other name; the engine once recursed here forever.  With
+# absolute redirects and A/a a metacopy too, /b walks A/a's redirect /b into B, which lacks it.
+case("found-upper-metacopy-redirect-loop",
+     [("upper", "U", [mc("/a", "b"), mc("/b", "a")]), ("lower", "A", [f("/a"), f("/b")]), ("lower", "B", [])], ON,
+     {"/a": ok_data("A:/b"), "/b": ok_data("A:/a")})
+case("found-upper-metacopy-redirect-loop-absolute",
+     [("upper", "U", [mc("/a", "/b"), mc("/b", "/a")]), ("lower", "A", [mc("/a", "/b"), f("/b")]),
+      ("lower", "B", [f("/a")])], ON, {"/a": ok_data("A:/b"), "/b": lookup_err("EIO")})
+# A directory redirected into its own ancestor (or the ancestor's opaque lower copy) has the
+# ancestor's key with another upper: ESTALE whatever the order, since the ancestor is always
+# looked up first.
+case("found-redirected-dir-into-own-parent",
+     [("upper", "U", [d("/b"), rdir("/b/c", "/b")]), ("lower", "A", [d("/b"), f("/b/f")]), ("lower", "B", [])], "",
+     {"/b": {"entries": ["c", "f"]}, "/b/c": lookup_err("ESTALE")})
+case("found-redirected-dir-into-own-grandparent",
+     [("upper", "U", [d("/b/c"), rdir("/b/c/d", "/b")]), ("lower", "A", [d("/b"), f("/b/f")]), ("lower", "B", [])],
+     "", {"/b/c/d": lookup_err("ESTALE")})
+case("found-redirected-dir-into-own-parent-opaque-lower",
+     [("upper", "U", [d("/b"), rdir("/b/c", "/b")]), ("lower", "A", [opq("/b"), f("/b/f")]),
+      ("lower", "B", [d("/b/g")])], "", {"/b": {"entries": ["c", "f"]}, "/b/c": lookup_err("ESTALE")})
+case("found-redirected-dir-into-parent-of-opaque-upper",
+     [("upper", "U", [opq("/b"), rdir("/b/c", "/b")]), ("lower", "A", [d("/b"), f("/b/f")]), ("lower", "B", [])],
+     "", {"/b": {"entries": ["c"]}, "/b/c": {"errno": None, "entries": ["f"]}})
+# A merged directory's listing looks some entries up as it returns them (upper entries of an
+# impure directory, files of a layer with xattr whiteouts): a failing lookup hides the entry
+# and ends that getdents call; the error reaches the program only when the call has returned
+# nothing yet, i.e. for two failing entries in a row (or a failing first entry).
+_IMP_ROOT = d("/", xattrs=_IMP)
+case("found-impure-merged-two-failing-in-a-row",
+     [("upper", "U", [_IMP_ROOT, f("/u"), mc("/x", "/dd"), mc("/y", "/dd")]), ("lower", "A", [d("/dd")]),
+      ("lower", "B", [])], ON, {"/": {"readdir_errno": "EIO", "entries": None}, "/x": lookup_err("EIO")},
+     paths=["/", "/x", "/y", "/u", "/dd"])
+case("found-impure-merged-failing-apart",
+     [("upper", "U", [_IMP_ROOT, mc("/a", "/dd"), f("/b"), mc("/c", "/dd")]), ("lower", "A", [d("/dd")]),
+      ("lower", "B", [])], ON, {"/": {"readdir_errno": None, "entries": ["b", "dd"]}, "/a": lookup_err("EIO")},
+     paths=["/", "/a", "/b", "/c", "/dd"])
+# The lowest layer's names come first in the merged list (moved there when seen above): its
+# "a" puts the upper's failing /a right after the dots, apart from the failing /1e.
+_TWO_FAILING = [_IMP_ROOT, mc("/1e", "/b/b"), mc("/a", "a"), d("/b"), d("/foo")]
+case("found-impure-merged-lowest-names-first",
+     [("upper", "U", _TWO_FAILING), ("lower", "A", [d("/a"), d("/b/b")])], ON,
+     {"/": {"readdir_errno": None, "entries": ["b", "foo"]}, "/a": lookup_err("EIO"), "/1e": lookup_err("EIO")},
+     paths=["/", "/1e", "/a", "/b", "/foo"])
+case("found-impure-merged-empty-lowest",
+     [("upper", "U", _TWO_FAILING), ("lower", "A", [d("/a"), d("/b/b")]), ("lower", "B", [])], ON,
+     {"/": {"readdir_errno": "EIO", "entries": None}}, paths=["/", "/1e", "/a", "/b", "/foo"])
+# Two failing xattr-whiteout checks in a row fail a lower-only listing the same way.
+case("found-xwhiteout-check-two-failing-in-a-row",
+     [("lower", "A", [opq("/m", "x"), f("/m/a"), mc("/m/x"), mc("/m/y")]), ("lower", "B", [f("/m/b")])], "",
+     {"/m": {"readdir_errno": "EPERM", "entries": None}, "/m/x": lookup_err("EPERM")})
+# A layer flagged for xattr whiteouts by the lookup of an ancestor (A/p has opaque=x) is checked
+# in every directory whose lower copies hold opaque=x somewhere (B/p/q): A's xattr whiteout is
+# hidden from the listing of /p/q although A/p/q itself has no opaque=x.
+case("found-xwhiteout-layer-flagged-by-ancestor",
+     [("lower", "A", [opq("/p", "x"), d("/p/q"), xwh("/p/q/w"), f("/p/q/a")]),
+      ("lower", "B", [opq("/p/q", "x"), f("/p/q/b")]), ("lower", "D", [f("/p/q/d")])], "",
+     {"/p/q": {"entries": ["a", "b", "d"]}, "/p/q/w": lookup_err("ENOENT")})
+case("found-xwhiteout-layer-not-flagged",
+     [("lower", "A", [d("/p/q"), xwh("/p/q/w"), f("/p/q/a")]),
+      ("lower", "B", [opq("/p/q", "x"), f("/p/q/b")]), ("lower", "D", [f("/p/q/d")])], "",
+     {"/p/q": {"entries": ["a", "b", "d", "w"]}, "/p/q/w": lookup_err("ENOENT")})
+
 #: Engine disagreements reported to the lead and not fixed yet: case-name prefix -> reason.
 KNOWN_ENGINE_BUGS = {
     "dot-redirect-": "engine: a redirect with a '.' or '..' component must fail the lookup with EACCES",
@@ -485,3 +560,22 @@ def test_lookup_of_a_merged_directory_writes_to_the_upper_layer(tmpfs: str) -> N
     if dis:
         _known(Case("impure-upper-after-lookup", case.layers), dis)
     assert not dis, format_disagreements("origin/impure written by a lookup", dis, case_toml(case))
+
+
+def test_upper_metacopy_chain_alias_a_first(tmpfs: str) -> None:
+    """The chain above with /a looked up first: the merged /b then is /a's overlay inode (same
+    first lower, A/b) and shows /a's size; the engine flags the alias on /a, naming /b, and
+    predicts /b as looked up alone (its own 5 bytes), which a fresh mount confirms."""
+    case = Case("found-upper-metacopy-chain-a-first", _CHAIN, ON, paths=["/", "/a", "/b", "/c"])
+    res = run_kernel(case, tmpfs)
+    if res.unavailable:
+        pytest.skip(res.unavailable)
+    assert res.mount_errno is None
+    assert (res.obs["/a"].size, res.obs["/b"].size, res.obs["/c"].size) == (100, 100, 30)
+    assert res.obs["/b"].data == res.obs["/c"].data  # B/c's bytes through both names
+    alias = [f["message"] for p in res.pred["paths"] if p["path"] == "/a" for f in p["findings"]
+             if f["rule"] == "inode-alias"]
+    assert alias and "/b" in alias[0], res.pred["paths"]
+    dis = prediction_disagreements(res)  # re-observes /b alone on a fresh mount
+    assert res.obs["/b"].size == 5
+    assert not dis, format_disagreements(case.name, dis, case_toml(case))
