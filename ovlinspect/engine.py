@@ -127,6 +127,9 @@ class Resolution:
     opaque: bool = False
     #: set when the final component was reached through a symlink in a parent
     via_symlink: bool = False
+    #: the layer whose entry ended the walk down the layers (an opaque directory, a file over
+    #: directories, ...): the regular layers below it are not looked at
+    stopped_at: int | None = None
     #: the data lookup was deferred to open, with this absolute redirect
     lowerdata_redirect: bytes | None = None
     metacopy: bool = False
@@ -486,6 +489,7 @@ class Engine:
                                  "starts again from the layer roots")
             res.opaque = d.opaque
         if d.stop and parent.lowers and poe:
+            res.stopped_at = 0
             if self.tracing:
                 t.append("the lower layers are not looked at")
         stack: list[Ref] = []
@@ -538,6 +542,7 @@ class Engine:
             if not consistent and d.redirect is not None and not self.options.redirect_follow:
                 self._refuse_redirect(d, path)
             if d.stop:
+                res.stopped_at = lower.layer
                 break
             if d.redirect is not None and d.redirect.startswith(b"/") and poe is not roe:
                 poe = roe
@@ -1472,6 +1477,9 @@ class Engine:
                 role = "not looked at"  # the parent directory has no copy in this layer
             elif res.whiteout is not None and li > res.whiteout.layer and role == "absent":
                 role = "not looked at"  # the whiteout above ends the lookup
+            elif (res.stopped_at is not None and res.stopped_at < li <= self.nlower
+                  and role == "absent" and not walked):
+                role = "not looked at"  # an entry above ends the walk down the layers
             out.append((li, path, node, role))
         return out
 

@@ -354,3 +354,21 @@ def test_estale_rules_are_tested_in_their_own_files():
                  "index-served", "stale-origin-lookup",
                  "workdir-leftovers"):
         assert f'"{rule}"' in text, rule
+
+
+def test_layers_below_the_entry_that_ends_the_walk_are_not_looked_at():
+    """QA: an upper file (not a metacopy) ends the lookup, so the lower layers below it are
+    "not looked at", as the trace says, not "absent"; the same below an opaque directory."""
+    u = layer("U", {"/d": "dir", "/d/f": b"upper\n"})
+    a = layer("A", {"/d": "dir", "/d/g": b"a\n"})
+    b = layer("B", {"/d": "dir"})
+    e = engine([a, b], upper=u)
+    roles = {li: role for li, _, _, role in e.layer_view(e.explain("/d/f"))}
+    assert roles == {0: "metadata+data", 1: "not looked at", 2: "not looked at"}
+    opaque = layer("A", {"/o": ("dir", {T + b"opaque": b"y"}), "/o/x": b"x\n"})
+    below = layer("B", {"/o": "dir"})
+    e = engine([opaque, below], upper=layer("U", {}))
+    res = e.explain("/o/y")
+    assert res.errno == "ENOENT"
+    roles = {li: role for li, _, _, role in e.layer_view(res)}
+    assert roles[2] == "not looked at"
