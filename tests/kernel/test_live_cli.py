@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import io
 import json
 import os
 import shutil
@@ -13,18 +11,13 @@ import time
 
 import pytest
 
+from harness import run_cli
+
 from ovlinspect.build import build_stack
-from ovlinspect.cli import main
 from ovlinspect.sources import demo_stack
 
 pytestmark = pytest.mark.kernel
 
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def test_mounts_lists_health(tmpfs: str) -> None:

@@ -4,29 +4,22 @@ disagreement (never "bug" where the layers changed under a mount that had cached
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 
 import pytest
 
+from harness import run_cli
+
 from ovlinspect import engine as engine_mod
 from ovlinspect import observe as obs
 from ovlinspect.build import build_stack
-from ovlinspect.cli import main
 from ovlinspect.sources import demo_stack, live_stack
 from ovlinspect.stackfile import stack_from_dict
 
 pytestmark = pytest.mark.kernel
 
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def sha(path: str) -> str:

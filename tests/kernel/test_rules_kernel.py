@@ -4,29 +4,22 @@ as zeros (an error now), and `mounts --deep` counts each rule of a mix of errors
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 
 import harness
 import pytest
+
+from harness import run_cli
 from harness import Case, E
 
 from ovlinspect.build import build_stack
-from ovlinspect.cli import main
 from ovlinspect.sources import demo_stack
 
 pytestmark = pytest.mark.kernel
 
 T = "trusted.overlay."
 
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def agree(case: Case, tmpfs: str) -> harness.Result:
