@@ -10,8 +10,7 @@ import os
 import harness
 import pytest
 
-from harness import run_cli
-from harness import Case, E
+from harness import Case, E, run_cli
 
 from ovlinspect.build import build_stack
 from ovlinspect.sources import demo_stack
