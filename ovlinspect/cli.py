@@ -412,7 +412,8 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                 observed.append((ob, pc, obs.compare(engine, r, ob, pc=pc, whatif=ns.options or None)))
         finally:
             os.close(rootfd)
-    covered = [_covered_by(stack, r.path) for r in results]
+    on_top = _mounts_on_top(stack)
+    covered = [_covered_by(stack, on_top, r.path) for r in results]
     if ns.json:
         doc = engine.document(results)
         _json_notes(doc, stack)
@@ -456,17 +457,23 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _covered_by(stack: Stack, path: tuple[bytes, ...]) -> dict | None:
-    """The mount stacked on the overlay at or above ``path`` (a volume, a bind-mounted file,
-    /proc in a container), as {mountpoint (inside the merged tree), fstype, source}, or None."""
+def _mounts_on_top(stack: Stack) -> list:
+    """The mounts stacked on a live overlay (read once for all the paths explained)."""
     if not stack.mountpoint:
-        return None
+        return []
     from .mountinfo import covering_mounts
 
-    proc = f"/proc/{stack.pid}" if stack.pid else "/proc/self"
     try:
-        mounts = covering_mounts(stack.mountpoint, proc)
+        return covering_mounts(stack.mountpoint, f"/proc/{stack.pid}" if stack.pid else "/proc/self")
     except (OSError, ValueError):
+        return []
+
+
+def _covered_by(stack: Stack, mounts: list, path: tuple[bytes, ...]) -> dict | None:
+    """The mount of ``mounts`` stacked on the overlay at or above ``path`` (a volume, a
+    bind-mounted file, /proc in a container), as {mountpoint (inside the merged tree), fstype,
+    source}, or None."""
+    if not mounts:
         return None
     base = stack.mountpoint.rstrip("/")
     inside = b"/" + b"/".join(path)
