@@ -26,8 +26,8 @@ import tracemalloc
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from ovlinspect.engine import Engine  # noqa: E402
-from ovlinspect.sources import stack_from_args  # noqa: E402
+from ovlinspect.kernel.engine import Engine  # noqa: E402
+from ovlinspect.sources.target import stack_from_args  # noqa: E402
 
 
 def build(root: str, n: int) -> tuple[str, str, str]:

@@ -34,9 +34,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from ovlinspect.engine import Engine  # noqa: E402
-from ovlinspect.layers import MemoryLayer, Node  # noqa: E402
-from ovlinspect.stack import Stack  # noqa: E402
+from ovlinspect.kernel.engine import Engine  # noqa: E402
+from ovlinspect.model.layers import MemoryLayer, Node  # noqa: E402
+from ovlinspect.model.stack import Stack  # noqa: E402
 
 T = b"trusted.overlay."
 PARAMS = {"metacopy": "N", "redirect_dir": "N", "redirect_always_follow": "Y",

@@ -12,12 +12,12 @@ import sys
 import time
 from typing import Sequence
 
-from .engine import Engine, Resolution, show, show_path
-from .layers import LayerError
+from .kernel.engine import Engine, Resolution, show, show_path
+from .model.layers import LayerError
 from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
-from .rules import RULES, Finding
-from .sources import InputError, check_privileges, demo_names, load_target, stack_from_args
-from .stack import Stack
+from .rules.catalogue import RULES, Finding
+from .sources.target import InputError, check_privileges, demo_names, load_target, stack_from_args
+from .model.stack import Stack
 
 COMMANDS = ("explain", "check", "mounts", "demo", "export", "build", "rules")
 
@@ -143,9 +143,9 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
 def _from_inspect(ns: argparse.Namespace) -> Stack:
     """The stack of a docker/podman inspect object: the live mount when MergedDir is mounted
     here (its options, its layers), else the layer directories with guessed options."""
-    from .inspect_json import InspectError, load_inspect
+    from .sources.inspect_json import InspectError, load_inspect
 
-    from .inspect_json import MAX_INSPECT
+    from .sources.inspect_json import MAX_INSPECT
 
     try:
         if ns.from_inspect == "-":  # bytes, bounded: load_inspect says what is wrong with them
@@ -165,11 +165,11 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
         raise InputError(str(err)) from None
     except ValueError as err:  # a NUL in the file name
         raise InputError(f"{ns.from_inspect}: {err}") from None
-    from .inspect_json import layer_labels, merged_mount
+    from .sources.inspect_json import layer_labels, merged_mount
 
     labels = layer_labels(info)
     if merged_mount(info):
-        from .sources import live_stack
+        from .sources.target import live_stack
 
         stack = live_stack(info.merged, labels=labels)
         stack.source = f"inspect:{info.name}"
@@ -179,7 +179,7 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
             stack.effective = None
         return stack
-    from .options import join_lowerdir
+    from .kernel.params import join_lowerdir
 
     lowers, datas, upper, work = info.mount_layers()  # a single-layer image: its one lower
     stack = stack_from_args(join_lowerdir(lowers, datas), upper, work,
@@ -198,7 +198,7 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
 
 
 def _engine(stack: Stack) -> Engine:
-    from .options import OptionError
+    from .kernel.params import OptionError
 
     try:
         if stack.profile is None and os.geteuid() == 0:
@@ -336,7 +336,7 @@ def _describe(engine: Engine, res: Resolution) -> list[str]:
 
 def _layers_at(engine: Engine, res: Resolution) -> list[str]:
     """Each layer at this path, side by side: what it holds, its xattrs, its role."""
-    from .xattrs import decode_xattrs
+    from .model.xattrs import decode_xattrs
 
     rows = []
     for li, path, node, role in engine.layer_view(res):
@@ -394,7 +394,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         if not stack.mountpoint:
             raise InputError("--observe needs a live mount as TARGET (for --from-inspect: a "
                              "mounted MergedDir)")
-        from . import observe as obs
+        from .live import observe as obs
 
         # the merged root as this process reaches it (another namespace's: a copy of the mount)
         root = _observe_root(stack)
@@ -442,7 +442,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                        f"mount ({show(os.fsencode(c['source']))}) on top of the overlay: a program "
                        "there sees that filesystem, not the overlay's entry explained here")
         if observed is not None:
-            from .observe import content_line
+            from .live.observe import content_line
 
             ob, pc, mismatches = observed[i]
             out.append(f"  observed  {ob.summary()}" + ("" if mismatches else "  (matches the prediction)"))
@@ -461,7 +461,7 @@ def _mounts_on_top(stack: Stack) -> list:
     """The mounts stacked on a live overlay (read once for all the paths explained)."""
     if not stack.mountpoint:
         return []
-    from .mountinfo import covering_mounts
+    from .sources.mountinfo import covering_mounts
 
     try:
         return covering_mounts(stack.mountpoint, f"/proc/{stack.pid}" if stack.pid else "/proc/self")
@@ -526,7 +526,7 @@ def _asked_paths(stack: Stack, paths: list[bytes], pid: int | None) -> list[tupl
     at_root = mp is None or mp == "/"
     base = stack.target_path or b"/"
     if mp and pid is None and any(not p.startswith(b"/") for p in paths):
-        from .mountinfo import NotOverlayError, locate
+        from .sources.mountinfo import NotOverlayError, locate
 
         try:
             here = locate(os.getcwd())
@@ -548,7 +548,7 @@ def _asked_paths(stack: Stack, paths: list[bytes], pid: int | None) -> list[tupl
 
 def _observe_root(stack: Stack) -> str:
     """Where this process reaches the merged tree (another namespace's: a copy of the mount)."""
-    from .containers import merged_root
+    from .sources.containers import merged_root
 
     try:
         return merged_root(stack)
@@ -622,7 +622,7 @@ def cmd_rules(ns: argparse.Namespace) -> int:
 
 
 def cmd_mounts(ns: argparse.Namespace) -> int:
-    from .mounts import BAD_HEALTH, QUICK_SECONDS, list_mounts
+    from .live.mounts import BAD_HEALTH, QUICK_SECONDS, list_mounts
 
     try:
         rows = list_mounts(ns.pid, deep=ns.deep)
@@ -651,7 +651,7 @@ def cmd_mounts(ns: argparse.Namespace) -> int:
 
 def cmd_demo(ns: argparse.Namespace) -> int:
     if ns.list:
-        from .sources import demo_stack
+        from .sources.target import demo_stack
 
         for name in demo_names():
             desc = " ".join(demo_stack(name).description.split())
@@ -659,14 +659,14 @@ def cmd_demo(ns: argparse.Namespace) -> int:
             print(f"{name:<16} {first[:100]}")
         return 0
     name = ns.name or "seed"
-    from .sources import demo_stack
+    from .sources.target import demo_stack
 
     stack = demo_stack(name)
     return _interactive(stack)
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    from .stackfile import dump_stack
+    from .sources.stackfile import dump_stack
 
     stack, rest = _load(ns, ns.args)
     if rest:
@@ -676,7 +676,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
     # mount would need them) and the module parameters they were computed with
     from dataclasses import fields
 
-    from .options import ModuleDefaults, options_string
+    from .kernel.params import ModuleDefaults, options_string
 
     if not engine.mount_errno:
         stack.options = options_string(engine.options)
@@ -689,8 +689,8 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
 
 def cmd_build(ns: argparse.Namespace) -> int:
-    from .build import build_stack
-    from .stackfile import StackFileError, load_stack
+    from .live.build import build_stack
+    from .sources.stackfile import StackFileError, load_stack
 
     try:
         stack = load_stack(ns.stackfile)
@@ -699,7 +699,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
     if not stack.lowers:
         raise InputError(f"build: {ns.stackfile} has no regular lower layer (role = \"lower\"); "
                          "the kernel mounts no stack without one")
-    from .build import BuildError
+    from .live.build import BuildError
 
     try:
         built = build_stack(stack, ns.dest, exact=ns.unsafe_exact)
@@ -718,7 +718,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
         os.makedirs(target, exist_ok=True)
         if os.path.ismount(target):
             raise InputError(f"{target} is already a mountpoint; unmount it or name another")
-        from .mountapi import MountError
+        from .live.mountapi import MountError
 
         try:
             built.mount(target)

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from ovlinspect.composefs import (
+from ovlinspect.sources.composefs import (
     ROOT_WHITEOUTS,
     DumpError,
     DumpLayer,
@@ -17,7 +17,7 @@ from ovlinspect.composefs import (
     metacopy_value,
     parse_dump,
 )
-from ovlinspect.layers import DiskLayer, MemoryLayer, iter_tree
+from ovlinspect.model.layers import DiskLayer, MemoryLayer, iter_tree
 
 DIGEST = "35d02f81325122d77ec1d11baba655bc9bf8a891ab26119a41c50fa03ddfb408"
 

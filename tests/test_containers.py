@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from ovlinspect.containers import ContainerError, engine_layer, inspect_container, layout_label, split_target
-from ovlinspect.inspect_json import InspectError, load_inspect
+from ovlinspect.sources.containers import ContainerError, engine_layer, inspect_container, layout_label, split_target
+from ovlinspect.sources.inspect_json import InspectError, load_inspect
 
 
 def test_split_target():

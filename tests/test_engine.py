@@ -219,7 +219,7 @@ def test_rule_verity_require_without_digest():
 
 
 def test_verity_matching_digest_opens():
-    from ovlinspect.layers import Node
+    from ovlinspect.model.layers import Node
     a = layer("A", {"/foo": metacopy(value=SHA)})
     c = layer("C", {})
     c.add((b"1e", b"abcdef"), Node("file", 0o644, 18, verity=(1, b"\xcd" * 32)), DATA)
@@ -240,7 +240,7 @@ def test_rule_mount_refused():
 
 def test_rule_kernel_bug():
     # verity on with a digest on 7.0.3 (bootc#2174); more in tests/test_kernel_bugs.py
-    from ovlinspect.engine import Engine
+    from ovlinspect.kernel.engine import Engine
 
     digest = bytes([0, 36, 0, 1]) + b"\x11" * 32
     image = layer("image", {"/f": metacopy(b"/ab/cd", 5, digest)})
@@ -253,7 +253,7 @@ def test_rule_kernel_bug():
 def test_every_rule_has_a_test():
     import pathlib
 
-    from ovlinspect.rules import RULES
+    from ovlinspect.rules.catalogue import RULES
 
     here = pathlib.Path(__file__).read_text()
     for rule in RULES:
@@ -334,8 +334,8 @@ def test_layer_view_names_the_path_each_layer_was_asked():
 
 
 def test_root_opaque_is_decoded_as_no_effect():
-    from ovlinspect.layers import Node
-    from ovlinspect.xattrs import decode_xattrs
+    from ovlinspect.model.layers import Node
+    from ovlinspect.model.xattrs import decode_xattrs
 
     n = Node("dir", xattrs=((T + b"opaque", b"y"),))
     assert decode_xattrs(n, T)[0].active

@@ -6,12 +6,13 @@ import sys
 
 import ovlinspect
 
-MODEL = sorted(m.name for m in pkgutil.iter_modules(ovlinspect.__path__)
-               if m.name not in ("ui", "__main__"))
+MODEL = sorted(m.name.removeprefix("ovlinspect.")
+               for m in pkgutil.walk_packages(ovlinspect.__path__, "ovlinspect.")
+               if not m.name.startswith(("ovlinspect.ui", "ovlinspect.__main__")))
 
 
 def test_model_modules_exist():
-    assert {"engine", "layers", "cli", "options"} <= set(MODEL)
+    assert {"kernel.engine", "model.layers", "cli", "kernel.params", "kernel.profile"} <= set(MODEL)
 
 
 def test_model_does_not_import_textual_or_rich():

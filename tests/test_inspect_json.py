@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ovlinspect.inspect_json import InspectError, InspectStack, load_inspect, load_inspect_all
+from ovlinspect.sources.inspect_json import InspectError, InspectStack, load_inspect, load_inspect_all
 
 D = "/var/lib/docker/overlay2"
 P = "/var/lib/containers/storage/overlay"

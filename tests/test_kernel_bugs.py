@@ -16,14 +16,14 @@ import sys
 import pytest
 
 from memstack import DEFAULT_PARAMS, T, layer
-from ovlinspect.engine import Engine
+from ovlinspect.kernel.engine import Engine
 from ovlinspect.kernel.bugs import (BUGS, FUSE_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, bug_findings,
                                     observed_bug, parse_release)
 from ovlinspect.kernel.profile import profile_for_release
-from ovlinspect.layers import MemoryLayer, Node
-from ovlinspect.observe import Observation
-from ovlinspect.rules import RULES
-from ovlinspect.stack import Stack
+from ovlinspect.model.layers import MemoryLayer, Node
+from ovlinspect.live.observe import Observation
+from ovlinspect.rules.catalogue import RULES
+from ovlinspect.model.stack import Stack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FUSE = {b.id: b for b in BUGS}["fuse-dtype-whiteouts"]
@@ -193,7 +193,7 @@ def test_fuse_predicate_reads_statfs_of_disk_layers(tmp_path):
     # whatever holds tmp_path is not FUSE; /proc is procfs (0x9fa0)
     assert statfs_type("/proc") == 0x9FA0
     assert statfs_type(str(tmp_path / "missing")) is None
-    from ovlinspect.layers import DiskLayer
+    from ovlinspect.model.layers import DiskLayer
 
     d = DiskLayer(str(tmp_path))
     assert layer_fs_type(d) not in (None, FUSE_SUPER_MAGIC)

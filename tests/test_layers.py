@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from ovlinspect.layers import DiskLayer, LayerError, MemoryLayer, Node
+from ovlinspect.model.layers import DiskLayer, LayerError, MemoryLayer, Node
 
 
 def test_layer_root_may_be_a_symlink_but_nothing_inside_is_followed(tmp_path):

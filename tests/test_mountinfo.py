@@ -1,4 +1,4 @@
-"""Tests for ovlinspect.mountinfo (and the mount helpers in ovlinspect.mountapi).
+"""Tests for ovlinspect.sources.mountinfo (and the mount helpers in ovlinspect.live.mountapi).
 
 The literal mountinfo lines below were copied from /proc/self/mountinfo on Linux 6.18.44 after
 mounting the stacks described next to them; the ``kernel`` tests at the end make such mounts
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ovlinspect.mountapi import (
+from ovlinspect.live.mountapi import (
     cannot_mount_overlay,
     mount_overlay_fsconfig,
     mount_overlay_legacy,
@@ -22,7 +22,7 @@ from ovlinspect.mountapi import (
     private_tmpfs,
     umount,
 )
-from ovlinspect.mountinfo import (
+from ovlinspect.sources.mountinfo import (
     MountEntry,
     NotOverlayError,
     _resolve_in_root,
@@ -34,7 +34,7 @@ from ovlinspect.mountinfo import (
     unescape_octal,
     visible_mount,
 )
-from ovlinspect.options import join_lowerdir
+from ovlinspect.kernel.params import join_lowerdir
 
 # lowerdir=a\,b:c d:e\:f:g\\h::t<TAB>ab::n<NL>l::x=y::oct\\054 with upper and work directories
 # named "U,1 x:\" and "W,1 x:\" (escaped by the mount helper), mounted from the stack directory.

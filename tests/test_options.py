@@ -1,4 +1,4 @@
-"""Tests for ovlinspect.options.
+"""Tests for ovlinspect.kernel.params.
 
 Expected values marked "observed" were checked on Linux 6.18.44 (module parameters
 metacopy=N redirect_dir=N redirect_always_follow=Y index=N nfs_export=N xino_auto=N) by mounting
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovlinspect.mountapi import (
+from ovlinspect.live.mountapi import (
     KernelLog,
     MountError,
     cannot_mount_overlay,
@@ -29,8 +29,8 @@ from ovlinspect.mountapi import (
 )
 from ovlinspect.kernel.profile import profile_for, profile_for_release
 from ovlinspect.live.probe import probed_profile
-from ovlinspect.mountinfo import find_overlay_mount
-from ovlinspect.options import (
+from ovlinspect.sources.mountinfo import find_overlay_mount
+from ovlinspect.kernel.params import (
     MAX_LAYERS,
     ModuleDefaults,
     OptionError,
@@ -226,9 +226,9 @@ def test_module_defaults_of_this_machine() -> None:
 def _rules_of_618(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tables of this file were observed on 6.18: a prediction that names no kernel follows
     6.18's rules here (7.0 changed uuid=off).  The kernel tests name the running kernel."""
-    import ovlinspect.options
+    import ovlinspect.kernel.params
 
-    monkeypatch.setattr(ovlinspect.options, "newest", lambda: profile_for((6, 18)))
+    monkeypatch.setattr(ovlinspect.kernel.params, "newest", lambda: profile_for((6, 18)))
 #
 # Each row: typed options -> (errno, mountinfo options after the layers, kernel log lines).
 # All observed on 6.18.44 with the built-in module defaults.

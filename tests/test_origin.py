@@ -16,8 +16,8 @@ import sys
 import pytest
 
 from ovlinspect.kernel.workdir import incompat_features, index_entries
-from ovlinspect.layers import Node
-from ovlinspect.xattrs import decode_fh, decode_xattrs, encode_fh
+from ovlinspect.model.layers import Node
+from ovlinspect.model.xattrs import decode_fh, decode_xattrs, encode_fh
 
 UUID = bytes(range(0x10, 0x20))
 FID = bytes.fromhex("cac66f85" "02000000" "00000000")  # tmpfs: generation, 64-bit inode
@@ -107,7 +107,7 @@ def test_uuid_off_across_filesystems_on_7_0():
     7.0 (869056dbbd63) keeps uuid=off with index=on.  On one filesystem uuid=off always holds."""
     from ovlinspect.kernel.origin import origin_uuid_used
     from ovlinspect.kernel.profile import profile_for
-    from ovlinspect.options import Options
+    from ovlinspect.kernel.params import Options
 
     off_index = Options(index=True, uuid="off")
     assert origin_uuid_used(off_index, profile_for((6, 18)), same_fs=False) is True

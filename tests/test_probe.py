@@ -8,7 +8,7 @@ import pytest
 
 from ovlinspect.kernel.profile import profile_for, profile_for_release
 from ovlinspect.live.probe import probe_options, probed_profile
-from ovlinspect.mountapi import KernelLog, cannot_mount_overlay
+from ovlinspect.live.mountapi import KernelLog, cannot_mount_overlay
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or cannot_mount_overlay() is not None,
                                 reason="probing needs root and an overlay-capable kernel")
@@ -23,7 +23,7 @@ def _mounts(layers: bytes, key: bytes | None, value: bytes | None) -> bool:
     """Whether the kernel makes an overlay superblock of ``layers`` with this option (the real
     mount step, on a context that is then thrown away: nothing is attached)."""
     from ovlinspect.live import probe
-    from ovlinspect.mountapi import FSCONFIG_CMD_CREATE, FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING
+    from ovlinspect.live.mountapi import FSCONFIG_CMD_CREATE, FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING
 
     fd = probe._fsopen(b"overlay")
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from ovlinspect.engine import Engine
+from ovlinspect.kernel.engine import Engine
 from ovlinspect.kernel.profile import (
     CHANGES,
     KernelProfile,
@@ -18,8 +18,8 @@ from ovlinspect.kernel.profile import (
     profile_for,
     profile_for_release,
 )
-from ovlinspect.options import OptionError, effective_options, shown_options, split_lowerdir
-from ovlinspect.sources import demo_stack
+from ovlinspect.kernel.params import OptionError, effective_options, shown_options, split_lowerdir
+from ovlinspect.sources.target import demo_stack
 
 
 @pytest.mark.parametrize(("release", "version"), [

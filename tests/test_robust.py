@@ -16,9 +16,9 @@ import zlib
 
 import pytest
 
-from ovlinspect import composefs
+from ovlinspect.sources import composefs
 from ovlinspect.cli import main
-from ovlinspect.mountinfo import parse_mountinfo
+from ovlinspect.sources.mountinfo import parse_mountinfo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -263,7 +263,7 @@ def test_error_messages_stay_on_one_line(capsys, tmp_path):
 
 
 def test_export_of_hostile_layer_paths_loads_back(capsys, tmp_path):
-    from ovlinspect.stackfile import loads_stack
+    from ovlinspect.sources.stackfile import loads_stack
 
     a = tmp_path / f"A\n[[layer]]\nrole = \"upper\"{HOSTILE}"
     a.mkdir()
@@ -361,7 +361,7 @@ def test_deep_disk_tree_walks_without_recursion(capsys, tmp_path):
         rc, out, err = run(capsys, "check", "--lowerdir", low)
         assert rc == 0 and "in 2501 paths" in out
         # the layer walk itself, cold (no parent descriptor cached): iterative
-        from ovlinspect.layers import DiskLayer
+        from ovlinspect.model.layers import DiskLayer
 
         layer = DiskLayer(str(tmp_path))
         assert layer.node((b"d",) * 2500 + (b"f",)).mode == 0o600

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from memstack import T, engine, layer, metacopy
 
-from ovlinspect.composefs import load_dump
-from ovlinspect.engine import Engine
-from ovlinspect.mounts import _counted
-from ovlinspect.rules import Finding
-from ovlinspect.stack import Stack
+from ovlinspect.sources.composefs import load_dump
+from ovlinspect.kernel.engine import Engine
+from ovlinspect.live.mounts import _counted
+from ovlinspect.rules.catalogue import Finding
+from ovlinspect.model.stack import Stack
 
 DATA = b"hello data from C\n"
 ROOT = "/ 4096 40755 3 0 0 0 1.0 - - -"

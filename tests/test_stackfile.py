@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from ovlinspect.layers import DiskLayer, MemoryLayer, Node, iter_tree
-from ovlinspect.stack import Stack
-from ovlinspect.stackfile import (
+from ovlinspect.model.layers import DiskLayer, MemoryLayer, Node, iter_tree
+from ovlinspect.model.stack import Stack
+from ovlinspect.sources.stackfile import (
     INLINE_LIMIT,
     StackFileError,
     dump_stack,
@@ -280,7 +280,7 @@ def test_stack_from_dict() -> None:
 
 
 def test_build_memory_stack(tmp_path) -> None:
-    from ovlinspect.build import build_stack
+    from ovlinspect.live.build import build_stack
 
     s = loads_stack('''
 options = "metacopy=on"
@@ -325,7 +325,7 @@ name = "a:b,c"
 
 
 def test_build_needs_root_for_trusted_xattrs(tmp_path, monkeypatch) -> None:
-    from ovlinspect import build
+    from ovlinspect.live import build
 
     monkeypatch.setattr(build.os, "geteuid", lambda: 1000)
     s = loads_stack(BASE, ".")

@@ -1,7 +1,7 @@
 """Decoding overlay xattrs as a mount reads them."""
 
-from ovlinspect.layers import Node
-from ovlinspect.xattrs import decode_metacopy, decode_xattrs, safe
+from ovlinspect.model.layers import Node
+from ovlinspect.model.xattrs import decode_metacopy, decode_xattrs, safe
 
 T = b"trusted.overlay."
 

@@ -30,9 +30,9 @@ import stat as _stat
 import weakref
 from dataclasses import dataclass, field
 
-from ..layers import DiskLayer, Layer
-from ..rules import Finding
-from ..xattrs import NULL_UUID, FileHandle, decode_fh, encode_fh, safe, uuid_text
+from ..model.layers import DiskLayer, Layer
+from ..rules.catalogue import Finding
+from ..model.xattrs import NULL_UUID, FileHandle, decode_fh, encode_fh, safe, uuid_text
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MAX_HANDLE_SZ = 128
@@ -519,7 +519,7 @@ class IndexLookup:
     def check(self, res, upper_path, stack) -> str | bool | None:
         """Apply the index lookup to a positive non-directory: the EIO log line when it fails,
         True when the file is served from the index entry (``res`` then says so)."""
-        from ..engine import show_path
+        from .engine import show_path
 
         key: tuple[bytes, int] | None
         if upper_path is None:
@@ -626,7 +626,7 @@ def where_origin(engine, fh: FileHandle, prefer=None) -> str:
     ``O_PATH`` to learn its path; nothing is read)."""
     if not fh.usable or len(fh.fid) > MAX_HANDLE_SZ:
         return ""
-    from ..engine import show_path
+    from .engine import show_path
 
     ids = [layer_id(l) if l is not None else None for l in engine.klayers]
     same_uuid = [k for k, i in enumerate(ids) if i is not None and i.uuid is not None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from ..xattrs import decode_fh
+from ..model.xattrs import decode_fh
 
 _OVL = "overlayfs: "
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -84,7 +84,7 @@ def work_leftovers(workdir: str) -> int:
 def _in_use_paths() -> dict[tuple[int, int], tuple[str, tuple]]:
     """(dev, ino) of the upper and work directories of the overlays mounted here -> (what it
     is, the (dev, ino) pair of that mount's upper and work directories)."""
-    from ..mountinfo import parse_mountinfo, read_mountinfo
+    from ..sources.mountinfo import parse_mountinfo, read_mountinfo
 
     out: dict[tuple[int, int], tuple[str, tuple]] = {}
     try:

@@ -21,7 +21,7 @@ import errno as _errno
 import os
 from dataclasses import replace
 
-from ..mountapi import (
+from .mountapi import (
     FSCONFIG_CMD_CREATE,
     FSCONFIG_SET_FLAG,
     FSCONFIG_SET_STRING,

@@ -2,7 +2,7 @@
 
 Layout: the stack header on top; the merged tree on the left; on the right the layer columns for
 the selected path and the explanation; along the bottom the problems (filled by a background
-scan), search and what-if tabs.  The app gets a ready :class:`~ovlinspect.engine.Engine`; every
+scan), search and what-if tabs.  The app gets a ready :class:`~ovlinspect.kernel.engine.Engine`; every
 slow operation runs in a worker thread with its own engine (see :mod:`.session`).
 """
 
@@ -22,10 +22,10 @@ from textual.message import Message
 from textual.widgets import Footer, Input, TabbedContent, TabPane, Tree
 from textual.worker import get_current_worker
 
-from ..engine import Engine, Resolution
-from ..layers import Path, join_path, split_path
-from ..options import OptionError
-from ..rules import Finding
+from ..kernel.engine import Engine, Resolution
+from ..model.layers import Path, join_path, split_path
+from ..kernel.params import OptionError
+from ..rules.catalogue import Finding
 from .commands import OvlCommands
 from .details import Explanation, LayerColumns, Selection, explanation, raw_explanation
 from .header import StackHeader
@@ -231,11 +231,11 @@ class OvlInspectApp(App[int]):
         if not (mp and self.observe_live) or self.engine is not self.base:
             return None
         try:
-            from ..observe import compare, observe
+            from ..live.observe import compare, observe
         except ImportError:
             return None
         try:
-            from ..containers import merged_root  # another namespace's mount: through a copy
+            from ..sources.containers import merged_root  # another namespace's mount: through a copy
 
             ob = observe(merged_root(self.engine.stack), res.path)
             return ob.summary(), compare(self.engine, res, ob)

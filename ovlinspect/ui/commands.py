@@ -9,7 +9,7 @@ from rich.text import Text
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.markup import escape
 
-from ..layers import split_path
+from ..model.layers import split_path
 from .render import esc, esc_str, plain
 from .session import choice_values
 

@@ -17,8 +17,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Static
 
-from ..engine import Engine, Ref, Resolution
-from ..layers import Node, Path, split_path
+from ..kernel.engine import Engine, Ref, Resolution
+from ..model.layers import Node, Path, split_path
 from .merged_tree import SEVERITY_MARK, SEVERITY_STYLE, severity_of
 from .palette import LayerPalette
 from .render import esc, esc_str, path_text, size_text

@@ -20,9 +20,9 @@ from rich.text import Text
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from ..engine import Resolution
-from ..layers import Node, Path
-from ..rules import RULES, Finding
+from ..kernel.engine import Resolution
+from ..model.layers import Node, Path
+from ..rules.catalogue import RULES, Finding
 from .palette import LayerPalette
 from .render import esc, esc_str, path_text, size_text
 from .session import CHUNK, Child, Lister

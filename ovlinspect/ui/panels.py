@@ -10,7 +10,7 @@ from textual.message import Message
 from textual.widgets import Checkbox, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from ..layers import Path
+from ..model.layers import Path
 from .render import esc_str, path_text
 from .session import Change
 

@@ -17,7 +17,7 @@ from textual.message import Message
 from textual.widgets import ProgressBar, Static, Tree
 from textual.widgets.tree import TreeNode
 
-from ..rules import RULES, Finding
+from ..rules.catalogue import RULES, Finding
 from .merged_tree import SEVERITY_MARK, SEVERITY_RANK, SEVERITY_STYLE, severity_of
 from .palette import LayerPalette
 from .render import esc, esc_str

@@ -13,7 +13,7 @@ from __future__ import annotations
 from rich.style import Style
 from rich.text import Text
 
-from ..layers import Path, join_path
+from ..model.layers import Path, join_path
 
 #: Style of an escape sequence standing for a byte or character that cannot be shown.
 ESCAPE_STYLE = Style(color="#ff8700", bold=True)

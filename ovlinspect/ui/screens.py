@@ -10,8 +10,8 @@ from textual.containers import Grid, Horizontal, HorizontalScroll, Vertical, Ver
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Select, Static
 
-from ..engine import Engine, Resolution
-from ..layers import Path
+from ..kernel.engine import Engine, Resolution
+from ..model.layers import Path
 from .palette import LayerPalette
 from .render import hex_preview, looks_textual, path_text, size_text, text_preview
 from .session import choice_values, current_choices

@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..engine import Engine
-from ..layers import Path
-from ..sources import demo_stack
+from ..kernel.engine import Engine
+from ..model.layers import Path
+from ..sources.target import demo_stack
 from .app import OvlInspectApp
 
 

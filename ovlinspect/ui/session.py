@@ -3,7 +3,7 @@
 The screen reads one engine from the UI thread.  Work that may be slow (listing a large
 directory, the problems scan, search, the what-if comparison) runs in threads, and each thread
 gets its **own** engine over freshly opened layers (:func:`clone_engine`): an :class:`Engine`
-keeps caches, and a :class:`~ovlinspect.layers.DiskLayer` an LRU of directory descriptors,
+keeps caches, and a :class:`~ovlinspect.model.layers.DiskLayer` an LRU of directory descriptors,
 neither of which is safe to share between threads.  Memory layers are immutable once loaded
 and are shared.
 """
@@ -14,11 +14,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from ..engine import Engine, Ref, Resolution
+from ..kernel.engine import Engine, Ref, Resolution
 from ..kernel.profile import FLEET, parse_version, profile_for
-from ..layers import DiskLayer, Layer, Node, Path
-from ..options import split_options
-from ..stack import Stack
+from ..model.layers import DiskLayer, Layer, Node, Path
+from ..kernel.params import split_options
+from ..model.stack import Stack
 
 #: Children resolved per directory chunk: a larger directory shows a "more" entry.
 CHUNK = 500

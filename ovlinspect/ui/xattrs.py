@@ -1,6 +1,6 @@
 """Overlay xattrs of one layer entry, styled for the layer columns.
 
-What each attribute means comes from the model (:func:`ovlinspect.xattrs.decode_xattrs`: the
+What each attribute means comes from the model (:func:`ovlinspect.model.xattrs.decode_xattrs`: the
 metacopy header, redirects up to the first NUL, ``opaque`` kinds, xattr whiteouts, escaped and
 other-namespace attributes the mount ignores); this module only turns that into styled text.
 Values are hostile bytes: they are rendered from the raw bytes with
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
-from ..layers import Node
-from ..xattrs import DIGEST_SIZES, VERITY_ALGOS, Metacopy, OverlayXattr, decode_metacopy as _decode
-from ..xattrs import decode_xattrs
+from ..model.layers import Node
+from ..model.xattrs import DIGEST_SIZES, VERITY_ALGOS, Metacopy, OverlayXattr, decode_metacopy as _decode
+from ..model.xattrs import decode_xattrs
 from .render import esc
 
 REDIRECT_STYLE = "#5fafff"

@@ -269,7 +269,7 @@ mi_line = st.builds(
 @given(lines=st.lists(st.one_of(mi_line, nasty_text), max_size=5), cuts=mutations)
 def test_fuzz_mountinfo_lines(lines, cuts):
     """parse_mountinfo: entries, or a ValueError naming the line; every byte but \\n kept."""
-    from ovlinspect.mountinfo import parse_mountinfo, unescape_octal
+    from ovlinspect.sources.mountinfo import parse_mountinfo, unescape_octal
 
     text = mutate("\n".join(lines), cuts)
     fuzzing.STATS["mountinfo"] = fuzzing.STATS.get("mountinfo", 0) + 1
@@ -296,8 +296,8 @@ def test_fuzz_mountinfo_lines(lines, cuts):
 def test_fuzz_xattr_values(xs, kind, size, prefix, root):
     """The decoders: every xattr value gives printable summaries and notes, never an exception;
     and a whole stack carrying them goes through explain and check."""
-    from ovlinspect.layers import Node
-    from ovlinspect.xattrs import decode_xattrs
+    from ovlinspect.model.layers import Node
+    from ovlinspect.model.xattrs import decode_xattrs
 
     node = Node(kind, 0o644, size, xattrs=tuple(xs))
     for x in decode_xattrs(node, prefix, root=root):

@@ -1,6 +1,6 @@
 """Build a stack, mount it, look at it through the kernel, and compare with the engine.
 
-A :class:`Case` describes layers with stack-file entries (see :mod:`ovlinspect.stackfile`),
+A :class:`Case` describes layers with stack-file entries (see :mod:`ovlinspect.sources.stackfile`),
 mount options, and what the kernel is expected to say about some paths.  Regular files
 without explicit content get content naming their layer and path (``"B:/1e/abcdef\\n"``), so
 the bytes read through the mount prove which layer supplied them.
@@ -27,9 +27,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from ovlinspect.build import BuildError, BuiltStack, build_stack
-from ovlinspect.layers import join_path, split_path
-from ovlinspect.stackfile import dump_stack, stack_from_dict
+from ovlinspect.live.build import BuildError, BuiltStack, build_stack
+from ovlinspect.model.layers import join_path, split_path
+from ovlinspect.sources.stackfile import dump_stack, stack_from_dict
 
 READ_LIMIT = 64 * 1024
 

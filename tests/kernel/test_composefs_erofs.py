@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from ovlinspect.composefs import ROOT_WHITEOUTS, load_dump, metacopy_value
-from ovlinspect.layers import OVERLAY_PREFIXES, DiskLayer, Layer, Node, iter_tree
+from ovlinspect.sources.composefs import ROOT_WHITEOUTS, load_dump, metacopy_value
+from ovlinspect.model.layers import OVERLAY_PREFIXES, DiskLayer, Layer, Node, iter_tree
 
 
 def _unavailable() -> str | None:

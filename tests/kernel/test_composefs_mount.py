@@ -36,7 +36,7 @@ from test_composefs_erofs import (
     stage_like_composefs,
 )
 
-from ovlinspect import mountapi
+from ovlinspect.live import mountapi
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
@@ -284,7 +284,7 @@ def test_no_image_to_be_found_names_image(ws, disk):
         assert r.returncode == 0, r.stderr
         # the view takes --image too (and without it says the same one line)
         from ovlinspect.cli import view_app_args
-        from ovlinspect.sources import InputError
+        from ovlinspect.sources.target import InputError
 
         with pytest.raises(InputError, match="--image"):
             view_app_args([str(merged)])
@@ -356,7 +356,7 @@ def test_containers_storage_layout_with_a_shadowing_lower(ws, disk):
 
 def test_own_loop_device_when_forced_is_released(ws):
     """The loop fallback of older kernels: our own read-only autoclear device, gone on close."""
-    from ovlinspect.cfsimage import open_image
+    from ovlinspect.sources.cfsimage import open_image
 
     img, _objects = composefs_tree(ws)
     before_mi, before = mountinfo(), loops()
@@ -378,8 +378,8 @@ def test_own_loop_device_when_forced_is_released(ws):
 
 
 async def test_view_loads_the_mount(ws):
-    from ovlinspect.engine import Engine
-    from ovlinspect.sources import load_target
+    from ovlinspect.kernel.engine import Engine
+    from ovlinspect.sources.target import load_target
     from ovlinspect.ui.app import OvlInspectApp
 
     img, objects = composefs_tree(ws)

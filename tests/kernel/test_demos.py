@@ -11,10 +11,10 @@ import os
 
 import pytest
 
-from ovlinspect.build import build_stack
+from ovlinspect.live.build import build_stack
 from ovlinspect.cli import main
-from ovlinspect.engine import Engine
-from ovlinspect.sources import demo_names, demo_stack
+from ovlinspect.kernel.engine import Engine
+from ovlinspect.sources.target import demo_names, demo_stack
 
 pytestmark = pytest.mark.kernel
 

@@ -81,7 +81,7 @@ def make_rootfs_tar(dest: str) -> str:
 
 def umount_under(path: str) -> None:
     """Unmount everything mounted below ``path`` (deepest first, lazily)."""
-    from ovlinspect.mountinfo import parse_mountinfo, read_mountinfo
+    from ovlinspect.sources.mountinfo import parse_mountinfo, read_mountinfo
 
     for _ in range(3):
         mps = [e.mountpoint for e in parse_mountinfo(read_mountinfo())
@@ -267,7 +267,7 @@ def test_docker_mounts_names_containers(docker) -> None:
     assert any(r["mountpoint"] == "/" and r["comm"] == "sleep" for r in mine), rows
     assert any(r["mountpoint"].endswith("/merged") for r in mine), rows
     assert all(r["health"] == "ok" for r in mine)
-    from ovlinspect.mounts import BAD_HEALTH
+    from ovlinspect.live.mounts import BAD_HEALTH
 
     assert rc == (1 if any(r["health"] in BAD_HEALTH for r in rows) else 0)
     rc, out, _ = cli("mounts", env=docker)

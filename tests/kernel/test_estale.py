@@ -23,11 +23,11 @@ import sys
 import pytest
 
 from ovlinspect.cli import main
-from ovlinspect.engine import Engine
+from ovlinspect.kernel.engine import Engine
 from ovlinspect.kernel.origin import fs_uuid, handle_at, layer_id
-from ovlinspect.mountapi import KernelLog, mount_overlay_legacy, umount
-from ovlinspect.sources import stack_from_args
-from ovlinspect.xattrs import decode_fh
+from ovlinspect.live.mountapi import KernelLog, mount_overlay_legacy, umount
+from ovlinspect.sources.target import stack_from_args
+from ovlinspect.model.xattrs import decode_fh
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402

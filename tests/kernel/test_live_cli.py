@@ -13,8 +13,8 @@ import pytest
 
 from harness import run_cli
 
-from ovlinspect.build import build_stack
-from ovlinspect.sources import demo_stack
+from ovlinspect.live.build import build_stack
+from ovlinspect.sources.target import demo_stack
 
 pytestmark = pytest.mark.kernel
 
@@ -40,7 +40,7 @@ def test_mounts_lists_health(tmpfs: str) -> None:
         row = next(r for r in json.loads(out) if r["mountpoint"] == target)
         assert row["health"] == "error" and "lowerdata-redirect-broken" in row["detail"]
         # a budget too small for the whole stack says how far it got
-        from ovlinspect import mounts
+        from ovlinspect.live import mounts
 
         old, mounts.QUICK_SECONDS = mounts.QUICK_SECONDS, 0.0
         try:
@@ -111,7 +111,7 @@ def test_relative_layer_paths_need_help(tmpfs: str) -> None:
     cwd = os.getcwd()
     os.chdir(os.path.join(tmpfs, "layers"))
     try:
-        from ovlinspect import mountapi
+        from ovlinspect.live import mountapi
 
         mountapi.mount_overlay_legacy(target, rel, options="metacopy=on")
     finally:
@@ -127,7 +127,7 @@ def test_relative_layer_paths_need_help(tmpfs: str) -> None:
 
 def test_docker_overlay2_relative_short_links(tmpfs: str) -> None:
     """docker mounts `lowerdir=l/A:l/B` from its overlay2 root, upper absolute: found anyway."""
-    from ovlinspect import mountapi
+    from ovlinspect.live import mountapi
 
     root = os.path.join(tmpfs, "overlay2")
     for ident, content in (("base", b"base\n"), ("app", b"app\n"), ("ctr", b"ctr\n")):
@@ -164,7 +164,7 @@ def test_mounts_exit_status_and_needs_root(tmpfs: str) -> None:
     built.mount(target)
     rel_target = os.path.join(tmpfs, "relative")
     os.mkdir(rel_target)
-    from ovlinspect import mountapi
+    from ovlinspect.live import mountapi
 
     cwd = os.getcwd()
     os.chdir(os.path.join(tmpfs, "layers"))
@@ -184,9 +184,9 @@ def test_mounts_exit_status_and_needs_root(tmpfs: str) -> None:
         rc, out, _ = run_cli(["mounts", "--pid", str(os.getpid())])
         assert rc == 1 and "unresolved" in out
         # not root: the trusted.overlay.* xattrs are invisible; say so instead of "ok"/"warning"
-        import ovlinspect.engine  # noqa: F401  (the child cannot import from /root afterwards)
-        import ovlinspect.sources  # noqa: F401
-        from ovlinspect.mounts import list_mounts
+        import ovlinspect.kernel.engine  # noqa: F401  (the child cannot import from /root afterwards)
+        import ovlinspect.sources.target  # noqa: F401
+        from ovlinspect.live.mounts import list_mounts
 
         r, w = os.pipe()
         child = os.fork()
@@ -248,7 +248,7 @@ def test_mounts_sees_a_user_and_mount_namespace(tmpfs: str) -> None:
 def test_a_mount_on_top_of_the_overlay_is_named(tmpfs: str) -> None:
     """A volume (here a tmpfs) mounted inside the merged tree hides the overlay's entries there:
     `explain` says so for every path below it, and the kernel agrees (the file is the volume's)."""
-    from ovlinspect import mountapi
+    from ovlinspect.live import mountapi
 
     built = build_stack(demo_stack("whiteouts"), os.path.join(tmpfs, "layers"))
     target = os.path.join(tmpfs, "merged")

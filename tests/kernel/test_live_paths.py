@@ -11,11 +11,11 @@ import os
 
 import pytest
 
-from ovlinspect import mountapi
-from ovlinspect.build import build_stack
+from ovlinspect.live import mountapi
+from ovlinspect.live.build import build_stack
 from ovlinspect.cli import main
-from ovlinspect.options import join_lowerdir
-from ovlinspect.sources import demo_stack, live_stack
+from ovlinspect.kernel.params import join_lowerdir
+from ovlinspect.sources.target import demo_stack, live_stack
 
 pytestmark = pytest.mark.kernel
 

@@ -12,11 +12,11 @@ import pytest
 
 from harness import run_cli
 
-from ovlinspect import engine as engine_mod
-from ovlinspect import observe as obs
-from ovlinspect.build import build_stack
-from ovlinspect.sources import demo_stack, live_stack
-from ovlinspect.stackfile import stack_from_dict
+from ovlinspect.kernel import engine as engine_mod
+from ovlinspect.live import observe as obs
+from ovlinspect.live.build import build_stack
+from ovlinspect.sources.target import demo_stack, live_stack
+from ovlinspect.sources.stackfile import stack_from_dict
 
 pytestmark = pytest.mark.kernel
 
@@ -208,7 +208,7 @@ def _idmapped_clone(path: str, userns: str) -> int:
     """A detached idmapped copy of the mount at ``path`` (open_tree + mount_setattr)."""
     import ctypes
 
-    from ovlinspect import mountapi
+    from ovlinspect.live import mountapi
 
     class MountAttr(ctypes.Structure):
         _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
@@ -234,7 +234,7 @@ def test_owner_shift_is_an_idmapping_not_a_bug(tmpfs: str) -> None:
     seen from a user namespace with that map, they are the predicted ones."""
     import subprocess
 
-    from ovlinspect import mountapi
+    from ovlinspect.live import mountapi
 
     doc = {"version": 1, "layer": [layer("lower", "A", {"path": "/f", "content": "f\n"}),
                                    layer("lower", "B", {"path": "/g", "content": "g\n"})]}

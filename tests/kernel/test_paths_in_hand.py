@@ -23,8 +23,8 @@ import pytest
 
 import harness
 from harness import E
-from ovlinspect.build import build_stack
-from ovlinspect.stackfile import stack_from_dict
+from ovlinspect.live.build import build_stack
+from ovlinspect.sources.stackfile import stack_from_dict
 
 pytestmark = pytest.mark.kernel
 

@@ -12,8 +12,8 @@ import pytest
 
 from harness import Case, E, run_cli
 
-from ovlinspect.build import build_stack
-from ovlinspect.sources import demo_stack
+from ovlinspect.live.build import build_stack
+from ovlinspect.sources.target import demo_stack
 
 pytestmark = pytest.mark.kernel
 

@@ -501,7 +501,7 @@ def test_layer_directories_with_separator_characters(api: str, tmpfs: str) -> No
     import os
 
     from harness import build, mount_errno, observe, paths_of_case, predict
-    from ovlinspect.build import BuiltStack
+    from ovlinspect.live.build import BuiltStack
 
     if not RUNNING.data_only_layers:
         pytest.skip(f"kernel {RUNNING.name} has no data-only layers (this stack has one)")

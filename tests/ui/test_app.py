@@ -7,7 +7,7 @@ from ui_helpers import demo_app, screen_text, settle, tree_lines
 from textual.color import Color
 from textual.widgets import Input, TabbedContent
 
-from ovlinspect.sources import demo_names
+from ovlinspect.sources.target import demo_names
 from ovlinspect.ui.app import OvlInspectApp
 from ovlinspect.ui.details import LayerColumns
 from ovlinspect.ui.panels import PathList

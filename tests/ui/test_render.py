@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ovlinspect.layers import Node
+from ovlinspect.model.layers import Node
 from ovlinspect.ui.render import esc, esc_str, hex_preview, looks_textual, text_preview
 from ovlinspect.ui.xattrs import decode, decode_metacopy
 

@@ -7,10 +7,10 @@ import os
 
 from ui_helpers import settle, tree_lines
 
-from ovlinspect.engine import Engine
-from ovlinspect.layers import DiskLayer, MemoryLayer, Node
-from ovlinspect.sources import demo_stack
-from ovlinspect.stack import Stack
+from ovlinspect.kernel.engine import Engine
+from ovlinspect.model.layers import DiskLayer, MemoryLayer, Node
+from ovlinspect.sources.target import demo_stack
+from ovlinspect.model.stack import Stack
 from ovlinspect.ui.app import OvlInspectApp
 from ovlinspect.ui.session import (
     CHUNK,

@@ -173,8 +173,8 @@ def test_mounted_stack_in_a_real_terminal(tmux, tmp_path):
     reason = harness.kernel_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    from ovlinspect.build import build_stack
-    from ovlinspect.stackfile import loads_stack
+    from ovlinspect.live.build import build_stack
+    from ovlinspect.sources.stackfile import loads_stack
 
     with harness.private_tmpfs() as root:
         built = build_stack(loads_stack(hostile_toml(), str(tmp_path)), os.path.join(root, "layers"))

@@ -37,8 +37,8 @@ def test_failing_path_opens_selected_in_a_real_terminal(tmux):
     reason = harness.kernel_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    from ovlinspect.build import build_stack
-    from ovlinspect.stackfile import stack_from_dict
+    from ovlinspect.live.build import build_stack
+    from ovlinspect.sources.stackfile import stack_from_dict
 
     with harness.private_tmpfs() as root:
         built = build_stack(stack_from_dict(paths._doc(), "."), os.path.join(root, "layers"))

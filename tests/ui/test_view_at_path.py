@@ -11,7 +11,7 @@ import pytest
 from ui_helpers import KERNEL, screen_text, settle, tree_lines
 
 from ovlinspect.cli import view_app_args
-from ovlinspect.sources import InputError
+from ovlinspect.sources.target import InputError
 from ovlinspect.ui.app import OvlInspectApp
 
 SIZE = (130, 40)
@@ -60,8 +60,8 @@ async def test_demo_opened_at_a_name_the_tree_does_not_list():
 
 async def test_stack_flags_and_a_path_open_the_view_there(tmp_path):
     # --lowerdir and -o as the commands take them, with the PATH to open at
-    from ovlinspect.build import build_stack
-    from ovlinspect.sources import demo_stack
+    from ovlinspect.live.build import build_stack
+    from ovlinspect.sources.target import demo_stack
 
     if os.geteuid() != 0:
         pytest.skip("building trusted.* xattrs needs root")
@@ -103,8 +103,8 @@ def mnt():
     reason = harness.kernel_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    from ovlinspect.build import build_stack
-    from ovlinspect.stackfile import stack_from_dict
+    from ovlinspect.live.build import build_stack
+    from ovlinspect.sources.stackfile import stack_from_dict
 
     with harness.private_tmpfs() as root:
         built = build_stack(stack_from_dict(paths._doc(), "."), os.path.join(root, "layers"))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ovlinspect.engine import Engine
-from ovlinspect.sources import demo_stack
+from ovlinspect.kernel.engine import Engine
+from ovlinspect.sources.target import demo_stack
 from ovlinspect.ui.app import OvlInspectApp
 
 KERNEL = "6.18.0"

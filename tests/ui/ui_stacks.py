@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ovlinspect.engine import Engine
-from ovlinspect.layers import MemoryLayer, Node, split_path
-from ovlinspect.stack import Stack
+from ovlinspect.kernel.engine import Engine
+from ovlinspect.model.layers import MemoryLayer, Node, split_path
+from ovlinspect.model.stack import Stack
 
 PARAMS = {"metacopy": "N", "redirect_dir": "N", "redirect_always_follow": "Y",
           "index": "N", "nfs_export": "N", "xino_auto": "N"}

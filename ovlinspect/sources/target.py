@@ -6,8 +6,8 @@ import os
 import pathlib
 from importlib import resources
 
-from .layers import DiskLayer, Layer, LayerError
-from .stack import Stack
+from ..model.layers import DiskLayer, Layer, LayerError
+from ..model.stack import Stack
 
 
 class InputError(Exception):
@@ -47,7 +47,7 @@ def _verity_wanted(options: str) -> bool:
 def stack_from_args(lowerdir: str, upperdir: str | None = None, workdir: str | None = None,
                     options: str = "", source: str = "") -> Stack:
     """A stack given the way ``mount -t overlay`` takes it (relative paths: from the cwd)."""
-    from .options import OptionError, split_lowerdir
+    from ..kernel.params import OptionError, split_lowerdir
 
     try:
         regular, data = split_lowerdir(lowerdir)
@@ -93,10 +93,10 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
     layer path is looked up on the host first, then under ``/proc/PID/root`` (container engines
     mount from the host, a process inside a container mounts from its own root).  Layer paths
     of the engines' storage layouts are resolved and labelled as the engine names the layer
-    (:func:`ovlinspect.containers.engine_layer`); ``labels`` (layer path -> label, from inspect
+    (:func:`ovlinspect.sources.containers.engine_layer`); ``labels`` (layer path -> label, from inspect
     data) names them better still.  A lower layer whose path is gone (composefs's detached EROFS
     mount) is read from its image: ``images`` (``--image``) or one found by
-    :mod:`ovlinspect.cfsimage`.
+    :mod:`ovlinspect.sources.cfsimage`.
     """
     from .containers import engine_layer
     from .mountinfo import NotOverlayError, layer_path_problem, locate
@@ -110,7 +110,7 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
         entry = located.entry
     except NotOverlayError as e:
         if pid is None:
-            from .mounts import elsewhere_hint
+            from ..live.mounts import elsewhere_hint
 
             hint = elsewhere_hint(target)
             if hint:
@@ -164,7 +164,7 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
     lowers = [replaced.get(i) or _disk(given[p], name(p)) for i, p in enumerate(entry.lowers)]
     datas = [_disk(given[p], name(p), want_verity=verity, data=True) for p in entry.datas]
     upper = _disk(given[entry.upperdir], names.get(entry.upperdir) or "upper") if entry.upperdir else None
-    from .options import ModuleDefaults, options_from_shown
+    from ..kernel.params import ModuleDefaults, options_from_shown
 
     effective = options_from_shown(entry.options, has_upper=upper is not None,
                                    defaults=ModuleDefaults.read())
@@ -178,7 +178,7 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
 
 def _image_layers(entry, root: str, images: list[str] | None,
                   given: dict[str, str]) -> tuple[dict[int, Layer], str]:
-    """EROFS images standing for gone lower layers (composefs), see :mod:`ovlinspect.cfsimage`."""
+    """EROFS images standing for gone lower layers (composefs), see :mod:`ovlinspect.sources.cfsimage`."""
     from .cfsimage import ImageError, image_layers
 
     try:

@@ -12,7 +12,7 @@ Both engines report an overlay-backed container or image under ``GraphDriver``::
 
 ``LowerDir`` uses the kernel's ``lowerdir=`` syntax: top layer first, ``:`` between layers,
 ``\\:`` for a literal colon, and, in podman's composefs mode, ``::`` before the data-only
-object directories.  It is split with :func:`ovlinspect.options.split_lowerdir`.  An image
+object directories.  It is split with :func:`ovlinspect.kernel.params.split_lowerdir`.  An image
 with a single layer has no ``LowerDir`` (its one layer is ``UpperDir``); ``MergedDir`` only
 exists while the container is mounted.
 
@@ -129,7 +129,7 @@ def _one(obj: Any, where: str = "") -> InspectStack:
     datas: list[str] = []
     lower = _dir(data, "LowerDir", where)
     if lower is not None:
-        from .options import OptionError, split_lowerdir
+        from ..kernel.params import OptionError, split_lowerdir
 
         try:
             lowers, datas = split_lowerdir(lower)

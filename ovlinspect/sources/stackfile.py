@@ -29,7 +29,7 @@ Entry keys: ``path`` (or ``path_hex``), ``type``, ``mode`` (octal string or inte
 A file whose ``size`` is larger than its content is sparse: the rest reads as zeros.
 An entry at ``/`` sets the layer root's own mode, owner and xattrs.
 
-:func:`load_stack` / :func:`loads_stack` read a stack file into a :class:`~ovlinspect.stack.Stack`;
+:func:`load_stack` / :func:`loads_stack` read a stack file into a :class:`~ovlinspect.model.stack.Stack`;
 :func:`dump_stack` writes any stack (disk layers included) back as one self-contained file with
 inline entries, so a bug report can carry the whole stack.
 """
@@ -41,7 +41,7 @@ import pathlib
 import tomllib
 from typing import Any
 
-from .layers import (
+from ..model.layers import (
     DiskLayer,
     Layer,
     LayerError,
@@ -52,8 +52,8 @@ from .layers import (
     layer_entries,
     split_path,
 )
-from .stack import Stack
-from .xattrs import safe
+from ..model.stack import Stack
+from ..model.xattrs import safe
 
 __all__ = ["StackFileError", "load_stack", "loads_stack", "stack_from_dict", "dump_stack", "INLINE_LIMIT"]
 
@@ -264,7 +264,7 @@ class _Loader:
         try:
             from . import composefs  # type: ignore[attr-defined]
         except ImportError:
-            raise self.fail(where, "composefs dump layers need ovlinspect.composefs, which is not available") from None
+            raise self.fail(where, "composefs dump layers need ovlinspect.sources.composefs, which is not available") from None
         full = os.path.normpath(os.path.join(self.base, dump))
         if not os.path.isfile(full):
             raise self.fail(where, f"dump file does not exist: {full}")

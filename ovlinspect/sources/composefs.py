@@ -78,7 +78,7 @@ import stat as _stat
 from dataclasses import dataclass, field
 from typing import BinaryIO, TextIO
 
-from .layers import OVERLAY_PREFIXES, DiskLayer, MemoryLayer, Node, Path
+from ..model.layers import OVERLAY_PREFIXES, DiskLayer, MemoryLayer, Node, Path
 
 __all__ = [
     "DumpEntry",

@@ -13,7 +13,7 @@ after is exact.
 For overlay mounts the superblock options carry the layers:
 
 * ``lowerdir=<string>`` when the legacy option was used: the user's string, verbatim, with its
-  ``:``/``::`` separators and backslash escapes (see :func:`ovlinspect.options.split_lowerdir`);
+  ``:``/``::`` separators and backslash escapes (see :func:`ovlinspect.kernel.params.split_lowerdir`);
 * otherwise one ``lowerdir+=<path>`` per regular layer, then one ``datadir+=<path>`` per
   data-only layer, never backslash-escaped (a colon stays a colon);
 * ``upperdir=`` and ``workdir=`` as typed; the kernel unescapes backslashes in these before
@@ -32,7 +32,7 @@ import re
 import stat as _stat
 from dataclasses import dataclass, field
 
-from .options import OptionError, split_lowerdir, unescape_lowerdir_element
+from ..kernel.params import OptionError, split_lowerdir, unescape_lowerdir_element
 
 __all__ = [
     "Located",

@@ -5,7 +5,7 @@ JSON contract: upper first, then the regular lowers top first, then the data-onl
 with directories, files (content, and sparse size by truncation), symlinks, 0/0 whiteouts and
 other device nodes, fifos, sockets, owners, permission bits and xattrs, plus ``dest/work``
 when there is an upper layer.  :class:`BuiltStack` then mounts the result with ``mount(2)`` or
-the new mount API (:mod:`ovlinspect.mountapi`).
+the new mount API (:mod:`ovlinspect.live.mountapi`).
 
 Creating ``trusted.*`` xattrs and device nodes needs root (CAP_SYS_ADMIN / CAP_MKNOD):
 :class:`BuildError` says so instead of failing half-way with a bare EPERM.
@@ -28,9 +28,9 @@ import re
 import stat as _stat
 from dataclasses import dataclass, field
 
-from .layers import Layer, MemoryLayer, Node, Path, join_path, layer_entries
-from .options import join_lowerdir, split_options
-from .stack import Stack
+from ..model.layers import Layer, MemoryLayer, Node, Path, join_path, layer_entries
+from ..kernel.params import join_lowerdir, split_options
+from ..model.stack import Stack
 
 __all__ = ["BuildError", "BuiltStack", "build_stack", "split_options", "join_lowerdir"]
 

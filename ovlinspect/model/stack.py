@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .kernel.profile import KernelProfile
+from ..kernel.profile import KernelProfile
 from .layers import Layer
 
 
@@ -45,7 +45,7 @@ class Stack:
     #: The process whose mount namespace holds the live mount (``--pid``, containers).
     pid: int | None = None
     #: A descriptor of a detached copy of that mount, made for ``--observe`` (see
-    #: :func:`ovlinspect.containers.merged_root`).
+    #: :func:`ovlinspect.sources.containers.merged_root`).
     observe_fd: int | None = None
     #: The options were not read from a mount nor given: module defaults (``--from-inspect``
     #: of an unmounted container).

@@ -4,7 +4,7 @@ Two ways in, matching the two ways the kernel accepts an overlay mount:
 
 * :func:`mount_overlay_legacy` calls ``mount(2)`` with one option string, as ``mount -t overlay``
   does.  The ``lowerdir=`` value is passed exactly as given (the caller writes the ``:``/``::``
-  separators and backslash escapes; see :func:`ovlinspect.options.join_lowerdir`).
+  separators and backslash escapes; see :func:`ovlinspect.kernel.params.join_lowerdir`).
 * :func:`mount_overlay_fsconfig` uses the new mount API (``fsopen``, ``fsconfig``, ``fsmount``,
   ``move_mount``) and adds one ``lowerdir+``/``datadir+`` per layer, which the kernel takes
   without any unescaping.
@@ -235,7 +235,7 @@ def mount_overlay_legacy(
     """Mount an overlay at ``target`` with ``mount(2)`` and one option string.
 
     ``lowerdir_string`` is used verbatim as the ``lowerdir=`` value (already escaped, e.g. from
-    :func:`ovlinspect.options.join_lowerdir`).  ``upper``/``work`` are plain paths; they are
+    :func:`ovlinspect.kernel.params.join_lowerdir`).  ``upper``/``work`` are plain paths; they are
     backslash-escaped here.  ``options`` (a ``mount -o`` style string) is included when not
     empty.  The ``lowerdir=`` option goes last, so that a final backslash in it cannot escape
     the comma before another option (the kernel's option splitter honours ``\\,``).

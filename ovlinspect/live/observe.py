@@ -29,8 +29,8 @@ import os
 import stat as _stat
 from dataclasses import dataclass
 
-from .engine import show, show_path
-from .layers import MemoryLayer, Path, _kind_of
+from ..kernel.engine import show, show_path
+from ..model.layers import MemoryLayer, Path, _kind_of
 
 #: Bytes read (and hashed) through the mount and from the predicted layer file.
 READ_LIMIT = 1 << 20
@@ -581,7 +581,7 @@ def evidence(engine, res, ob: Observation, diffs, *, fresh=None) -> str:
                     "container's user namespace sees them" + (f" (see the note: {engine.stack.description})"
                                                               if "idmapped" in engine.stack.description else ""))
     # 3. a known regression of the running kernel that this stack meets and the mismatch fits
-    from .kernel.bugs import observed_bug
+    from ..kernel.bugs import observed_bug
 
     known = observed_bug(engine, diffs, ob)
     if known:
@@ -635,7 +635,7 @@ def _hash(x) -> str | None:
 
 
 def _reopen(stack):
-    from .stack import Stack
+    from ..model.stack import Stack
 
     return Stack(lowers=[l.reopen() for l in stack.lowers], data=[l.reopen() for l in stack.data],
                  upper=stack.upper.reopen() if stack.upper is not None else None,

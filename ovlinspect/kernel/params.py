@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
-from .kernel.profile import KernelProfile, newest
+from .profile import KernelProfile, newest
 
 __all__ = [
     "MAX_LAYERS",

@@ -164,7 +164,7 @@ def _inspect_labels(engine: str, doc: dict) -> dict[str, str]:
     data = gd.get("Data") if isinstance(gd, dict) else None
     if not isinstance(data, dict) or not isinstance(data.get("LowerDir", ""), str):
         return {}
-    from .options import OptionError, split_lowerdir
+    from ..kernel.params import OptionError, split_lowerdir
 
     try:
         lowers, _ = split_lowerdir(data["LowerDir"]) if data.get("LowerDir") else ([], [])
@@ -254,7 +254,7 @@ def clone_mount_of(pid: int, mountpoint: str) -> int:
     """A descriptor of a detached copy of the mount at ``mountpoint`` in the mount namespace of
     ``pid`` (that mount alone, without what is mounted below it, such as a container's
     ``/etc/hosts``).  Made by a child that joins the namespace; raises OSError."""
-    from .mountapi import MountError, open_tree_clone  # not after joining: another root
+    from ..live.mountapi import MountError, open_tree_clone  # not after joining: another root
 
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
@@ -347,7 +347,7 @@ def known_containers(timeout: float = 10) -> list[Container]:
 
 def container_stack(target: str, pid: int | None = None, layer_root: str | None = None):
     """The stack of the root overlay of the running container ``engine:NAME``."""
-    from .sources import InputError, live_stack
+    from .target import InputError, live_stack
 
     engine, name = split_target(target) or ("", "")
     if pid is not None:

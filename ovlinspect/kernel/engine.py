@@ -20,13 +20,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from .kernel.bugs import bug_findings
-from .kernel.profile import KernelProfile, profile_for_release
-from .layers import Layer, Node, Path, split_path
-from .options import ModuleDefaults, Options, effective_options
-from .rules import Finding
-from .stack import Stack
-from .xattrs import METACOPY_MAX, METACOPY_MIN, decode_metacopy, safe
+from .bugs import bug_findings
+from .profile import KernelProfile, profile_for_release
+from ..model.layers import Layer, Node, Path, split_path
+from .params import ModuleDefaults, Options, effective_options
+from ..rules.catalogue import Finding
+from ..model.stack import Stack
+from ..model.xattrs import METACOPY_MAX, METACOPY_MIN, decode_metacopy, safe
 
 MAX_SYMLINK_HOPS = 40
 #: the longest name the layers take (the overlay refuses longer ones with ENAMETOOLONG)
@@ -220,7 +220,7 @@ class Engine:
         self._root = self._make_root()
 
     def _mount_state(self):
-        from .kernel.origin import MountState, mount_state
+        from .origin import MountState, mount_state
 
         if self.options.mount_errno:
             return MountState()
@@ -234,7 +234,7 @@ class Engine:
     def origin_text(self, fh, path: Path | None = None) -> str:
         """Where an origin file handle points in this stack (see kernel/origin.py); ``path``:
         the name to prefer for an inode with several (hard links)."""
-        from .kernel.origin import where_origin
+        from .origin import where_origin
 
         try:
             return where_origin(self, fh, path)
@@ -242,7 +242,7 @@ class Engine:
             return ""
 
     def _index_lookup(self):
-        from .kernel.origin import IndexLookup
+        from .origin import IndexLookup
 
         try:
             return IndexLookup.for_engine(self)
@@ -1565,7 +1565,7 @@ class _RedirectReach:
         self._scanned = -1
 
     def _scan_until(self, limit: int) -> None:
-        from .layers import iter_tree
+        from ..model.layers import iter_tree
 
         e = self.engine
         for li in self.regular:

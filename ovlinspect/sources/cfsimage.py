@@ -36,8 +36,8 @@ import os
 import stat as _stat
 from dataclasses import dataclass
 
-from .layers import DiskLayer, Layer, LayerError
-from .mountapi import MountError, fsmount_erofs, loop_attach_readonly, loop_status
+from ..model.layers import DiskLayer, Layer, LayerError
+from ..live.mountapi import MountError, fsmount_erofs, loop_attach_readonly, loop_status
 
 __all__ = ["Gone", "ImageLayer", "gone_lowers", "image_layers", "open_image"]
 
@@ -423,7 +423,7 @@ def image_layers(entry, root: str = "", images: list[str] | None = None, *, reso
                  force_loop: bool = False) -> tuple[dict[int, ImageLayer], str]:
     """Layers standing for the gone lower layers of an overlay mount, and a note saying how.
 
-    ``entry`` is the mount's :class:`~ovlinspect.mountinfo.MountEntry` (layer paths as seen
+    ``entry`` is the mount's :class:`~ovlinspect.sources.mountinfo.MountEntry` (layer paths as seen
     from ``root``, ``/proc/PID/root`` for another namespace, where the mountpoint is; ``resolve``
     maps a layer path to where it is read, by default ``root`` + path).  ``images`` are the
     ``--image`` arguments: when given, only they are tried.  Raises :class:`ImageError` (one

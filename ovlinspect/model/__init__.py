@@ -1,0 +1,1 @@
+"""The stack as data: layers read safely, the stack, overlay xattrs decoded."""

@@ -1,0 +1,1 @@
+"""The catalogue of diagnostics and the checks that produce findings."""
