@@ -437,6 +437,8 @@ _FAST_LINE = re.compile(
     rb"(?: " + _KEY + rb"=" + _TOK0 + rb")*"            # xattrs
 )
 
+_FAST_MODES = frozenset(_TYPES)
+
 _F_DIR = 1
 _F_LINK = 2
 _F_WHITEOUT = 4  # a (non-hard-link) whiteout line
@@ -458,7 +460,7 @@ def _key_path(key: bytes) -> Path:
 
 class DumpIndex:
     """A checked dump kept as its bytes plus an index: where each line starts, its line
-    number, its parent's index and a few flags, the children of each directory (about 32
+    number and a few flags, and the children of each directory (about 25
     bytes a line besides the text).  Lines are parsed again when asked for.
 
     Building it checks every line (in the order and with the messages of the eager parser)
@@ -470,7 +472,6 @@ class DumpIndex:
         self.data = data
         self.starts = array("q")
         self.linenos = array("q")
-        self.parents = array("q")
         self.flags = bytearray()
         #: directory index -> its children's indexes, in dump order
         self.kids: dict[int, array] = {}
@@ -486,7 +487,9 @@ class DumpIndex:
         data = self.data
         fast = _FAST_LINE.fullmatch
         find = data.find
-        starts, linenos, parents, flags, kids = self.starts, self.linenos, self.parents, self.flags, self.kids
+        starts, linenos, flags, kids = self.starts, self.linenos, self.flags, self.kids
+        add_start, add_lineno, add_flag = starts.append, linenos.append, flags.append
+        is_fast_mode = _FAST_MODES.__contains__
         dirs: dict[bytes, int] = {}
         seen: set[int] = set()
         links: list[int] = []
@@ -505,8 +508,8 @@ class DumpIndex:
             if m is not None:
                 key, size_raw, at, mode_raw, payload, content = m.groups()
                 mode = int(mode_raw, 8)
-                fmt = _stat.S_IFMT(mode)
-                if mode > MAX_MODE or fmt not in _TYPES:
+                fmt = mode & 0o170000
+                if mode > MAX_MODE or not is_fast_mode(fmt):
                     mode = -1  # the full parser words the error
                 elif at:
                     if fmt == _stat.S_IFDIR or payload == b"-" or b"\\" in payload:
@@ -557,10 +560,9 @@ class DumpIndex:
                     self.whiteout_parents.add(pidx)
             if flag == _F_DIR:
                 dirs[key] = idx
-            starts.append(pos)
-            linenos.append(lineno)
-            parents.append(pidx)
-            flags.append(flag)
+            add_start(pos)
+            add_lineno(lineno)
+            add_flag(flag)
             pos = end + 1
         if not starts:
             raise DumpError(0, "no entries (a dump starts with the root /)")
