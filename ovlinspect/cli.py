@@ -83,11 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--list", action="store_true")
     x = sub.add_parser("export", help="write a loaded stack as one self-contained stack file")
     x.add_argument("args", nargs="*", metavar="TARGET")
+    x.add_argument("--objects", metavar="DIR",
+                   help="keep the content of files over 64 KiB in DIR (by SHA-256, ab/cdef...) and name "
+                        "them in the stack file (object = \"sha256:...\"); without it they are written "
+                        "in full inline (content_hex)")
     _stack_args(x)
     b = sub.add_parser("build", help="materialize a stack file into layer directories")
     b.add_argument("stackfile")
     b.add_argument("dest")
     b.add_argument("--mount", metavar="MOUNTPOINT", nargs="?", const="", default=None)
+    b.add_argument("--objects", metavar="DIR", help="the object store export --objects wrote")
     b.add_argument("--unsafe-exact", action="store_true",
                    help="also create what a safe build leaves out of an untrusted stack file: device "
                         "nodes, setuid/setgid bits, security.* xattrs, world-writable directories")
@@ -666,8 +671,6 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    from .sources.stackfile import dump_stack
-
     stack, rest = _load(ns, ns.args)
     if rest:
         raise InputError(f"export: unexpected argument {rest[0]!r}")
@@ -684,8 +687,35 @@ def cmd_export(ns: argparse.Namespace) -> int:
         defaults = ModuleDefaults.read()
         stack.params = {f.name: ("Y" if v else "N") if isinstance(v, bool) else str(v)
                         for f in fields(defaults) for v in [getattr(defaults, f.name)]}
-    _write(dump_stack(stack))
+    _export(stack, ns.objects)
     return 0
+
+
+def _export(stack: Stack, objects: str | None) -> None:
+    """The stack file, streamed to stdout as UTF-8 (bounded memory whatever the stack's size);
+    files that could not be exported in full are named on stderr."""
+    from .sources.stackfile import ObjectStoreError, write_stack
+
+    sys.stdout.flush()
+    buf = getattr(sys.stdout, "buffer", None)
+    if buf is None:
+        def write(piece: str) -> None:
+            sys.stdout.write(piece.encode("utf-8", "backslashreplace").decode("utf-8"))
+    else:
+        def write(piece: str) -> None:
+            buf.write(piece.encode("utf-8", "backslashreplace"))
+    try:
+        stored, incomplete = write_stack(stack, write, objects)
+    except ObjectStoreError as e:
+        raise InputError(e.strerror) from None
+    if buf is not None:
+        buf.flush()
+    if incomplete:
+        _write(f"ovlinspect: warning: {incomplete} file(s) could not be exported in full; their entries "
+               "say incomplete = \"why\" and build reports them\n", sys.stderr)
+    if stored:
+        _write(f"ovlinspect: {stored} file(s) over 64 KiB stored in {show(os.path.abspath(objects or ''))}; "
+               "build them with --objects\n", sys.stderr)
 
 
 def cmd_build(ns: argparse.Namespace) -> int:
@@ -702,13 +732,24 @@ def cmd_build(ns: argparse.Namespace) -> int:
     from .live.build import BuildError
 
     try:
-        built = build_stack(stack, ns.dest, exact=ns.unsafe_exact)
+        built = build_stack(stack, ns.dest, exact=ns.unsafe_exact, objects=ns.objects)
     except BuildError as e:
         raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"build: {e.strerror}: {e.filename or ns.dest}") from None
     lines = [f"built {len(stack.layers)} layers under {ns.dest}"]
     lines += [f"{line} (safe build; --unsafe-exact reproduces them)" for line in built.safety.lines()]
+    if built.objects_copied:
+        lines.append(f"copied {built.objects_copied} file(s) from the object store {ns.objects}")
+    if built.incomplete:
+        lines.append(f"WARNING: {len(built.incomplete)} file(s) were not exported in full and are built "
+                     "with zeros past what the stack file holds:")
+        for label, path, why in built.incomplete[:20]:
+            _write(f"ovlinspect: warning: {show(path)} in layer {show(label)} is not complete: {show(why)}\n",
+                   sys.stderr)
+        if len(built.incomplete) > 20:
+            _write(f"ovlinspect: warning: ... and {len(built.incomplete) - 20} more\n", sys.stderr)
+        lines += [f"  {os.fsdecode(path)} (layer {label}): {why}" for label, path, why in built.incomplete[:20]]
     lines.append(f"lowerdir={built.lowerdir_string()}"
                  + (f",upperdir={built.upper},workdir={built.workdir}" if built.upper else "")
                  + (f",{built.options}" if built.options else ""))

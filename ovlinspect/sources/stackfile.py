@@ -686,7 +686,7 @@ class _BigFiles:
 
     def lines(self, layer: Layer, path: Path, node: Node) -> list:
         try:
-            fd = _open_regular(layer, path)
+            fd = open_layer_file(layer, path)
         except OSError as e:
             return self._incomplete(f"cannot open: {e.strerror or e}")
         try:
@@ -768,7 +768,7 @@ class _BigFiles:
         os.replace(tmp, final)
 
 
-def _open_regular(layer: Layer, path: Path) -> int:
+def open_layer_file(layer: Layer, path: Path) -> int:
     """A read-only descriptor of the regular file at ``path`` in a disk layer, reached one
     component at a time without following any symlink (the layer root is resolved as the
     kernel resolves it); fifos and devices are never opened."""
