@@ -62,6 +62,7 @@ from ..model.layers import (
     split_path,
 )
 from ..model.stack import Stack
+from .mountinfo import overlay_dirs
 from ..model.xattrs import safe
 
 __all__ = ["StackFileError", "StackLayer", "load_stack", "loads_stack", "stack_from_dict", "dump_stack", "write_stack",
@@ -230,6 +231,7 @@ class _Loader:
             source=self.source,
             description=description,
             params=params,
+            overlays_mounted=overlay_dirs,
         )
 
     def _params(self, params: Any) -> dict[str, str] | None:
