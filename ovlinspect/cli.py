@@ -729,7 +729,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
     from .sources.stackfile import StackFileError, load_stack
 
     try:
-        stack = load_stack(ns.stackfile)
+        stack = load_stack(ns.stackfile, lazy=True)  # contents stay in the file until written
     except StackFileError as e:
         raise InputError(str(e)) from None
     if not stack.lowers:

@@ -479,3 +479,80 @@ def test_toml_strings_escaped_as_before() -> None:
         assert _toml_str(s) == slow(s), repr(s)
     for s in ("", "plain", 'q"uote\\', "caf\u00e9", "\u00ad"):
         assert _toml_str(s) == slow(s)
+
+
+def _everything(stack: Stack) -> list:
+    out = []
+    for role, layer in stack.layers:
+        out.append((role, layer.label, nodes_of(layer), reads_of(layer),
+                    dict(getattr(layer, "objects", {})), dict(getattr(layer, "incomplete", {}))))
+    return [stack.options, stack.description, stack.params, out]
+
+
+LAZY_CASES = {
+    "base": BASE,
+    "hand-written forms (read whole)": BASE + '''
+[[layer]]
+role = "lower"
+name = "X"
+[[layer.entry]]
+path = "/m"
+type = "file"
+content = """two
+[[layer.entry]]
+lines"""
+[layer.entry.xattrs]
+"user.a" = "b"
+''',
+    "dotted header keys": 'params.metacopy = "N"\n' + BASE.replace('version = 1\n', ''),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAZY_CASES))
+def test_lazy_load_same_stack(tmp_path, name) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text(LAZY_CASES[name])
+    try:
+        whole = load_stack(f)
+    except StackFileError as e:
+        with pytest.raises(StackFileError) as lazy_err:
+            load_stack(f, lazy=True)
+        assert str(lazy_err.value) == str(e)
+        return
+    assert _everything(load_stack(f, lazy=True)) == _everything(whole)
+
+
+def test_lazy_load_of_an_export_keeps_contents_in_the_file(tmp_path) -> None:
+    want = _big_tree(tmp_path / "A")
+    layer = DiskLayer(str(tmp_path / "A"), label="A")
+    try:
+        text = dump_stack(Stack(lowers=[layer, MemoryLayer(label="B")]))
+    finally:
+        layer.close()
+    f = tmp_path / "s.toml"
+    f.write_text(text)
+    lazy, whole = load_stack(f, lazy=True), load_stack(f)
+    assert _everything(lazy) == _everything(whole)
+    contents = lazy.lowers[0].contents
+    assert type(contents).__name__ == "_FileContents"  # no bytes held, only places in the file
+    assert all(isinstance(v, tuple) for v in contents.refs.values())
+    assert lazy.lowers[0].read((b"sub", b"multi-chunk"), 1 << 30) == want["multi-chunk"]
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ('[[layer]]\nrole = "lower"\n[[layer.entry]]\npath = "/a"\ntype = "nope"\n', "unknown type"),
+    ('[[layer]]\nrole = "lower"\n[[layer.entry]]\npath = "/a"\ntype = "file"\n[[layer.entry]]\npath = "/a"\ntype = "file"\n', "duplicate entry"),
+    ('[[layer]]\nrole = "lower"\n[[layer.entry]]\npath = "/a"\ntype = = "file"\n', "malformed TOML"),
+    ('[[layer.entry]]\npath = "/a"\n', "array of tables"),
+    ('version = 2\n[[layer]]\nrole = "lower"\n', "unsupported version"),
+])
+def test_lazy_load_same_errors(tmp_path, bad, needle) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text(bad)
+    with pytest.raises(StackFileError) as whole:
+        load_stack(f)
+    with pytest.raises(StackFileError) as lazy:
+        load_stack(f, lazy=True)
+    assert str(lazy.value) == str(whole.value)
+    import re
+    assert re.search(needle, str(whole.value))

@@ -48,6 +48,7 @@ import re
 import stat as _stat
 import tomllib
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from ..model.layers import (
@@ -116,9 +117,27 @@ class StackFileError(ValueError):
 # ------------------------------------------------------------------------------ loading
 
 
-def load_stack(path: str | os.PathLike) -> Stack:
-    """Load the stack file at ``path``; relative layer paths are relative to its directory."""
+def load_stack(path: str | os.PathLike, lazy: bool = False) -> Stack:
+    """Load the stack file at ``path``; relative layer paths are relative to its directory.
+
+    ``lazy``: the file is read one table at a time and file contents stay in the file (read
+    again when asked for): memory follows the number of entries and the largest single
+    entry, not the file's size, and the file may be larger than :data:`MAX_STACK_FILE`.  A
+    file whose tables cannot be cut apart that way (hand-written TOML using other forms) is
+    read whole, as without ``lazy``.  Same checks, same errors.
+    """
     p = os.fspath(path)
+    if lazy:
+        try:
+            got = _load_lazy(p)
+        except StackFileError:
+            raise
+        except OSError as e:
+            raise StackFileError(f"{p}: cannot read stack file: {e.strerror}") from None
+        except ValueError as e:  # a NUL in the path
+            raise StackFileError(f"{p}: cannot read stack file: {e}") from None
+        if got is not None:
+            return got
     try:
         with open(p, "rb") as f:
             raw = f.read(MAX_STACK_FILE + 1)
@@ -187,7 +206,9 @@ class _Loader:
             raise self.fail("", "options must be a mount -o string such as \"metacopy=on\"")
         params = self._params(doc.get("params"))
         layers = doc.get("layer", [])
-        if not isinstance(layers, list) or not all(isinstance(x, dict) for x in layers):
+        if isinstance(layers, _LazyTables):
+            pass
+        elif not isinstance(layers, list) or not all(isinstance(x, dict) for x in layers):
             raise self.fail("", "layer must be an array of tables ([[layer]])")
 
         upper: Layer | None = None
@@ -279,6 +300,8 @@ class _Loader:
         if "dump" in spec:
             return role, self._dump_layer(where, name, spec["dump"])
         entries = spec.get("entry", [])
+        if isinstance(entries, _LazyTables):
+            return role, self._memory_layer(where, name, entries, entries.refs)
         if not isinstance(entries, list) or not all(isinstance(x, dict) for x in entries):
             raise self.fail(where, "entry must be an array of tables ([[layer.entry]])")
         return role, self._memory_layer(where, name, entries)
@@ -301,8 +324,10 @@ class _Loader:
         layer.path = os.path.abspath(full)  # shown where the layer came from
         return layer
 
-    def _memory_layer(self, where: str, name: str, entries: list[dict]) -> MemoryLayer:
+    def _memory_layer(self, where: str, name: str, entries, refs=None) -> MemoryLayer:
         layer = StackLayer(label=name)
+        if refs is not None:  # lazy: contents stay in the file, read again when asked for
+            layer.contents = _FileContents(self, where, refs.path)
         explicit: dict[Path, str] = {}
         for j, e in enumerate(entries):
             path = self._entry_path(f"{where} entry {j + 1}", e)
@@ -324,7 +349,12 @@ class _Loader:
             if path in layer.nodes and path not in explicit and path and node.kind != "dir":
                 raise self.fail(ewhere, f"is a {node.kind} but earlier entries put files below it")
             explicit[path] = node.kind
-            layer.add(path, node, content)
+            if refs is not None:
+                layer.add(path, node, None)
+                if content is not None:
+                    layer.contents.refs[path] = refs.last
+            else:
+                layer.add(path, node, content)
             self._elsewhere(ewhere, e, layer, path, node, content)
         return layer
 
@@ -503,6 +533,139 @@ class _Loader:
         if not isinstance(v, dict) or set(v) - {"algo", "digest_hex"} or "digest_hex" not in v:
             raise self.fail(where, "verity must be { algo = 1, digest_hex = \"...\" }")
         return (self._int(where, "verity algo", v.get("algo", 1), 0, 255), self._hex(where, "verity digest_hex", v["digest_hex"]))
+
+
+# ------------------------------------------------------------------------- lazy loading
+
+
+class _LazyTables:
+    """The ``[[layer]]`` or ``[[layer.entry]]`` tables of a stack file, parsed one at a time as
+    they are iterated (each entry's place in the file is kept in ``last`` meanwhile)."""
+
+    def __init__(self, path: str, blocks: list[tuple[int, int]]):
+        self.path = path
+        self.blocks = blocks
+        self.last: tuple[int, int] = (0, 0)
+        self.refs = self
+
+    def __iter__(self):
+        with open(self.path, "rb") as f:
+            for off, length in self.blocks:
+                self.last = (off, length)
+                f.seek(off)
+                yield _parse_table(f.read(length))
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+
+class _NotLazy(Exception):
+    """The file does not cut into tables line by line: read it whole."""
+
+
+def _parse_table(raw: bytes) -> dict:
+    """One ``[[...]]`` table: its key lines (the header line dropped), parsed as TOML."""
+    try:
+        return tomllib.loads(raw.split(b"\n", 1)[1].decode("utf-8") if b"\n" in raw else "")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, RecursionError):
+        raise _NotLazy from None
+
+
+class _FileContents(Mapping):
+    """File contents of a lazily loaded layer: path -> the entry's place in the stack file;
+    the content is parsed again (with the loader's checks and padding) when asked for."""
+
+    def __init__(self, loader: "_Loader", where: str, path: str):
+        self.loader, self.where, self.path = loader, where, path
+        self.refs: dict[Path, tuple[int, int]] = {}
+
+    def __getitem__(self, key: Path) -> bytes:
+        off, length = self.refs[key]
+        with open(self.path, "rb") as f:
+            f.seek(off)
+            raw = f.read(length)
+        try:
+            _, content = self.loader._entry(self.where, _parse_table(raw))
+        except (_NotLazy, StackFileError):
+            content = None
+        if content is None:
+            raise OSError(0, f"{self.path} changed since it was loaded")
+        return content
+
+    def get(self, key, default=None):
+        return self[key] if key in self.refs else default
+
+    def __contains__(self, key) -> bool:
+        return key in self.refs
+
+    def __iter__(self):
+        return iter(self.refs)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+
+def _load_lazy(p: str) -> Stack | None:
+    """:func:`load_stack` one table at a time, or None when the file must be read whole."""
+    head: list[bytes] = []
+    layers: list[tuple[int, int, list[tuple[int, int]]]] = []  # (offset, length, entry blocks)
+    cur: tuple[str, int] | None = None  # the open table: kind, offset
+    pos = 0
+
+    def close(end: int) -> None:
+        if cur is None:
+            return
+        kind, off = cur
+        if kind == "layer":
+            layers.append((off, end - off, []))
+        else:
+            layers[-1][2].append((off, end - off))
+
+    with open(p, "rb") as f:
+        for line in f:
+            stripped = line.rstrip(b"\r\n")
+            if stripped.startswith(b"["):
+                if stripped == b"[[layer]]":
+                    close(pos)
+                    cur = ("layer", pos)
+                elif stripped == b"[[layer.entry]]" and layers or stripped == b"[[layer.entry]]" and cur:
+                    close(pos)
+                    cur = ("entry", pos)
+                elif stripped == b"[params]" and cur is None:
+                    head.append(line)
+                else:
+                    return None  # another table form: read whole
+            elif cur is None:
+                if len(head) > 100_000:
+                    return None
+                head.append(line)
+            if len(line) > MAX_STACK_FILE:
+                raise OSError(0, f"a line longer than {MAX_STACK_FILE >> 20} MiB")
+            pos += len(line)
+        close(pos)
+    try:
+        doc = tomllib.loads(b"".join(head).decode("utf-8"))
+        if "layer" in doc:
+            return None
+        specs = []
+        with open(p, "rb") as f:
+            for off, length, entries in layers:
+                f.seek(off)
+                spec = _parse_table(f.read(length))
+                if "entry" in spec:
+                    return None
+                if entries:
+                    spec["entry"] = _LazyTables(p, entries)
+                specs.append(spec)
+        doc["layer"] = specs
+        base = os.path.dirname(os.path.abspath(p))
+        return _Loader(base, p).load_doc(doc)
+    except (_NotLazy, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    except ValueError as e:
+        if isinstance(e, StackFileError):
+            raise
+        return None
 
 
 # ------------------------------------------------------------------------------ writing
