@@ -188,3 +188,17 @@ def test_fast_line_expression_keeps_path_bytes():
             matched += 1
             assert b"/" + b"/".join(e.path) == m.group(1)
     assert matched > 1000
+
+
+def test_name_tables_bounded_by_names():
+    """Tables of huge directories are dropped past MAX_TABLE_NAMES (the last one kept)."""
+    lines = ["/ 4096 40755 2 0 0 0 1.0 - - -"]
+    for d in range(4):
+        lines.append(f"/d{d} 4096 40755 2 0 0 0 1.0 - - -")
+        lines += [f"/d{d}/f{i} 0 100644 1 0 0 0 1.0 - - -" for i in range(3000)]
+    layer = load_dump("\n".join(lines) + "\n")
+    layer.MAX_TABLE_NAMES = 5000
+    for d in range(4):
+        assert layer.node((b"d%d" % d, b"f2999")).kind == "file"
+        assert layer._table_names <= 5000 + 3000 and len(layer._tables) <= 2
+    assert layer._table_names == sum(len(t) for t in layer._tables.values())

@@ -757,6 +757,8 @@ class DumpLayer(MemoryLayer):
     #: answers kept (nodes) and directory name tables kept
     MAX_CACHED = 4096
     MAX_TABLES = 64
+    #: names in all kept tables together (a few huge directories do not pile up)
+    MAX_TABLE_NAMES = 100_000
 
     def __init__(self, index: DumpIndex, label: str = "", source: str | None = None):
         # MemoryLayer's own fields, as views; its __post_init__ (which links every node) is not run
@@ -767,6 +769,7 @@ class DumpLayer(MemoryLayer):
         self._lock = threading.RLock()
         self._answers: OrderedDict[int, tuple[Node, tuple, bytes | None]] = OrderedDict()
         self._tables: OrderedDict[int, dict[bytes, int]] = OrderedDict()
+        self._table_names = 0
         root = index.entry_at(0)
         self._root_uid_gid = (root.uid, root.gid)
         selinux = dict(root.xattrs).get(b"security.selinux")
@@ -792,8 +795,11 @@ class DumpLayer(MemoryLayer):
         if table is None:
             table = self.index.names(idx)
             self._tables[idx] = table
-            if len(self._tables) > self.MAX_TABLES:
-                self._tables.popitem(last=False)
+            self._table_names += len(table)
+            while len(self._tables) > 1 and (len(self._tables) > self.MAX_TABLES
+                                             or self._table_names > self.MAX_TABLE_NAMES):
+                _, old = self._tables.popitem(last=False)
+                self._table_names -= len(old)
         else:
             self._tables.move_to_end(idx)
         return table
