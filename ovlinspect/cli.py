@@ -12,12 +12,13 @@ import sys
 import time
 from typing import Sequence
 
-from .kernel.engine import Engine, Resolution, show, show_path
-from .model.layers import LayerError
+from .kernel.engine import Engine, Resolution, show
 from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
-from .rules.catalogue import RULES, Finding
-from .sources.target import InputError, check_privileges, demo_names, load_target, stack_from_args
+from .model.layers import LayerError
 from .model.stack import Stack
+from .report import text as txt
+from .report.causes import check_causes
+from .sources.target import InputError, check_privileges, demo_names, load_target, stack_from_args
 
 COMMANDS = ("explain", "check", "mounts", "demo", "export", "build", "rules")
 
@@ -233,11 +234,16 @@ def _write(text: str, stream=None) -> None:
     buf.flush()
 
 
-def _print_lines(lines: Sequence[str] | str) -> None:
-    """Text output: every line through the one escaping function (``show``), then UTF-8."""
+def _print_lines(lines: Sequence[txt.Line | str] | str, ns: argparse.Namespace | None = None) -> None:
+    """Text output: every segment through the one escaping function (``show``), wrapped to the
+    terminal's width and coloured on a terminal (``--color``, ``NO_COLOR``), then UTF-8."""
     if isinstance(lines, str):
         lines = [lines]
-    _write("".join(show(line) + "\n" for line in lines))
+    _write(txt.render(lines, _style(ns)))
+
+
+def _style(ns: argparse.Namespace | None) -> txt.Style:
+    return txt.style_for(sys.stdout, getattr(ns, "color", None) or "auto")
 
 
 def _print_json(doc) -> None:
@@ -271,99 +277,6 @@ def _pid(value: str) -> int:
     if not os.path.exists(f"/proc/{pid}"):
         raise argparse.ArgumentTypeError(f"no such process: {pid}")
     return pid
-
-
-# ---------------------------------------------------------------------------- text output
-
-
-def _layers_text(engine: Engine) -> list[str]:
-    out = []
-    for i, (role, layer) in enumerate(engine.stack.layers):
-        where = layer.path or "(in memory)"
-        out.append(f"  {i}  {role:<5}  {show(layer.label.encode())}  {show(os.fsencode(where)) if layer.path else where}")
-    return out
-
-
-def _kernel_text(engine: Engine) -> str:
-    """Which kernel's behaviours the prediction follows, and why that one."""
-    return engine.profile.summary(engine.kernel)
-
-
-def _options_text(engine: Engine) -> str:
-    o = engine.options
-    return (f"metacopy={'on' if o.metacopy else 'off'} redirect_dir={o.redirect_dir} "
-            f"verity={o.verity}" + (" userxattr" if o.userxattr else ""))
-
-
-def _finding_text(f: Finding) -> list[str]:
-    return [f"  {f.severity:<7} {f.rule}: {show(f.message.encode())}", f"          fix: {f.hint}"]
-
-
-def _describe(engine: Engine, res: Resolution) -> list[str]:
-    head = show_path(res.path) + ("/" if res.slash and res.path else "")
-    lines = [head + (f"  (asked: {show(res.asked)})" if res.asked is not None else "")]
-    if res.errno:
-        lines.append(f"  lstat     fails: {res.errno}")
-    else:
-        what = res.kind or "?"
-        if res.kind == "file":
-            what += f", {res.size} bytes"
-        if res.kind == "symlink":
-            what += f" -> {show(res.target)}"
-        lines.append(f"  lstat     ok: {what}, mode {res.mode:04o}, owner {res.uid}:{res.gid}")
-        lines.append(f"  metadata  {engine.where(res.metadata)}" if res.metadata else "  metadata  -")
-        if res.kind == "file":
-            lines.append(f"  data      {engine.where(res.data)}" if res.data else "  data      none")
-            lines.append(f"  open      {'fails: ' + res.open_errno if res.open_errno else 'ok'}")
-        if res.kind == "dir":
-            names = engine.entries(res)
-            shown = ", ".join(show(n) for n in names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-            lines.append(f"  readdir   fails: {res.readdir_errno}" if res.readdir_errno else
-                         f"  readdir   {shown if names else '(empty)'}")
-    logs = res.kernel_log + (res.open_log + res.readdir_log if not res.errno else [])
-    for log in logs:
-        lines.append(f"  dmesg     {log}")
-    lines.append("  layers")
-    lines += _layers_at(engine, res)
-    lines.append("  why")
-    lines += [f"    {n}. {step}" for n, step in enumerate(res.trace, 1)]
-    if res.findings:
-        lines.append("  findings")
-        for f in res.findings:
-            lines += ["  " + x for x in _finding_text(f)]
-    return lines
-
-
-def _layers_at(engine: Engine, res: Resolution) -> list[str]:
-    """Each layer at this path, side by side: what it holds, its xattrs, its role."""
-    from .model.xattrs import decode_xattrs
-
-    rows = []
-    for li, path, node, role in engine.layer_view(res):
-        what = "-"
-        if node is not None:
-            what = node.kind
-            if node.kind == "file":
-                what += f" {node.size}B"
-            elif node.kind == "chardev":
-                what += f" {node.rdev[0]}:{node.rdev[1]}" + (" (whiteout)" if node.is_whiteout_dev else "")
-            elif node.kind == "symlink":
-                what += f" -> {show(node.target)}"
-            what += f" {node.mode:04o}"
-        rows.append((engine.label(li), show_path(path), what, role, node, path))
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
-    out = []
-    for label, path, what, role, node, raw in rows:
-        out.append(f"    {label:<{w[0]}}  {path:<{w[1]}}  {what:<{w[2]}}  {role}")
-        if node is not None:
-            for x in decode_xattrs(node, engine.prefix, root=path == ()):
-                note = f"  [{x.note}]" if x.note else ""
-                out.append(f"    {'':<{w[0]}}    {x.summary}{note}")
-                if x.handle is not None and x.key == "origin":
-                    where = engine.origin_text(x.handle, raw)
-                    if where:
-                        out.append(f"    {'':<{w[0]}}      → {where}")
-    return out
 
 
 # ---------------------------------------------------------------------------- commands
@@ -427,33 +340,30 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                 pj["evidence"] = mismatches[-1] if mismatches else None
         _print_json(doc)
         return 0
-    out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
-    out += _layers_text(engine)
-    if stack.description and (stack.mountpoint or stack.options_guessed or stack.source.startswith("inspect:")):
-        out.append(f"note   {stack.description}")
-    if engine.mount_errno:
-        out.append(f"mount  fails: {engine.mount_errno}: " + "; ".join(engine.options.mount_log))
+    after: list[list[txt.Line]] = []
     for i, res in enumerate(results):
-        out.append("")
-        out += _describe(engine, res)
+        extra: list[txt.Line] = []
         if covered[i]:
             c = covered[i]
-            out.append(f"  COVERED   {show(os.fsencode(c['mountpoint']))} is a {show(c['fstype'].encode())} "
-                       f"mount ({show(os.fsencode(c['source']))}) on top of the overlay: a program "
-                       "there sees that filesystem, not the overlay's entry explained here")
+            extra.append(txt.line("  ", ("bad", "COVERED"),
+                                  f"   {show(os.fsencode(c['mountpoint']))} is a {show(c['fstype'].encode())} "
+                                  f"mount ({show(os.fsencode(c['source']))}) on top of the overlay: a program "
+                                  "there sees that filesystem, not the overlay's entry explained here", hang=12))
         if observed is not None:
             from .live.observe import content_line
 
             ob, pc, mismatches = observed[i]
-            out.append(f"  observed  {ob.summary()}" + ("" if mismatches else "  (matches the prediction)"))
-            line = content_line(engine, res, ob, pc)
-            if line and not any(m.startswith("content:") for m in mismatches):
-                out.append(f"            {line}")
+            extra.append(txt.line("  observed  ", ob.summary(),
+                                  ("", "") if mismatches else ("ok", "  (matches the prediction)"), hang=12))
+            text = content_line(engine, res, ob, pc)
+            if text and not any(m.startswith("content:") for m in mismatches):
+                extra.append(txt.line(f"            {text}", hang=12))
             if ob.resolved_by and not ob.resolved_by.startswith(("openat2", "the mount root")):
-                out.append(f"            resolved inside the merged root by a {ob.resolved_by}")
+                extra.append(txt.line(f"            resolved inside the merged root by a {ob.resolved_by}", hang=12))
             for m in mismatches:
-                out.append(f"  MISMATCH  {m}")
-    _print_lines(out)
+                extra.append(txt.line("  ", ("error", "MISMATCH"), f"  {m}", hang=12))
+        after.append(extra)
+    _print_lines(txt.explain_text(engine, stack, results, after), ns)
     return 0
 
 
@@ -578,11 +488,12 @@ def cmd_check(ns: argparse.Namespace) -> int:
         count = n
         if tty and time.monotonic() - shown > 0.5:
             shown = time.monotonic()
-            print(f"\rchecked {n} paths...", end="", file=sys.stderr, flush=True)
+            print(f"\rchecked {txt.count_text(n, 'path')}...", end="", file=sys.stderr, flush=True)
 
-    findings = engine.check(progress)
+    result = check_causes(engine, progress)
     if tty and count:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
+    findings = result.findings
     errors = sum(1 for f in findings if f.severity == "error")
     warnings = sum(1 for f in findings if f.severity == "warning")
     if ns.json:
@@ -592,32 +503,21 @@ def cmd_check(ns: argparse.Namespace) -> int:
             "source": stack.source,
             "options": engine.options.as_json(),
             "mount_errno": engine.mount_errno,
-            "paths_checked": count,
+            "paths_checked": result.paths_checked,
             "options_guessed": stack.options_guessed,
             "summary": {"error": errors, "warning": warnings,
                         "info": len(findings) - errors - warnings},
             "findings": [f.as_json() for f in findings],
+            # the findings grouped by what to fix, the one to fix first first
+            "causes": [c.as_json() for c in result.causes],
         })
     else:
-        out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
-        out += _layers_text(engine)
-        if stack.description and (stack.mountpoint or stack.options_guessed or stack.source.startswith("inspect:")):
-            out.append(f"note   {stack.description}")
-        out.append("")
-        order = {"error": 0, "warning": 1, "info": 2}
-        for f in sorted(findings, key=lambda f: (order[f.severity], f.rule, f.path)):
-            out.append(f"{f.severity:<7} {f.rule:<26} {show(f.path)}")
-            out.append(f"        {show(f.message.encode())}")
-            out.append(f"        fix: {f.hint}")
-        out.append(f"{errors} error(s), {warnings} warning(s), "
-                   f"{len(findings) - errors - warnings} info in {count} paths")
-        _print_lines(out)
+        _print_lines(txt.check_text(engine, stack, result), ns)
     return 1 if errors else 0
 
 
 def cmd_rules(ns: argparse.Namespace) -> int:
-    for r in RULES.values():
-        print(f"{r.id:<26} {r.severity:<8} {r.title}")
+    _print_lines(txt.rules_text(), ns)
     return 0
 
 
@@ -625,7 +525,7 @@ def cmd_mounts(ns: argparse.Namespace) -> int:
     from .live.mounts import BAD_HEALTH, QUICK_SECONDS, list_mounts
 
     try:
-        rows = list_mounts(ns.pid, deep=ns.deep)
+        rows = list_mounts(ns.pid, deep=ns.deep, check=check_causes)
     except OSError as e:  # the process went away, or its mountinfo cannot be read
         raise InputError(f"cannot read the mounts of {'process ' + str(ns.pid) if ns.pid else 'this process'}: "
                          f"{e.strerror}") from None
@@ -633,19 +533,7 @@ def cmd_mounts(ns: argparse.Namespace) -> int:
     if ns.json:
         _print_json(rows)
         return bad
-    if not rows:
-        print("no overlay mounts")
-        return 0
-    for r in rows:
-        who = f"pid {r['pid']} ({show(r['comm'])}"
-        who += f", {show(r['container'])})" if r["container"] else ")"
-        _print_lines(f"{r['health']:<10} {show(r['mountpoint'])}  {who}  upper={'yes' if r['upper'] else 'no'} "
-                     f"lower={r['lowers']} data={r['datas']}  {show(r['detail'])}")
-    if not ns.deep:
-        print(f"(quick: each mount's paths checked for {QUICK_SECONDS:g} s; --deep checks every path)")
-    if os.geteuid() != 0:
-        print("(not root: other users' mount namespaces are not listed, and trusted.overlay.* "
-              "xattrs are invisible: run as root)")
+    _print_lines(txt.mounts_text(rows, ns.deep, QUICK_SECONDS, os.geteuid() == 0), ns)
     return bad
 
 
