@@ -30,8 +30,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lowerdir", help="lower layers in the kernel's syntax: A:B::C (top first, :: before data-only layers)")
-    p.add_argument("--upperdir")
-    p.add_argument("--workdir")
+    p.add_argument("--upperdir", metavar="DIR", help="with --lowerdir: the upper layer")
+    p.add_argument("--workdir", metavar="DIR", help="with --upperdir: the work directory (for its "
+                   "checks: index, leftovers, a mount that uses it)")
     p.add_argument("-o", "--options", default="", help="mount options, as mount -o takes them")
     p.add_argument("--from-inspect", metavar="FILE", help="docker/podman inspect JSON ('-' for stdin)")
     p.add_argument("--container", metavar="NAME|INDEX", help="with --from-inspect: which object of the JSON")
@@ -44,6 +45,22 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", metavar="X.Y", help="predict what kernel X.Y does (default: the running "
                    "kernel's release), e.g. --kernel 6.12 for Debian 13 or RHEL 10")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _color_arg(p)
+
+
+def _color_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the text output: auto (on a terminal, unless NO_COLOR is set), "
+                        "always, never")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"ovlinspect {version('ovlinspect')}"
+    except PackageNotFoundError:
+        return "ovlinspect (version unknown: not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,38 +78,55 @@ def build_parser() -> argparse.ArgumentParser:
                "or the layers themselves: --lowerdir A:B::C [--upperdir U --workdir W] [-o OPTS], "
                "--from-inspect FILE. Exit status: 0 ok, 1 check found errors (mounts: a mount "
                "has errors, is unresolved, unreadable or needs root), 2 bad input.")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
-    e = sub.add_parser("explain", help="how the kernel resolves paths")
-    e.add_argument("args", nargs="*", metavar="[TARGET] PATH")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    def add(name: str, **kw) -> argparse.ArgumentParser:
+        # a clean usage line: `ovlinspect explain [-h] ...`, not the top parser's usage
+        return sub.add_parser(name, prog=f"ovlinspect {name}", **kw)
+
+    e = add("explain", help="how the kernel resolves paths")
+    e.add_argument("args", nargs="*", metavar="[TARGET] PATH",
+                   help="the stack (omit it with --lowerdir or --from-inspect), then paths inside "
+                        "the merged tree (/ is the root); a path on a live mount names both")
     e.add_argument("--observe", action="store_true", help="also do what a program would do through the merged path (live mounts)")
     e.add_argument("--paths-from", metavar="FILE", help="also explain the paths in FILE, one a line, raw bytes ('-' for stdin)")
     _stack_args(e)
-    c = sub.add_parser("check", help="every problem of the stack")
-    c.add_argument("args", nargs="*", metavar="TARGET")
+    c = add("check", help="every problem of the stack, grouped by cause")
+    c.add_argument("args", nargs="*", metavar="TARGET", help="the stack to check (see TARGET below)")
     _stack_args(c)
-    m = sub.add_parser("mounts", help="list overlay mounts of every mount namespace with a one-word health "
+    m = add("mounts", help="list overlay mounts of every mount namespace with a one-word health "
                        "(quick: each mount checked for a second; --deep: every path)",
                        description="Overlay mounts of every mount namespace (one process each), with the "
                        "container an engine (docker, podman, nerdctl) knows them as. Exit status: 0 every "
                        "mount ok or warning, 1 a mount has errors or is unresolved, unreadable or "
                        "needs-root, 2 bad input.")
     m.add_argument("--pid", type=_pid, help="only the mount namespace of this process (default: every namespace)")
-    m.add_argument("--json", action="store_true")
+    m.add_argument("--json", action="store_true", help="machine-readable output: one object per "
+                   "mount, with its causes")
     m.add_argument("--deep", action="store_true", help="check every path of every mount (slower)")
-    d = sub.add_parser("demo", help="built-in demo stacks")
-    d.add_argument("name", nargs="?")
-    d.add_argument("--list", action="store_true")
-    x = sub.add_parser("export", help="write a loaded stack as one self-contained stack file")
-    x.add_argument("args", nargs="*", metavar="TARGET")
+    _color_arg(m)
+    d = add("demo", help="built-in demo stacks")
+    d.add_argument("name", nargs="?", metavar="NAME",
+                   help="the demo to open in the interactive view (default: seed; --list names them)")
+    d.add_argument("--list", action="store_true", help="list the demos with a line about each")
+    x = add("export", help="write a loaded stack as one self-contained stack file")
+    x.add_argument("args", nargs="*", metavar="TARGET", help="the stack to export (see TARGET below)")
     _stack_args(x)
-    b = sub.add_parser("build", help="materialize a stack file into layer directories")
-    b.add_argument("stackfile")
-    b.add_argument("dest")
-    b.add_argument("--mount", metavar="MOUNTPOINT", nargs="?", const="", default=None)
+    b = add("build", help="materialize a stack file into layer directories")
+    b.add_argument("stackfile", metavar="STACKFILE", help="the stack file (*.toml) to build")
+    b.add_argument("dest", metavar="DIR", help="the directory to create the layer directories in")
+    b.add_argument("--mount", metavar="MOUNTPOINT", nargs="?", const="", default=None,
+                   help="also mount the built stack, on MOUNTPOINT (default: DIR/merged)")
     b.add_argument("--unsafe-exact", action="store_true",
                    help="also create what a safe build leaves out of an untrusted stack file: device "
                         "nodes, setuid/setgid bits, security.* xattrs, world-writable directories")
-    sub.add_parser("rules", help="list the diagnostics")
+    _color_arg(b)
+    r = add("rules", help="list the diagnostics")
+    _color_arg(r)
+    for name, sp in sub.choices.items():
+        if name in ("explain", "check", "export"):
+            sp.epilog = p.epilog.split(" Exit status")[0]
     _SUBPARSERS.clear()
     _SUBPARSERS.update(sub.choices)
     return p
@@ -104,7 +138,20 @@ _SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
 # ---------------------------------------------------------------------------- loading
 
 
-def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[str]]:
+def _did_you_mean(word: str, commands: bool) -> str:
+    """``; did you mean demo:seed?`` for a mistyped demo name (or, with ``commands``, a
+    mistyped command: ``chek`` -> ``ovlinspect check``), else ''."""
+    import difflib
+
+    bare = word[len("demo:"):] if word.startswith("demo:") else word
+    cands = {n: f"demo:{n}" for n in demo_names()}
+    if commands and not word.startswith("demo:"):
+        cands.update({c: f"`ovlinspect {c}`" for c in COMMANDS})
+    best = difflib.get_close_matches(bare, list(cands), n=1, cutoff=0.6)
+    return f"; did you mean {cands[best[0]]}?" if best else ""
+
+
+def _load(ns: argparse.Namespace, positional: list[str], view: bool = False) -> tuple[Stack, list[str]]:
     """The stack named by the arguments, and the positional arguments left (paths)."""
     if ns.from_inspect and ns.lowerdir is not None:
         raise InputError("give either --from-inspect or --lowerdir, not both")
@@ -127,7 +174,13 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
     else:
         if not positional:
             raise InputError("name a stack: a mountpoint, demo:NAME, a stack file, or --lowerdir")
-        stack = load_target(positional[0], ns.pid, ns.layer_root, ns.image)
+        first = positional[0]
+        try:
+            stack = load_target(first, ns.pid, ns.layer_root, ns.image)
+        except InputError as e:
+            if first.startswith("demo:") or ("/" not in first and not os.path.lexists(first)):
+                raise InputError(f"{e}{_did_you_mean(first, view)}") from None
+            raise
         rest = positional[1:]
         if ns.options:  # what-if: the mount's options with these on top, as typed
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
@@ -549,6 +602,9 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     name = ns.name or "seed"
     from .sources.target import demo_stack
 
+    if name not in demo_names():
+        raise InputError(f"no demo named {name!r}; `ovlinspect demo --list` shows them"
+                         + _did_you_mean(name, False))
     stack = demo_stack(name)
     return _interactive(stack)
 
@@ -556,6 +612,9 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 def cmd_export(ns: argparse.Namespace) -> int:
     from .sources.stackfile import dump_stack
 
+    if ns.json:
+        raise InputError("export: no --json: it writes a stack file (TOML); `ovlinspect explain "
+                         "--json` and `ovlinspect check --json` give JSON")
     stack, rest = _load(ns, ns.args)
     if rest:
         raise InputError(f"export: unexpected argument {rest[0]!r}")
@@ -666,10 +725,11 @@ def view_target(argv: list[str]) -> tuple[Stack, tuple[bytes, bool] | None]:
     if len(args) > (1 if given_stack else 2) or (
             len(args) == 2 and "/" not in first and ":" not in first and not first.endswith(".toml")
             and not os.path.lexists(first)):
-        raise InputError(f"unknown command {first!r}; try `ovlinspect --help`")
+        raise InputError(f"unknown command {first!r}" + (_did_you_mean(first, True) or
+                                                          "; try `ovlinspect --help`"))
     if not args and not given_stack:
         raise InputError("name a stack: a mountpoint, demo:NAME, a stack file, or --lowerdir")
-    stack, rest = _load(ns, args)
+    stack, rest = _load(ns, args, view=True)
     start = None
     if rest:
         start = _asked_paths(stack, [os.fsencode(rest[0])], ns.pid)[0]
@@ -690,7 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad = next((a for a in argv if "\0" in a), None)
         if bad is not None:  # never from a shell, but main(argv) is an API: no path holds a NUL
             raise InputError(f"argument {bad!r} contains a NUL byte")
-        if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version"):
             # `ovlinspect /mnt/merged/some/path`, `ovlinspect --pid 123 /merged`, `ovlinspect
             # --lowerdir A:B::C`: the interactive view, parsed as the commands parse stacks
             return cmd_view(argv)

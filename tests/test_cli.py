@@ -125,12 +125,18 @@ def test_from_inspect(capsys, tmp_path):
 
 
 def test_hostile_names_are_shown_literally(capsys):
+    import re
+
     from memstack import engine, layer
-    from ovlinspect.cli import _describe
+    from ovlinspect.report.text import Style, describe, render
 
     e = engine([layer("A", {b"/[red]x": b"1", b"/esc\x1b[31mred": b"2", b"/bad\xff": b"3"}), layer("B", {})])
-    out = "\n".join(_describe(e, e.explain("/")))
+    out = render(describe(e, e.explain("/")))
     assert "[red]x" in out and "\x1b" not in out and "\\x1b[31mred" in out and "bad\\xff" in out
+    # coloured and wrapped narrow: the only escape sequences are our own colours
+    out = render(describe(e, e.explain("/")), Style(color=True, width=30))
+    assert "\x1b[" in out and "\x1b" not in re.sub(r"\x1b\[[0-9;]*m", "", out)
+    assert "\\x1b[31mred" in out
 
 
 def test_composefs_dump_as_a_layer(capsys, tmp_path):
@@ -155,11 +161,11 @@ def test_composefs_dump_as_a_layer(capsys, tmp_path):
 
 def test_layer_labels_with_escapes_never_reach_the_terminal(capsys):
     from memstack import engine, layer, metacopy
-    from ovlinspect.cli import _describe
+    from ovlinspect.report.text import describe, render
 
     a = layer("A\x1b[2J", {"/foo": metacopy(b"/obj/\x1b[5m")})
     e = engine([a], [layer("C", {})])
-    out = "\n".join(_describe(e, e.explain("/foo")))
+    out = render(describe(e, e.explain("/foo")))
     assert "\x1b" not in out
     assert "A\\x1b[2J" in out and "'/obj/\\x1b[5m'" in out  # escaped once, not twice
 
