@@ -92,6 +92,9 @@ class Cause:
         message alone."""
         if not self.effects and self.reach <= 1:
             return self.message
+        if self.reach == 1 and len(self.effects) == 1:  # name the one path: `→ /foo fails with EIO`
+            (effect, _), = self.effects.items()
+            return f"{self.message} → {show(self.paths[0])} {_verb(effect, 1)}"
         return f"{self.message} → {self.effect_text()}"
 
     def as_json(self) -> dict:
