@@ -213,3 +213,27 @@ def test_color_always_through_a_pipe():
     r = subprocess.run([sys.executable, "-m", "ovlinspect", "check", "--color=always", "demo:seed"],
                        cwd=ROOT, capture_output=True, env={**os.environ, "PYTHONPATH": ROOT})
     assert b"\x1b[1;31merror" in r.stdout and r.returncode == 1
+
+
+def _locales():
+    from test_robust import LOCALES
+
+    return LOCALES
+
+
+@pytest.mark.parametrize("env", _locales(), ids=lambda e: ",".join(f"{k}={v}" for k, v in e.items()))
+def test_new_bad_input_and_cause_text_in_any_locale(env):
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "PYTHON"))}
+    full.update(env, PYTHONPATH=ROOT)
+    for argv, needle in ((["chek", "demo:seed"], "did you mean `ovlinspect check`?"),
+                         (["export", "--json", "demo:seed"], "no --json")):
+        r = subprocess.run([sys.executable, "-m", "ovlinspect", *argv], cwd=ROOT, env=full,
+                           capture_output=True)
+        err = r.stderr.decode("utf-8")
+        assert r.returncode == 2 and r.stdout == b"" and err.count("\n") == 1 and needle in err, err
+        assert "Traceback" not in err
+    r = subprocess.run([sys.executable, "-m", "ovlinspect", "check", "demo:one-cause"], cwd=ROOT,
+                       env=full, capture_output=True)
+    assert r.returncode == 1, r.stderr.decode(errors="replace")
+    text = r.stdout.decode("utf-8")  # strict: UTF-8 whatever the locale
+    assert HEADLINE in text and "… and 74 more paths" in text
