@@ -408,11 +408,11 @@ def mounts_text(rows: list[dict], deep: bool, quick_seconds: float, root: bool) 
         causes = r.get("causes") or []
         if causes:
             first = causes[0]
-            out.append(line(" " * 11, "→ ", first["headline"], hang=13))
-            out.append(line(" " * 13, ("dim", "fix:"), f" {first['fix']}", hang=18))
+            out.append(line(" " * 11, ("dim", "cause:"), f" {first['headline']}", hang=18))
+            out.append(line(" " * 11, ("dim", "fix:"), f"   {first['fix']}", hang=18))
             if len(causes) > 1:
-                out.append(line(" " * 13, f"(and {count_text(len(causes) - 1, 'more cause')}: "
-                                f"ovlinspect check {show(r['mountpoint'])})", hang=14))
+                out.append(line(" " * 11, f"(and {count_text(len(causes) - 1, 'more cause')}: "
+                                f"ovlinspect check {show(r['mountpoint'])})", hang=12))
     if not deep:
         out.append(line(f"(quick: each mount's paths checked for {quick_seconds:g} s; --deep checks every path)"))
     if not root:

@@ -86,3 +86,24 @@ def test_owner_is_the_metadata_layer_s(tmpfs: str) -> None:
             assert f.read() == b"data\n"
     finally:
         built.umount_all()
+
+
+def test_mounts_names_the_first_cause(tmpfs: str) -> None:
+    built, target = _mounted(_demo_text(), tmpfs)
+    try:
+        rc, out, err = run_cli(["mounts", "--json", "--deep"])
+        assert rc == 1, err
+        row = next(r for r in json.loads(out) if r["mountpoint"] == target)
+        assert row["health"] == "error"
+        assert row["detail"].startswith("80 error(s): ")  # kept as it was
+        first = row["causes"][0]
+        assert first["rule"] == "lowerdata-redirect-broken" and first["count"] == 79
+        assert len(row["causes"]) == 4
+        rc, out, err = run_cli(["mounts", "--deep"])
+        lines = out.splitlines()
+        i = next(n for n, l in enumerate(lines) if l.startswith("error") and f" {target} " in l)
+        assert lines[i + 1].split() == ["cause:", *first["headline"].split()]
+        assert lines[i + 2].split()[0] == "fix:"
+        assert lines[i + 3].strip() == f"(and 3 more causes: ovlinspect check {target})"
+    finally:
+        built.umount_all()
