@@ -12,7 +12,8 @@ import sys
 import time
 from typing import Sequence
 
-from .kernel.engine import Engine, Resolution, show
+from .kernel.entry import Resolution, show
+from .rules.engine import Engine
 from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
 from .model.layers import LayerError
 from .model.stack import Stack

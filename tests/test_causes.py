@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from ovlinspect.cli import main
-from ovlinspect.kernel.engine import Engine
+from ovlinspect.rules.engine import Engine
 from ovlinspect.report.causes import CauseIndex, check_causes, group_findings
 from ovlinspect.sources.target import demo_stack
 

@@ -3,7 +3,7 @@
 A stack with one plain directory on a redirect path fails 79 lookups with EIO: that is one
 cause (``lower 3 (base3):/ab is a plain directory on the redirect path → 79 paths fail with
 EIO``), not 79 problems.  :class:`CauseIndex` takes findings as a scan produces them (with the
-:class:`~ovlinspect.kernel.engine.Resolution` they came from, which knows the layer entry where
+:class:`~ovlinspect.kernel.entry.Resolution` they came from, which knows the layer entry where
 a lookup failed) and groups them; :meth:`CauseIndex.causes` orders the groups by severity, then
 by reach (how many paths), so that the first one is the one to fix first.
 
@@ -17,7 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from ..kernel.engine import Engine, Ref, Resolution, show
+from ..kernel.entry import Ref, Resolution, show
+from ..rules.engine import Engine
 from ..rules.catalogue import Finding
 
 SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}

@@ -19,7 +19,8 @@ from typing import Iterable, Sequence
 
 import humanize
 
-from ..kernel.engine import Engine, Resolution, show, show_path
+from ..kernel.entry import Resolution, show, show_path
+from ..rules.engine import Engine
 from ..model.stack import Stack
 from ..rules.catalogue import RULES, Finding
 from .causes import Cause, CheckResult
