@@ -237,3 +237,17 @@ def test_new_bad_input_and_cause_text_in_any_locale(env):
     assert r.returncode == 1, r.stderr.decode(errors="replace")
     text = r.stdout.decode("utf-8")  # strict: UTF-8 whatever the locale
     assert HEADLINE in text and "… and 74 more paths" in text
+
+
+def test_wrap_keeps_words_whole_and_labels_with_their_text():
+    from ovlinspect.report.text import Style, line, render
+
+    rows = render([line("error   ", "x" * 100, " tail words here", hang=8)], Style(width=40)).splitlines()
+    assert rows == ["error   " + "x" * 100, " " * 8 + "tail words here"]
+    text = "ok: file, 18 bytes, mode 0644, owner 0:0; read() returns the bytes of lower 1 (B):/1e/abcdef"
+    rows = render([line("  lstat     ", text, hang=12)], Style(width=30)).splitlines()
+    assert all(len(r) <= 30 for r in rows) and all(r.startswith(" " * 12) for r in rows[1:])
+    assert " ".join(r.strip() for r in rows) == "lstat " + text
+    # double-width characters count as two columns
+    rows = render([line("  ", "名前 " * 20, hang=2)], Style(width=21)).splitlines()
+    assert rows == ["  " + " ".join(["名前"] * 4)] * 5  # 2 + 4 x 4 + 3 = 21 columns

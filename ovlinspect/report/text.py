@@ -150,7 +150,9 @@ def _wrap(segs: list[Seg], width: int, hang: int | None) -> list[list[Seg]]:
     first_on_line = True
     for word, gap in zip(words, gaps):
         w = sum(_cell_width(t) for t, _ in word)
-        if not first_on_line and col + gap + w > width:
+        # break only where it helps: a continuation starts at ``hang``, so a line that has
+        # not reached it yet (a short label) keeps its next word
+        if not first_on_line and col + gap + w > width and col > hang:
             out.append(cur)
             cur = [(" " * hang, None)] if hang else []
             col = hang
