@@ -720,6 +720,9 @@ def view_target(argv: list[str]) -> tuple[Stack, tuple[bytes, bool] | None]:
     if ns.json:
         raise InputError("the interactive view has no --json; `ovlinspect explain --json` and "
                          "`ovlinspect check --json` do")
+    if ns.color != "auto":
+        raise InputError("the interactive view has no --color (it follows the terminal and "
+                         "NO_COLOR itself); the commands take it")
     args = ns.args
     given_stack = ns.lowerdir is not None or ns.from_inspect
     first = args[0] if args else ""

@@ -319,3 +319,16 @@ def test_sizes_and_counts_through_humanize(capsys, tmp_path):
     assert "file, 3.0 GiB (3221225472 bytes)" in out
     rc, out, err = run(capsys, "explain", "demo:seed", "/foo")
     assert "file, 18 bytes" in out
+
+
+def test_numbers_for_people():
+    from ovlinspect.report.text import count_text, duration_text, size_text
+
+    assert (size_text(1), size_text(18), size_text(1536)) == ("1 byte", "18 bytes", "1.5 KiB (1536 bytes)")
+    assert (count_text(1, "path"), count_text(20000, "path")) == ("1 path", "20,000 paths")
+    assert (duration_text(2.5), duration_text(125.5)) == ("2.5 seconds", "2 minutes and 5.5 seconds")
+
+
+def test_the_view_takes_no_color_flag(capsys):
+    rc, out, err = run(capsys, "--color=never", "demo:seed")
+    assert rc == 2 and err.count("\n") == 1 and "no --color" in err
