@@ -15,11 +15,12 @@ from typing import Sequence
 from .kernel.entry import Resolution, show
 from .rules.engine import Engine
 from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
+from .live.mounts import elsewhere_hint
 from .model.layers import LayerError
 from .model.stack import Stack
 from .report import text as txt
 from .report.causes import check_causes
-from .sources.target import InputError, check_privileges, demo_names, load_target, stack_from_args
+from .sources.target import InputError, NotOnOverlay, check_privileges, demo_names, load_target, stack_from_args
 
 COMMANDS = ("explain", "check", "mounts", "demo", "export", "build", "rules")
 
@@ -179,6 +180,10 @@ def _load(ns: argparse.Namespace, positional: list[str], view: bool = False) -> 
         try:
             stack = load_target(first, ns.pid, ns.layer_root, ns.image)
         except InputError as e:
+            if isinstance(e, NotOnOverlay):  # perhaps an overlay in another mount namespace
+                hint = elsewhere_hint(e.target)
+                if hint:
+                    raise InputError(hint) from None
             if first.startswith("demo:") or ("/" not in first and not os.path.lexists(first)):
                 raise InputError(f"{e}{_did_you_mean(first, view)}") from None
             raise

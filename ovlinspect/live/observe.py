@@ -635,9 +635,4 @@ def _hash(x) -> str | None:
 
 
 def _reopen(stack):
-    from ..model.stack import Stack
-
-    return Stack(lowers=[l.reopen() for l in stack.lowers], data=[l.reopen() for l in stack.data],
-                 upper=stack.upper.reopen() if stack.upper is not None else None,
-                 workdir=stack.workdir, options=stack.options, source=stack.source,
-                 params=stack.params, mountpoint=stack.mountpoint, effective=stack.effective)
+    return stack.reopened()

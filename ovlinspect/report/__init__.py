@@ -1,2 +1,4 @@
-"""What ovlinspect shows: findings grouped by cause (``causes.py``) and the command line's text
-(``text.py``).  Uses ``rules``, ``kernel`` and ``model``; never textual or rich."""
+"""What is shown: one per-layer view for the CLI and the view, the JSON document, the text.
+
+``causes.py`` groups findings by cause (one entry per thing to fix); ``text.py`` is the command
+line's text rendering.  Never textual or rich."""
