@@ -161,16 +161,15 @@ class CauseIndex:
 
     def add(self, f: Finding, res: Resolution | None = None) -> Cause:
         """Add one finding (with the resolution of its path, when it has one)."""
-        key, where, layer, lpath, template = self._place(f, res)
+        key, how, what = self._key(f, res)
         cause = self._groups.get(key)
         if cause is None:
-            message = template.format(where=where) if template else f.message
-            cause = Cause(f.severity, f.rule, where, layer, lpath, message, f.hint)
-            self._groups[key] = cause
-        dup = (f.rule, f.path, f.message)
-        if dup in self._seen:  # the same finding twice (a stack finding repeated): once
-            return cause
-        self._seen.add(dup)
+            cause = self._groups[key] = self._new(f, how, what)
+        if res is None:  # a stack finding given twice (a rescan) counts once
+            dup = (f.rule, f.path, f.message)
+            if dup in self._seen:
+                return cause
+            self._seen.add(dup)
         cause.findings.append(f)
         cause.paths.append(f.path)
         effect = _effect(f, res)
@@ -178,36 +177,48 @@ class CauseIndex:
             cause.effects[effect] += 1
         return cause
 
-    def _place(self, f: Finding, res: Resolution | None):
-        """(grouping key, where text, JSON layer, path in the layer, message template)."""
-        e = self.engine
+    @staticmethod
+    def _key(f: Finding, res: Resolution | None) -> tuple[tuple, str, object]:
+        """(grouping key, how it is grouped, the layer entry / layer / redirect at fault).
+
+        Cheap: the texts are made once per cause, by :meth:`_new`."""
+        rule = f.rule
+        if rule in _MOUNT_WIDE:
+            return (rule,), "mount", None
+        if rule in _PER_LAYER and f.layers:
+            return (rule, f.layers[0]), "layer", f.layers[0]
         ref: Ref | None = None
         if res is not None:
-            if f.rule in ("shadowed-lowerdata", "metacopy-size-mismatch"):
+            if rule in ("shadowed-lowerdata", "metacopy-size-mismatch"):
                 ref = res.data
             elif res.errno and res.cause is not None:
                 ref = res.cause
-            elif f.rule in ("verity-failure", "metacopy-invalid") and res.metadata is not None:
+            elif rule in ("verity-failure", "metacopy-invalid"):
                 ref = res.metadata
-        if f.rule in _MOUNT_WIDE:
-            return (f.rule,), None, None, None, _MOUNT_WIDE[f.rule]
-        if f.rule in _PER_LAYER and f.layers:
-            li = f.layers[0]
-            return (f.rule, li), e.label(e.kernel_index(li)), li, None, _PER_LAYER[f.rule]
-        if f.rule == "lowerdata-missing" and res is not None:
-            redirect = res.lowerdata_redirect or res.redirect
-            if redirect is not None:
-                return ((f.rule, redirect), None, None, None,
-                        f"'{show(redirect)}' is not a regular file in any data-only layer")
-        if ref is not None and f.rule in _AT_ENTRY:
-            where = e.where(ref)
-            return ((f.rule, ref.layer, ref.path), where, e.json_index(ref.layer),
-                    b"/" + b"/".join(ref.path), _AT_ENTRY[f.rule])
+            if rule == "lowerdata-missing":
+                redirect = res.lowerdata_redirect or res.redirect
+                if redirect is not None:
+                    return (rule, redirect), "object", redirect
+        if ref is not None and rule in _AT_ENTRY:
+            return (rule, ref.layer, ref.path), "entry", ref
         # one finding, one cause (stack findings, phantom whiteouts, ...): its own message
-        if ref is not None:
-            return ((f.rule, f.path, f.message), e.where(ref), e.json_index(ref.layer),
-                    b"/" + b"/".join(ref.path), None)
-        return (f.rule, f.path, f.message), None, None, None, None
+        return (rule, f.path, f.message), "own", ref
+
+    def _new(self, f: Finding, how: str, what) -> Cause:
+        e = self.engine
+        where = layer = lpath = None
+        if how == "mount":
+            message = _MOUNT_WIDE[f.rule]
+        elif how == "layer":
+            where, layer = e.label(e.kernel_index(what)), what
+            message = _PER_LAYER[f.rule].format(where=where)
+        elif how == "object":
+            message = f"'{show(what)}' is not a regular file in any data-only layer"
+        else:
+            if what is not None:  # a layer entry
+                where, layer, lpath = e.where(what), e.json_index(what.layer), b"/" + b"/".join(what.path)
+            message = _AT_ENTRY[f.rule].format(where=where) if how == "entry" else f.message
+        return Cause(f.severity, f.rule, where, layer, lpath, message, f.hint)
 
     def causes(self) -> list[Cause]:
         """The causes, the one to fix first first: by severity, then reach, then rule."""

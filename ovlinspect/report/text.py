@@ -417,7 +417,8 @@ def mounts_text(rows: list[dict], deep: bool, quick_seconds: float, root: bool) 
                 out.append(line(" " * 11, f"(and {count_text(len(causes) - 1, 'more cause')}: "
                                 f"ovlinspect check {show(r['mountpoint'])})", hang=12))
     if not deep:
-        out.append(line(f"(quick: each mount's paths checked for {quick_seconds:g} s; --deep checks every path)"))
+        out.append(line(f"(quick: each mount's paths checked for {duration_text(quick_seconds)}; "
+                        "--deep checks every path)"))
     if not root:
         out.append(line("(not root: other users' mount namespaces are not listed, and trusted.overlay.* "
                         "xattrs are invisible: run as root)"))
