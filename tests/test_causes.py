@@ -94,9 +94,11 @@ def test_incremental_grouping_gives_the_same_causes():
     for res in engine.walk():  # as the view's scan delivers them, one resolution at a time
         index.add_resolution(res)
         pairs += [(f, res) for f in res.findings]
-    a = [(c.rule, c.where, c.paths) for c in index.causes()]
-    b = [(c.rule, c.where, c.paths) for c in group_findings(engine, pairs)]
+        index.causes()  # a panel showing the causes so far
+    a = [(c.rule, c.where, c.paths, c.message, c.headline()) for c in index.causes()]
+    b = [(c.rule, c.where, c.paths, c.message, c.headline()) for c in group_findings(engine, pairs)]
     assert a == b and len(a) == 4
+    assert a[0][4] == HEADLINE  # not the message of the first of its findings
 
 
 def test_a_refusal_by_the_options_is_one_cause_of_the_mount(capsys):

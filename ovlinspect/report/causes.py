@@ -62,8 +62,8 @@ class Cause:
     #: the JSON index of the layer at fault, and the path inside it (raw bytes), when known
     layer: int | None
     layer_path: bytes | None
-    #: what is wrong, one line (for a single finding: the finding's own message)
-    message: str
+    #: what is wrong, for every path of the cause (:attr:`message` is what to show)
+    summary: str
     fix: str
     #: the merged paths it breaks, sorted (all of them)
     paths: list[bytes] = field(default_factory=list)
@@ -71,9 +71,20 @@ class Cause:
     effects: Counter = field(default_factory=Counter)
     findings: list[Finding] = field(default_factory=list)
 
+    #: whether the summary is the same text for any number of paths (a mount option, a
+    #: layer): else a cause of one path shows that finding's own, fuller, message
+    fixed: bool = False
+
     @property
     def reach(self) -> int:
         return len(self.paths)
+
+    @property
+    def message(self) -> str:
+        """What is wrong, one line: the summary, or for a single finding its own message."""
+        if len(self.findings) == 1 and not self.fixed:
+            return self.findings[0].message
+        return self.summary
 
     def effect_text(self) -> str:
         """``79 paths fail with EIO``; ``3 paths: 2 fail with EIO, 1 fails to open (ENOENT)``."""
@@ -218,15 +229,14 @@ class CauseIndex:
             if what is not None:  # a layer entry
                 where, layer, lpath = e.where(what), e.json_index(what.layer), b"/" + b"/".join(what.path)
             message = _AT_ENTRY[f.rule].format(where=where) if how == "entry" else f.message
-        return Cause(f.severity, f.rule, where, layer, lpath, message, f.hint)
+        return Cause(f.severity, f.rule, where, layer, lpath, message, f.hint,
+                     fixed=how in ("mount", "layer"))
 
     def causes(self) -> list[Cause]:
         """The causes, the one to fix first first: by severity, then reach, then rule."""
         out = list(self._groups.values())
         for c in out:
             c.paths.sort()
-            if len(c.findings) == 1 and c.rule not in _MOUNT_WIDE and c.rule not in _PER_LAYER:
-                c.message = c.findings[0].message  # one path: its own, fuller, message
         out.sort(key=lambda c: (SEVERITY_RANK.get(c.severity, 9), -c.reach, c.rule,
                                 c.where or "", c.paths[:1]))
         return out
