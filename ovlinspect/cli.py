@@ -18,6 +18,7 @@ from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_f
 from .live.mounts import elsewhere_hint
 from .model.layers import LayerError
 from .model.stack import Stack
+from .report.document import document
 from .report import text as txt
 from .report.causes import check_causes
 from .sources.target import InputError, NotOnOverlay, check_privileges, demo_names, load_target, stack_from_args
@@ -387,7 +388,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     on_top = _mounts_on_top(stack)
     covered = [_covered_by(stack, on_top, r.path) for r in results]
     if ns.json:
-        doc = engine.document(results)
+        doc = document(engine, results)
         _json_notes(doc, stack)
         for pj, cover in zip(doc["paths"], covered):
             pj["covered_by"] = cover

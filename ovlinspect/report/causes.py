@@ -19,9 +19,7 @@ from typing import Callable, Iterable
 
 from ..kernel.entry import Ref, Resolution, show
 from ..rules.engine import Engine
-from ..rules.catalogue import Finding
-
-SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+from ..rules.catalogue import Finding, Severity
 
 #: rules whose cause is the mount itself (its options), whatever entry meets it
 _MOUNT_WIDE = {
@@ -54,7 +52,7 @@ _AT_ENTRY = {
 class Cause:
     """One thing to fix, and every merged path it breaks."""
 
-    severity: str
+    severity: Severity
     rule: str
     #: the place at fault, as shown (``lower 3 (base3):/ab``, a layer's label), or None when
     #: the cause is the mount (its options) or the stack as a whole
@@ -237,7 +235,7 @@ class CauseIndex:
         out = list(self._groups.values())
         for c in out:
             c.paths.sort()
-        out.sort(key=lambda c: (SEVERITY_RANK.get(c.severity, 9), -c.reach, c.rule,
+        out.sort(key=lambda c: (Severity(c.severity).rank, -c.reach, c.rule,
                                 c.where or "", c.paths[:1]))
         return out
 
@@ -293,4 +291,4 @@ def check_causes(engine: Engine, progress: Callable[[int], None] | None = None,
     return CheckResult(findings, index.causes(), count, time.monotonic() - start)
 
 
-__all__ = ["Cause", "CauseIndex", "CheckResult", "check_causes", "group_findings", "SEVERITY_RANK"]
+__all__ = ["Cause", "CauseIndex", "CheckResult", "check_causes", "group_findings"]
