@@ -28,6 +28,14 @@ COMMANDS = ("explain", "check", "mounts", "demo", "export", "build", "rules")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
+        if message.startswith("unrecognized arguments: "):  # --jsn: did you mean --json?
+            import difflib
+
+            word = message.split(": ", 1)[1].split()[0].split("=")[0]
+            best = difflib.get_close_matches(word, [o for o in self._option_string_actions
+                                                    if o.startswith("--")], n=1, cutoff=0.6)
+            if word.startswith("-") and best:
+                message += f"; did you mean {best[0]}?"
         raise InputError(message if self.prog == "ovlinspect" else f"{self.prog.split()[-1]}: {message}")
 
 

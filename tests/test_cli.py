@@ -260,6 +260,8 @@ def test_version(capsys):
     (["check", "demo:sed"], "did you mean demo:seed?"),
     (["explain", "seed-eoi", "/foo"], "did you mean demo:seed-eio?"),
     (["demo", "one-cuase"], "did you mean demo:one-cause?"),
+    (["check", "--jsn", "demo:seed"], "did you mean --json?"),
+    (["check", "--colour=never", "demo:seed"], "did you mean --color?"),
 ])
 def test_did_you_mean(capsys, argv, suggestion):
     rc, out, err = run(capsys, *argv)
