@@ -13,6 +13,7 @@ import time
 from typing import Sequence
 
 from .kernel.engine import Engine, Resolution, show, show_path
+from .kernel.inode import inode_json, inode_text, xino_of
 from .model.layers import LayerError
 from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
 from .rules.catalogue import RULES, Finding
@@ -311,6 +312,9 @@ def _describe(engine: Engine, res: Resolution) -> list[str]:
         if res.kind == "symlink":
             what += f" -> {show(res.target)}"
         lines.append(f"  lstat     ok: {what}, mode {res.mode:04o}, owner {res.uid}:{res.gid}")
+        inode = inode_text(engine, res)
+        if inode:
+            lines.append(f"  inode     {inode}")
         lines.append(f"  metadata  {engine.where(res.metadata)}" if res.metadata else "  metadata  -")
         if res.kind == "file":
             lines.append(f"  data      {engine.where(res.data)}" if res.data else "  data      none")
@@ -419,6 +423,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         _json_notes(doc, stack)
         for pj, cover in zip(doc["paths"], covered):
             pj["covered_by"] = cover
+        _inode_json(doc, engine, results)
         if observed is not None:
             for pj, (ob, pc, mismatches) in zip(doc["paths"], observed):
                 pj["data_content"] = pc.as_json() if pc is not None else None
@@ -455,6 +460,15 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                 out.append(f"  MISMATCH  {m}")
     _print_lines(out)
     return 0
+
+
+def _inode_json(doc: dict, engine: Engine, results: list[Resolution]) -> None:
+    """st_ino/st_dev of each path (kernel/inode.py), and the mount's xino scheme."""
+    x = xino_of(engine)
+    doc["xino"] = None if x is None else {"bits": x.bits, "same_fs": x.same_fs, "numfs": x.numfs,
+                                          "fsids": x.fsids, "log": x.log}
+    for pj, r in zip(doc["paths"], results):
+        pj["inode"] = inode_json(engine, r)
 
 
 def _mounts_on_top(stack: Stack) -> list:

@@ -1411,8 +1411,13 @@ class Engine:
         findings = self.stack_findings()
         if self.options.mount_errno:
             return findings
+        from .inode import Collisions  # st_ino/st_dev reported twice (kernel/inode.py)
+
+        inodes = Collisions(self)
         for res in self.walk(progress, cancel):
             findings.extend(res.findings)
+            inodes.add(res)
+        findings.extend(inodes.findings())
         return findings
 
     def with_options(self, options: str, profile: KernelProfile | None = None) -> "Engine":

@@ -224,6 +224,14 @@ RULES: dict[str, Rule] = {
             "the kernel refuses to mount this stack",
             "fix the options or layers named in the message",
         ),
+        Rule(
+            "inode-collision",
+            "warning",
+            "two merged paths report the same st_ino and st_dev but are different files",
+            "with the overlay unmounted, remove the overlay.origin xattr from the upper file "
+            "that is not the copy-up of that origin (it then shows its own inode number); "
+            "until then tar, rsync -H, du and cp -a treat the two as hard links of one file",
+        ),
     ]
 }
 
