@@ -420,9 +420,11 @@ class Collisions:
             "inode-collision", b"/" + b"/".join(res.path),
             f"{show_path(res.path)} and {show_path(other_path)} both report st_ino "
             f"{info.st_ino} on the same st_dev but are different files ({info.why}): tar, "
-            "rsync -H, du and cp -a take them for hard links of one file (a copy of the "
-            "upper made with its overlay.origin xattrs, or a whiteout removed over a renamed "
-            "copy-up)", [self.engine.json_index(info.source[0])] if info.source else []))
+            "rsync -H, du and cp -a take them for hard links of one file; and as both are "
+            "keyed by one lower inode, whichever is looked up while the other is in the inode "
+            "cache fails with ESTALE (a copy of the upper made with its overlay.origin "
+            "xattrs, or a whiteout removed over a renamed copy-up)",
+            [self.engine.json_index(info.source[0])] if info.source else []))
 
     def findings(self) -> list[Finding]:
         return self.found

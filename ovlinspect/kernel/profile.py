@@ -74,6 +74,9 @@ class KernelProfile:
     #: ``uuid=off`` is kept on layers of several filesystems (and on lower-only mounts, observed
     #: on 7.2), where it used to fall back to ``uuid=null``; ``index=on`` then works with it.
     uuid_off_index_relaxed: bool = False
+    #: two lower filesystems with one uuid log ``conflicting uuid in non-single lower fs '%pd2'``
+    #: (was ``conflicting uuid detected in lower fs '%pd2'``)
+    uuid_conflict_non_single: bool = False
 
     # --- lookup (namei.c, util.c) ---
     #: Redirect and metacopy refusals are checked before each lower layer and after the loop
@@ -162,6 +165,9 @@ CHANGES: tuple[Change, ...] = (
            "ovl: add fsync= mount option; volatile becomes fsync=volatile (6.18)"),
     Change((7, 0), "uuid_off_index_relaxed", True,
            "869056dbbd63 ovl: relax requirement for uuid=off,index=on (7.0)"),
+    Change((7, 0), "uuid_conflict_non_single", True,
+           "the uuid=off,index=on relaxation series (7.0; observed on 7.2: \"conflicting uuid in "
+           "non-single lower fs '/l2'\"; 6.18 still logs \"conflicting uuid detected in lower fs\")"),
 )
 
 #: Kernels fleets run in 2026, for "will this work on ..." questions: Debian 12 and AL2023's
