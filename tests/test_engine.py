@@ -372,3 +372,14 @@ def test_layers_below_the_entry_that_ends_the_walk_are_not_looked_at():
     assert res.errno == "ENOENT"
     roles = {li: role for li, _, _, role in e.layer_view(res)}
     assert roles[2] == "not looked at"
+
+
+def test_rule_inode_collision_needs_layers_on_disk():
+    """Described layers have no inode numbers: no st_ino is predicted and no "inode-collision"
+    is reported (tests/kernel/test_inode.py checks both against real mounts)."""
+    from ovlinspect.kernel.inode import inode_of, xino_of
+
+    a = layer("A", {"/f": b"a"})
+    e = engine([a], upper=layer("U", {"/g": b"u"}))
+    assert xino_of(e) is None and inode_of(e, e.explain("/f")) is None
+    assert "inode-collision" not in {f.rule for f in e.check()}
