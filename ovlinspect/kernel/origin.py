@@ -239,7 +239,7 @@ def mount_state(engine) -> MountState:
             return st
         st.log += lines
         st.findings.append(Finding("workdir-shared", b"/", message, []))
-    feature = incompat_features(stack.workdir)
+    feature = incompat_features(stack.workdir, engine.profile.incompat_dot_names)
     if feature is not None:
         name = safe(feature)
         volatile = feature == b"volatile"
