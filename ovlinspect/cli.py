@@ -12,12 +12,15 @@ import sys
 import time
 from typing import Sequence
 
-from .kernel.engine import Engine, Resolution, show, show_path
+from .kernel.entry import Resolution, show, show_path
 from .kernel.inode import inode_json, inode_text, xino_of
+
+from .rules.engine import Engine
 from .model.layers import LayerError
 from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
 from .rules.catalogue import RULES, Finding
-from .sources.target import InputError, check_privileges, demo_names, load_target, stack_from_args
+from .live.mounts import elsewhere_hint
+from .sources.target import InputError, NotOnOverlay, check_privileges, demo_names, load_target, stack_from_args
 from .model.stack import Stack
 
 COMMANDS = ("explain", "check", "mounts", "demo", "export", "build", "rules")
@@ -127,7 +130,10 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
     else:
         if not positional:
             raise InputError("name a stack: a mountpoint, demo:NAME, a stack file, or --lowerdir")
-        stack = load_target(positional[0], ns.pid, ns.layer_root, ns.image)
+        try:
+            stack = load_target(positional[0], ns.pid, ns.layer_root, ns.image)
+        except NotOnOverlay as e:  # perhaps an overlay in another mount namespace
+            raise InputError(elsewhere_hint(e.target) or str(e)) from None
         rest = positional[1:]
         if ns.options:  # what-if: the mount's options with these on top, as typed
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)

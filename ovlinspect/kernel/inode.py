@@ -341,7 +341,7 @@ def inode_of(engine, res) -> InodeInfo | None:
                              f"{shift + 1}), the overlay's st_dev", real=real)
         log = None
         if opts.xino == "on":
-            from .engine import pd2
+            from .entry import pd2
 
             log = (f"overlayfs: inode number too big ({pd2(res.path) if res.path else '/'}, "
                    f"ino={real_ino}, xinobits={x.bits})")
@@ -414,7 +414,7 @@ class Collisions:
         other_path, other_real = other
         if other_real == info.real:
             return  # the same inode (hard links)
-        from .engine import show_path
+        from .entry import show_path
 
         self.found.append(Finding(
             "inode-collision", b"/" + b"/".join(res.path),

@@ -29,7 +29,7 @@ import os
 import stat as _stat
 from dataclasses import dataclass
 
-from ..kernel.engine import show, show_path
+from ..kernel.entry import show, show_path
 from ..model.layers import MemoryLayer, Path, _kind_of
 
 #: Bytes read (and hashed) through the mount and from the predicted layer file.
@@ -635,9 +635,4 @@ def _hash(x) -> str | None:
 
 
 def _reopen(stack):
-    from ..model.stack import Stack
-
-    return Stack(lowers=[l.reopen() for l in stack.lowers], data=[l.reopen() for l in stack.data],
-                 upper=stack.upper.reopen() if stack.upper is not None else None,
-                 workdir=stack.workdir, options=stack.options, source=stack.source,
-                 params=stack.params, mountpoint=stack.mountpoint, effective=stack.effective)
+    return stack.reopened()

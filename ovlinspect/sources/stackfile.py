@@ -53,6 +53,7 @@ from ..model.layers import (
     split_path,
 )
 from ..model.stack import Stack
+from .mountinfo import overlay_dirs
 from ..model.xattrs import safe
 
 __all__ = ["StackFileError", "load_stack", "loads_stack", "stack_from_dict", "dump_stack", "INLINE_LIMIT"]
@@ -207,6 +208,7 @@ class _Loader:
             source=self.source,
             description=description,
             params=params,
+            overlays_mounted=overlay_dirs,
         )
 
     def _params(self, params: Any) -> dict[str, str] | None:

@@ -8,10 +8,20 @@ from importlib import resources
 
 from ..model.layers import DiskLayer, Layer, LayerError
 from ..model.stack import Stack
+from .mountinfo import overlay_dirs
 
 
 class InputError(Exception):
     """Bad input: the message is one line for the user; the CLI exits 2."""
+
+
+class NotOnOverlay(InputError):
+    """TARGET is not on an overlay mount of this mount namespace; the front end may say which
+    other namespace has it (:func:`ovlinspect.live.mounts.elsewhere_hint`)."""
+
+    def __init__(self, message: str, target: str):
+        super().__init__(message)
+        self.target = target
 
 
 def _disk(path: str, label: str, base: str | None = None, want_verity: bool = False,
@@ -63,7 +73,8 @@ def stack_from_args(lowerdir: str, upperdir: str | None = None, workdir: str | N
     return Stack(lowers=lowers, data=datas, upper=upper,
                  workdir=os.path.abspath(workdir) if workdir else None,
                  options=options, source=source or desc,
-                 refusal=_workdir_refusal(upperdir, workdir) if upperdir else None)
+                 refusal=_workdir_refusal(upperdir, workdir) if upperdir else None,
+                 overlays_mounted=overlay_dirs)
 
 
 def _workdir_refusal(upperdir: str, workdir: str | None) -> tuple[str, str] | None:
@@ -110,11 +121,7 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
         entry = located.entry
     except NotOverlayError as e:
         if pid is None:
-            from ..live.mounts import elsewhere_hint
-
-            hint = elsewhere_hint(target)
-            if hint:
-                raise InputError(hint) from None
+            raise NotOnOverlay(str(e), target) from None
         raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"cannot read {proc}/mountinfo: {e.strerror}") from None

@@ -18,7 +18,7 @@ import shutil
 import pytest
 
 from ovlinspect.cli import main
-from ovlinspect.kernel.engine import Engine
+from ovlinspect.rules.engine import Engine
 from ovlinspect.kernel.inode import inode_of, xino_of
 from ovlinspect.live.mountapi import KernelLog, mount_overlay_legacy, umount
 from ovlinspect.sources.target import stack_from_args

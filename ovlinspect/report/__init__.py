@@ -1,0 +1,1 @@
+"""What is shown: one per-layer view for the CLI and the view, the JSON document, the text."""
