@@ -259,11 +259,15 @@ class Engine(Overlay):
             return findings
         from ..kernel.inode import Collisions  # st_ino/st_dev reported twice (kernel/inode.py)
 
-        inodes = Collisions(self)
+        from .fsck import Fsck  # what fsck.overlay would repair (rules/fsck.py)
+
+        inodes, fsck = Collisions(self), Fsck(self)
         for res in self.walk(progress, cancel):
             findings.extend(res.findings)
             inodes.add(res)
+            fsck.add(res)
         findings.extend(inodes.findings())
+        findings.extend(fsck.findings())
         return findings
 
     def with_options(self, options: str, profile: KernelProfile | None = None) -> "Engine":
