@@ -172,6 +172,8 @@ class InodeInfo:
     log: str | None = None
     #: the real object's identity (dev, ino): two merged paths with the same one are one file
     real: tuple[int, int] | None = None
+    #: for an upper non-directory with an overlay.origin: whether it decodes in a lower layer
+    origin_decodes: bool | None = None
 
     @property
     def persistent(self) -> bool:
@@ -205,9 +207,12 @@ def _origin(engine, upper_path) -> tuple[int, os.stat_result] | None:
     fh = decode_fh(raw)
     if not fh.usable:
         return None
-    ids = [layer_id(l) if l is not None else None for l in engine.klayers]
-    same_fs = len({i.dev for i in ids[: engine.nlower + 1] if i is not None}) == 1
-    origin_uuid = origin_uuid_used(engine.options, engine.profile, same_fs)
+    cached = getattr(engine, "_inode_ids", None)
+    if cached is None:  # the layers' identities, read once per engine
+        ids = [layer_id(l) if l is not None else None for l in engine.klayers]
+        same_fs = len({i.dev for i in ids[: engine.nlower + 1] if i is not None}) == 1
+        cached = engine._inode_ids = (ids, origin_uuid_used(engine.options, engine.profile, same_fs))  # noqa: SLF001
+    ids, origin_uuid = cached
     for k in range(1, engine.nlower + 1):
         lid = ids[k]
         if lid is None:
@@ -250,7 +255,26 @@ def _indexed(engine, upper_path) -> bool:
 
 def inode_of(engine, res) -> InodeInfo | None:
     """``st_ino``/``st_dev`` of a positive resolution (None when the layers are not on disk or
-    the path does not resolve)."""
+    the path does not resolve); computed once per resolution."""
+    memo = getattr(res, "_inode_info", False)
+    if memo is not False:
+        return memo
+    info = _inode_of(engine, res)
+    try:
+        res._inode_info = info  # noqa: SLF001 - a memo on the resolution
+    except AttributeError:
+        pass
+    return info
+
+
+def _inode_of(engine, res) -> InodeInfo | None:
+    info = _inode_info(engine, res)
+    if info is not None and not res.lowers and res.upper is not None and res.kind != "dir":
+        info.origin_decodes = getattr(res, "_origin_decodes", None)
+    return info
+
+
+def _inode_info(engine, res) -> InodeInfo | None:
     if res.errno is not None or res.kind is None:
         return None
     x = xino_of(engine)
@@ -271,6 +295,10 @@ def inode_of(engine, res) -> InodeInfo | None:
         found = _origin(engine, upper)
         if found is not None:
             lower_k, lower_st = found
+        try:
+            res._origin_decodes = found is not None  # noqa: SLF001
+        except AttributeError:
+            pass
     upper_st = _lstat(engine.layer(0), upper) if upper is not None else None
     if upper is not None and upper_st is None:
         return None
@@ -396,7 +424,11 @@ class Collisions:
         self.enabled = xino_of(engine) is not None
 
     def add(self, res) -> None:
-        if not self.enabled or res.errno is not None or len(self.seen) >= self.MAX:
+        # only entries with an upper: a lower-only entry shows its own lower inode, unique on
+        # its filesystem (lower-only entries are not lstat'ed: a walk stays cheap; a lower-only
+        # path sharing an inode with an upper copy keyed by it is not detected)
+        if not self.enabled or res.errno is not None or res.upper is None or \
+                len(self.seen) >= self.MAX:
             return
         try:
             info = inode_of(self.engine, res)

@@ -2,7 +2,8 @@
 
 Nothing is changed: each finding says what the repair is and what the kernel does meanwhile.
 
-* ``fsck-orphan-whiteout``: a whiteout in a merged directory with nothing below it to hide
+* ``fsck-orphan-whiteout``: a whiteout of the upper layer in a merged directory with nothing
+  below it to hide
   (the lower file was removed since, or the whiteout was copied along): harmless to lookup and
   readdir, removed by ``fsck.overlay``.
 * ``fsck-redirect-dangling``: an upper directory whose ``overlay.redirect`` names a directory
@@ -71,8 +72,10 @@ class Fsck:
         if not res.merge:
             return  # a whiteout in a directory that is not merged: phantom-whiteout says it
         e = self.engine
-        refs = ([Ref(0, res.upper)] if res.upper is not None else []) + list(res.lowers)
-        for i, ref in enumerate(refs):
+        if res.upper is None:
+            return  # the upper layer's whiteouts only (fsck of what mounts wrote; cheap)
+        refs = [Ref(0, res.upper)] + list(res.lowers)
+        for i, ref in enumerate(refs[:1]):
             below = refs[i + 1:]
             for name, node in e.layer(ref.layer).scan(ref.path).items():
                 if not e.is_whiteout(node):
@@ -125,7 +128,11 @@ class Fsck:
             return
         if res.kind != "dir" and not res.lowers and e._x(node, b"origin") is not None:  # noqa: SLF001
             fh = decode_fh(e._x(node, b"origin"))  # noqa: SLF001
-            if fh.usable and _origin(e, res.upper) is None and self._origin_checkable(fh):
+            info = inode_of(e, res)
+            decodes = info.origin_decodes if info is not None else None
+            if decodes is None:
+                decodes = _origin(e, res.upper) is not None
+            if fh.usable and not decodes and self._origin_checkable(fh):
                 self._f("fsck-origin-stale", res.path,
                         f"the overlay.origin of {e.where(Ref(0, res.upper))} names no object of a "
                         "lower layer any more: the kernel ignores it, so the file shows the upper "
@@ -143,7 +150,9 @@ class Fsck:
         """Whether a failed decode means stale (not: no CAP_DAC_READ_SEARCH, unreadable uuid)."""
         from ..kernel.origin import layer_id
 
-        ids = [layer_id(self.engine.layer(k)) for k in range(1, self.engine.nlower + 1)]
+        if not hasattr(self, "_ids"):
+            self._ids = [layer_id(self.engine.layer(k)) for k in range(1, self.engine.nlower + 1)]
+        ids = self._ids
         return all(i is not None and i.uuid is not None for i in ids) and fh.uuid != NULL_UUID \
             or all(i is not None for i in ids) and fh.uuid == NULL_UUID
 
