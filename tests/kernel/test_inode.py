@@ -187,3 +187,26 @@ def test_copies_sharing_an_origin(tmpfs, klog):
     assert doc["paths"][0]["inode"]["st_ino"] == inos[0]
     assert doc["paths"][0]["inode"]["st_dev"] == "overlay"
     assert doc["xino"]["same_fs"] is True
+
+
+def test_two_ext4_filesystems_use_32_xino_bits(tmpfs, klog):
+    """ext4 encodes 32-bit inode file handles: xino takes the 32 high bits (fsid << 33)."""
+    from test_estale import ext4
+
+    with ext4(tmpfs, os.path.join(tmpfs, "e1"), "1.img") as (_, e1), \
+            ext4(tmpfs, os.path.join(tmpfs, "e2"), "2.img") as (_, e2):
+        l, u, w, m = os.path.join(e2, "l"), os.path.join(e1, "u"), os.path.join(e1, "w"), \
+            os.path.join(tmpfs, "m")
+        for d in (u, w, m):
+            os.mkdir(d)
+        _lower(l)
+        _use(l, u, w, m, "index=off")
+        for xino in ("auto", "off"):
+            got = _compare(l, u, w, m, f"xino={xino}", klog)
+            x = xino_of(got["engine"])
+            if xino == "auto":
+                assert x.bits == 32
+                h = got["predicted"]["/h"]
+                assert h.st_ino == os.lstat(os.path.join(l, "h")).st_ino | (1 << 33)
+            else:
+                assert x.mode == -1 and got["predicted"]["/h"].st_dev == "pseudo:1"
