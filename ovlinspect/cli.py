@@ -22,6 +22,7 @@ from .rules.catalogue import RULES, Finding
 from .live.mounts import elsewhere_hint
 from .sources.target import InputError, NotOnOverlay, check_privileges, demo_names, load_target, stack_from_args
 from .model.stack import Stack
+from .report.document import document
 
 COMMANDS = ("explain", "check", "mounts", "demo", "export", "build", "rules")
 
@@ -425,7 +426,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     on_top = _mounts_on_top(stack)
     covered = [_covered_by(stack, on_top, r.path) for r in results]
     if ns.json:
-        doc = engine.document(results)
+        doc = document(engine, results)
         _json_notes(doc, stack)
         for pj, cover in zip(doc["paths"], covered):
             pj["covered_by"] = cover
@@ -624,8 +625,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
         if stack.description and (stack.mountpoint or stack.options_guessed or stack.source.startswith("inspect:")):
             out.append(f"note   {stack.description}")
         out.append("")
-        order = {"error": 0, "warning": 1, "info": 2}
-        for f in sorted(findings, key=lambda f: (order[f.severity], f.rule, f.path)):
+        for f in sorted(findings, key=lambda f: (f.severity.rank, f.rule, f.path)):
             out.append(f"{f.severity:<7} {f.rule:<26} {show(f.path)}")
             out.append(f"        {show(f.message.encode())}")
             out.append(f"        fix: {f.hint}")

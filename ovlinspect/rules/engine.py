@@ -14,11 +14,12 @@ import dataclasses
 from typing import Callable, Iterator
 
 from ..kernel.bugs import bug_findings
-from ..kernel.entry import Ref, Resolution, show, show_path, show_raw
+from ..kernel.entry import Ref, Resolution, show, show_path
 from ..kernel.overlay import Overlay
 from ..kernel.profile import KernelProfile
 from ..model.layers import Node, Path, split_path
 from .catalogue import Finding
+from ..model.layers import iter_tree
 
 
 class Engine(Overlay):
@@ -355,56 +356,6 @@ class Engine(Overlay):
             out.append((li, path, node, role or ("absent" if node is None else "not reached")))
         return out
 
-    def ref_json(self, ref: Ref | None) -> dict | None:
-        if ref is None:
-            return None
-        return {"layer": self.json_index(ref.layer), "path": _j(b"/" + b"/".join(ref.path))}
-
-    def to_json(self, res: Resolution) -> dict:
-        ok = res.errno is None
-        is_file = ok and res.kind == "file"
-        entries = [_j(n) for n in self.entries(res)] if ok and res.kind == "dir" else None
-        if res.readdir_errno:
-            entries = None
-        logs = res.kernel_log + (res.open_log if ok else []) + (res.readdir_log if ok else [])
-        path = _j(show_raw(res.path) + (b"/" if res.slash and res.path else b""))
-        return {
-            "path": path,
-            "asked": _j(res.asked) if res.asked is not None else path,
-            "errno": res.errno,
-            "type": res.kind if ok else None,
-            "size": res.size if ok else None,
-            "mode": res.mode if ok else None,
-            "uid": res.uid if ok else None,
-            "gid": res.gid if ok else None,
-            "target": _j(res.target) if ok and res.target is not None else None,
-            "metadata": self.ref_json(res.metadata) if ok else None,
-            "data": self.ref_json(res.data) if is_file else None,
-            "open_errno": res.open_errno if is_file else None,
-            "entries": entries,
-            "readdir_errno": res.readdir_errno if ok and res.kind == "dir" else None,
-            "kernel_log": "\n".join(logs) if logs else None,
-            "trace": list(res.trace),
-            "findings": [f.as_json() for f in res.findings],
-        }
-
-    def document(self, paths: list[Resolution]) -> dict:
-        return {
-            "version": 1,
-            "kernel": self.kernel,
-            "kernel_profile": self.profile.as_json(),
-            "source": self.stack.source,
-            "layers": [
-                {"index": i, "role": role, "path": layer.path if layer.path else None,
-                 "label": layer.label}
-                for i, (role, layer) in enumerate(self.stack.layers)
-            ],
-            "options": self.options.as_json(),
-            "mount_errno": self.options.mount_errno,
-            "mount_log": list(self.options.mount_log),
-            "paths": [self.to_json(r) for r in paths],
-        }
-
 
 class _RedirectReach:
     """Which regular layers an absolute metacopy redirect into a top-level directory walks:
@@ -418,7 +369,6 @@ class _RedirectReach:
         self._scanned = -1
 
     def _scan_until(self, limit: int) -> None:
-        from ..model.layers import iter_tree
 
         e = self.engine
         for li in self.regular:
@@ -439,9 +389,3 @@ class _RedirectReach:
         self._scan_until(li)
         first = self._first.get(name)
         return first is not None and first[0] < li
-
-
-
-def _j(b: bytes) -> str:
-    return b.decode("utf-8", "surrogateescape")
-

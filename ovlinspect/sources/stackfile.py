@@ -55,6 +55,7 @@ from ..model.layers import (
 from ..model.stack import Stack
 from .mountinfo import overlay_dirs
 from ..model.xattrs import safe
+from . import composefs
 
 __all__ = ["StackFileError", "load_stack", "loads_stack", "stack_from_dict", "dump_stack", "INLINE_LIMIT"]
 
@@ -263,10 +264,6 @@ class _Loader:
     def _dump_layer(self, where: str, name: str, dump: Any) -> Layer:
         if not isinstance(dump, str) or not dump:
             raise self.fail(where, "dump must be a file path string")
-        try:
-            from . import composefs  # type: ignore[attr-defined]
-        except ImportError:
-            raise self.fail(where, "composefs dump layers need ovlinspect.sources.composefs, which is not available") from None
         full = os.path.normpath(os.path.join(self.base, dump))
         if not os.path.isfile(full):
             raise self.fail(where, f"dump file does not exist: {full}")
