@@ -394,7 +394,8 @@ def inode_json(engine, res) -> dict | None:
     if info.source is not None:
         k, p = info.source
         src = {"layer": engine.json_index(k),
-               "path": ("/" + "/".join(c.decode("utf-8", "backslashreplace") for c in p))
+               # raw bytes kept as the contract keeps every path (\udcXX for undecodable ones)
+               "path": ("/" + "/".join(c.decode("utf-8", "surrogateescape") for c in p))
                if p is not None else None}
     return {"st_ino": info.st_ino, "st_dev": info.st_dev, "real_ino": info.real_ino,
             "from": src, "fsid": info.fsid, "xino_bits": x.bits if x else 0,
