@@ -273,21 +273,17 @@ def check_causes(engine: Engine, progress: Callable[[int], None] | None = None,
     start = time.monotonic()
     index = CauseIndex(engine)
     findings: list[Finding] = []
-    for f in engine.stack_findings():
-        findings.append(f)
-        index.add(f, None)
     count = 0
-    if not engine.mount_errno:
-        def counted(n: int) -> None:
-            nonlocal count
-            count = n
-            if progress is not None:
-                progress(n)
 
-        for res in engine.walk(counted, cancel):
-            for f in res.findings:
-                findings.append(f)
-                index.add(f, res)
+    def counted(n: int) -> None:
+        nonlocal count
+        count = n
+        if progress is not None:
+            progress(n)
+
+    for res, f in engine.check_findings(counted, cancel):
+        findings.append(f)
+        index.add(f, res)
     return CheckResult(findings, index.causes(), count, time.monotonic() - start)
 
 

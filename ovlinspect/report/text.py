@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import humanize
 
 from ..kernel.entry import Resolution, show, show_path
+from ..kernel.inode import inode_text
 from ..rules.engine import Engine
 from ..model.stack import Stack
 from ..rules.catalogue import RULES, Finding
@@ -261,6 +262,9 @@ def describe(engine: Engine, res: Resolution) -> list[Line]:
         if res.kind == "symlink":
             what += f" -> {show(res.target)}"
         lines.append(field_("lstat", ("ok", "ok:"), f" {what}, mode {res.mode:04o}, owner {res.uid}:{res.gid}"))
+        inode = inode_text(engine, res)
+        if inode:
+            lines.append(field_("inode", inode))
         lines.append(field_("metadata", engine.where(res.metadata) if res.metadata else "-"))
         if res.kind == "file":
             lines.append(field_("data", engine.where(res.data) if res.data else "none"))
