@@ -16,6 +16,7 @@ from .kernel.engine import Engine, Resolution, show, show_path
 from .model.layers import LayerError
 from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
 from .rules.catalogue import RULES, Finding
+from .report.view import layer_view
 from .sources.target import InputError, check_privileges, demo_names, load_target, stack_from_args
 from .model.stack import Stack
 
@@ -339,7 +340,7 @@ def _layers_at(engine: Engine, res: Resolution) -> list[str]:
     from .model.xattrs import decode_xattrs
 
     rows = []
-    for li, path, node, role in engine.layer_view(res):
+    for li, path, node, role in layer_view(engine, res):
         what = "-"
         if node is not None:
             what = node.kind

@@ -30,7 +30,7 @@ import stat as _stat
 from dataclasses import dataclass
 
 from ..kernel.engine import show, show_path
-from ..model.layers import MemoryLayer, Path, _kind_of
+from ..model.layers import MemoryLayer, Path, _kind_of, split_path
 
 #: Bytes read (and hashed) through the mount and from the predicted layer file.
 READ_LIMIT = 1 << 20
@@ -383,16 +383,29 @@ def predicted_content(engine, res) -> PredictedContent | None:
 def _layer_hashes(engine, res) -> dict[str, str]:
     """sha256 of every regular file any layer holds for this path (to name observed bytes)."""
     out: dict[str, str] = {}
-    for li, p, node, _role in engine.layer_view(res):
-        if node is None or not node.is_reg:
+    # every path the lookup may have asked a layer for (the per-layer view of report/ names one
+    # per layer; live/ stays below report/, and a superset names the same bytes here)
+    paths = {res.path}
+    if res.upper is not None:
+        paths.add(res.upper)  # a path in layer 0
+    paths.update(r.path for r in (res.lowers or ()))
+    paths.update(r.path for r in (res.metadata, res.data, res.whiteout) if r is not None)
+    if res.redirect and res.redirect.startswith(b"/"):
+        paths.add(split_path(res.redirect))
+    for li in range(len(engine.klayers)):
+        if engine.klayers[li] is None:
             continue
-        layer = engine.layer(li)
-        if isinstance(layer, MemoryLayer) and p not in layer.contents:
-            continue
-        want = min(node.size, READ_LIMIT)
-        data = layer.read(p, want)
-        if len(data) == want:
-            out.setdefault(hashlib.sha256(data).hexdigest(), f"{engine.label(li)}:{show_path(p)}")
+        for p in sorted(paths):
+            node = engine.layer(li).node(p)
+            if node is None or not node.is_reg:
+                continue
+            layer = engine.layer(li)
+            if isinstance(layer, MemoryLayer) and p not in layer.contents:
+                continue
+            want = min(node.size, READ_LIMIT)
+            data = layer.read(p, want)
+            if len(data) == want:
+                out.setdefault(hashlib.sha256(data).hexdigest(), f"{engine.label(li)}:{show_path(p)}")
     return out
 
 

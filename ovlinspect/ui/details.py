@@ -18,109 +18,36 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Static
 
 from ..kernel.engine import Engine, Ref, Resolution
-from ..model.layers import Node, Path, split_path
+from ..model.layers import Node, Path
 from .merged_tree import SEVERITY_MARK, SEVERITY_STYLE, severity_of
 from .palette import LayerPalette
 from .render import esc, esc_str, path_text, size_text
 from .session import redirect_target
 from .xattrs import Decoded, decode
+from ..report.view import ROLE_HELP as _ROLE_HELP, Role, layer_view
 
-ROLE_STYLE = {
-    "metadata": "bold",
-    "data": "bold",
-    "metadata+data": "bold",
-    "intercepting": "bold white on #d75f00",
-    "whiteout": "bold #af87ff",
-    "stack": "",
-    "hidden": "dim",
-    "absent": "dim",
-    "data-only (never merged)": "dim",
-    "looked at": "",
-    "redirect target": "bold #d75f00",
-    "redirect target (not reached)": "bold #d75f00",
-    "on the redirect path": "",
-    "cause": "bold white on #d70000",
-    "refused here": "bold white on #d70000",
-    "invalid here": "bold white on #d70000",
+#: how each role is drawn (the roles and their one-line gloss: :mod:`ovlinspect.report.view`)
+ROLE_STYLE: dict[str, str] = {
+    Role.METADATA: "bold",
+    Role.DATA: "bold",
+    Role.METADATA_DATA: "bold",
+    Role.INTERCEPTING: "bold white on #d75f00",
+    Role.WHITEOUT: "bold #af87ff",
+    Role.STACK: "",
+    Role.HIDDEN: "dim",
+    Role.ABSENT: "dim",
+    Role.DATA_ONLY: "dim",
+    Role.NOT_LOOKED_AT: "dim",
+    Role.NOT_REACHED: "dim",
+    Role.LOOKED_AT: "",
+    Role.REDIRECT_TARGET: "bold #d75f00",
+    Role.REDIRECT_TARGET_NOT_REACHED: "bold #d75f00",
+    Role.ON_REDIRECT_PATH: "",
+    Role.CAUSE: "bold white on #d70000",
+    Role.REFUSED_HERE: "bold white on #d70000",
+    Role.INVALID_HERE: "bold white on #d70000",
 }
-ROLE_HELP = {
-    "metadata": "gives the inode (stat)",
-    "data": "gives the bytes (read)",
-    "metadata+data": "gives stat and bytes",
-    "intercepting": "serves bytes meant for a data-only layer",
-    "whiteout": "hides the name from the layers below",
-    "stack": "merged into the directory",
-    "hidden": "present, not used",
-    "absent": "nothing here",
-    "data-only (never merged)": "reached only through metacopy redirects",
-    "looked at": "the lookup fails (see the explanation)",
-    "redirect target": "what the redirect meant; a regular layer answered first",
-    "redirect target (not reached)": "what the redirect meant; the lookup fails before it",
-    "on the redirect path": "the lookup walks through this",
-    "cause": "the lookup fails here (see the explanation)",
-    "refused here": "the mount's options refuse to follow this",
-    "invalid here": "the kernel rejects this entry's xattrs",
-}
-
-
-def failed_view(engine: Engine, res: Resolution, view: list) -> tuple[list, set[int]]:
-    """A failed lookup keeps no chain: show the layers below a redirect at the redirect's path.
-
-    The engine's view of a failed lookup looks at the merged path in every layer; when the top
-    entry carries an absolute redirect, the interesting entries below are at the redirect path
-    (the plain directory that cancels it, the data-only file it meant).
-    """
-    involved = {engine.kernel_index(j) for f in res.findings for j in f.layers}
-    # only these failures happen while (or after) walking the redirect; a refusal (EPERM) or an
-    # invalid redirect (EINVAL) stops before the layers below are looked at
-    walked = any(f.rule in ("lowerdata-redirect-broken", "metacopy-without-data") for f in res.findings)
-    redirect: bytes | None = None
-    top = None
-    for k, p, node, role in view:
-        if node is not None:
-            top = k
-            for d in decode(node, engine.prefix):
-                if d.redirect is not None and d.redirect.startswith(b"/") and d.active:
-                    redirect = d.redirect
-            break
-    rp = split_path(redirect) if walked and redirect is not None else None
-    out = []
-    on_path: set[int] = set()
-    for k, p, node, role in view:
-        if rp is not None and top is not None and k > top:
-            layer = engine.klayers[k]
-            found: Path | None = None
-            if layer is not None:
-                # the deepest prefix of the redirect this layer holds: where the walk stopped
-                for i in range(len(rp), 0, -1):
-                    n = layer.node(rp[:i])
-                    if n is not None:
-                        found, node = rp[:i], n
-                        break
-            if found is not None:
-                p = found
-                on_path.add(k)
-                role = "redirect target" if k > engine.nlower and found == rp else "on the redirect path"
-        if k == top and res.errno in ("EPERM", "EINVAL") and not walked:
-            role = "refused here" if res.errno == "EPERM" else "invalid here"
-        below = any(j > k for j in involved)
-        if (k in involved and node is not None and not (k == top and below)
-                and role not in ("refused here", "invalid here")):
-            role = "cause"
-        out.append((k, p, node, role))
-    return out, on_path
-
-
-def ui_role(engine: Engine, res: Resolution, k: int, role: str) -> str:
-    """The model's role, made more telling where the screen knows more."""
-    if role == "hidden" and res.errno and res.errno != "ENOENT":
-        return "looked at"
-    if (role == "hidden" and k > engine.nlower and res.redirect is not None
-            and any(f.rule == "shadowed-lowerdata" for f in res.findings)):
-        return "redirect target"
-    if role == "redirect target" and res.errno:
-        return "redirect target (not reached)"
-    return role
+ROLE_HELP: dict[str, str] = {str(r): h for r, h in _ROLE_HELP.items()}
 
 
 @dataclass
@@ -203,10 +130,8 @@ class LayerColumns(Horizontal):
             self._show_raw(sel)
             return
         assert res is not None
-        view = engine.layer_view(res)
-        on_path: set[int] = set()
-        if res.errno:
-            view, on_path = failed_view(engine, res, view)
+        view = layer_view(engine, res)
+        on_path = view.on_redirect_path
         decoded = {k: decode(node, engine.prefix, root=p == ()) for k, p, node, _ in view if node is not None}
         sources: dict[int, int] = {}  # target layer -> layer whose redirect leads there
         redirects: dict[int, Ref | None] = {}
@@ -221,13 +146,12 @@ class LayerColumns(Horizontal):
                     sources[tgt.layer] = k
                     self.targets[k] = tgt
         for k, p, node, role in view:
-            role = ui_role(engine, res, k, role)
             col = self.column(k)
             col.border_title = palette.chip(k)  # type: ignore[assignment]
             col.border_subtitle = Text(role, style=ROLE_STYLE.get(role, ""))  # type: ignore[assignment]
-            col.set_class(role in ("metadata", "data", "metadata+data", "intercepting"), "-used")
-            col.set_class(role in ("intercepting", "cause", "refused here", "invalid here"), "-intercepting")
-            col.set_class(role in ("absent", "hidden", "data-only (never merged)"), "-idle")
+            col.set_class(role.gives, "-used")
+            col.set_class(role.fails, "-intercepting")
+            col.set_class(role.idle, "-idle")
             col.styles.border = ("round" if role not in ("metadata", "metadata+data") else "heavy",
                                  palette.color(k))
             col.update(self._column_text(engine, palette, res, k, p, node, decoded.get(k, []), role,

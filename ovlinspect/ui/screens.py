@@ -12,6 +12,7 @@ from textual.widgets import Button, Label, Select, Static
 
 from ..kernel.engine import Engine, Resolution
 from ..model.layers import Path
+from ..report.view import layer_view
 from .palette import LayerPalette
 from .render import hex_preview, looks_textual, path_text, size_text, text_preview
 from .session import choice_values, current_choices
@@ -147,7 +148,7 @@ class PreviewScreen(ModalScreen[None]):
     def _sources(self) -> list[tuple[int, Path, str, bytes, int]]:
         """(layer, path, role, first bytes, size) of each regular file of the lookup."""
         out = []
-        for k, p, node, role in self.engine.layer_view(self.res):
+        for k, p, node, role in layer_view(self.engine, self.res):
             if node is None or not node.is_reg or role == "whiteout":
                 continue
             layer = self.engine.klayers[k]
