@@ -19,7 +19,7 @@ from textual.widgets import Static
 
 from ..kernel.engine import Engine, Ref, Resolution
 from ..model.layers import Node, Path
-from .merged_tree import SEVERITY_MARK, SEVERITY_STYLE, severity_of
+from .merged_tree import SEVERITY_MARK, SEVERITY_RANK, SEVERITY_STYLE, severity_of
 from .palette import LayerPalette
 from .render import esc, esc_str, path_text, size_text
 from .session import redirect_target
@@ -48,6 +48,19 @@ ROLE_STYLE: dict[str, str] = {
     Role.INVALID_HERE: "bold white on #d70000",
 }
 ROLE_HELP: dict[str, str] = {str(r): h for r, h in _ROLE_HELP.items()}
+
+
+#: the width of a layer column that plays no part for the path, and the least of the others
+STUB = 14
+WIDE = 28
+
+
+def _kind_short(node: Node) -> str:
+    if node.is_whiteout_dev:
+        return "whiteout"
+    if node.is_reg:
+        return f"file {size_text(node.size)}"
+    return node.kind
 
 
 @dataclass
@@ -95,6 +108,8 @@ class LayerColumns(Horizontal):
         self.engine = engine
         self.palette = palette
         self.targets: dict[int, Ref] = {}
+        #: the role of each layer for the path shown
+        self.roles: dict[int, Role] = {}
 
     def compose(self) -> ComposeResult:
         for k, layer in enumerate(self.engine.klayers):
@@ -102,19 +117,37 @@ class LayerColumns(Horizontal):
                 yield LayerColumn(k, id=f"layer-col-{k}", classes="layer-col")
 
     def on_resize(self) -> None:
-        # fr widths do not divide a scrolling container: share the width out by hand, and
-        # scroll sideways when the columns would be narrower than their minimum
+        self._share_width()
+
+    def _share_width(self) -> None:
+        """Share the width out by hand (fr widths do not divide a scrolling container).
+
+        Layers that play no part for this path (absent, unused, not looked at) get a narrow
+        stub; the others share the rest, at least ``WIDE`` cells each, scrolling sideways when
+        they do not fit, scrolled so that the first layer that matters (the one failing, giving
+        the data, or the metadata) is in view.
+        """
         cols = list(self.query(LayerColumn))
-        if not cols:
+        if not cols or not self.size.width:
             return
-        total = self.size.width
-        each = total // len(cols)
-        if each < 24:
-            for col in cols:
-                col.styles.width = 28
-            return
-        for i, col in enumerate(cols):
-            col.styles.width = each if i < len(cols) - 1 else total - each * (len(cols) - 1)
+        total = self.size.width - 1  # the vertical scrollbar
+        idle = [c for c in cols if self.roles.get(c.k, Role.ABSENT).idle]
+        if len(idle) == len(cols):
+            idle = []  # nothing matters more than the rest: all alike
+        busy = [c for c in cols if c not in idle]
+        room = total - STUB * len(idle)
+        each = room // len(busy)
+        fits = each >= WIDE - 4
+        if not fits:
+            each = WIDE  # scroll sideways
+        for c in idle:
+            c.styles.width = STUB
+        for i, c in enumerate(busy):
+            c.styles.width = room - each * (len(busy) - 1) if fits and i == len(busy) - 1 else each
+        key = next((c for c in cols if self.roles.get(c.k, Role.ABSENT).fails), None) or \
+            next((c for c in cols if self.roles.get(c.k, Role.ABSENT).gives), None)
+        if key is not None:
+            self.call_after_refresh(self.scroll_to_widget, key, animate=False)
 
     def column(self, k: int) -> LayerColumn:
         return self.query_one(f"#layer-col-{k}", LayerColumn)
@@ -127,10 +160,13 @@ class LayerColumns(Horizontal):
             col.remove_class("-target")
             col.remove_class("-focus")
         if sel.raw:
+            self.roles = {}
             self._show_raw(sel)
+            self._share_width()
             return
         assert res is not None
         view = layer_view(engine, res)
+        self.roles = view.roles()
         on_path = view.on_redirect_path
         decoded = {k: decode(node, engine.prefix, root=p == ()) for k, p, node, _ in view if node is not None}
         sources: dict[int, int] = {}  # target layer -> layer whose redirect leads there
@@ -158,11 +194,19 @@ class LayerColumns(Horizontal):
                                          redirects.get(k, None), k in redirects, sources.get(k)))
             if sel.layer == k:
                 col.add_class("-focus")
+        self._share_width()
 
     def _column_text(self, engine: Engine, pal: LayerPalette, res: Resolution, k: int, p: Path,
                      node: Node | None, decoded: list[Decoded], role: str, target: Ref | None,
                      has_redirect: bool, source: int | None) -> Text:
         t = Text()
+        if role.idle and self.roles and not all(r.idle for r in self.roles.values()):
+            # a stub: the role, and what is there (the layer's chip is the border title)
+            t.append(role.upper(), "dim")
+            if node is not None:
+                t.append("\n")
+                t.append(_kind_short(node), "dim")
+            return t
         t.append(role.upper(), ROLE_STYLE.get(role, "") or pal.style(k, bold=True))
         if role in ("metadata", "data", "metadata+data"):
             t.stylize(pal.style(k, bold=True))
@@ -267,7 +311,65 @@ def explanation(engine: Engine, pal: LayerPalette, res: Resolution, extra_findin
         t.append(f"mount  ✖ {engine.mount_errno}", "bold #ff5f5f")
         t.append(": the kernel refuses these options; below, what lookup would do if it did not\n",
                  "#ff8787")
-    # lstat
+    # the step that fails first: at 80x24 the panel shows three lines, and "lstat ✔" on a path
+    # whose open ends in EIO reads as healthy
+    lstat = _lstat_line(pal, res)
+    opened = _open_line(pal, res) if res.errno is None and res.kind == "file" else None
+    if opened is not None and (res.open_errno or any(f.rule == "shadowed-lowerdata" for f in res.findings)):
+        t.append_text(opened)
+        t.append_text(lstat)
+    else:
+        t.append_text(lstat)
+        if opened is not None:
+            t.append_text(opened)
+    # the cause and its fix, before the details
+    findings = list(res.findings)
+    seen = {(f.rule, f.path) for f in findings}
+    findings += [f for f in extra_findings if (f.rule, f.path) not in seen]
+    findings.sort(key=lambda f: SEVERITY_RANK[severity_of(f)])
+    for f in findings:
+        sev = severity_of(f)
+        t.append(f"{SEVERITY_MARK[sev]} {f.rule}", SEVERITY_STYLE[sev])
+        t.append("  ")
+        t.append_text(pal.colorize(esc_str(f.message)))
+        t.append("\n  fix: ", "dim")
+        t.append_text(esc_str(f.hint, "italic"))
+        t.append("\n")
+    logs = res.kernel_log + res.open_log
+    for line in logs:
+        t.append("dmesg  ", "bold")
+        t.append_text(esc_str(line, "#ff8787"))
+        t.append("\n")
+    if observed is not None:
+        summary, mismatches = observed
+        t.append("real   ", "bold")
+        t.append_text(esc_str(summary))
+        if mismatches:
+            t.append("  ✖ MISMATCH", "bold white on #d70000")
+            for m in mismatches:
+                t.append("\n       ")
+                t.append_text(esc_str(m, "#ff8787"))
+        else:
+            t.append("  ✔ matches the prediction", "bold #87d787")
+        t.append("\n")
+    if res.trace:
+        t.append("\nlookup, step by step\n", "bold underline")
+        for n, step in enumerate(res.trace, 1):
+            style = ""
+            if step.startswith("=>"):
+                style = "bold"
+            elif step.startswith("!"):
+                style = "bold #ff8787"
+            line = esc_str(step, style)
+            pal.colorize(line)
+            t.append(f"{n:>2}. ", "dim")
+            t.append_text(line)
+            t.append("\n")
+    return t
+
+
+def _lstat_line(pal: LayerPalette, res: Resolution) -> Text:
+    t = Text()
     t.append("lstat  ", "bold")
     if res.errno:
         t.append(f"✖ {res.errno}", "bold #ff5f5f")
@@ -288,63 +390,31 @@ def explanation(engine: Engine, pal: LayerPalette, res: Resolution, extra_findin
             t.append(" ")
             t.append_text(path_text(res.metadata.path, "dim"))
     t.append("\n")
-    if res.errno is None and res.kind == "file":
-        t.append("open   ", "bold")
-        if res.open_errno:
-            t.append(f"✖ {res.open_errno}", "bold #ff5f5f")
-        else:
-            t.append("✔ ", "bold #87d787")
-            if res.data is not None:
-                t.append("bytes from ", "dim")
-                t.append_text(pal.tag(res.data.layer))
-                t.append(" ")
-                t.append_text(path_text(res.data.path))
-                if any(f.rule == "shadowed-lowerdata" for f in res.findings):
-                    t.append("  SHADOWED", "bold #d75f00")
-        t.append("\n")
-    logs = res.kernel_log + res.open_log
-    for line in logs:
-        t.append("dmesg  ", "bold")
-        t.append_text(esc_str(line, "#ff8787"))
-        t.append("\n")
-    if observed is not None:
-        summary, mismatches = observed
-        t.append("real   ", "bold")
-        t.append_text(esc_str(summary))
-        if mismatches:
-            t.append("  ✖ MISMATCH", "bold white on #d70000")
-            for m in mismatches:
-                t.append("\n       ")
-                t.append_text(esc_str(m, "#ff8787"))
-        else:
-            t.append("  ✔ matches the prediction", "bold #87d787")
-        t.append("\n")
-    findings = list(res.findings)
-    seen = {(f.rule, f.path) for f in findings}
-    findings += [f for f in extra_findings if (f.rule, f.path) not in seen]
-    if findings:
-        t.append("\n")
-        for f in findings:
-            sev = severity_of(f)
-            t.append(f"{SEVERITY_MARK[sev]} {f.rule}", SEVERITY_STYLE[sev])
-            t.append("  ")
-            t.append_text(pal.colorize(esc_str(f.message)))
-            t.append("\n  fix: ", "dim")
-            t.append_text(esc_str(f.hint, "italic"))
-            t.append("\n")
-    if res.trace:
-        t.append("\nlookup, step by step\n", "bold underline")
-        for n, step in enumerate(res.trace, 1):
-            style = ""
-            if step.startswith("=>"):
-                style = "bold"
-            elif step.startswith("!"):
-                style = "bold #ff8787"
-            line = esc_str(step, style)
-            pal.colorize(line)
-            t.append(f"{n:>2}. ", "dim")
-            t.append_text(line)
-            t.append("\n")
+    return t
+
+
+def _open_line(pal: LayerPalette, res: Resolution) -> Text:
+    """``open ✖ EIO``, ``open ✔ bytes from …``, or, when a regular layer intercepts the data
+    meant for a data-only layer, ``open ▲ wrong bytes from …`` (no green tick on wrong data)."""
+    t = Text()
+    t.append("open   ", "bold")
+    if res.open_errno:
+        t.append(f"✖ {res.open_errno}", "bold #ff5f5f")
+    elif any(f.rule == "shadowed-lowerdata" for f in res.findings):
+        t.append("▲ WRONG bytes from ", "bold #d75f00")
+        if res.data is not None:
+            t.append_text(pal.tag(res.data.layer))
+            t.append(" ")
+            t.append_text(path_text(res.data.path))
+        t.append("  SHADOWED", "bold #d75f00")
+    else:
+        t.append("✔ ", "bold #87d787")
+        if res.data is not None:
+            t.append("bytes from ", "dim")
+            t.append_text(pal.tag(res.data.layer))
+            t.append(" ")
+            t.append_text(path_text(res.data.path))
+    t.append("\n")
     return t
 
 

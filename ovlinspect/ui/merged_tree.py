@@ -15,8 +15,9 @@ data-only layers.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+import gc
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 from rich.style import Style
 from rich.text import Text
@@ -33,6 +34,9 @@ from .session import Child, Lister
 if TYPE_CHECKING:
     from .app import OvlInspectApp
 
+#: the label of a row not drawn yet (see :meth:`MergedTree.render_label`)
+_NO_LABEL = Text()
+
 SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
 SEVERITY_MARK = {"error": "✖", "warning": "▲", "info": "ℹ"}
 SEVERITY_STYLE = {"error": "bold #ff5f5f", "warning": "bold #ffd75f", "info": "#87afd7"}
@@ -43,7 +47,7 @@ def severity_of(f: Finding, unknown: str = "error") -> str:
     return RULES[f.rule].severity if f.rule in RULES else unknown
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Entry:
     """What one tree line stands for."""
 
@@ -58,8 +62,8 @@ class Entry:
     node: Node | None = None
     loaded: bool = False
     #: for "asked": the components asked below this name
-    rest: list[bytes] = field(default_factory=list)
-    hidden_copies: list[tuple[int, Path, Node]] = field(default_factory=list)
+    rest: Sequence[bytes] = ()
+    hidden_copies: Sequence[tuple[int, Path, Node]] = ()
     #: for copies: the path inside the layer
     lpath: Path | None = None
     # label cache
@@ -190,7 +194,8 @@ class MergedTree(Tree[Entry]):
                 else:
                     self._add_child(node, e.path, item)
         else:
-            rows = [(esc(name), Entry(e.path + (name,), "merged"), False) for name in listing.names]
+            # no label per row: render_label draws each row from its entry when it is on screen
+            rows = [(_NO_LABEL, Entry(e.path + (name,), "merged"), False) for name in listing.names]
             for child in self._add_many(node, rows):
                 assert child.data is not None
                 self.by_path[child.data.path] = child
@@ -220,14 +225,28 @@ class MergedTree(Tree[Entry]):
             for label, entry, expandable in rows:
                 out.append(parent.add(label, entry, allow_expand=expandable))
             return out
-        for label, entry, expandable in rows:
-            n = make(parent, label, entry)
-            n._allow_expand = expandable
-            kids.append(n)
-            out.append(n)
+        # tens of thousands of new objects: the collector would walk the whole heap (the
+        # engine's caches) several times over; nothing here makes a cycle
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for label, entry, expandable in rows:
+                n = make(parent, label, entry)
+                n._allow_expand = expandable
+                kids.append(n)
+                out.append(n)
+        finally:
+            if collecting:
+                gc.enable()
         parent._updates += 1
         self._invalidate()
         return out
+
+    def process_label(self, label) -> Text:
+        # labels made here are single-line Text already (names are escaped): skip the split
+        if isinstance(label, Text) and "\n" not in label.plain:
+            return label
+        return super().process_label(label)
 
     def resolved(self, node: TreeNode[Entry]) -> Resolution | None:
         """The resolution of a merged row, computed the first time it is needed (drawn,
@@ -393,6 +412,8 @@ class MergedTree(Tree[Entry]):
         e = node.data
         if e is not None and e.text is not None:
             return e.text.cell_len + 2
+        if e is not None and e.kind == "merged" and e.path and not node.label:
+            return len(e.path[-1]) + 14  # not drawn yet: about the name and its marks
         return node.label.cell_len + 12
 
     def render_label(self, node: TreeNode[Entry], base_style: Style, style: Style) -> Text:
