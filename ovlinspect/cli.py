@@ -12,13 +12,17 @@ import sys
 import time
 from typing import Sequence
 
-from .kernel.engine import Engine, Resolution, show, show_path
+from .kernel.entry import Resolution, show, show_path
+
+from .rules.engine import Engine
 from .model.layers import LayerError
 from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
 from .rules.catalogue import RULES, Finding
+from .live.mounts import elsewhere_hint
 from .report.view import layer_view
-from .sources.target import InputError, check_privileges, demo_names, load_target, stack_from_args
+from .sources.target import InputError, NotOnOverlay, check_privileges, demo_names, load_target, stack_from_args
 from .model.stack import Stack
+from .report.document import document
 
 COMMANDS = ("explain", "check", "mounts", "demo", "export", "build", "rules")
 
@@ -127,7 +131,10 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
     else:
         if not positional:
             raise InputError("name a stack: a mountpoint, demo:NAME, a stack file, or --lowerdir")
-        stack = load_target(positional[0], ns.pid, ns.layer_root, ns.image)
+        try:
+            stack = load_target(positional[0], ns.pid, ns.layer_root, ns.image)
+        except NotOnOverlay as e:  # perhaps an overlay in another mount namespace
+            raise InputError(elsewhere_hint(e.target) or str(e)) from None
         rest = positional[1:]
         if ns.options:  # what-if: the mount's options with these on top, as typed
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
@@ -416,7 +423,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     on_top = _mounts_on_top(stack)
     covered = [_covered_by(stack, on_top, r.path) for r in results]
     if ns.json:
-        doc = engine.document(results)
+        doc = document(engine, results)
         _json_notes(doc, stack)
         for pj, cover in zip(doc["paths"], covered):
             pj["covered_by"] = cover
@@ -605,8 +612,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
         if stack.description and (stack.mountpoint or stack.options_guessed or stack.source.startswith("inspect:")):
             out.append(f"note   {stack.description}")
         out.append("")
-        order = {"error": 0, "warning": 1, "info": 2}
-        for f in sorted(findings, key=lambda f: (order[f.severity], f.rule, f.path)):
+        for f in sorted(findings, key=lambda f: (f.severity.rank, f.rule, f.path)):
             out.append(f"{f.severity:<7} {f.rule:<26} {show(f.path)}")
             out.append(f"        {show(f.message.encode())}")
             out.append(f"        fix: {f.hint}")

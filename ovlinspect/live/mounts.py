@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 import time
 
-from ..sources.mountinfo import layer_path_problem, mount_namespaces, overlay_mounts, read_mountinfo
+from ..sources.mountinfo import _comm, find_overlay_mount, layer_path_problem, mount_namespaces, Namespace, NotOverlayError, overlay_mounts, read_mountinfo
 from ..rules.catalogue import RULES
+from ..sources.containers import known_containers
+from ..sources.target import InputError, live_stack
+from ..rules.engine import Engine
+from ..model.layers import LayerError
 
 #: how long the quick mode checks the paths of one mount (a small image is checked whole)
 QUICK_SECONDS = 1.0
@@ -29,7 +33,6 @@ def _container_names(want: bool) -> tuple[dict[int, str], dict[str, str]]:
     by_upper: dict[str, str] = {}
     if not want:
         return by_ns, by_upper
-    from ..sources.containers import known_containers
 
     for c in known_containers():
         name = f"{c.engine}: {c.name}"
@@ -56,18 +59,15 @@ def list_mounts(pid: int | None = None, deep: bool = False, engines: bool = True
     reach every path); ``deep`` checks every path of every mount.  A mount that goes away while
     it is looked at is left out.
     """
-    from ..sources.mountinfo import Namespace, _comm
 
     own = _own_ns()
     if pid is not None:
         if pid <= 0 or not os.path.isdir(f"/proc/{pid}"):
-            from ..sources.target import InputError
 
             raise InputError(f"--pid {pid}: no such process")
         try:
             ino = os.stat(f"/proc/{pid}/ns/mnt").st_ino
         except OSError as e:
-            from ..sources.target import InputError
 
             raise InputError(f"--pid {pid}: cannot read its mount namespace: {e.strerror}") from None
         spaces = [Namespace(ino, pid, _comm(pid))]
@@ -110,9 +110,6 @@ def _gone(m, space, here: bool) -> bool:
 
 
 def _health(m, pid: int | None, deep: bool) -> tuple[str, str]:
-    from ..kernel.engine import Engine
-    from ..model.layers import LayerError
-    from ..sources.target import InputError, live_stack
 
     problems = [layer_path_problem(p) for p in [*m.lowers, *m.datas, *([m.upperdir] if m.upperdir else [])]]
     problems = [p for p in problems if p]
@@ -163,7 +160,6 @@ def _health(m, pid: int | None, deep: bool) -> tuple[str, str]:
 def elsewhere_hint(target: str) -> str | None:
     """When ``target`` is an overlay only in another mount namespace (one whose processes share
     our root, such as rootless podman's), the one line that says which ``--pid`` reaches it."""
-    from ..sources.mountinfo import NotOverlayError, find_overlay_mount
 
     try:
         root = os.stat("/")

@@ -29,8 +29,12 @@ import os
 import stat as _stat
 from dataclasses import dataclass
 
-from ..kernel.engine import show, show_path
-from ..model.layers import MemoryLayer, Path, _kind_of, split_path
+from ..kernel.entry import show, show_path
+from ..model.layers import MemoryLayer, Path, _kind_of
+from ..report.document import path_json
+from ..report.view import layer_view
+from . import mountapi
+from ..kernel.bugs import observed_bug
 
 #: Bytes read (and hashed) through the mount and from the predicted layer file.
 READ_LIMIT = 1 << 20
@@ -383,29 +387,16 @@ def predicted_content(engine, res) -> PredictedContent | None:
 def _layer_hashes(engine, res) -> dict[str, str]:
     """sha256 of every regular file any layer holds for this path (to name observed bytes)."""
     out: dict[str, str] = {}
-    # every path the lookup may have asked a layer for (the per-layer view of report/ names one
-    # per layer; live/ stays below report/, and a superset names the same bytes here)
-    paths = {res.path}
-    if res.upper is not None:
-        paths.add(res.upper)  # a path in layer 0
-    paths.update(r.path for r in (res.lowers or ()))
-    paths.update(r.path for r in (res.metadata, res.data, res.whiteout) if r is not None)
-    if res.redirect and res.redirect.startswith(b"/"):
-        paths.add(split_path(res.redirect))
-    for li in range(len(engine.klayers)):
-        if engine.klayers[li] is None:
+    for li, p, node, _role in layer_view(engine, res):
+        if node is None or not node.is_reg:
             continue
-        for p in sorted(paths):
-            node = engine.layer(li).node(p)
-            if node is None or not node.is_reg:
-                continue
-            layer = engine.layer(li)
-            if isinstance(layer, MemoryLayer) and p not in layer.contents:
-                continue
-            want = min(node.size, READ_LIMIT)
-            data = layer.read(p, want)
-            if len(data) == want:
-                out.setdefault(hashlib.sha256(data).hexdigest(), f"{engine.label(li)}:{show_path(p)}")
+        layer = engine.layer(li)
+        if isinstance(layer, MemoryLayer) and p not in layer.contents:
+            continue
+        want = min(node.size, READ_LIMIT)
+        data = layer.read(p, want)
+        if len(data) == want:
+            out.setdefault(hashlib.sha256(data).hexdigest(), f"{engine.label(li)}:{show_path(p)}")
     return out
 
 
@@ -507,7 +498,6 @@ def fresh_mount(engine) -> tuple[int | None, str]:
     mount is never attached to a mountpoint: it lives as long as the returned descriptor.
     Returns (descriptor, "") or (None, why not).
     """
-    from . import mountapi
 
     stack = engine.stack
     regular = ([stack.upper] if stack.upper is not None else []) + list(stack.lowers)
@@ -576,7 +566,7 @@ def evidence(engine, res, ob: Observation, diffs, *, fresh=None) -> str:
     again_engine = engine.__class__(_reopen(engine.stack), options=engine.options, kernel=engine.kernel,
                                     profile=engine.profile)
     again = again_engine.resolve(res.path)
-    if again_engine.to_json(again) != engine.to_json(res) or (
+    if path_json(again_engine, again) != path_json(engine, res) or (
             _hash(predicted_content(again_engine, again)) != _hash(predicted_content(engine, res))):
         return ("evidence: the layers changed while ovlinspect looked (a second read predicts "
                 "differently); changing layers under a mounted overlay is undefined: remount, then "
@@ -594,7 +584,6 @@ def evidence(engine, res, ob: Observation, diffs, *, fresh=None) -> str:
                     "container's user namespace sees them" + (f" (see the note: {engine.stack.description})"
                                                               if "idmapped" in engine.stack.description else ""))
     # 3. a known regression of the running kernel that this stack meets and the mismatch fits
-    from ..kernel.bugs import observed_bug
 
     known = observed_bug(engine, diffs, ob)
     if known:
@@ -648,9 +637,4 @@ def _hash(x) -> str | None:
 
 
 def _reopen(stack):
-    from ..model.stack import Stack
-
-    return Stack(lowers=[l.reopen() for l in stack.lowers], data=[l.reopen() for l in stack.data],
-                 upper=stack.upper.reopen() if stack.upper is not None else None,
-                 workdir=stack.workdir, options=stack.options, source=stack.source,
-                 params=stack.params, mountpoint=stack.mountpoint, effective=stack.effective)
+    return stack.reopened()

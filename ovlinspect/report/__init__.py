@@ -1,2 +1,1 @@
-"""What ovlinspect reports, for the CLI and the interactive view alike: the per-layer view
-(:mod:`.view`)."""
+"""What is shown: one per-layer view for the CLI and the view, the JSON document, the text."""

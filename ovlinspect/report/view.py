@@ -18,7 +18,8 @@ from __future__ import annotations
 import enum
 from typing import Iterator, NamedTuple
 
-from ..kernel.engine import Engine, Ref, Resolution
+from ..kernel.entry import Ref, Resolution
+from ..rules.engine import Engine
 from ..model.layers import Node, Path, split_path
 from ..model.xattrs import decode_xattrs
 

@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Severity(StrEnum):
+    """How bad a finding is; compares and prints as its name ("error")."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        """0 for the worst: sort by it."""
+        return _RANK[self]
+
+
+_RANK = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
 
 
 @dataclass(frozen=True)
 class Rule:
     id: str
-    severity: str  # error | warning | info
+    severity: Severity
     title: str
     hint: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "severity", Severity(self.severity))
 
 
 RULES: dict[str, Rule] = {
@@ -236,7 +256,7 @@ class Finding:
     layers: list[int] = field(default_factory=list)
 
     @property
-    def severity(self) -> str:
+    def severity(self) -> Severity:
         return RULES[self.rule].severity
 
     @property

@@ -25,6 +25,8 @@ import shutil
 import socket
 import subprocess
 from dataclasses import dataclass, field
+from ..kernel.params import OptionError, split_lowerdir
+from ..live.mountapi import MountError, open_tree_clone
 
 __all__ = ["ENGINES", "ContainerError", "Container", "split_target", "inspect_container",
            "engine_layer", "clone_mount_of", "known_containers", "merged_root"]
@@ -164,7 +166,6 @@ def _inspect_labels(engine: str, doc: dict) -> dict[str, str]:
     data = gd.get("Data") if isinstance(gd, dict) else None
     if not isinstance(data, dict) or not isinstance(data.get("LowerDir", ""), str):
         return {}
-    from ..kernel.params import OptionError, split_lowerdir
 
     try:
         lowers, _ = split_lowerdir(data["LowerDir"]) if data.get("LowerDir") else ([], [])
@@ -254,7 +255,6 @@ def clone_mount_of(pid: int, mountpoint: str) -> int:
     """A descriptor of a detached copy of the mount at ``mountpoint`` in the mount namespace of
     ``pid`` (that mount alone, without what is mounted below it, such as a container's
     ``/etc/hosts``).  Made by a child that joins the namespace; raises OSError."""
-    from ..live.mountapi import MountError, open_tree_clone  # not after joining: another root
 
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)

@@ -23,7 +23,7 @@ import sys
 import pytest
 
 from ovlinspect.cli import main
-from ovlinspect.kernel.engine import Engine
+from ovlinspect.rules.engine import Engine
 from ovlinspect.kernel.origin import fs_uuid, handle_at, layer_id
 from ovlinspect.live.mountapi import KernelLog, mount_overlay_legacy, umount
 from ovlinspect.sources.target import stack_from_args
@@ -549,3 +549,18 @@ def test_leftovers_are_deleted_not_refused(tmpfs, klog):
     # the kernel did delete them (on this test's own copy)
     assert not [n for n in os.listdir(os.path.join(w, "index")) if n.startswith("#")]
     assert os.listdir(os.path.join(w, "work")) == []
+
+
+def test_what_if_keeps_the_stacks_refusal(tmpfs, klog):
+    """A what-if with other options is still refused where the kernel refuses the stack itself
+    (here: the work directory inside the upper layer), as the real mount with those options is."""
+    l, u, m = (os.path.join(tmpfs, n) for n in ("l", "u", "m"))
+    mkdirs(tmpfs, "u", "m")
+    make_lower(l)
+    w = os.path.join(u, "w")
+    os.mkdir(w)
+    engine = predict(l, u, w, "index=off")
+    what_if = engine.with_options("index=off,metacopy=on,redirect_dir=on")
+    got, lines = kernel_mount(l, u, w, m, "index=off,metacopy=on,redirect_dir=on", klog)
+    assert got == "EINVAL"
+    agree(what_if, got, lines)

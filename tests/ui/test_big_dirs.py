@@ -8,7 +8,7 @@ import threading
 import pytest
 from ui_helpers import settle
 
-from ovlinspect.kernel.engine import Engine
+from ovlinspect.rules.engine import Engine
 from ovlinspect.model.layers import MemoryLayer, Node
 from ovlinspect.model.stack import Stack
 from ovlinspect.ui.app import OvlInspectApp

@@ -8,7 +8,8 @@ from rich.text import Text
 from ui_helpers import KERNEL, demo_app, settle
 
 from ovlinspect.cli import main
-from ovlinspect.kernel.engine import Engine, show_path
+from ovlinspect.kernel.entry import show_path
+from ovlinspect.rules.engine import Engine
 from ovlinspect.report.view import Role
 from ovlinspect.sources.target import demo_names, demo_stack
 from ovlinspect.ui.details import LayerColumn, Selection
