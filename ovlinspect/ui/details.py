@@ -117,6 +117,8 @@ class LayerColumns(Horizontal):
         for k, layer in enumerate(self.engine.klayers):
             if layer is not None:
                 yield LayerColumn(k, id=f"layer-col-{k}", classes="layer-col")
+        # when the stubs do not fit beside the layers that matter: one line per other layer
+        yield Static(id="layer-others", classes="layer-col -idle")
 
     def on_resize(self) -> None:
         self._share_width()
@@ -130,6 +132,7 @@ class LayerColumns(Horizontal):
         the data, or the metadata) is in view.
         """
         cols = list(self.query(LayerColumn))
+        others = self.query_one("#layer-others", Static)
         if not cols or not self.size.width:
             return
         total = self.size.width - 1  # the vertical scrollbar
@@ -137,6 +140,21 @@ class LayerColumns(Horizontal):
         if len(idle) == len(cols):
             idle = []  # nothing matters more than the rest: all alike
         busy = [c for c in cols if c not in idle]
+        folded = bool(idle) and len(busy) * (WIDE - 4) + STUB * len(idle) > total
+        for c in cols:
+            c.display = not (folded and c in idle)
+        others.display = folded
+        if folded:
+            # the stubs would push the layers that matter off screen: list them in one column
+            t = Text("OTHER LAYERS\n", "dim bold")
+            for c in idle:
+                t.append_text(self.palette.mini(c.k, 16))
+                t.append(f" {self.roles[c.k]}\n", "dim")
+            others.update(t)
+            others.styles.width = 30
+            others.border_title = Text(f"{len(idle)} more", "dim")  # type: ignore[assignment]
+            idle = []
+            total -= 30
         room = total - STUB * len(idle)
         each = room // len(busy)
         fits = each >= WIDE - 4

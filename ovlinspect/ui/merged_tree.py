@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 #: the label of a row not drawn yet (see :meth:`MergedTree.render_label`)
 _NO_LABEL = Text()
 
+#: more layers than this make a directory's dots a count
+MAX_DOTS = 6
+
 SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
 SEVERITY_MARK = {"error": "✖", "warning": "▲", "info": "ℹ"}
 SEVERITY_STYLE = {"error": "bold #ff5f5f", "warning": "bold #ffd75f", "info": "#87afd7"}
@@ -478,10 +481,11 @@ class MergedTree(Tree[Entry]):
             name_style += Style(color="#ff5f5f")
         elif res.metadata is not None:
             name_style += pal.style(res.metadata.layer)
-        t.append_text(esc(e.path[-1] if e.path else b"/", name_style))
-        if res.is_dir:
+        t.append_text(esc(e.path[-1], name_style) if e.path else Text("/", name_style))
+        if res.is_dir and e.path:
             t.append("/", name_style)
-        # one dot per layer that holds it, in the layers' colours
+        # one dot per layer the merged entry is made of (a directory's merged copies; a file's
+        # metadata and data), in the layers' colours
         dots = []
         if res.errno is None:
             if res.upper is not None:
@@ -489,7 +493,12 @@ class MergedTree(Tree[Entry]):
             dots += [r.layer for r in res.lowers]
             if res.data is not None and res.data.layer not in dots:
                 dots.append(res.data.layer)
-        if dots:
+        if len(dots) > MAX_DOTS:
+            # a directory merged from 25 layers: the top one's dot and the count
+            t.append(" ")
+            t.append("●", pal.style(dots[0]))
+            t.append(f"×{len(dots)}", "dim")
+        elif dots:
             t.append(" ")
             for k in dots:
                 t.append("●", pal.style(k))

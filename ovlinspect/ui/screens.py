@@ -50,7 +50,7 @@ KEYS = [
 ]
 
 LEGEND = [
-    ("●", "a layer that holds the entry (in that layer's colour); a name is coloured by the layer giving its metadata"),
+    ("●", "a layer the merged entry is made of, in its colour (a directory's merged copies; a file's metadata and data layers; ●×N: N layers); a name is coloured by the layer giving its metadata"),
     ("⇒/path", "redirect (the path the lookup continues with)"),
     ("metacopy", "metadata only: the data comes from a lower layer"),
     ("opaque", "directory hides the layers below"),

@@ -57,12 +57,19 @@ async def test_the_layers_that_matter_are_wide_and_in_view(n, size):
         assert roles[1] == "metadata" and roles[4] == "intercepting" and roles[n] == "redirect target"
         idle = [k for k, r in roles.items() if r.idle]
         assert len(idle) >= n - 4
-        assert all(cols[k].outer_size.width == STUB for k in idle), {k: cols[k].outer_size.width for k in idle}
-        assert all(cols[k].size.width > STUB for k in (1, 4, n))
-        # the intercepting column (the one that fails) is scrolled into view
+        others = app.query_one("#layer-others")
+        if others.display:  # the stubs would not fit: one line each in the last column
+            assert all(not cols[k].display for k in idle)
+            listed = others.render().plain
+            assert all(f"base{k - 1}" in listed for k in idle if k < n)
+        else:
+            assert all(cols[k].outer_size.width == STUB for k in idle)
+        assert all(cols[k].outer_size.width > STUB for k in (1, 4, n))
+        # the intercepting column (the one that fails) is in view; at 200 columns all three are
         region = columns.scrollable_content_region
-        col = cols[4].region
-        assert region.x <= col.x and col.right <= region.right, (region, col)
+        for k in (1, 4, n) if size[0] >= 200 else (4,):
+            col = cols[k].region
+            assert region.x <= col.x and col.right <= region.right, (k, region, col)
 
 
 @pytest.mark.parametrize("n,size", [(7, (80, 24)), (25, (80, 24)), (25, (200, 50))])
