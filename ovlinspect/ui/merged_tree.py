@@ -301,6 +301,11 @@ class MergedTree(Tree[Entry]):
             parent.expand()
         return parent.add_leaf(esc(first[-1]), entry)
 
+    def scroll_to_line(self, line: int, animate: bool = True) -> None:
+        # no animation: a jump (End, a problem 19,000 rows down) lands at once, and the rows it
+        # would scroll past are never drawn, so never resolved
+        super().scroll_to_line(line, animate=False)
+
     def on_tree_node_expanded(self, event: Tree.NodeExpanded[Entry]) -> None:
         if event.node.tree is self:
             self.start_load(event.node)
