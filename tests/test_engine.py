@@ -377,3 +377,34 @@ def test_layers_below_the_entry_that_ends_the_walk_are_not_looked_at():
     assert res.errno == "ENOENT"
     roles = {li: role for li, _, _, role in layer_view(e, res)}
     assert roles[2] == "not looked at"
+
+
+def test_rule_inode_collision_needs_layers_on_disk():
+    """Described layers have no inode numbers: no st_ino is predicted and no "inode-collision"
+    is reported (tests/kernel/test_inode.py checks both against real mounts)."""
+    from ovlinspect.kernel.inode import inode_of, xino_of
+
+    a = layer("A", {"/f": b"a"})
+    e = engine([a], upper=layer("U", {"/g": b"u"}))
+    assert xino_of(e) is None and inode_of(e, e.explain("/f")) is None
+    assert "inode-collision" not in {f.rule for f in e.check()}
+
+
+def test_fsck_rules_on_described_layers():
+    """What fsck.overlay would repair, on described layers (tests/kernel/test_fsck.py judges
+    each against a real mount): a whiteout with nothing below ("fsck-orphan-whiteout"), a
+    redirect to a directory no lower holds ("fsck-redirect-dangling"), and its origin still
+    visible ("fsck-redirect-duplicate").  "fsck-impure-missing", "fsck-impure-stale",
+    "fsck-origin-stale" and "fsck-index-stale" need inode numbers and handles: layers on disk."""
+    a = layer("A", {"/d": "dir", "/d/x": b"x", "/src": "dir", "/src/y": b"y"})
+    u = layer("U", {"/d": "dir", "/d/gone": "wh", "/d/x": "wh",
+                    "/b": ("dir", {T + b"redirect": b"/nowhere"}),
+                    "/c": ("dir", {T + b"redirect": b"/src"})})
+    e = engine([a], upper=u, options="redirect_dir=on")
+    found = {(f.rule, f.path) for f in e.check()}
+    assert ("fsck-orphan-whiteout", b"/d/gone") in found
+    assert ("fsck-orphan-whiteout", b"/d/x") not in found  # it hides A's /d/x
+    assert ("fsck-redirect-dangling", b"/b") in found
+    assert ("fsck-redirect-duplicate", b"/c") in found  # /src was not whited out
+    assert not {r for r, _ in found} & {"fsck-impure-missing", "fsck-impure-stale",
+                                         "fsck-origin-stale", "fsck-index-stale"}

@@ -240,7 +240,7 @@ def mount_state(engine) -> MountState:
             return st
         st.log += lines
         st.findings.append(Finding("workdir-shared", b"/", message, []))
-    feature = incompat_features(stack.workdir)
+    feature = incompat_features(stack.workdir, engine.profile.incompat_dot_names)
     if feature is not None:
         name = safe(feature)
         volatile = feature == b"volatile"
@@ -292,7 +292,9 @@ def mount_state(engine) -> MountState:
             continue
         prev = seen.get(i.uuid)
         if prev is not None and ids[prev].dev != i.dev:  # type: ignore[union-attr]
-            line = (_OVL + f"conflicting uuid detected in lower fs '{pd2_of_dir(engine.layer(k).path)}', "
+            what = ("in non-single lower fs" if engine.profile.uuid_conflict_non_single
+                    else "detected in lower fs")
+            line = (_OVL + f"conflicting uuid {what} '{pd2_of_dir(engine.layer(k).path)}', "
                     f"falling back to xino={'off' if opts.xino == 'auto' else opts.xino},index=off,"
                     "nfs_export=off.")
             st.log.append(line)

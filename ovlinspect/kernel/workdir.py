@@ -51,13 +51,16 @@ def _list(fd: int) -> list[bytes]:
     return out
 
 
-def incompat_features(workdir: str) -> bytes | None:
-    """The first incompatible feature recorded in ``workdir/work/incompat``, or None."""
+def incompat_features(workdir: str, dot_names: bool = False) -> bytes | None:
+    """The first incompatible feature recorded in ``workdir/work/incompat``, or None
+    (``dot_names``: names starting with a dot count too, as on 7.x)."""
     fd = _open_dir(workdir, "work", "incompat")
     if fd is None:
         return None
     try:
         for name in _list(fd):
+            if dot_names and name not in (b".", b".."):
+                return name
             if not name.startswith(b"."):
                 return name
     except OSError:

@@ -8,6 +8,7 @@ they are, undecodable bytes as ``\\udcXX`` surrogate escapes.
 from __future__ import annotations
 
 from ..kernel.entry import Ref, Resolution, show_raw
+from ..kernel.inode import inode_json, xino_of
 from ..rules.engine import Engine
 
 
@@ -45,6 +46,7 @@ def path_json(engine: Engine, res: Resolution) -> dict:
     }
 
 def document(engine: Engine, paths: list[Resolution]) -> dict:
+    x = xino_of(engine)
     return {
         "version": 1,
         "kernel": engine.kernel,
@@ -58,7 +60,10 @@ def document(engine: Engine, paths: list[Resolution]) -> dict:
         "options": engine.options.as_json(),
         "mount_errno": engine.options.mount_errno,
         "mount_log": list(engine.options.mount_log),
-        "paths": [path_json(engine, r) for r in paths],
+        # the mount's inode numbering (kernel/inode.py), and st_ino/st_dev of each path
+        "xino": None if x is None else {"bits": x.bits, "same_fs": x.same_fs, "numfs": x.numfs,
+                                        "fsids": x.fsids, "log": x.log},
+        "paths": [{**path_json(engine, r), "inode": inode_json(engine, r)} for r in paths],
     }
 
 

@@ -15,10 +15,12 @@ from typing import Callable, Iterator
 
 from ..kernel.bugs import bug_findings
 from ..kernel.entry import Ref, Resolution, show, show_path
+from ..kernel.inode import Collisions
 from ..kernel.overlay import Overlay
 from ..kernel.profile import KernelProfile
 from ..model.layers import Path, split_path
 from .catalogue import Finding
+from .fsck import Fsck
 from ..model.layers import iter_tree
 
 
@@ -253,14 +255,31 @@ class Engine(Overlay):
                             [self.json_index(li), self.json_index(tops[name])]))
         return out
 
+    def check_findings(self, progress: Callable[[int], None] | None = None,
+                       cancel: Callable[[], bool] | None = None
+                       ) -> Iterator[tuple[Resolution | None, Finding]]:
+        """Every finding of :meth:`check`, in order, with the resolution of the path it is
+        about (None for the stack's own findings, and for those about several paths)."""
+        for f in self.stack_findings():
+            yield None, f
+        if self.options.mount_errno:
+            return
+        # st_ino/st_dev reported twice (kernel/inode.py); what fsck.overlay would repair
+        inodes, fsck = Collisions(self), Fsck(self)
+        for res in self.walk(progress, cancel):
+            for f in res.findings:
+                yield res, f
+            inodes.add(res)
+            fsck.add(res)
+        for f in inodes.findings():
+            yield None, f
+        for f in fsck.findings():
+            yield None, f
+
     def check(self, progress: Callable[[int], None] | None = None,
               cancel: Callable[[], bool] | None = None) -> list[Finding]:
-        findings = self.stack_findings()
-        if self.options.mount_errno:
-            return findings
-        for res in self.walk(progress, cancel):
-            findings.extend(res.findings)
-        return findings
+        """Every finding of the stack and of every path its merged tree lists."""
+        return [f for _, f in self.check_findings(progress, cancel)]
 
     def with_options(self, options: str, profile: KernelProfile | None = None) -> "Engine":
         """The same layers under other mount options, or on another kernel (what-if)."""

@@ -258,6 +258,10 @@ def clone_mount_of(pid: int, mountpoint: str) -> int:
 
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:  # the process's root: mountinfo names its mount points relative to it
+        rootfd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        rootfd = -1
     try:
         kid = os.fork()
         if kid == 0:  # the child: join, clone, send, exit; never returns
@@ -268,6 +272,12 @@ def clone_mount_of(pid: int, mountpoint: str) -> int:
                     err = ctypes.get_errno()
                     child.sendall(f"E{err}".encode())
                 else:
+                    if rootfd >= 0:  # setns put us at the namespace's root, not the process's
+                        try:
+                            os.fchdir(rootfd)
+                            os.chroot(".")
+                        except OSError:
+                            pass
                     try:
                         fd = open_tree_clone(mountpoint)
                     except MountError as e:
@@ -287,6 +297,8 @@ def clone_mount_of(pid: int, mountpoint: str) -> int:
             parent.close()
     finally:
         os.close(nsfd)
+        if rootfd >= 0:
+            os.close(rootfd)
     if fds:
         os.set_inheritable(fds[0], False)
         return fds[0]
