@@ -31,7 +31,8 @@ class _Parser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments: "):  # --jsn: did you mean --json?
             import difflib
 
-            word = message.split(": ", 1)[1].split()[0].split("=")[0]
+            words = message.split(": ", 1)[1].split()  # none when the argument is ''
+            word = words[0].split("=")[0] if words else ""
             best = difflib.get_close_matches(word, [o for o in self._option_string_actions
                                                     if o.startswith("--")], n=1, cutoff=0.6)
             if word.startswith("-") and best:
