@@ -265,6 +265,8 @@ class OvlInspectApp(App[int]):
     async def _goto(self, path: Path, focus: bool) -> None:
         tree = self.tree
         node = await tree.reveal(path)
+        if tree.reveal_abandoned:
+            return  # the user pressed a key meanwhile: the cursor stays theirs
         if node is None or node.data is None or node.data.path != path:
             # not listed (absent, hidden by a whiteout, or below a failing directory): a row
             # for the name the lookup fails on, under the deepest directory listed
@@ -347,7 +349,8 @@ class OvlInspectApp(App[int]):
             return
         if self.auto_jump_window is not None and time.monotonic() - self.started > self.auto_jump_window:
             return
-        if self.selection.path != () or self.tree.cursor_line > 0 or self.focused is not self.tree:
+        if (self.selection.path != () or self.tree.cursor_line > 0 or self.focused is not self.tree
+                or self.tree.user_keys):
             return
         first = self.problems.first_error()
         if first is None or first.severity != "error":

@@ -18,6 +18,18 @@ LOWERS = ("#61afef", "#98c379", "#c678dd", "#56b6c2", "#d19a66", "#8fbcbb", "#a9
 DATAS = ("#f5a97f", "#f4b8e4", "#ea76cb", "#eebebe")
 
 
+def spread(i: int, n: int, start: float, end: float) -> str:
+    """The ``i``-th of ``n`` distinct colours (more layers than the fixed lists hold): hues
+    spread over ``start``..``end`` degrees (a range without red, which means an error), every
+    other one lighter, so that neighbours differ in two ways."""
+    import colorsys
+
+    hue = (start + (end - start) * (i / max(1, n - 1))) % 360
+    light = 0.62 if i % 2 == 0 else 0.78
+    r, g, b = colorsys.hls_to_rgb(hue / 360, light, 0.65)
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+
+
 class LayerPalette:
     """Colours, short names and chips of an engine's layers (by kernel layer number)."""
 
@@ -31,9 +43,12 @@ class LayerPalette:
             if role == "upper":
                 self.colors[k] = UPPER
             elif role == "lower":
-                self.colors[k] = LOWERS[(k - 1) % len(LOWERS)]
+                self.colors[k] = (LOWERS[k - 1] if engine.nlower <= len(LOWERS)
+                                  else spread(k - 1, engine.nlower, 45, 320))
             else:
-                self.colors[k] = DATAS[(k - 1 - engine.nlower) % len(DATAS)]
+                n = len(engine.klayers) - 1 - engine.nlower
+                i = k - 1 - engine.nlower
+                self.colors[k] = DATAS[i] if n <= len(DATAS) else spread(i, n, 18, 40)
 
     def color(self, k: int | None) -> str:
         if k is None:
@@ -63,6 +78,23 @@ class LayerPalette:
             # labels are user data (directory names): render them literally
             t.append_text(esc_str(label[:40], Style(color="black", bgcolor=self.color(k))))
         t.append(" ", Style(bgcolor=self.color(k)))
+        return t
+
+    def mini(self, k: int, width: int) -> Text:
+        """A compact chip of at most ``width`` cells: `` 3 lab… `` (the layer number as JSON
+        counts it, then what fits of its label), on the layer's colour."""
+        e = self.engine
+        layer = e.klayers[k]
+        label = layer.label if layer is not None and layer.label else ""
+        num = ("U" if e.role(k) == "upper" else ("D" if e.role(k) == "data" else "")) + str(e.json_index(k))
+        bg = self.color(k)
+        t = Text(f" {num}", Style(color="black", bgcolor=bg, bold=True))
+        room = width - len(num) - 3
+        if label and room >= 2:
+            shown = label if len(label) <= room else label[: room - 1] + "…"
+            t.append(" ", Style(bgcolor=bg))
+            t.append_text(esc_str(shown, Style(color="black", bgcolor=bg)))
+        t.append(" ", Style(bgcolor=bg))
         return t
 
     def tag(self, k: int) -> Text:

@@ -20,6 +20,7 @@ from ..rules.engine import Engine
 from ..kernel.profile import FLEET, parse_version, profile_for
 from ..model.layers import Layer, Node, Path
 from ..kernel.params import split_options
+from ..report.view import Role, layer_view
 
 #: Children resolved per directory chunk: a larger directory shows a "more" entry.
 CHUNK = 500
@@ -146,8 +147,8 @@ class Lister:
         res = e.resolve(path + (name,))
         copies: list[tuple[int, Path, Node]] = []
         if with_hidden:
-            for k, p, node, role in e.layer_view(res):
-                if role == "hidden" and node is not None:
+            for k, p, node, role in layer_view(e, res):
+                if role is Role.HIDDEN and node is not None:
                     copies.append((k, p, node))
         return Child(name, res, copies)
 
