@@ -282,6 +282,7 @@ class OvlInspectApp(App[int]):
         tree = self.tree
         tree.problems_at = {}
         tree.problems_below = {}
+        tree.repaint_labels()  # labels made meanwhile counted the previous scan's problems
         self.problem_index = -1
         self._scan(self.engine, self.scan_gen)
 

@@ -369,33 +369,42 @@ class MergedTree(Tree[Entry]):
     # ------------------------------------------------------------------ labels
     def repaint_paths(self, paths: set[Path]) -> None:
         """Recompute the labels of these paths, where the tree shows them."""
+        changed = False
         for p in paths:
             node = self.by_path.get(p) if p else self.root
             if node is not None and node.data is not None:
                 node.data.text = None
-                node.refresh()
+                changed = True
+        if changed:
+            # a label that grows or shrinks changes the tree's width (its horizontal scrollbar)
+            self._invalidate()
 
     def repaint_labels(self) -> None:
         """Labels depend on scan results and what-if state: recompute the visible ones."""
         self.gen += 1
-        self.root.refresh()
-        self.refresh()
+        self._invalidate()
+
+    def _label_text(self, node: TreeNode[Entry], e: Entry) -> Text:
+        """The entry's label, computed once per change (no resolving: formatting only)."""
+        if e.text is None or e.text_gen != self.gen:
+            e.text = self.entry_text(node, e)
+            e.text_gen = self.gen
+        return e.text
 
     def get_label_width(self, node: TreeNode[Entry]) -> int:
-        # Called for every line when the tree is rebuilt: must not resolve anything.
+        # Called for every line when the tree is rebuilt.  The width must be the label's real
+        # width whether or not the line has been painted yet: an estimate made the tree's
+        # horizontal scrollbar depend on paint timing (the flaky snapshots).
         e = node.data
-        if e is not None and e.text is not None:
-            return e.text.cell_len + 2
-        return node.label.cell_len + 12
+        if e is None:
+            return super().get_label_width(node)
+        return self._label_text(node, e).cell_len + 2  # + the "▶ " prefix
 
     def render_label(self, node: TreeNode[Entry], base_style: Style, style: Style) -> Text:
         e = node.data
         if e is None:
             return super().render_label(node, base_style, style)
-        if e.text is None or e.text_gen != self.gen:
-            e.text = self.entry_text(node, e)
-            e.text_gen = self.gen
-        label = e.text.copy()
+        label = self._label_text(node, e).copy()
         label.stylize(style)
         if node.allow_expand and (node.children or not e.loaded):
             prefix = ("▼ " if node.is_expanded else "▶ ", base_style + Style(bold=True))
