@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 from rich.style import Style
 from rich.text import Text
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from ..kernel.engine import Resolution
+from ..kernel.engine import Engine, Resolution
 from ..model.layers import Node, Path
 from ..rules.catalogue import RULES, Finding
 from .palette import LayerPalette
 from .render import esc, esc_str, path_text, size_text
 from .session import CHUNK, Child, Lister
-
-if TYPE_CHECKING:
-    from .app import OvlInspectApp
 
 SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
 SEVERITY_MARK = {"error": "✖", "warning": "▲", "info": "ℹ"}
@@ -80,8 +75,10 @@ class MergedTree(Tree[Entry]):
         ("left", "collapse_or_parent", "Collapse"),
     ]
 
-    def __init__(self, lister: Lister, palette: LayerPalette, **kwargs) -> None:
+    def __init__(self, lister: Lister, palette: LayerPalette, *, engine: Engine, **kwargs) -> None:
         super().__init__(Text("/", style="bold"), Entry(()), **kwargs)
+        #: the engine on screen (the lister has its own copy for its thread)
+        self.engine = engine
         self.lister = lister
         self.palette = palette
         self.show_hidden = False
@@ -96,17 +93,14 @@ class MergedTree(Tree[Entry]):
         #: merged entries shown so far, by path (to repaint one when the scan finds something)
         self.by_path: dict[Path, TreeNode[Entry]] = {}
 
-    @property
-    def oapp(self) -> "OvlInspectApp":
-        return self.app  # type: ignore[return-value]
-
     # ------------------------------------------------------------------ loading
     def on_mount(self) -> None:
         self.root.expand()
         self.start_load(self.root)
 
-    def restart(self, lister: Lister, palette: LayerPalette) -> None:
+    def restart(self, lister: Lister, palette: LayerPalette, *, engine: Engine) -> None:
         """Start again on another engine (what-if) or with hidden entries toggled."""
+        self.engine = engine
         self.lister = lister
         self.palette = palette
         self._pending.clear()
@@ -191,11 +185,11 @@ class MergedTree(Tree[Entry]):
         if len(names) > CHUNK:
             self._add_more(node, e.path, names[CHUNK:])
         if hidden and not e.path:
-            for k in range(self.oapp.engine.nlower + 1, len(self.oapp.engine.klayers)):
+            for k in range(self.engine.nlower + 1, len(self.engine.klayers)):
                 lab = Text()
                 lab.append_text(self.palette.chip(k))
                 lab.append(" data-only layer contents (not in the merged view)", "italic dim")
-                layer = self.oapp.engine.klayers[k]
+                layer = self.engine.klayers[k]
                 root = layer.node(()) if layer is not None else None
                 node.add(lab, Entry((), "datalayer", layer=k, node=root))
         e.loaded = True
@@ -231,7 +225,7 @@ class MergedTree(Tree[Entry]):
             d = child.data
             if d is not None and d.kind == "asked" and d.path == first:
                 return child
-        res = self.oapp.engine.resolve(path)
+        res = self.engine.resolve(path)
         entry = Entry(first, "asked", res=res, rest=list(path[len(first):]), loaded=True)
         if not parent.is_expanded:
             parent.expand()
