@@ -9,7 +9,12 @@ slow operation runs in a worker thread with its own engine (see :mod:`.session`)
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 import time
+from pathlib import Path as FsPath
+
+from platformdirs import user_downloads_path
 
 from textual import on
 from textual.app import App, ComposeResult
@@ -20,7 +25,7 @@ from textual.reactive import var
 from textual.widgets import Footer, Input, TabbedContent, TabPane, Tree
 
 from ..kernel.engine import Engine, Resolution
-from ..model.layers import Path, split_path
+from ..model.layers import Path, join_path, split_path
 from ..kernel.params import OptionError
 from ..rules.catalogue import Finding
 from .commands import OvlCommands
@@ -31,7 +36,7 @@ from .palette import LayerPalette
 from .panels import PathList, SearchPanel, WhatIfPanel
 from .problems import ProblemsPanel, ProblemTree
 from .messages import ScanUpdate, WhatIfUpdate
-from .render import esc_str
+from .render import esc_str, plain
 from .screens import HelpScreen, PreviewScreen, WhatIfScreen
 from .session import Lister, choice_values, current_choices, whatif_engine
 
@@ -71,6 +76,10 @@ class OvlInspectApp(App[int]):
 
     BINDINGS = [
         Binding("q", "quit", "Quit"),
+        # ctrl+c quits at once (Textual's default only says how to quit)
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
+        Binding("j", "cursor('down')", "Down", show=False),
+        Binding("k", "cursor('up')", "Up", show=False),
         Binding("question_mark,f1", "help", "Help", key_display="?"),
         Binding("slash", "search", "Search", key_display="/"),
         Binding("h", "toggle_hidden", "Hidden"),
@@ -104,6 +113,8 @@ class OvlInspectApp(App[int]):
         self.auto_jump_window = auto_jump_window
         self.observe_live = observe
         self.started = time.monotonic()
+        #: the what-if values as chosen (the engine's options show what the kernel makes of them)
+        self.whatif_choices: dict[str, str] = current_choices(engine)
         self.findings_at: dict[Path, list[Finding]] = {}
         self.problem_index = -1
         self.theme = "textual-dark"
@@ -362,7 +373,29 @@ class OvlInspectApp(App[int]):
         if self.res is None:
             self.notify("select a merged path to preview", timeout=2)
             return
-        self.push_screen(PreviewScreen(self.engine, self.palette, self.res))
+        screen = PreviewScreen(self.engine, self.palette, self.res)
+        if not screen.sources:
+            # nothing to show side by side (a directory, a symlink, a failed lookup): say so in
+            # one line where the user is, not on a full-screen modal
+            what = "a directory" if self.res.is_dir else (self.res.kind or self.res.errno or "nothing")
+            self.notify(f"{plain(join_path(self.res.path))}: {what}, no file content to preview",
+                        title="preview", timeout=3, markup=False)
+            return
+        self.push_screen(screen)
+
+    def action_cursor(self, direction: str) -> None:
+        """j / k: down / up in the focused list (vi keys, as in less and dive)."""
+        action = getattr(self.focused, f"action_cursor_{direction}", None)
+        if action is not None:
+            action()
+
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
+                           time_format: str | None = None) -> str | None:
+        """The palette's Screenshot: to ~/Downloads when it exists, else the current directory
+        (when writable), else the temporary directory; the notification says where."""
+        if path is None:
+            path = str(screenshot_dir())
+        return super().deliver_screenshot(filename, path, time_format)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -393,9 +426,12 @@ class OvlInspectApp(App[int]):
 
     def action_whatif_toggle(self, key: str) -> None:
         values = choice_values(self.base)[key]
-        current = current_choices(self.engine)
-        now = current[key]
-        start = values.index(now) if now in values else -1
+        # step from the value the user chose (the kernel may show another: redirect_dir=off is
+        # follow with the module default), to the next one that changes the effective value
+        current = dict(self.whatif_choices) if self.engine is not self.base else current_choices(self.engine)
+        now = current_choices(self.engine)[key]
+        chosen = current[key]
+        start = values.index(chosen) if chosen in values else -1
         # the kernel adjusts some values (a lower-only mount turns redirect_dir=follow into on):
         # step on to the next value that makes a difference
         for i in range(1, len(values) + 1):
@@ -404,10 +440,15 @@ class OvlInspectApp(App[int]):
                 trial = whatif_engine(self.base, choices)
             except OptionError:
                 continue
+            if trial.mount_errno and key != "kernel":
+                # an option value the kernel refuses with the others (w or the palette still
+                # set it, to see why); a kernel that refuses the stack is an answer: keep it
+                continue
             if current_choices(trial)[key] != now:
                 self.apply_whatif(choices)
                 return
-        self.notify(f"no other value of {key} changes this stack's mount", timeout=2)
+        self.notify(f"no other value of {key} changes this stack's mount or is accepted with "
+                    "these options (w: choose any)", timeout=3)
 
     def set_whatif_option(self, key: str, value: str) -> None:
         choices = current_choices(self.engine)
@@ -418,6 +459,7 @@ class OvlInspectApp(App[int]):
         self.apply_whatif(current_choices(self.base))
 
     def apply_whatif(self, choices: dict[str, str]) -> None:
+        self.whatif_choices = dict(choices)
         if choices == current_choices(self.base):
             self.set_engine(self.base)
             return
@@ -466,6 +508,18 @@ class OvlInspectApp(App[int]):
             tree = self.tree
             tree.changed.update(c.path for c in msg.changes)
             tree.repaint_paths({c.path for c in msg.changes})
+
+
+def screenshot_dir() -> FsPath:
+    """Where the palette's Screenshot writes: the first writable of ~/Downloads, cwd, tmp."""
+    try:
+        cwd: FsPath | None = FsPath.cwd()
+    except OSError:  # the current directory was removed
+        cwd = None
+    for d in (user_downloads_path(), cwd):
+        if d is not None and d.is_dir() and os.access(d, os.W_OK | os.X_OK):
+            return d
+    return FsPath(tempfile.gettempdir())
 
 
 def run_app(engine: Engine, start: Path | None = None) -> int:
