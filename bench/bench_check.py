@@ -26,7 +26,7 @@ import tracemalloc
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from ovlinspect.kernel.engine import Engine  # noqa: E402
+from ovlinspect.rules.engine import Engine  # noqa: E402
 from ovlinspect.sources.target import stack_from_args  # noqa: E402
 
 

@@ -18,7 +18,8 @@ from rich.text import Text
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from ..kernel.engine import Engine, Resolution
+from ..rules.engine import Engine
+from ..kernel.entry import Resolution
 from ..model.layers import Node, Path
 from ..rules.catalogue import RULES, Finding
 from .palette import LayerPalette

@@ -12,7 +12,7 @@ from textual.widgets import Checkbox, Input, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
-from ..kernel.engine import Engine
+from ..rules.engine import Engine
 from ..model.layers import Path, join_path, split_path
 from ..rules.catalogue import Finding
 from .messages import SearchUpdate, WhatIfUpdate

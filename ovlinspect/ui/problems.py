@@ -20,7 +20,7 @@ from textual.widgets import ProgressBar, Static, Tree
 from textual.widgets.tree import TreeNode
 from textual.worker import get_current_worker
 
-from ..kernel.engine import Engine
+from ..rules.engine import Engine
 from ..rules.catalogue import RULES, Finding
 from .messages import ScanUpdate
 from .merged_tree import SEVERITY_MARK, SEVERITY_RANK, severity_of
