@@ -472,6 +472,29 @@ class OvlInspectApp(App[int]):
             return
         self.set_engine(engine)
 
+    def _palette(self, engine: Engine) -> LayerPalette:
+        return LayerPalette(engine, dark=self.current_theme.dark)
+
+    def watch_theme(self, theme: str) -> None:
+        """Layer colours readable on the new theme: push a new palette to every widget."""
+        if not self._views_ready():
+            return
+        pal = self.palette = self._palette(self.engine)
+        self.query_one(StackHeader).show(self.engine, pal, self.base)
+        tree = self.tree
+        tree.palette = pal
+        tree.repaint_labels()
+        self.problems.palette = pal
+        self.query_one(LayerColumns).palette = pal
+        self.select(self.selection)
+
+    def _views_ready(self) -> bool:
+        try:
+            self.query_one(StackHeader)
+        except Exception:  # before the first screen is up, or after it is gone
+            return False
+        return True
+
     def set_engine(self, engine: Engine) -> None:
         self.engine = engine
 
@@ -481,7 +504,7 @@ class OvlInspectApp(App[int]):
         self.query_one(WhatIfPanel).stop()
         self.query_one(SearchPanel).stop()
         self.workers.cancel_group(self.problems, "scan")
-        self.palette = LayerPalette(engine)
+        self.palette = self._palette(engine)
         self.lister = Lister(engine)
         self.query_one(StackHeader).show(engine, self.palette, self.base)
         self.query_one(LayerColumns).engine = engine

@@ -16,24 +16,33 @@ UPPER = "#e5c07b"
 LOWERS = ("#61afef", "#98c379", "#c678dd", "#56b6c2", "#d19a66", "#8fbcbb", "#a9b665",
           "#7aa2f7", "#b48ead", "#88c0d0")
 DATAS = ("#f5a97f", "#f4b8e4", "#ea76cb", "#eebebe")
+#: the same hues, dark enough to read on a light theme's background
+UPPER_LIGHT = "#8a5a00"
+LOWERS_LIGHT = ("#0550ae", "#116329", "#8250df", "#0a6e6e", "#953800", "#3b6363", "#556300",
+                "#2f4fd0", "#7a4a7a", "#1b6380")
+DATAS_LIGHT = ("#b34700", "#a0307a", "#b3127a", "#8a4040")
 
 
 class LayerPalette:
     """Colours, short names and chips of an engine's layers (by kernel layer number)."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, dark: bool = True):
         self.engine = engine
+        self.dark = dark
+        upper, lowers, datas = (UPPER, LOWERS, DATAS) if dark else (UPPER_LIGHT, LOWERS_LIGHT, DATAS_LIGHT)
+        #: text on a chip: black on the light hues of a dark theme, white on the dark ones
+        self.chip_text = "black" if dark else "white"
         self.colors: dict[int, str] = {}
         for k, layer in enumerate(engine.klayers):
             if layer is None:
                 continue
             role = engine.role(k)
             if role == "upper":
-                self.colors[k] = UPPER
+                self.colors[k] = upper
             elif role == "lower":
-                self.colors[k] = LOWERS[(k - 1) % len(LOWERS)]
+                self.colors[k] = lowers[(k - 1) % len(lowers)]
             else:
-                self.colors[k] = DATAS[(k - 1 - engine.nlower) % len(DATAS)]
+                self.colors[k] = datas[(k - 1 - engine.nlower) % len(datas)]
 
     def color(self, k: int | None) -> str:
         if k is None:
@@ -57,11 +66,11 @@ class LayerPalette:
         layer = e.klayers[k]
         label = layer.label if layer is not None and layer.label else ""
         t = Text()
-        t.append(f" {e.role(k)} {e.json_index(k)}", Style(color="black", bgcolor=self.color(k), bold=True))
+        t.append(f" {e.role(k)} {e.json_index(k)}", Style(color=self.chip_text, bgcolor=self.color(k), bold=True))
         if label:
             t.append(" ", Style(bgcolor=self.color(k)))
             # labels are user data (directory names): render them literally
-            t.append_text(esc_str(label[:40], Style(color="black", bgcolor=self.color(k))))
+            t.append_text(esc_str(label[:40], Style(color=self.chip_text, bgcolor=self.color(k))))
         t.append(" ", Style(bgcolor=self.color(k)))
         return t
 
