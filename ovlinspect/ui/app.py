@@ -287,14 +287,15 @@ class OvlInspectApp(App[int]):
 
     @on(ProblemTree.Chosen)
     def _problem_chosen(self, msg: ProblemTree.Chosen) -> None:
-        path = split_path(msg.finding.path)
+        path = split_path(msg.path)
         if msg.jump:
             self.goto_path(path)
         else:
             self.select(Selection(path))
 
     def problem_list(self) -> list[Finding]:
-        return [f for g in self.problems.ordered_groups() for f in g.findings]
+        """What n / N walk: one path per cause first, then the rest (see ProblemsPanel.walk_order)."""
+        return self.problems.walk_order()
 
     def _step_problem(self, step: int) -> None:
         findings = self.problem_list()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from textual.message import Message
 
+from ..kernel.entry import Resolution
 from ..model.layers import Path
 from ..rules.catalogue import Finding
 from .session import Change
@@ -28,6 +29,9 @@ class ScanUpdate(Message):
     done: bool = False
     elapsed: float = 0.0
     error: str | None = None
+    #: the resolution each finding came from (None for the stack's own findings), in step with
+    #: ``findings``: the panel groups findings by cause with it
+    resolutions: list[Resolution | None] = field(default_factory=list)
 
 
 @dataclass

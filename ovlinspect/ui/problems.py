@@ -1,8 +1,11 @@
-"""The problems panel: every finding of the stack, grouped by severity and rule.
+"""The problems panel: the stack's findings grouped by cause, the one to fix first first.
 
-Findings arrive in batches from the background scan; groups appear as their first finding does,
-errors first.  A group shows at most ``PAGE`` findings at a time and a "more" entry (the search
-panel's *problem paths only* filter finds any of them).
+A plain directory on a redirect path that turns 79 lookups into EIO is one line here
+("``lower 3 (base3):/ab`` is a plain directory on the redirect path → 79 paths fail with EIO"),
+with its fix once and its paths below it (the first few, then "… N more").  Findings arrive in
+batches from the background scan and go into a :class:`~ovlinspect.report.causes.CauseIndex`
+as they come (the grouping ``check`` prints); once the scan is done the causes take their final
+order: by severity, then by how many paths they break.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ from textual.widgets import ProgressBar, Static, Tree
 from textual.widgets.tree import TreeNode
 from textual.worker import get_current_worker
 
+from humanize import intcomma, precisedelta
+
+from ..kernel.entry import Resolution
+from ..report.causes import Cause, CauseIndex
 from ..rules.engine import Engine
-from ..rules.catalogue import RULES, Finding
+from ..rules.catalogue import Finding, Severity
 from .messages import ScanUpdate
-from .merged_tree import SEVERITY_MARK, SEVERITY_RANK, severity_of
+from .merged_tree import SEVERITY_MARK
 from .palette import LayerPalette
 from .render import esc, esc_str
 from .session import EngineClone, Pacer
@@ -31,37 +38,49 @@ from .style import themed
 #: severity colours from the theme (readable on light themes too)
 SEVERITY_THEMED = {"error": "bold $text-error", "warning": "bold $text-warning", "info": "$text-primary"}
 
+#: paths listed under a cause before its "… N more" row, and how many more each Enter adds
+FEW = 5
 PAGE = 200
 
 
 @dataclass(eq=False)
-class Group:
-    severity: str
-    rule: str
-    findings: list[Finding] = field(default_factory=list)
-    shown: int = 0
+class Row:
+    """What the panel shows of one cause: its tree node, the path rows shown, the "more" row."""
+
+    cause: Cause
     node: TreeNode | None = None
+    #: the paths listed as rows so far (in the order shown)
+    shown: list[bytes] = field(default_factory=list)
     more: TreeNode | None = None
+    fix: TreeNode | None = None
 
 
 @dataclass(eq=False)
 class ProblemRef:
-    """Tree data: a group header, a finding, or a "more" entry of a group."""
+    """Tree data: a cause (``path`` None), its fix line, one of its paths, or its "more" row."""
 
-    group: Group
-    finding: Finding | None = None
+    row: Row
+    path: bytes | None = None
     more: bool = False
+    fix: bool = False
+
+    @property
+    def cause(self) -> Cause:
+        return self.row.cause
 
 
 class ProblemTree(Tree[ProblemRef]):
-    """Findings grouped by rule; highlight shows one, enter jumps to its path."""
+    """Causes, the worst first; under each, its fix once and the paths it breaks.
+
+    Highlighting a cause opens it (its fix and first paths below it) and shows its first path;
+    highlighting a path shows it; enter on a path jumps the merged tree to it."""
 
     class Chosen(Message):
-        """A finding was highlighted (``jump`` False) or selected (``jump`` True)."""
+        """A merged path was highlighted (``jump`` False) or selected (``jump`` True)."""
 
-        def __init__(self, finding: Finding, jump: bool) -> None:
+        def __init__(self, path: bytes, jump: bool) -> None:
             super().__init__()
-            self.finding = finding
+            self.path = path
             self.jump = jump
 
     def __init__(self, **kwargs) -> None:
@@ -70,37 +89,53 @@ class ProblemTree(Tree[ProblemRef]):
         self.guide_depth = 2
         self.auto_expand = False
 
+    def _panel(self) -> "ProblemsPanel | None":
+        panel = self.parent
+        while panel is not None and not isinstance(panel, ProblemsPanel):
+            panel = panel.parent
+        return panel
+
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted[ProblemRef]) -> None:
         event.stop()
         d = event.node.data
-        if d is not None and d.finding is not None:
-            self.post_message(self.Chosen(d.finding, jump=False))
+        if d is None:
+            return
+        if d.path is not None:
+            self.post_message(self.Chosen(d.path, jump=False))
+        elif not d.more and not d.fix:
+            # a cause: open it below the cursor (nothing above moves) and show its first path
+            if not event.node.is_expanded:
+                event.node.expand()
+            if d.cause.paths:
+                self.post_message(self.Chosen(min(d.cause.paths), jump=False))
 
     def on_tree_node_selected(self, event: Tree.NodeSelected[ProblemRef]) -> None:
         event.stop()
         d = event.node.data
         if d is None:
             return
-        if d.finding is not None:
-            self.post_message(self.Chosen(d.finding, jump=True))
+        if d.path is not None:
+            self.post_message(self.Chosen(d.path, jump=True))
         elif d.more:
-            panel = self.parent
-            while panel is not None and not isinstance(panel, ProblemsPanel):
-                panel = panel.parent
+            panel = self._panel()
             if panel is not None:
-                panel.show_more(d.group)
-        else:
-            event.node.toggle()
+                panel.show_more(d.row)
+        elif d.fix:
+            pass
+        elif d.cause.paths:
+            # enter on a cause: to its first path (the one the fix is about)
+            self.post_message(self.Chosen(min(d.cause.paths), jump=True))
 
 
 class ProblemsPanel(Vertical):
-    """Status line, progress bar and the grouped findings."""
+    """Status line, progress bar and the findings grouped by cause (:class:`CauseIndex`)."""
 
     def __init__(self, palette: LayerPalette, **kwargs) -> None:
         super().__init__(**kwargs)
         self.palette = palette
         self.findings: list[Finding] = []
-        self.groups: dict[tuple[str, str], Group] = {}
+        self.index: CauseIndex | None = None
+        self.rows: dict[int, Row] = {}  # id(cause) -> its row
         self.scanned = 0
         self.done = False
         self.elapsed: float | None = None
@@ -110,11 +145,13 @@ class ProblemsPanel(Vertical):
 
     # ------------------------------------------------------------------ the scan
     def scan(self, engine: Engine, palette: LayerPalette, note: str = "") -> None:
-        """Start over: scan every path of ``engine`` in a thread, showing findings as they come.
+        """Start over: scan every path of ``engine`` in a thread, showing causes as they come.
 
-        Each batch is posted as a :class:`ScanUpdate` to this panel, which shows it and lets it
+        Each batch is posted as a :class:`ScanUpdate` to this panel, which groups it (one
+        :class:`CauseIndex` per scan, fed as the batches come: no second walk) and lets it
         bubble on (the app marks the tree)."""
         self.gen += 1
+        self.index = CauseIndex(engine)
         self.restart(palette, note)
         self._scan(engine, self.gen)
 
@@ -128,6 +165,7 @@ class ProblemsPanel(Vertical):
         try:
             e = clone.engine
             batch: list[Finding] = list(e.stack_findings())
+            sources: list[Resolution | None] = [None] * len(batch)
             if not e.mount_errno:
                 for res in e.walk(cancel=lambda: worker.is_cancelled):
                     if worker.is_cancelled:
@@ -135,10 +173,12 @@ class ProblemsPanel(Vertical):
                     count += 1
                     if res.findings:
                         batch.extend(res.findings)
+                        sources.extend([res] * len(res.findings))
                     if pacer.due():
-                        self.post_message(ScanUpdate(gen, batch, count))
-                        batch = []
-            self.post_message(ScanUpdate(gen, batch, count, done=True, elapsed=time.monotonic() - t0))
+                        self.post_message(ScanUpdate(gen, batch, count, resolutions=sources))
+                        batch, sources = [], []
+            self.post_message(ScanUpdate(gen, batch, count, done=True, elapsed=time.monotonic() - t0,
+                                         resolutions=sources))
         except Exception as err:  # a layer vanished, a permission changed: report, don't crash
             self.post_message(ScanUpdate(gen, [], count, done=True, elapsed=time.monotonic() - t0,
                                          error=f"{type(err).__name__}: {err}"))
@@ -149,7 +189,7 @@ class ProblemsPanel(Vertical):
         if msg.gen != self.gen:
             msg.stop()  # a run replaced since: nobody shows it
             return
-        self.add(msg.findings, msg.scanned)
+        self.add(msg.findings, msg.scanned, msg.resolutions)
         if msg.done:
             self.finish(msg.scanned, msg.elapsed, msg.error)
 
@@ -169,7 +209,7 @@ class ProblemsPanel(Vertical):
     def restart(self, palette: LayerPalette, note: str = "") -> None:
         self.palette = palette
         self.findings = []
-        self.groups = {}
+        self.rows = {}
         self.scanned = 0
         self.done = False
         self.elapsed = None
@@ -178,59 +218,74 @@ class ProblemsPanel(Vertical):
         self.query_one("#scan-progress", ProgressBar).display = True
         self.update_status()
 
-    def add(self, findings: list[Finding], scanned: int) -> None:
+    # ------------------------------------------------------------------ causes as they come
+    def add(self, findings: list[Finding], scanned: int,
+            resolutions: list[Resolution | None] | None = None) -> None:
         self.scanned = scanned
+        index = self.index
+        if index is None:
+            return
         tree = self.tree
-        touched: set[tuple[str, str]] = set()
-        for f in findings:
+        touched: dict[int, Row] = {}
+        for i, f in enumerate(findings):
             self.findings.append(f)
-            sev = severity_of(f)
-            key = (sev, f.rule)
-            g = self.groups.get(key)
-            if g is None:
-                g = self.groups[key] = Group(sev, f.rule)
-                order = self.ordered_groups()
-                idx = order.index(g)
-                before = order[idx + 1].node if idx + 1 < len(order) else None
-                g.node = tree.root.add(Text(), ProblemRef(g), before=before, expand=True)
-            g.findings.append(f)
-            touched.add(key)
-            if g.shown < PAGE:
-                self._add_finding(g, f)
+            res = resolutions[i] if resolutions and i < len(resolutions) else None
+            cause = index.add(f, res)
+            row = self.rows.get(id(cause))
+            if row is None:
+                row = self.rows[id(cause)] = Row(cause)
+                order = self.ordered_rows()
+                at = order.index(row)
+                before = order[at + 1].node if at + 1 < len(order) else None
+                row.node = tree.root.add(Text(), ProblemRef(row), before=before,
+                                         expand=len(self.rows) == 1)
+                row.fix = row.node.add_leaf(self._fix_label(cause), ProblemRef(row, fix=True))
+            if len(row.shown) < FEW and f.path not in row.shown:
+                self._add_path(row, f.path)
+            touched[id(cause)] = row
         # labels once per batch: each set_label repaints the visible lines
-        for key in touched:
-            g = self.groups[key]
-            if len(g.findings) > g.shown:
-                self._update_more(g)
-            assert g.node is not None
-            g.node.set_label(self._group_label(g))
+        for row in touched.values():
+            self._update_more(row)
+            assert row.node is not None
+            row.node.set_label(self._cause_label(row.cause))
+            if row.fix is not None:
+                row.fix.set_label(self._fix_label(row.cause))  # one finding's own fix, or the cause's
         self.update_status()
 
-    def _add_finding(self, g: Group, f: Finding) -> None:
-        assert g.node is not None
-        g.shown += 1
-        if g.more is not None:
-            g.node.add_leaf(self._finding_label(f), ProblemRef(g, f), before=g.more)
+    def _add_path(self, row: Row, path: bytes) -> None:
+        assert row.node is not None
+        row.shown.append(path)
+        label = self._path_label(path)
+        if row.more is not None:
+            row.node.add_leaf(label, ProblemRef(row, path), before=row.more)
         else:
-            g.node.add_leaf(self._finding_label(f), ProblemRef(g, f))
+            row.node.add_leaf(label, ProblemRef(row, path))
 
-    def _update_more(self, g: Group) -> None:
-        assert g.node is not None
-        rest = len(g.findings) - g.shown
-        label = Text(f"… {rest} more (enter to show {min(rest, PAGE)})", style=themed(self, "italic $text-primary"))
-        if g.more is None:
-            g.more = g.node.add_leaf(label, ProblemRef(g, more=True))
+    def _update_more(self, row: Row) -> None:
+        assert row.node is not None
+        rest = len(set(row.cause.paths)) - len(row.shown)
+        if rest <= 0:
+            if row.more is not None:
+                row.more.remove()
+                row.more = None
+            return
+        label = Text(f"… {intcomma(rest)} more (enter to show {intcomma(min(rest, PAGE))})",
+                     style=themed(self, "italic $text-primary"))
+        if row.more is None:
+            row.more = row.node.add_leaf(label, ProblemRef(row, more=True))
         else:
-            g.more.set_label(label)
+            row.more.set_label(label)
 
-    def show_more(self, g: Group) -> None:
-        for f in g.findings[g.shown : g.shown + PAGE]:
-            self._add_finding(g, f)
-        if g.shown >= len(g.findings) and g.more is not None:
-            g.more.remove()
-            g.more = None
-        elif g.more is not None:
-            self._update_more(g)
+    def show_more(self, row: Row) -> None:
+        shown = set(row.shown)
+        added = 0
+        for p in sorted(set(row.cause.paths)):
+            if added >= PAGE:
+                break
+            if p not in shown:
+                self._add_path(row, p)
+                added += 1
+        self._update_more(row)
 
     def finish(self, scanned: int, elapsed: float, error: str | None = None) -> None:
         self.scanned = scanned
@@ -239,83 +294,122 @@ class ProblemsPanel(Vertical):
         if error:
             self.note = f"scan failed: {error}"
         self.query_one("#scan-progress", ProgressBar).display = False
-        self._sort_groups()
+        self._sort_rows()
         self.update_status()
 
-    def _sort_groups(self) -> None:
-        """The scan finds problems in walk order: show each group sorted by path once it is done."""
+    def _sort_rows(self) -> None:
+        """The scan meets causes and paths in walk order: once it is done, the causes go in
+        their final order (severity, then reach) and each lists its first paths sorted."""
         tree = self.tree
-        cursor = tree.cursor_node.data if tree.cursor_node is not None else None
-        for g in self.groups.values():
-            g.findings.sort(key=lambda f: f.path)
-            assert g.node is not None
-            g.node.remove_children()
-            g.shown = 0
-            g.more = None
-            for f in g.findings[:PAGE]:
-                self._add_finding(g, f)
-            if len(g.findings) > PAGE:
-                self._update_more(g)
-        if cursor is not None and cursor.finding is not None:
-            for g in self.groups.values():
-                assert g.node is not None
-                for child in g.node.children:
-                    if child.data is not None and child.data.finding is cursor.finding:
-                        tree.call_after_refresh(tree.move_cursor, child)
+        at = tree.cursor_node.data if tree.cursor_node is not None else None
+        at_key = (id(at.cause), at.path, at.more, at.fix) if at is not None else None
+        expanded = {key for key, row in self.rows.items()
+                    if row.node is not None and row.node.is_expanded}
+        first = True
+        tree.clear()
+        found = None
+        for row in self.ordered_rows():
+            cause = row.cause
+            key = id(cause)
+            row.node = tree.root.add(self._cause_label(cause), ProblemRef(row),
+                                     expand=first or key in expanded)
+            first = False
+            row.fix = row.node.add_leaf(self._fix_label(cause), ProblemRef(row, fix=True))
+            row.shown, row.more = [], None
+            for p in sorted(set(cause.paths))[:max(FEW, len(set(row.shown)))]:
+                self._add_path(row, p)
+            self._update_more(row)
+            if at_key is not None and at_key[0] == key:
+                found = row.node
+                for child in row.node.children:
+                    d = child.data
+                    if d is not None and (d.path, d.more, d.fix) == at_key[1:]:
+                        found = child
+        if found is not None:
+            tree.call_after_refresh(tree.move_cursor, found)
 
-    def _group_label(self, g: Group) -> Text:
+    # ------------------------------------------------------------------ labels
+    def _cause_label(self, c: Cause) -> Text:
+        sev = Severity(c.severity).value
         t = Text()
-        t.append(f"{SEVERITY_MARK[g.severity]} {g.severity:<7} ", themed(self, SEVERITY_THEMED[g.severity]))
-        t.append(g.rule, "bold")
-        t.append(f"  ×{len(g.findings)}  ", "bold")
-        rule = RULES.get(g.rule)
-        if rule is not None:
-            t.append(rule.title, "dim")
+        t.append(f"{SEVERITY_MARK[sev]} ", themed(self, SEVERITY_THEMED[sev]))
+        t.append_text(self.palette.colorize(esc_str(c.headline(), "bold", limit=400)))
         return t
 
-    def _finding_label(self, f: Finding) -> Text:
-        t = Text()
-        t.append_text(esc(f.path, "bold", limit=120))
-        t.append("  ")
-        msg = esc_str(f.message, "", limit=300)
-        t.append_text(self.palette.colorize(msg))
+    def _fix_label(self, c: Cause) -> Text:
+        t = Text("fix: ", style="bold")
+        t.append_text(esc_str(c.fix, "italic", limit=400))
         return t
+
+    def _path_label(self, path: bytes) -> Text:
+        return esc(path, "", limit=160)
+
+    # ------------------------------------------------------------------ what the app asks
+    def causes(self) -> list[Cause]:
+        """The causes found so far, the one to fix first first."""
+        return self.index.causes() if self.index is not None else []
+
+    def ordered_rows(self) -> list[Row]:
+        """The rows in the order shown: by severity, then reach (the scan's order meanwhile)."""
+        return sorted(self.rows.values(),
+                      key=lambda r: (Severity(r.cause.severity).rank, -r.cause.reach, r.cause.rule,
+                                     r.cause.where or ""))
 
     def counts(self) -> dict[str, int]:
+        """Causes by severity."""
         out = {"error": 0, "warning": 0, "info": 0}
-        for (sev, _), g in self.groups.items():
-            out[sev] += len(g.findings)
+        for row in self.rows.values():
+            out[Severity(row.cause.severity).value] += 1
         return out
 
     def update_status(self) -> None:
         c = self.counts()
         t = Text()
-        for sev, one, many in (("error", "error", "errors"), ("warning", "warning", "warnings"),
-                               ("info", "info", "info")):
+        for sev in ("error", "warning", "info"):
             n = c[sev]
-            t.append(f"{SEVERITY_MARK[sev]} {n} {one if n == 1 else many}",
+            if not n and sev != "error":
+                continue
+            word = sev if sev == "info" else (sev if n == 1 else sev + "s")
+            t.append(f"{SEVERITY_MARK[sev]} {intcomma(n)} {word}",
                      themed(self, SEVERITY_THEMED[sev]) if n else "dim")
             t.append("  ")
+        if self.findings:
+            paths = len({f.path for f in self.findings})
+            t.append(f"({intcomma(paths)} {'path' if paths == 1 else 'paths'})  ", "dim")
         t.append("· ", "dim")
         if self.done:
-            t.append(f"scanned {self.scanned:,} paths", "dim")
+            t.append(f"scanned {intcomma(self.scanned)} {'path' if self.scanned == 1 else 'paths'}", "dim")
             if self.elapsed is not None and self.elapsed >= 1:
-                t.append(f" in {self.elapsed:.1f} s", "dim")
+                t.append(f" in {precisedelta(self.elapsed, format='%0.1f')}", "dim")
         else:
-            t.append(f"scanning… {self.scanned:,} paths", themed(self, "$text-primary"))
+            t.append(f"scanning… {intcomma(self.scanned)} paths", themed(self, "$text-primary"))
         if self.note:
             t.append("  ")
             t.append_text(esc_str(self.note, themed(self, "$text-warning")))
         if self.done and not self.findings:
             t.append("  no problems found", themed(self, "bold $text-success"))
+        self.set_class(self.done and not self.findings, "-quiet")
         self.query_one("#problems-status", Static).update(t)
 
-    def ordered_groups(self) -> list[Group]:
-        """The groups as the panel shows them: errors first, then by rule name."""
-        return [self.groups[k] for k in sorted(self.groups, key=lambda k: (SEVERITY_RANK[k[0]], k[1]))]
-
     def first_error(self) -> Finding | None:
-        for g in self.ordered_groups():
-            if g.findings:
-                return g.findings[0]
-        return None
+        """The first finding of the first cause (the path the cause's fix is about)."""
+        rows = self.ordered_rows()
+        if not rows or not rows[0].cause.findings:
+            return None
+        return min(rows[0].cause.findings, key=lambda f: f.path)
+
+    def walk_order(self) -> list[Finding]:
+        """What ``n`` walks: the first path of each cause first (so the one odd cause among many
+        paths of another is a key or two away), then the rest of each cause's paths."""
+        heads: list[Finding] = []
+        rest: list[Finding] = []
+        seen: set[bytes] = set()
+        for cause in self.causes():
+            head = True
+            for f in sorted(cause.findings, key=lambda f: f.path):
+                if f.path in seen:
+                    continue
+                seen.add(f.path)
+                (heads if head else rest).append(f)
+                head = False
+        return heads + rest
