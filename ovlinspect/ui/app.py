@@ -40,6 +40,7 @@ from .problems import ProblemsPanel, ProblemTree
 from .messages import ScanUpdate, WhatIfUpdate
 from .render import esc_str, plain
 from .screens import HelpScreen, PreviewScreen, WhatIfScreen
+from .style import Ink
 from .session import Lister, choice_values, current_choices, whatif_engine
 
 #: How long after start a first error found by the scan is selected by itself.
@@ -160,6 +161,15 @@ class OvlInspectApp(App[int]):
             self.goto_path(self.start)
         self.start_scan()
 
+    def on_resize(self) -> None:
+        """On a small terminal the layer columns give up rows to the explanation (which says
+        what fails and why): their titles and roles stay, the rest scrolls."""
+        try:
+            columns = self.query_one(LayerColumns)
+        except NoMatches:
+            return
+        columns.styles.max_height = 6 if self.size.height < 30 else "55%"
+
     def on_unmount(self) -> None:
         self.workers.cancel_all()
         self.lister.close()
@@ -176,13 +186,14 @@ class OvlInspectApp(App[int]):
             assert sel.layer is not None
             self.res = None
             columns.show(self.engine, self.palette, sel, None)
-            explain.show_text(raw_explanation(self.engine, self.palette, sel.layer, sel.path))
+            explain.show_text(raw_explanation(self.engine, self.palette, sel.layer, sel.path, Ink(explain)))
             return
         res = self.engine.resolve(sel.path)
         self.res = res
         columns.show(self.engine, self.palette, sel, res)
         explain.show_text(explanation(self.engine, self.palette, res, self.findings_at.get(sel.path, []),
-                                      self._observed(res), whatif=self.engine is not self.base))
+                                      self._observed(res), whatif=self.engine is not self.base,
+                                      ink=Ink(explain)))
 
     def _observed(self, res: Resolution) -> tuple[str, list[str]] | None:
         mp = self.engine.stack.mountpoint
@@ -267,7 +278,17 @@ class OvlInspectApp(App[int]):
             tree.repaint_paths(touched)
             if self.selection.path in exact and not self.selection.raw:
                 self.select(self.selection)
+        self._fit_bottom()
         self._maybe_auto_jump()
+
+    @on(TabbedContent.TabActivated, "#bottom")
+    def _fit_bottom(self) -> None:
+        """The bottom panel takes a quarter of the screen at most, and one line when the scan
+        found nothing (on the Problems tab): the room goes to the tree and the explanation."""
+        problems = self.problems
+        quiet = (problems.done and not problems.findings
+                 and self.query_one("#bottom", TabbedContent).active == "tab-problems")
+        self.query_one("#bottom").set_class(quiet, "-quiet")
 
     def _maybe_auto_jump(self) -> None:
         """On a stack with errors, open on the first one (unless the user has moved)."""

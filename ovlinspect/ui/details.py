@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import HorizontalScroll, VerticalScroll
+from textual.widget import Widget
 from textual.widgets import Static
 
 from ..kernel.entry import Ref, Resolution
@@ -25,16 +26,18 @@ from .merged_tree import SEVERITY_MARK, SEVERITY_RANK, SEVERITY_STYLE, severity_
 from .palette import LayerPalette
 from .render import esc, esc_str, path_text, size_text
 from .session import redirect_target
+from .style import Ink
 from .xattrs import Decoded, decode
 from ..report.view import ROLE_HELP as _ROLE_HELP, Role, layer_view
 
-#: how each role is drawn (the roles and their one-line gloss: :mod:`ovlinspect.report.view`)
+#: how each role is drawn (the roles and their one-line gloss: :mod:`ovlinspect.report.view`);
+#: ``$names`` are the theme's colours (:class:`.style.Ink`)
 ROLE_STYLE: dict[str, str] = {
     Role.METADATA: "bold",
     Role.DATA: "bold",
     Role.METADATA_DATA: "bold",
-    Role.INTERCEPTING: "bold white on #d75f00",
-    Role.WHITEOUT: "bold #af87ff",
+    Role.INTERCEPTING: "bold white on $intercept",
+    Role.WHITEOUT: "bold $whiteout",
     Role.STACK: "",
     Role.HIDDEN: "dim",
     Role.ABSENT: "dim",
@@ -42,8 +45,8 @@ ROLE_STYLE: dict[str, str] = {
     Role.NOT_LOOKED_AT: "dim",
     Role.NOT_REACHED: "dim",
     Role.LOOKED_AT: "",
-    Role.REDIRECT_TARGET: "bold #d75f00",
-    Role.REDIRECT_TARGET_NOT_REACHED: "bold #d75f00",
+    Role.REDIRECT_TARGET: "bold $intercept",
+    Role.REDIRECT_TARGET_NOT_REACHED: "bold $intercept",
     Role.ON_REDIRECT_PATH: "",
     Role.CAUSE: "bold white on #d70000",
     Role.REFUSED_HERE: "bold white on #d70000",
@@ -74,11 +77,12 @@ class Selection:
     raw: bool = False  # a data-only layer's own path, not a merged one
 
 
-def kind_line(node: Node) -> Text:
+def kind_line(node: Node, ink: Ink | None = None) -> Text:
+    ink = ink or Ink()
     t = Text()
     if node.is_whiteout_dev:
         t.append("chardev 0/0", "bold")
-        t.append(" = whiteout", "#af87ff")
+        t.append(" = whiteout", ink("$whiteout"))
     elif node.is_reg:
         t.append("file ", "bold")
         t.append(size_text(node.size))
@@ -102,8 +106,9 @@ class LayerColumn(Static):
         self.k = k
 
 
-class LayerColumns(Horizontal):
-    """One :class:`LayerColumn` per layer, in the stack's order."""
+class LayerColumns(HorizontalScroll):
+    """One :class:`LayerColumn` per layer, in the stack's order (tab reaches it; the arrow
+    keys scroll it)."""
 
     def __init__(self, engine: Engine, palette: LayerPalette, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -112,6 +117,7 @@ class LayerColumns(Horizontal):
         self.targets: dict[int, Ref] = {}
         #: the role of each layer for the path shown
         self.roles: dict[int, Role] = {}
+        self.ink = Ink()
 
     def compose(self) -> ComposeResult:
         for k, layer in enumerate(self.engine.klayers):
@@ -167,7 +173,19 @@ class LayerColumns(Horizontal):
         key = next((c for c in cols if self.roles.get(c.k, Role.ABSENT).fails), None) or \
             next((c for c in cols if self.roles.get(c.k, Role.ABSENT).gives), None)
         if key is not None:
-            self.call_after_refresh(self.scroll_to_widget, key, animate=False)
+            self.call_after_refresh(self.scroll_to_column, key)
+
+    def scroll_to_column(self, col: Widget) -> None:
+        """Scroll sideways so that ``col`` is in view and the first column shown starts at the
+        left edge (a column cut in the middle of its title reads as another layer: "er 0 top")."""
+        shown = [c for c in self.children if c.display]
+        width = self.scrollable_content_region.width
+        if not shown or not width:
+            return
+        right = col.virtual_region.right
+        starts = sorted(c.virtual_region.x for c in shown)
+        x = next((s for s in starts if right - s <= width), col.virtual_region.x)
+        self.scroll_to(x=x, animate=False, immediate=True)
 
     def column(self, k: int) -> LayerColumn:
         return self.query_one(f"#layer-col-{k}", LayerColumn)
@@ -176,6 +194,7 @@ class LayerColumns(Horizontal):
         self.engine = engine
         self.palette = palette
         self.targets = {}
+        ink = self.ink = Ink(self)
         for col in self.query(LayerColumn):
             col.remove_class("-target")
             col.remove_class("-focus")
@@ -204,7 +223,7 @@ class LayerColumns(Horizontal):
         for k, p, node, role in view:
             col = self.column(k)
             col.border_title = palette.chip(k)  # type: ignore[assignment]
-            col.border_subtitle = Text(role, style=ROLE_STYLE.get(role, ""))  # type: ignore[assignment]
+            col.border_subtitle = Text(role, style=ink(ROLE_STYLE.get(role, "")))  # type: ignore[assignment]
             col.set_class(role.gives, "-used")
             col.set_class(role.fails, "-intercepting")
             col.set_class(role.idle, "-idle")
@@ -227,14 +246,15 @@ class LayerColumns(Horizontal):
                 t.append("\n")
                 t.append(_kind_short(node), "dim")
             return t
-        t.append(role.upper(), ROLE_STYLE.get(role, "") or pal.style(k, bold=True))
+        ink = self.ink
+        t.append(role.upper(), ink(ROLE_STYLE[role]) if ROLE_STYLE.get(role) else pal.style(k, bold=True))
         if role in ("metadata", "data", "metadata+data"):
             t.stylize(pal.style(k, bold=True))
         t.append("\n")
         t.append(ROLE_HELP.get(role, ""), "dim italic")
         if source is not None:
-            t.append("\n⤷ ", "bold #5fafff")
-            t.append("redirect from ", "#5fafff")
+            t.append("\n⤷ ", ink("bold $text-primary"))
+            t.append("redirect from ", ink("$text-primary"))
             t.append_text(pal.tag(source))
         t.append("\n")
         if p != res.path or role == "absent":
@@ -243,26 +263,26 @@ class LayerColumns(Horizontal):
             t.append("\n")
         if node is None:
             return t
-        t.append_text(kind_line(node))
+        t.append_text(kind_line(node, ink))
         if node.verity is not None:
             algo, digest = node.verity
             t.append("\nfs-verity ", "dim")
-            t.append(digest.hex()[:32] + "…", "#d7af5f")
+            t.append(digest.hex()[:32] + "…", ink("$text-warning"))
         for d in decoded:
             t.append("\n")
             t.append_text(d.text)
             if d.redirect is not None and has_redirect:
                 t.append("\n")
                 if target is not None:
-                    link = Style(color="#5fafff", bold=True, underline=True) + Style.from_meta(
+                    link = ink("bold underline $text-primary") + Style.from_meta(
                         {"@click": f"app.follow_redirect({k})"})
-                    t.append("⤳ leads to ", Style(color="#5fafff"))
+                    t.append("⤳ leads to ", ink("$text-primary"))
                     t.append_text(esc_str(engine.label(target.layer), link))
-                    t.append(" at ", "#5fafff")
-                    t.append_text(path_text(target.path, "#5fafff"))
+                    t.append(" at ", ink("$text-primary"))
+                    t.append_text(path_text(target.path, ink("$text-primary")))
                     t.append("  [r]", "dim")
                 elif res.lowerdata_redirect is not None and res.open_errno:
-                    t.append(f"⤳ found in no data-only layer: open {res.open_errno}", "bold red")
+                    t.append(f"⤳ found in no data-only layer: open {res.open_errno}", ink("bold $text-error"))
                 else:
                     t.append("⤳ leads nowhere here", "dim")
         if not decoded and role != "absent":
@@ -289,7 +309,7 @@ class LayerColumns(Horizontal):
             t.append_text(path_text(sel.path, "dim"))
             if node is not None:
                 t.append("\n")
-                t.append_text(kind_line(node))
+                t.append_text(kind_line(node, Ink(self)))
                 for d in decode(node, engine.prefix):
                     t.append("\n")
                     t.append_text(d.text)
@@ -302,7 +322,7 @@ class LayerColumns(Horizontal):
             return None
         col = self.column(tgt.layer)
         col.add_class("-target")
-        self.scroll_to_widget(col, animate=False)
+        self.scroll_to_column(col)
         return tgt
 
 
@@ -318,23 +338,25 @@ class Explanation(VerticalScroll):
 
 
 def explanation(engine: Engine, pal: LayerPalette, res: Resolution, extra_findings: list,
-                observed: tuple[str, list[str]] | None = None, whatif: bool = False) -> Text:
-    """The explanation text for one resolution."""
+                observed: tuple[str, list[str]] | None = None, whatif: bool = False,
+                ink: Ink | None = None) -> Text:
+    """The explanation text for one resolution (``ink``: the theme's colours; dark's if None)."""
+    ink = ink or Ink()
     t = Text()
     t.append_text(path_text(res.path, "bold"))
     if res.via_symlink:
         t.append("  (through a symlink)", "dim")
     if whatif:
-        t.append("  what-if prediction", Style(color="black", bgcolor="#ff87ff"))
+        t.append("  what-if prediction", ink("black on $whatif" if ink.dark else "white on $whatif"))
     t.append("\n")
     if engine.mount_errno:
-        t.append(f"mount  ✖ {engine.mount_errno}", "bold #ff5f5f")
+        t.append(f"mount  ✖ {engine.mount_errno}", ink("bold $text-error"))
         t.append(": the kernel refuses these options; below, what lookup would do if it did not\n",
-                 "#ff8787")
+                 ink("$text-error"))
     # the step that fails first: at 80x24 the panel shows three lines, and "lstat ✔" on a path
     # whose open ends in EIO reads as healthy
-    lstat = _lstat_line(pal, res)
-    opened = _open_line(pal, res) if res.errno is None and res.kind == "file" else None
+    lstat = _lstat_line(pal, res, ink)
+    opened = _open_line(pal, res, ink) if res.errno is None and res.kind == "file" else None
     if opened is not None and (res.open_errno or any(f.rule == "shadowed-lowerdata" for f in res.findings)):
         t.append_text(opened)
         t.append_text(lstat)
@@ -349,7 +371,7 @@ def explanation(engine: Engine, pal: LayerPalette, res: Resolution, extra_findin
     findings.sort(key=lambda f: SEVERITY_RANK[severity_of(f)])
     for f in findings:
         sev = severity_of(f)
-        t.append(f"{SEVERITY_MARK[sev]} {f.rule}", SEVERITY_STYLE[sev])
+        t.append(f"{SEVERITY_MARK[sev]} {f.rule}", ink(SEVERITY_STYLE[sev]))
         t.append("  ")
         t.append_text(pal.colorize(esc_str(f.message)))
         t.append("\n  fix: ", "dim")
@@ -358,7 +380,7 @@ def explanation(engine: Engine, pal: LayerPalette, res: Resolution, extra_findin
     logs = res.kernel_log + res.open_log
     for line in logs:
         t.append("dmesg  ", "bold")
-        t.append_text(esc_str(line, "#ff8787"))
+        t.append_text(esc_str(line, ink("$text-error")))
         t.append("\n")
     if observed is not None:
         summary, mismatches = observed
@@ -368,9 +390,9 @@ def explanation(engine: Engine, pal: LayerPalette, res: Resolution, extra_findin
             t.append("  ✖ MISMATCH", "bold white on #d70000")
             for m in mismatches:
                 t.append("\n       ")
-                t.append_text(esc_str(m, "#ff8787"))
+                t.append_text(esc_str(m, ink("$text-error")))
         else:
-            t.append("  ✔ matches the prediction", "bold #87d787")
+            t.append("  ✔ matches the prediction", ink("bold $text-success"))
         t.append("\n")
     if res.trace:
         t.append("\nlookup, step by step\n", "bold underline")
@@ -379,7 +401,7 @@ def explanation(engine: Engine, pal: LayerPalette, res: Resolution, extra_findin
             if step.startswith("=>"):
                 style = "bold"
             elif step.startswith("!"):
-                style = "bold #ff8787"
+                style = ink("bold $text-error")
             line = esc_str(step, style)
             pal.colorize(line)
             t.append(f"{n:>2}. ", "dim")
@@ -388,13 +410,13 @@ def explanation(engine: Engine, pal: LayerPalette, res: Resolution, extra_findin
     return t
 
 
-def _lstat_line(pal: LayerPalette, res: Resolution) -> Text:
+def _lstat_line(pal: LayerPalette, res: Resolution, ink: Ink) -> Text:
     t = Text()
     t.append("lstat  ", "bold")
     if res.errno:
-        t.append(f"✖ {res.errno}", "bold #ff5f5f")
+        t.append(f"✖ {res.errno}", ink("bold $text-error"))
     else:
-        t.append("✔ ", "bold #87d787")
+        t.append("✔ ", ink("bold $text-success"))
         what = res.kind or "?"
         if res.kind == "file":
             what += f", {size_text(res.size)}"
@@ -413,22 +435,22 @@ def _lstat_line(pal: LayerPalette, res: Resolution) -> Text:
     return t
 
 
-def _open_line(pal: LayerPalette, res: Resolution) -> Text:
+def _open_line(pal: LayerPalette, res: Resolution, ink: Ink) -> Text:
     """``open ✖ EIO``, ``open ✔ bytes from …``, or, when a regular layer intercepts the data
     meant for a data-only layer, ``open ▲ wrong bytes from …`` (no green tick on wrong data)."""
     t = Text()
     t.append("open   ", "bold")
     if res.open_errno:
-        t.append(f"✖ {res.open_errno}", "bold #ff5f5f")
+        t.append(f"✖ {res.open_errno}", ink("bold $text-error"))
     elif any(f.rule == "shadowed-lowerdata" for f in res.findings):
-        t.append("▲ WRONG bytes from ", "bold #d75f00")
+        t.append("▲ WRONG bytes from ", ink("bold $intercept"))
         if res.data is not None:
             t.append_text(pal.tag(res.data.layer))
             t.append(" ")
             t.append_text(path_text(res.data.path))
-        t.append("  SHADOWED", "bold #d75f00")
+        t.append("  SHADOWED", ink("bold $intercept"))
     else:
-        t.append("✔ ", "bold #87d787")
+        t.append("✔ ", ink("bold $text-success"))
         if res.data is not None:
             t.append("bytes from ", "dim")
             t.append_text(pal.tag(res.data.layer))
@@ -438,7 +460,7 @@ def _open_line(pal: LayerPalette, res: Resolution) -> Text:
     return t
 
 
-def raw_explanation(engine: Engine, pal: LayerPalette, k: int, path: Path) -> Text:
+def raw_explanation(engine: Engine, pal: LayerPalette, k: int, path: Path, ink: Ink | None = None) -> Text:
     layer = engine.klayers[k]
     node = layer.node(path) if layer is not None else None
     t = Text()
@@ -447,7 +469,7 @@ def raw_explanation(engine: Engine, pal: LayerPalette, k: int, path: Path) -> Te
     t.append_text(path_text(path, "bold"))
     t.append("\n")
     if node is not None:
-        t.append_text(kind_line(node))
+        t.append_text(kind_line(node, ink))
         t.append("\n")
     t.append("\nThis is a path inside a data-only layer. Data-only layers never appear in the merged "
              "view: their files are reached only by the absolute redirect of a metacopy file, and "

@@ -31,6 +31,8 @@ from ..rules.catalogue import RULES, Finding
 from .palette import LayerPalette
 from .render import esc, esc_str, path_text, size_text
 from .session import Child, Lister
+from .style import Ink
+from .style import Ink
 
 #: the label of a row not drawn yet (see :meth:`MergedTree.render_label`)
 _NO_LABEL = Text()
@@ -40,7 +42,8 @@ MAX_DOTS = 6
 
 SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
 SEVERITY_MARK = {"error": "✖", "warning": "▲", "info": "ℹ"}
-SEVERITY_STYLE = {"error": "bold #ff5f5f", "warning": "bold #ffd75f", "info": "#87afd7"}
+#: severity colours, from the theme (see :mod:`.style`): resolve with an :class:`.style.Ink`
+SEVERITY_STYLE = {"error": "bold $text-error", "warning": "bold $text-warning", "info": "$text-primary"}
 
 
 def severity_of(f: Finding, unknown: str = "error") -> str:
@@ -110,9 +113,12 @@ class MergedTree(Tree[Entry]):
         self.user_keys = 0
         #: the last reveal gave up because the user pressed a key meanwhile
         self.reveal_abandoned = False
+        #: the theme's colours, captured once per repaint (labels are drawn per row)
+        self.ink = Ink()
 
     # ------------------------------------------------------------------ loading
     def on_mount(self) -> None:
+        self.ink = Ink(self)
         self.root.expand()
         self.start_load(self.root)
 
@@ -410,7 +416,8 @@ class MergedTree(Tree[Entry]):
             self._invalidate()
 
     def repaint_labels(self) -> None:
-        """Labels depend on scan results and what-if state: recompute the visible ones."""
+        """Labels depend on scan results, what-if state and the theme: recompute the visible ones."""
+        self.ink = Ink(self)
         self.gen += 1
         self._invalidate()
 
@@ -442,7 +449,16 @@ class MergedTree(Tree[Entry]):
             return super().render_label(node, base_style, style)
         if e.kind == "merged" and e.res is None:
             self.resolved(node)  # drawn for the first time: resolve it now (see the docstring)
-        label = self._label_text(node, e).copy()
+        label = self._label_text(node, e)
+        if e.kind == "merged" and e.res is not None and (e.res.errno or e.res.open_errno or any(
+                f.rule == "shadowed-lowerdata" for f in e.res.findings)):
+            depth, up = 0, node.parent
+            while up is not None:
+                depth, up = depth + 1, up.parent
+            guides = depth * self.guide_depth if self.show_root else max(0, depth - 1) * self.guide_depth
+            if guides + 2 + label.cell_len > self.scrollable_content_region.width:
+                label = self.entry_text(node, e, marks_first=True)
+        label = label.copy()
         label.stylize(style)
         if node.allow_expand and (node.children or not e.loaded):
             prefix = ("▼ " if node.is_expanded else "▶ ", base_style + Style(bold=True))
@@ -450,8 +466,9 @@ class MergedTree(Tree[Entry]):
             prefix = ("  ", base_style)
         return Text.assemble(prefix, label)
 
-    def entry_text(self, node: TreeNode[Entry], e: Entry) -> Text:
+    def entry_text(self, node: TreeNode[Entry], e: Entry, marks_first: bool = False) -> Text:
         pal = self.palette
+        ink = self.ink
         t = Text()
         if e.kind == "loading":
             return Text("loading…", style="dim italic")
@@ -476,7 +493,7 @@ class MergedTree(Tree[Entry]):
                 t.append(f"  {_kind_short(e.node)}", "dim")
             return t
         if e.kind == "asked":
-            t.append_text(esc(b"/".join((e.path[-1], *e.rest)), Style(color="#ff5f5f", bold=True)))
+            t.append_text(esc(b"/".join((e.path[-1], *e.rest)), ink("bold $text-error")))
             err = e.res.errno if e.res is not None else None
             if err:
                 t.append(f" {err} ", Style(color="white", bgcolor="#d70000", bold=True))
@@ -484,7 +501,7 @@ class MergedTree(Tree[Entry]):
             return t
         if e.kind == "whiteout":
             t.append_text(esc(e.path[-1], Style(strike=True, dim=True)))
-            t.append("  whiteout", "bold #af87ff")
+            t.append("  whiteout", ink("bold $whiteout"))
             t.append("  " + e.reason, "dim")
             return t
         res = e.res
@@ -492,7 +509,7 @@ class MergedTree(Tree[Entry]):
             return node.label.copy()
         name_style = Style(bold=res.is_dir)
         if res.errno:
-            name_style += Style(color="#ff5f5f")
+            name_style += ink("$text-error")
         elif res.metadata is not None:
             name_style += pal.style(res.metadata.layer)
         t.append_text(esc(e.path[-1], name_style) if e.path else Text("/", name_style))
@@ -507,27 +524,36 @@ class MergedTree(Tree[Entry]):
             dots += [r.layer for r in res.lowers]
             if res.data is not None and res.data.layer not in dots:
                 dots.append(res.data.layer)
+        dot_text = Text()
         if len(dots) > MAX_DOTS:
             # a directory merged from 25 layers: the top one's dot and the count
-            t.append(" ")
-            t.append("●", pal.style(dots[0]))
-            t.append(f"×{len(dots)}", "dim")
+            dot_text.append(" ")
+            dot_text.append("●", pal.style(dots[0]))
+            dot_text.append(f"×{len(dots)}", "dim")
         elif dots:
-            t.append(" ")
+            dot_text.append(" ")
             for k in dots:
-                t.append("●", pal.style(k))
+                dot_text.append("●", pal.style(k))
         # what is wrong first (the pane is narrow), then what the entry is
+        wrong = Text()
         if res.errno == "ENOENT":
-            t.append("  phantom: lookup ENOENT", "bold #ffd75f")
+            wrong.append("  phantom: lookup ENOENT", ink("bold $text-warning"))
         elif res.errno:
-            t.append(f" {res.errno} ", Style(color="white", bgcolor="#d70000", bold=True))
+            wrong.append(f" {res.errno} ", Style(color="white", bgcolor="#d70000", bold=True))
         if res.open_errno:
-            t.append(" ")
-            t.append(f" open {res.open_errno} ", Style(color="white", bgcolor="#af005f", bold=True))
+            wrong.append(" ")
+            wrong.append(f" open {res.open_errno} ", Style(color="white", bgcolor="#af005f", bold=True))
         rules = {f.rule for f in res.findings}
         if "shadowed-lowerdata" in rules:
-            t.append(" ")
-            t.append(" SHADOWED ", Style(color="white", bgcolor="#d75f00", bold=True))
+            wrong.append(" ")
+            wrong.append(" SHADOWED ", ink("bold white on $intercept"))
+        if marks_first and wrong:
+            # a deep row that must be cut: the verdict before the dots, so the cut takes the dots
+            t.append_text(wrong)
+            t.append_text(dot_text)
+        else:
+            t.append_text(dot_text)
+            t.append_text(wrong)
         counts = list(self.problems_at.get(e.path, [0, 0, 0]))
         for f in res.findings:
             sev = severity_of(f, unknown="info")
@@ -535,7 +561,7 @@ class MergedTree(Tree[Entry]):
                 counts[SEVERITY_RANK[sev]] = 1
         if "shadowed-lowerdata" in rules and counts[0] == 1:
             counts[0] = 0  # SHADOWED says it already
-        marks = [(SEVERITY_MARK[s], SEVERITY_STYLE[s]) for s, n in zip(("error", "warning", "info"), counts) if n]
+        marks = [(SEVERITY_MARK[s], ink(SEVERITY_STYLE[s])) for s, n in zip(("error", "warning", "info"), counts) if n]
         if marks:
             t.append(" ")
             for mark, style in marks:
@@ -545,22 +571,22 @@ class MergedTree(Tree[Entry]):
             parts = [f"{n}{SEVERITY_MARK[s]}" for s, n in zip(("error", "warning", "info"), below) if n]
             if parts:
                 worst = "error" if below[0] else ("warning" if below[1] else "info")
-                t.append("  (" + " ".join(parts) + " below)", SEVERITY_STYLE[worst])
+                t.append("  (" + " ".join(parts) + " below)", ink(SEVERITY_STYLE[worst]))
         if e.path in self.changed:
             t.append(" ")
-            t.append(" Δ what-if ", Style(color="black", bgcolor="#ff87ff", bold=True))
+            t.append(" Δ what-if ", ink("bold black on $whatif" if ink.dark else "bold white on $whatif"))
         if res.kind == "symlink" and res.errno is None:
             t.append(" → ", "dim")
             t.append_text(esc(res.target, "dim", limit=40))
         if res.redirect is not None:
-            t.append("  ⇒", "bold #5fafff")
-            t.append_text(esc(res.redirect, "#5fafff", limit=32))
+            t.append("  ⇒", ink("bold $text-primary"))
+            t.append_text(esc(res.redirect, ink("$text-primary"), limit=32))
         if res.metacopy:
-            t.append("  metacopy", "#5fd7d7")
+            t.append("  metacopy", ink("$metacopy"))
         if res.opaque:
-            t.append("  opaque", "#af87ff")
+            t.append("  opaque", ink("$whiteout"))
         if res.whiteout is not None and res.errno:
-            t.append("  whited out", "#af87ff")
+            t.append("  whited out", ink("$whiteout"))
         if e.hidden_copies and self.show_hidden:
             t.append(f"  +{len(e.hidden_copies)} hidden", "dim italic")
         return t

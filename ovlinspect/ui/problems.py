@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from rich.style import Style
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -89,6 +90,28 @@ class ProblemTree(Tree[ProblemRef]):
         self.guide_depth = 2
         self.auto_expand = False
 
+    def render_label(self, node: TreeNode[ProblemRef], base_style: Style, style: Style) -> Text:
+        """A cause too wide for the panel keeps its end (``→ 79 paths fail with EIO``) and its
+        start (the layer and path at fault): the middle of the message gives way; other rows
+        end in ``…`` when cut."""
+        label = super().render_label(node, base_style, style)
+        d = node.data
+        room = self.scrollable_content_region.width - (self.guide_depth if d is not None and
+                                                         (d.path is not None or d.more or d.fix) else 0)
+        if room <= 0 or label.cell_len <= room:
+            return label
+        plain = label.plain
+        arrow = plain.rfind(" → ")
+        if d is not None and d.path is None and not d.more and not d.fix and arrow > 0:
+            tail = label[arrow:]
+            keep = room - tail.cell_len - 1
+            if keep >= 12:
+                head = label[:keep]
+                head.append("…")
+                return Text.assemble(head, tail)
+        label.truncate(room, overflow="ellipsis")
+        return label
+
     def _panel(self) -> "ProblemsPanel | None":
         panel = self.parent
         while panel is not None and not isinstance(panel, ProblemsPanel):
@@ -106,6 +129,10 @@ class ProblemTree(Tree[ProblemRef]):
             # a cause: open it below the cursor (nothing above moves) and show its first path
             if not event.node.is_expanded:
                 event.node.expand()
+            if self.has_focus:
+                panel = self._panel()
+                if panel is not None:
+                    panel.opened.add(id(d.cause))
             if d.cause.paths:
                 self.post_message(self.Chosen(min(d.cause.paths), jump=False))
 
@@ -136,6 +163,8 @@ class ProblemsPanel(Vertical):
         self.findings: list[Finding] = []
         self.index: CauseIndex | None = None
         self.rows: dict[int, Row] = {}  # id(cause) -> its row
+        #: the causes the user opened (by id): they stay open when the scan ends
+        self.opened: set[int] = set()
         self.scanned = 0
         self.done = False
         self.elapsed: float | None = None
@@ -210,6 +239,7 @@ class ProblemsPanel(Vertical):
         self.palette = palette
         self.findings = []
         self.rows = {}
+        self.opened = set()
         self.scanned = 0
         self.done = False
         self.elapsed = None
@@ -304,7 +334,7 @@ class ProblemsPanel(Vertical):
         at = tree.cursor_node.data if tree.cursor_node is not None else None
         at_key = (id(at.cause), at.path, at.more, at.fix) if at is not None else None
         expanded = {key for key, row in self.rows.items()
-                    if row.node is not None and row.node.is_expanded}
+                    if row.node is not None and row.node.is_expanded and key in self.opened}
         first = True
         tree.clear()
         found = None
