@@ -129,6 +129,7 @@ def _verb(effect: str, n: int) -> str:
         head, _, rest = effect.partition(" ")
         if head in ("fail", "read", "report", "get", "are", "miss"):
             head = {"are": "is", "miss": "misses"}.get(head, head + "s")
+        rest = rest.replace(" but fail ", " but fails ")  # "is listed by readdir but fails lookup"
         return f"{head} {rest}".rstrip()
     return effect
 

@@ -349,7 +349,7 @@ class OvlInspectApp(App[int]):
     @on(PathList.Chosen)
     def _path_chosen(self, msg: PathList.Chosen) -> None:
         if msg.jump:
-            self.goto_path(msg.path)
+            self.goto_path(msg.path, focus=msg.focus)
         else:
             self.select(Selection(msg.path))
 
@@ -358,7 +358,7 @@ class OvlInspectApp(App[int]):
         tree = self.tree
         tree.show_hidden = not tree.show_hidden
         self.query_one("#left").border_title = (
-            "merged tree + what it hides (h)" if tree.show_hidden else "merged tree")
+            "merged tree + hidden (h)" if tree.show_hidden else "merged tree")
         self.reload_tree()
 
     def reload_tree(self) -> None:

@@ -502,7 +502,15 @@ class MergedTree(Tree[Entry]):
         if e.kind == "whiteout":
             t.append_text(esc(e.path[-1], Style(strike=True, dim=True)))
             t.append("  whiteout", ink("bold $whiteout"))
-            t.append("  " + e.reason, "dim")
+            # "0/0 whiteout in upper 0 (upper):/etc/motd" says the name and "whiteout" again:
+            # the layer alone, by its short name, so that the row fits the pane
+            head = "0/0 whiteout in "
+            k = next((k for k in pal.colors if e.reason.startswith(head + self.engine.label(k) + ":")), None)
+            if k is not None:
+                t.append(" in ", "dim")
+                t.append_text(pal.tag(k))
+            else:
+                t.append("  " + e.reason, "dim")
             return t
         res = e.res
         if res is None:

@@ -27,10 +27,14 @@ class PathList(OptionList):
     """A list of merged paths: highlight shows one, enter jumps to it."""
 
     class Chosen(Message):
-        def __init__(self, path: Path, jump: bool) -> None:
+        """A path was highlighted (``jump`` False: shown in the details) or chosen (``jump``:
+        the merged tree's cursor goes there; ``focus``: and the tree takes the keys)."""
+
+        def __init__(self, path: Path, jump: bool, focus: bool = True) -> None:
             super().__init__()
             self.path = path
             self.jump = jump
+            self.focus = focus
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -156,7 +160,7 @@ class SearchPanel(Vertical):
         with Horizontal(id="search-row"):
             yield Input(placeholder="path substring (enter: first match; ctrl+t: problem paths only)",
                         id="search-input")
-            yield Checkbox("problem paths only", id="search-problems")
+            yield Checkbox("problem paths only: off", id="search-problems")
         yield Static(id="search-status")
         yield PathList(id="search-results")
 
@@ -179,15 +183,25 @@ class SearchPanel(Vertical):
         self._emit()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter: the first match, in the merged tree too (its cursor goes there); the list
+        takes the keys, to go on to the next matches."""
         event.stop()
         results = self.query_one(PathList)
         if results.paths:
             results.focus()
             results.highlighted = 0
+            self.post_message(PathList.Chosen(results.paths[0], jump=True, focus=False))
 
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
         event.stop()
+        self._show_box(event.value)
         self._emit()
+
+    def _show_box(self, on: bool) -> None:
+        """The box says its state in words and colour (Textual's X looks alike on and off)."""
+        box = self.query_one("#search-problems", Checkbox)
+        box.label = "problem paths only: ON" if on else "problem paths only: off"
+        box.set_class(on, "-on")
 
     def action_toggle_problems(self) -> None:
         box = self.query_one("#search-problems", Checkbox)

@@ -105,7 +105,7 @@ class ProblemTree(Tree[ProblemRef]):
         if d is not None and d.path is None and not d.more and not d.fix and arrow > 0:
             tail = label[arrow:]
             keep = room - tail.cell_len - 1
-            if keep >= 12:
+            if keep >= max(12, room // 2):
                 head = label[:keep]
                 head.append("…")
                 return Text.assemble(head, tail)
@@ -363,8 +363,18 @@ class ProblemsPanel(Vertical):
         sev = Severity(c.severity).value
         t = Text()
         t.append(f"{SEVERITY_MARK[sev]} ", themed(self, SEVERITY_THEMED[sev]))
-        t.append_text(self.palette.colorize(esc_str(c.headline(), "bold", limit=400)))
+        t.append_text(self.palette.colorize(esc_str(self.headline(c), "bold", limit=400)))
         return t
+
+    @staticmethod
+    def headline(c: Cause) -> str:
+        """The cause's headline, naming the layer and path at fault first: a cause of one
+        path has its finding's own message as headline, which names them late (cut at 80
+        columns); here the short summary goes first."""
+        text = c.headline()
+        if c.where and c.message != c.summary and text.startswith(c.message):
+            text = c.summary + text[len(c.message):]
+        return text
 
     def _fix_label(self, c: Cause) -> Text:
         t = Text("fix: ", style="bold")

@@ -116,14 +116,14 @@ async def test_selecting_a_problem_jumps_to_its_path():
         ptree = app.query_one(ProblemTree)
         ptree.focus()
         await pilot.pause()
-        # down to the first finding (line 0 is the first group)
-        ptree.move_cursor_to_line(1)
+        # down to the first path (line 0 is the first cause, line 1 its fix)
+        ptree.move_cursor_to_line(2)
         await pilot.pause()
-        finding = ptree.cursor_node.data.finding
-        assert finding is not None
+        path = ptree.cursor_node.data.path
+        assert path is not None
         await pilot.press("enter")
         await settle(pilot)
-        want = tuple(finding.path.split(b"/")[1:])
+        want = tuple(path.split(b"/")[1:])
         assert app.tree.cursor_node.data.path == want
         assert app.selection.path == want
         assert app.focused is app.tree
@@ -135,8 +135,9 @@ async def test_highlighting_a_problem_shows_it_without_moving_the_tree():
         await settle(pilot)
         ptree = app.query_one(ProblemTree)
         ptree.focus()
-        ptree.move_cursor_to_line(1)
+        ptree.move_cursor_to_line(2)  # the first cause's first path (line 1 is its fix)
         await settle(pilot)
+        assert ptree.cursor_node.data.path == b"/foo"
         assert app.selection.path == (b"foo",)
         assert app.tree.cursor_line == 0
         text = screen_text(app)
