@@ -129,3 +129,35 @@ class TestManyLayers:
 
     def test_25_layers_200x50(self, snap_compare):
         assert snap_compare(self._app(25), terminal_size=(200, 50), run_before=_goto((b"usr", b"bin", b"tool")))
+
+
+class TestCauses:
+    """Issue 12: the first screen carries the cause and its fix, at 80x24 and at a large size."""
+
+    def test_one_cause_80x24(self, snap_compare):
+        """79 EIO paths, one cause: the cause line keeps its effect, the fix below it."""
+        assert snap_compare(demo_app("one-cause"), terminal_size=(80, 24), run_before=_keys())
+
+    def test_one_cause_200x50(self, snap_compare):
+        assert snap_compare(demo_app("one-cause"), terminal_size=(200, 50), run_before=_keys())
+
+    def test_seed_eio_80x24(self, snap_compare):
+        assert snap_compare(demo_app("seed-eio"), terminal_size=(80, 24), run_before=_keys())
+
+    def test_one_cause_second_cause(self, snap_compare):
+        """n once: the one shadowed file among the 79 EIO ones."""
+        assert snap_compare(demo_app("one-cause"), terminal_size=SIZE, run_before=_keys("n"))
+
+    def test_light_theme_hidden_entries(self, snap_compare):
+        """The light theme on whiteouts and opaque directories (h): every label readable."""
+        async def run_before(pilot) -> None:
+            pilot.app.theme = "textual-light"
+            await settle(pilot)
+            pilot.app.goto_path((b"etc",))
+            await settle(pilot)
+            for key in ("right", "h"):
+                await pilot.press(key)
+                await settle(pilot)
+
+        assert snap_compare(demo_app("whiteouts", auto_jump=False), terminal_size=SIZE,
+                            run_before=run_before)
