@@ -40,6 +40,7 @@ SHOTS = [
     Shot("redirect", "seed", "r: the column the redirect leads to (B intercepts).", keys=("r",)),
     Shot("preview", "seed", "p: the bytes read() returns (B) beside those the redirect meant (C).", keys=("p",)),
     Shot("eio", "seed-eio", "A plain directory on the redirect path: stat fails with EIO."),
+    Shot("one-cause", "one-cause", "79 EIO paths, one cause: the Problems panel says it once, with its fix."),
     Shot("composefs", "composefs", "A composefs-style stack: problems counted below each directory."),
     Shot("hidden", "whiteouts", "h: whiteouts, hidden copies and opaque directories.",
          goto=(b"etc", b"motd"), keys=("h",), auto_jump=False, expand=[(b"etc",), (b"cache",)]),
