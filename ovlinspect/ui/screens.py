@@ -25,9 +25,9 @@ KEYS = [
     ("Moving", [
         ("↑ ↓  pgup pgdn  home end", "move in the focused panel"),
         ("→ / ←", "expand a directory / collapse, go to the parent"),
-        ("enter", "expand; in Problems, Search and What-if: jump to the path"),
-        ("tab / shift+tab", "next / previous panel"),
-        ("n / N", "next / previous problem"),
+        ("enter", "expand; in Problems, Search and What-if: jump to the path (Search: the first match)"),
+        ("tab / shift+tab", "next / previous panel: tree, layer columns (← → scroll them), explanation, bottom"),
+        ("n / N", "next / previous problem: the first path of each cause first, then the rest"),
         ("z", "maximize the focused panel (again to restore)"),
     ]),
     ("Looking", [
