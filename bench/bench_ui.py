@@ -193,9 +193,10 @@ async def run(stack: Stack, keys: int, size: tuple[int, int]) -> None:
         # search: each keystroke restarts the background search
         await key(app, "slash", lambda: app.focused is not tree)
         search = app.query_one("#search-input")
+        panel = app.query_one("#search")  # the search runs in its panel (SearchPanel.gen)
         for ch in "f0001234":
-            gen = app.search_gen
-            lat["search keystroke"].append(await key(app, ch, lambda: app.search_gen != gen))
+            gen = panel.gen
+            lat["search keystroke"].append(await key(app, ch, lambda: panel.gen != gen))
         await key(app, "escape", lambda: app.focused is tree)
         del search
         scanned_meanwhile = app.problems.scanned - scanned0

@@ -54,6 +54,8 @@ class Row:
     shown: list[bytes] = field(default_factory=list)
     more: TreeNode | None = None
     fix: TreeNode | None = None
+    #: the distinct paths of the cause so far (its count, without a pass over them per batch)
+    distinct: set[bytes] = field(default_factory=set)
 
 
 @dataclass(eq=False)
@@ -165,6 +167,8 @@ class ProblemsPanel(Vertical):
         self.rows: dict[int, Row] = {}  # id(cause) -> its row
         #: the causes the user opened (by id): they stay open when the scan ends
         self.opened: set[int] = set()
+        #: severity rank -> the tree node of the first cause of that severity (during the scan)
+        self._first: dict[int, TreeNode] = {}
         self.scanned = 0
         self.done = False
         self.elapsed: float | None = None
@@ -239,6 +243,7 @@ class ProblemsPanel(Vertical):
         self.palette = palette
         self.findings = []
         self.rows = {}
+        self._first = {}
         self.opened = set()
         self.scanned = 0
         self.done = False
@@ -264,12 +269,15 @@ class ProblemsPanel(Vertical):
             row = self.rows.get(id(cause))
             if row is None:
                 row = self.rows[id(cause)] = Row(cause)
-                order = self.ordered_rows()
-                at = order.index(row)
-                before = order[at + 1].node if at + 1 < len(order) else None
+                # meanwhile by severity, then as found (reach still grows): after the last
+                # cause of its severity, before the first of a milder one; sorted at the end
+                rank = Severity(cause.severity).rank
+                before = next((self._first[r] for r in range(rank + 1, 3) if r in self._first), None)
                 row.node = tree.root.add(Text(), ProblemRef(row), before=before,
                                          expand=len(self.rows) == 1)
+                self._first.setdefault(rank, row.node)
                 row.fix = row.node.add_leaf(self._fix_label(cause), ProblemRef(row, fix=True))
+            row.distinct.add(f.path)
             if len(row.shown) < FEW and f.path not in row.shown:
                 self._add_path(row, f.path)
             touched[id(cause)] = row
@@ -293,7 +301,7 @@ class ProblemsPanel(Vertical):
 
     def _update_more(self, row: Row) -> None:
         assert row.node is not None
-        rest = len(set(row.cause.paths)) - len(row.shown)
+        rest = len(row.distinct) - len(row.shown)
         if rest <= 0:
             if row.more is not None:
                 row.more.remove()
@@ -309,7 +317,7 @@ class ProblemsPanel(Vertical):
     def show_more(self, row: Row) -> None:
         shown = set(row.shown)
         added = 0
-        for p in sorted(set(row.cause.paths)):
+        for p in sorted(row.distinct):
             if added >= PAGE:
                 break
             if p not in shown:
@@ -345,8 +353,9 @@ class ProblemsPanel(Vertical):
                                      expand=first or key in expanded)
             first = False
             row.fix = row.node.add_leaf(self._fix_label(cause), ProblemRef(row, fix=True))
+            keep = max(FEW, len(row.shown))  # as many as were listed (enter on "more")
             row.shown, row.more = [], None
-            for p in sorted(set(cause.paths))[:max(FEW, len(set(row.shown)))]:
+            for p in sorted(row.distinct)[:keep]:
                 self._add_path(row, p)
             self._update_more(row)
             if at_key is not None and at_key[0] == key:
