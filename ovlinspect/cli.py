@@ -580,7 +580,9 @@ def cmd_check(ns: argparse.Namespace) -> int:
             shown = time.monotonic()
             print(f"\rchecked {n} paths...", end="", file=sys.stderr, flush=True)
 
-    findings = engine.check(progress)
+    from .rules.scan import check as scan_check  # the lean walk, equal to engine.check
+
+    findings = scan_check(engine, progress)
     if tty and count:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
     errors = sum(1 for f in findings if f.severity == "error")
