@@ -106,3 +106,119 @@ def test_the_comparison_met_many_kinds_of_problem() -> None:
     if len(SEEN) < 5:
         pytest.skip("run with the table and demo comparisons (not selected)")
     assert len(SEEN) >= 15, sorted(SEEN)
+
+
+# ------------------------------------------------------- a composefs stack with every problem
+
+from memstack import T, layer, metacopy  # noqa: E402
+
+from ovlinspect.model.layers import MemoryLayer, Node  # noqa: E402
+from ovlinspect.model.stack import Stack  # noqa: E402
+
+U = b"user.overlay."
+DIGEST = bytes.fromhex("00240001") + b"\xcd" * 32
+
+
+def _objects() -> MemoryLayer:
+    c = MemoryLayer(label="objects")
+    for path, verity in [(b"aa/obj1", None), (b"aa/objv", (1, b"\xcd" * 32)), (b"aa/objw", (1, b"\xee" * 32)),
+                         (b"aa/objn", None), (b"bb/x", None), (b"cc/y", None)]:
+        c.add(tuple(path.split(b"/")), Node("file", 0o644, 18, verity=verity), b"d" * 18)
+    c.add((b"aa", b"dirobj"), Node("dir", 0o755))
+    return c
+
+
+def _problems_stack(options: str, upper: bool) -> Stack:
+    mc = lambda red, size=18, value=b"": metacopy(red, size, value)  # noqa: E731
+    meta = layer("meta", {
+        **{f"/ok/f{i}": mc(b"/aa/obj1") for i in range(4)},
+        "/ok/esc": ("file", {T + b"metacopy": b"", T + b"redirect": b"/aa/obj1",
+                             T + b"overlay.metacopy": b""}, {"size": 18}),
+        "/ok/nsdup": ("file", {T + b"metacopy": b"", T + b"redirect": b"/aa/obj1",
+                               U + b"redirect": b"/elsewhere"}, {"size": 18}),
+        "/ok/dig": mc(b"/aa/objv", value=DIGEST),
+        "/ok/digwrong": mc(b"/aa/objw", value=DIGEST),
+        "/ok/dignov": mc(b"/aa/objn", value=DIGEST),
+        "/ok/hdr": mc(b"/aa/obj1", value=bytes.fromhex("00040000")),
+        "/ok/badver": mc(b"/aa/obj1", value=bytes.fromhex("01040000")),
+        "/ok/badlen": mc(b"/aa/obj1", value=bytes.fromhex("00050000")),
+        "/ok/big": mc(b"/aa/obj1", value=bytes(70)),
+        "/ok/short": mc(b"/aa/obj1", value=b"\0\0"),
+        "/miss": mc(b"/aa/missing"),
+        "/missdir": mc(b"/aa/dirobj"),
+        "/size": mc(b"/aa/obj1", size=99),
+        "/inter": mc(b"/bb/x"),
+        "/broken": mc(b"/cc/y"),
+        "/rel": mc(b"obj1"),
+        "/inval": mc(b"/aa//obj1"),
+        "/dot": mc(b"/./aa/obj1"),
+        "/dotdot": mc(b"/aa/../aa/obj1"),
+        "/nul": mc(b"/aa/obj1\0junk"),
+        "/noredirect": mc(None),
+        "/ns": ("file", {U + b"metacopy": b"", U + b"redirect": b"/aa/obj1"}, {"size": 18}),
+        "/redironly": ("file", {T + b"redirect": b"/aa/obj1"}, {"size": 18}),
+        "/origin": ("file", {T + b"origin": b"\0"}, {"size": 3}),
+        "/wh": "wh",
+        "/xwh": ("file", {T + b"whiteout": b""}, {"size": 0}),
+        "/opq": ("dir", {T + b"opaque": b"y"}),
+        "/opq/a": b"a",
+        "/xdir": ("dir", {T + b"opaque": b"x"}),
+        "/xdir/gone": ("file", {T + b"whiteout": b""}, {"size": 0}),
+        "/rdir": ("dir", {T + b"redirect": b"/bb"}),
+        "/p1": b"plain",
+        "/p2": b"",
+        "/s": ("symlink", {}, {"target": b"p1"}),
+        "/fifo": ("fifo", {}),
+        "/aa": "dir",
+        "/aa/obj1": mc(b"/aa/obj1"),
+    })
+    base = layer("base", {
+        "/bb/x": b"intercepts",
+        "/cc": "dir",
+        "/wh": b"hidden",
+        "/opq/b": b"b",
+        "/xdir/gone": b"g", "/xdir/kept": b"k",
+        "/stray": mc(None),
+        "/p1": b"below",
+        "/phantom": "wh",
+        "/d": "dir", "/d/e": b"e",
+    })
+    up = layer("upper", {
+        "/umc": mc(b"/aa/obj1"),
+        "/ok": ("dir", {T + b"impure": b"y"}),
+        "/ok/f0": b"copied up",
+        "/p3": b"upper plain",
+        "/d": ("dir", {T + b"redirect": b"/ok"}),
+    }) if upper else None
+    return Stack(lowers=[meta, base], data=[_objects()], upper=up, options=options,
+                 params=dict(PARAMS), workdir="/nonexistent/work" if upper else None)
+
+
+PROBLEM_OPTIONS = ["metacopy=on", "metacopy=on,verity=on", "metacopy=on,verity=require",
+                   "metacopy=on,redirect_dir=on", "metacopy=off", "userxattr"]
+
+
+@pytest.mark.parametrize("upper", [False, True], ids=["no-upper", "upper"])
+@pytest.mark.parametrize("options", PROBLEM_OPTIONS)
+def test_every_problem_on_a_composefs_stack_checks_the_same(options: str, upper: bool) -> None:
+    calls: Counter = Counter()
+    clean = scan._Fast.clean
+
+    def counted(self, scans, name):
+        ok = clean(self, scans, name)
+        calls[ok] += 1
+        return ok
+
+    scan._Fast.clean = counted
+    try:
+        general, lean = _both(lambda: _problems_stack(options, upper))
+    finally:
+        scan._Fast.clean = clean
+    assert lean == general
+    rules = {x[0] for x in general[:-1]}
+    assert calls[True] and calls[False]  # both ways taken
+    if options == "metacopy=on,verity=on" and not upper:
+        assert {"lowerdata-missing", "metacopy-size-mismatch", "verity-failure", "metacopy-invalid",
+                "shadowed-lowerdata", "lowerdata-redirect-broken", "metacopy-ignored",
+                "redirect-ignored", "invalid-redirect", "metacopy-without-data",
+                "xattr-namespace-mismatch"} <= rules, rules
