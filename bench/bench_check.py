@@ -55,7 +55,10 @@ def build(root: str, n: int) -> tuple[str, str, str]:
 CHILD = r"""
 import os, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from ovlinspect.kernel.engine import Engine
+try:
+    from ovlinspect.rules.engine import Engine
+except ImportError:  # a checkout from before the engine was cut (--before)
+    from ovlinspect.kernel.engine import Engine
 from ovlinspect.sources.target import stack_from_args
 walk, lowerdir = sys.argv[2], sys.argv[3]
 stack = stack_from_args(lowerdir, options="metacopy=on")

@@ -34,7 +34,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from ovlinspect.kernel.engine import Engine  # noqa: E402
+from ovlinspect.rules.engine import Engine  # noqa: E402
 from ovlinspect.model.layers import MemoryLayer, Node  # noqa: E402
 from ovlinspect.model.stack import Stack  # noqa: E402
 

@@ -12,7 +12,9 @@ import sys
 import time
 from typing import Sequence
 
-from .kernel.engine import Engine, Resolution, show, show_path
+from .kernel.entry import Resolution, show, show_path
+
+from .rules.engine import Engine
 from .model.layers import LayerError
 from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
 from .rules.catalogue import RULES, Finding

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ovlinspect.kernel.engine import Engine
+from ovlinspect.rules.engine import Engine
 from ovlinspect.model.layers import MemoryLayer, Node, split_path
 from ovlinspect.model.stack import Stack
 

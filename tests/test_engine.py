@@ -240,7 +240,7 @@ def test_rule_mount_refused():
 
 def test_rule_kernel_bug():
     # verity on with a digest on 7.0.3 (bootc#2174); more in tests/test_kernel_bugs.py
-    from ovlinspect.kernel.engine import Engine
+    from ovlinspect.rules.engine import Engine
 
     digest = bytes([0, 36, 0, 1]) + b"\x11" * 32
     image = layer("image", {"/f": metacopy(b"/ab/cd", 5, digest)})

@@ -12,7 +12,7 @@ MODEL = sorted(m.name.removeprefix("ovlinspect.")
 
 
 def test_model_modules_exist():
-    assert {"kernel.engine", "model.layers", "cli", "kernel.params", "kernel.profile"} <= set(MODEL)
+    assert {"kernel.overlay", "kernel.lookup", "rules.engine", "model.layers", "cli", "kernel.params", "kernel.profile"} <= set(MODEL)
 
 
 def test_model_does_not_import_textual_or_rich():

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from memstack import DEFAULT_PARAMS, T, layer
-from ovlinspect.kernel.engine import Engine
+from ovlinspect.rules.engine import Engine
 from ovlinspect.kernel.bugs import (BUGS, FUSE_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, bug_findings,
                                     observed_bug, parse_release)
 from ovlinspect.kernel.profile import profile_for_release

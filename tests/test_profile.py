@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from ovlinspect.kernel.engine import Engine
+from ovlinspect.rules.engine import Engine
 from ovlinspect.kernel.profile import (
     CHANGES,
     KernelProfile,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from memstack import T, engine, layer, metacopy
 
 from ovlinspect.sources.composefs import load_dump
-from ovlinspect.kernel.engine import Engine
+from ovlinspect.rules.engine import Engine
 from ovlinspect.live.mounts import _counted
 from ovlinspect.rules.catalogue import Finding
 from ovlinspect.model.stack import Stack

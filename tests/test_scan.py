@@ -24,7 +24,7 @@ from test_random import random_case  # noqa: E402
 from test_tables import CASES  # noqa: E402
 
 import ovlinspect.rules.scan as scan  # noqa: E402
-from ovlinspect.kernel.engine import Engine  # noqa: E402
+from ovlinspect.rules.engine import Engine  # noqa: E402
 from ovlinspect.kernel.profile import parse_version, profile_for  # noqa: E402
 from ovlinspect.sources.target import demo_names, demo_stack  # noqa: E402
 

@@ -519,7 +519,7 @@ class IndexLookup:
     def check(self, res, upper_path, stack) -> str | bool | None:
         """Apply the index lookup to a positive non-directory: the EIO log line when it fails,
         True when the file is served from the index entry (``res`` then says so)."""
-        from .engine import show_path
+        from .entry import show_path
 
         key: tuple[bytes, int] | None
         if upper_path is None:
@@ -542,7 +542,7 @@ class IndexLookup:
         # a lower hard link whose alias was copied up: served from the index entry
         res.size, res.mode, res.uid, res.gid = (st.st_size, _stat.S_IMODE(st.st_mode),
                                                 st.st_uid, st.st_gid)
-        if self.engine.tracing:
+        if self.engine.tracer.on:
             res.trace.append(f"index=on: the lower file's handle names the index entry "
                              f"index/{safe(name)}: a hard-linked alias was copied up, and the "
                              "kernel serves this file from it")
@@ -626,7 +626,7 @@ def where_origin(engine, fh: FileHandle, prefer=None) -> str:
     ``O_PATH`` to learn its path; nothing is read)."""
     if not fh.usable or len(fh.fid) > MAX_HANDLE_SZ:
         return ""
-    from .engine import show_path
+    from .entry import show_path
 
     ids = [layer_id(l) if l is not None else None for l in engine.klayers]
     same_uuid = [k for k, i in enumerate(ids) if i is not None and i.uuid is not None

@@ -110,7 +110,7 @@ def _gone(m, space, here: bool) -> bool:
 
 
 def _health(m, pid: int | None, deep: bool) -> tuple[str, str]:
-    from ..kernel.engine import Engine
+    from ..rules.engine import Engine
     from ..model.layers import LayerError
     from ..sources.target import InputError, live_stack
 

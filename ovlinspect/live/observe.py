@@ -29,7 +29,7 @@ import os
 import stat as _stat
 from dataclasses import dataclass
 
-from ..kernel.engine import show, show_path
+from ..kernel.entry import show, show_path
 from ..model.layers import MemoryLayer, Path, _kind_of
 
 #: Bytes read (and hashed) through the mount and from the predicted layer file.

@@ -45,6 +45,17 @@ def safe(b: bytes | str | None, limit: int | None = None) -> str:
     return text + ("…" if limit is not None and len(b) > limit else "")
 
 
+
+def redirect_valid(raw: bytes) -> bool:
+    """Whether the kernel accepts a redirect xattr (``ovl_check_redirect``): used up to the
+    first NUL, it is an absolute path without empty components, or one relative name."""
+    buf = raw.split(b"\0", 1)[0]
+    if not raw:
+        return False
+    if buf.startswith(b"/"):
+        return all(buf.split(b"/")[1:])
+    return b"/" not in buf
+
 @dataclass(frozen=True)
 class Metacopy:
     """A decoded metacopy xattr."""
@@ -243,7 +254,7 @@ def decode_xattrs(node: Node, prefix: bytes, root: bool = False) -> list[Overlay
         elif key == "redirect":
             used = value.split(b"\0", 1)[0]
             kind = "absolute" if used.startswith(b"/") else "relative"
-            valid = bool(value) and (all(used.split(b"/")[1:]) if used.startswith(b"/") else b"/" not in used)
+            valid = redirect_valid(value)
             note = "" if valid else "invalid: EINVAL at lookup"
             if node.is_reg and valid and node.xattr(prefix + b"metacopy") is None:
                 note = "ignored: the file is not a metacopy"

@@ -12,7 +12,7 @@ order.  ``tests/test_scan.py`` proves the output byte-identical to the general w
 random stacks and on stacks with every kind of problem.
 
 Each fast path stops at the first condition it cannot prove; the conditions follow
-``Engine._lookup_layers``/``_single``/``_check_redirect`` (``fs/overlayfs/namei.c``):
+``Lookup._lookup_layers``/``_single``/``_check_redirect`` (kernel/lookup.py) (``fs/overlayfs/namei.c``):
 
 * **plain**: the first layer of the parent's stack holding the name holds a non-directory
   that is not a 0/0 whiteout and carries no overlay xattr at all: ``ovl_lookup_single`` stops
@@ -33,10 +33,11 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from ..kernel.engine import NAME_MAX, Engine, Ref, Resolution
+from ..kernel.entry import NAME_MAX, Ref, Resolution
 from ..model.layers import Node, exclusive_reads
 from ..model.xattrs import METACOPY_MAX, METACOPY_MIN, decode_metacopy
 from .catalogue import Finding
+from .engine import Engine
 
 _ESCAPED = b"trusted.overlay.overlay."
 
@@ -106,7 +107,7 @@ class _Fast:
         return self._verity_ok(mc, dnode)
 
     def _verity_ok(self, mc: bytes, dnode: Node) -> bool:
-        """Whether ``Engine._verity`` passes without a finding."""
+        """Whether ``Verity._verity`` (kernel/verity.py) passes without a finding."""
         if self.verity == "off":
             return True
         require = self.verity == "require"
@@ -133,9 +134,8 @@ def _check(engine: Engine, progress, cancel) -> list[Finding]:
     findings = engine.stack_findings()
     if engine.options.mount_errno:
         return findings
-    # a quiet engine on the same layers, as Engine.walk uses: no traces, its own caches
-    e = Engine(engine.stack, options=engine.options, kernel=engine.kernel, profile=engine.profile)
-    e.tracing = False
+    # a clone without a trace, with its own caches, as Engine.walk uses
+    e = engine.clone(tracing=False)
     fast = _Fast(e)
     root = e.resolve(())
     findings.extend(root.findings)

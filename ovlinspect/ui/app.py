@@ -2,7 +2,7 @@
 
 Layout: the stack header on top; the merged tree on the left; on the right the layer columns for
 the selected path and the explanation; along the bottom the problems (filled by a background
-scan), search and what-if tabs.  The app gets a ready :class:`~ovlinspect.kernel.engine.Engine`; every
+scan), search and what-if tabs.  The app gets a ready :class:`~ovlinspect.rules.engine.Engine`; every
 slow operation runs in a worker thread with its own engine (see :mod:`.session`).
 """
 
@@ -22,7 +22,9 @@ from textual.message import Message
 from textual.widgets import Footer, Input, TabbedContent, TabPane, Tree
 from textual.worker import get_current_worker
 
-from ..kernel.engine import Engine, Resolution
+from ..kernel.entry import Resolution
+
+from ..rules.engine import Engine
 from ..model.layers import Path, join_path, split_path
 from ..kernel.params import OptionError
 from ..rules.catalogue import Finding

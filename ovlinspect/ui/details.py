@@ -17,7 +17,9 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Static
 
-from ..kernel.engine import Engine, Ref, Resolution
+from ..kernel.entry import Ref, Resolution
+
+from ..rules.engine import Engine
 from ..model.layers import Node, Path, split_path
 from .merged_tree import SEVERITY_MARK, SEVERITY_STYLE, severity_of
 from .palette import LayerPalette

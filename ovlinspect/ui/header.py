@@ -6,7 +6,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.widgets import Static
 
-from ..kernel.engine import Engine
+from ..rules.engine import Engine
 from .palette import LayerPalette
 from .render import esc_str
 from .session import current_choices

@@ -20,7 +20,7 @@ from rich.text import Text
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from ..kernel.engine import Resolution
+from ..kernel.entry import Resolution
 from ..model.layers import Node, Path
 from ..rules.catalogue import RULES, Finding
 from .palette import LayerPalette

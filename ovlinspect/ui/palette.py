@@ -9,7 +9,7 @@ from __future__ import annotations
 from rich.style import Style
 from rich.text import Text
 
-from ..kernel.engine import Engine
+from ..rules.engine import Engine
 from .render import esc_str
 
 UPPER = "#e5c07b"

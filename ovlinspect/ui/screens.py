@@ -10,7 +10,9 @@ from textual.containers import Grid, Horizontal, HorizontalScroll, Vertical, Ver
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Select, Static
 
-from ..kernel.engine import Engine, Resolution
+from ..kernel.entry import Resolution
+
+from ..rules.engine import Engine
 from ..model.layers import Path
 from .palette import LayerPalette
 from .render import hex_preview, looks_textual, path_text, size_text, text_preview

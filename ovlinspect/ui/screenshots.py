@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..kernel.engine import Engine
+from ..rules.engine import Engine
 from ..model.layers import Path
 from ..sources.target import demo_stack
 from .app import OvlInspectApp

@@ -14,7 +14,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from ..kernel.engine import Engine, Ref, Resolution
+from ..kernel.entry import Ref, Resolution
+
+from ..rules.engine import Engine
 from ..kernel.profile import FLEET, parse_version, profile_for
 from ..model.layers import DiskLayer, Layer, Node, Path
 from ..kernel.params import split_options

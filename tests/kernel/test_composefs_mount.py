@@ -378,7 +378,7 @@ def test_own_loop_device_when_forced_is_released(ws):
 
 
 async def test_view_loads_the_mount(ws):
-    from ovlinspect.kernel.engine import Engine
+    from ovlinspect.rules.engine import Engine
     from ovlinspect.sources.target import load_target
     from ovlinspect.ui.app import OvlInspectApp
 

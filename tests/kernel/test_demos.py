@@ -13,7 +13,7 @@ import pytest
 
 from ovlinspect.live.build import build_stack
 from ovlinspect.cli import main
-from ovlinspect.kernel.engine import Engine
+from ovlinspect.rules.engine import Engine
 from ovlinspect.sources.target import demo_names, demo_stack
 
 pytestmark = pytest.mark.kernel

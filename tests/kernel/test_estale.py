@@ -23,7 +23,7 @@ import sys
 import pytest
 
 from ovlinspect.cli import main
-from ovlinspect.kernel.engine import Engine
+from ovlinspect.rules.engine import Engine
 from ovlinspect.kernel.origin import fs_uuid, handle_at, layer_id
 from ovlinspect.live.mountapi import KernelLog, mount_overlay_legacy, umount
 from ovlinspect.sources.target import stack_from_args

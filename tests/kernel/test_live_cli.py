@@ -184,7 +184,7 @@ def test_mounts_exit_status_and_needs_root(tmpfs: str) -> None:
         rc, out, _ = run_cli(["mounts", "--pid", str(os.getpid())])
         assert rc == 1 and "unresolved" in out
         # not root: the trusted.overlay.* xattrs are invisible; say so instead of "ok"/"warning"
-        import ovlinspect.kernel.engine  # noqa: F401  (the child cannot import from /root afterwards)
+        import ovlinspect.rules.engine  # noqa: F401  (the child cannot import from /root afterwards)
         import ovlinspect.sources.target  # noqa: F401
         from ovlinspect.live.mounts import list_mounts
 

@@ -12,7 +12,7 @@ import pytest
 
 from harness import run_cli
 
-from ovlinspect.kernel import engine as engine_mod
+from ovlinspect.rules import engine as engine_mod
 from ovlinspect.live import observe as obs
 from ovlinspect.live.build import build_stack
 from ovlinspect.sources.target import demo_stack, live_stack

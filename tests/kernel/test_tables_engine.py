@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from harness import case_stack
-from ovlinspect.kernel.engine import Engine
+from ovlinspect.rules.engine import Engine
 from ovlinspect.kernel.profile import parse_version, profile_for
 from test_tables import CASES
 

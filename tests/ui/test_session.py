@@ -7,7 +7,7 @@ import os
 
 from ui_helpers import settle, tree_lines
 
-from ovlinspect.kernel.engine import Engine
+from ovlinspect.rules.engine import Engine
 from ovlinspect.model.layers import DiskLayer, MemoryLayer, Node
 from ovlinspect.sources.target import demo_stack
 from ovlinspect.model.stack import Stack

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ovlinspect.kernel.engine import Engine
+from ovlinspect.rules.engine import Engine
 from ovlinspect.sources.target import demo_stack
 from ovlinspect.ui.app import OvlInspectApp
 

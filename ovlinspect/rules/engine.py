@@ -1,0 +1,438 @@
+"""The engine: the kernel's predictions (:class:`~ovlinspect.kernel.overlay.Overlay`) plus the
+diagnostics ovlinspect adds to them.
+
+The checks here are not the kernel's behaviour but what a user needs told: a regular layer
+intercepting a data-only layer's redirect (shadowing), sizes that disagree, overlay inodes
+that alias, xattrs of the other namespace, readdir entries lookup hides (phantoms), and the
+stack as a whole (mount refusal, shadowing hazards, known kernel regressions).  ``check``
+walks every path with a no-op trace on a private clone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterator
+
+from ..kernel.bugs import bug_findings
+from ..kernel.entry import Ref, Resolution, show, show_path, show_raw
+from ..kernel.overlay import Overlay
+from ..kernel.profile import KernelProfile
+from ..model.layers import Node, Path, split_path
+from .catalogue import Finding
+
+
+class Engine(Overlay):
+    """Predicts the kernel's behaviour for a stack, and diagnoses what it finds."""
+
+    def _after_lookup(self, parent: Resolution, name: bytes, res: Resolution, ok: bool) -> None:
+        if ok:
+            self._file_findings(res)
+            if res.kind == "dir":
+                self._alias_finding(res)
+        self._namespace_findings(parent, name, res)
+
+    def _file_findings(self, res: Resolution) -> None:
+        if res.kind != "file" or res.errno is not None:
+            return
+        here = b"/" + b"/".join(res.path)
+        # a regular layer served an absolute redirect meant for a data-only layer
+        if (self.ndata and res.data is not None and res.lowerdata_redirect is None
+                and res.data.layer != 0 and res.data.layer <= self.nlower
+                and res.data != res.metadata and res.redirect and res.redirect.startswith(b"/")):
+            ref, _, _ = self.data_lookup(res.redirect)
+            if ref is not None:
+                res.findings.append(Finding(
+                    "shadowed-lowerdata", here,
+                    f"{self.where(res.data)} intercepts the redirect '{show(res.redirect)}': read() "
+                    f"returns its bytes, not those of {self.where(ref)}",
+                    [self.json_index(res.data.layer), self.json_index(ref.layer)]))
+                self.tracer.to(res).append(f"! shadowing: {self.where(ref)} also holds this path, but the "
+                                 "regular layers are searched first")
+        self._alias_finding(res)
+        if res.data is not None and res.metacopy and res.open_errno is None:
+            dnode = self.layer(res.data.layer).node(res.data.path)
+            if dnode is not None and res.size is not None and dnode.size != res.size:
+                res.findings.append(Finding(
+                    "metacopy-size-mismatch", here,
+                    f"stat says {res.size} bytes, read() returns the {dnode.size} bytes of "
+                    f"{self.where(res.data)}",
+                    [self.json_index(res.data.layer)]))
+
+    def _alias_finding(self, res: Resolution) -> None:
+        """Flag another merged path whose overlay inode is this one's (``ovl_get_inode``).
+
+        Overlay inodes with a lower are hashed by their first lower inode, whatever the file's
+        data: an upper metacopy redirected to a lower metacopy (a chain) shares the inode of that
+        lower file's own path, and so does an upper directory redirected to a visible lower one.
+        The second of two such paths looked up either gets the first one's inode (a file
+        without an upper copy: its size, mode and data) or fails with ESTALE.  The prediction is
+        the fresh-mount answer for this path looked up first.
+        """
+        if res.upper is None or not res.lowers or self._alias_guard:
+            return
+        key = res.lowers[0]
+        if key.path == res.path:
+            return
+        self._alias_guard = True  # the other path may be a redirect back to this one (a loop)
+        try:
+            other = self.resolve(key.path)
+        finally:
+            self._alias_guard = False
+        if other.errno is not None or other.lowers[:1] != [key]:
+            return
+        here = b"/" + b"/".join(res.path)
+        second = ("fails with ESTALE (\"overlayfs: failed to get inode (-116)\")"
+                  if res.kind == "dir" or other.upper is not None else
+                  f"fails with ESTALE, or ({show_path(key.path)} second) shows this path's "
+                  "size, mode and data")
+        res.findings.append(Finding(
+            "inode-alias", here,
+            f"{show(here)} and {show_path(key.path)} both resolve to the lower inode "
+            f"{self.where(key)} (the first lower, which keys the overlay inode); on a fresh mount "
+            f"the one looked up second {second}, and an impure parent's readdir then leaves that "
+            "name out; this prediction assumes this path is looked up first",
+            [self.json_index(key.layer)]))
+
+    def _namespace_findings(self, parent: Resolution, name: bytes, res: Resolution) -> None:
+        """Overlay xattrs in the other namespace, or escaped, are ignored by this mount."""
+        refs: list[Ref] = []
+        if res.metadata is not None:
+            refs.append(res.metadata)
+        for ref in refs:
+            node = self.layer(ref.layer).node(ref.path)
+            if node is None:
+                continue
+            # (escaped trusted.overlay.overlay.* names are meant for a nested overlay, as
+            # composefs writes them: shown by the per-layer view, not a problem)
+            values = dict(node.xattrs)
+            ignored = [k for k, _ in node.xattrs
+                       if k.startswith(self.other_prefix) and not k.startswith(self.other_prefix + b"overlay")
+                       and not self._duplicated(k, values)]
+            meaningful = [k for k in ignored
+                          if k.rsplit(b".", 1)[-1] in (b"metacopy", b"redirect", b"opaque", b"whiteout")]
+            here = b"/" + b"/".join(res.path)
+            names = ", ".join(show(k) for k in meaningful)
+            if res.kind == "file" and any(k.endswith(b".metacopy") for k in meaningful):
+                # silently wrong data, as shadowing is: an error
+                res.findings.append(Finding(
+                    "metacopy-ignored", here,
+                    f"{self.where(ref)} carries {names}, which this mount ignores (it reads "
+                    f"{show(self.prefix)}*): the file is not a metacopy here, and read() returns "
+                    f"its own {node.size} bytes ({'zeros' if node.size else 'nothing'}, for a "
+                    "sparse metacopy) instead of the data", [self.json_index(ref.layer)]))
+            elif meaningful:
+                res.findings.append(Finding(
+                    "xattr-namespace-mismatch", here,
+                    f"{self.where(ref)} carries {names}, which this mount ignores (it reads "
+                    f"{show(self.prefix)}*)", [self.json_index(ref.layer)]))
+
+    def _duplicated(self, key: bytes, values: dict[bytes, bytes]) -> bool:
+        """An other-namespace overlay xattr with the same value in this mount's namespace, or
+        in the escaped trusted.overlay.overlay.* form (composefs writes user.overlay.whiteout
+        and opaque next to the trusted copies on purpose, for an outer userxattr overlay)."""
+        suffix = key[len(self.other_prefix):]
+        value = values.get(key)
+        return any(values.get(name) == value
+                   for name in (self.prefix + suffix, b"trusted.overlay.overlay." + suffix))
+
+    def explain(self, path: str | bytes | Path, contained: bool = True) -> Resolution:
+        """:meth:`walk_path` (or :meth:`resolve` of a component tuple) plus the directory listing
+        and the listing's phantom entries."""
+        res = self.resolve(path) if isinstance(path, tuple) else self.walk_path(path, contained)
+        if res.is_dir:
+            names = self.entries(res)
+            for name in names:
+                child = self.resolve(res.path + (name,))
+                if child.errno == "ENOENT":
+                    res.findings.append(self._phantom(res, name, child))
+        return res
+
+    def _phantom(self, parent: Resolution, name: bytes, child: Resolution) -> Finding:
+        wh = child.whiteout
+        where = self.where(wh) if wh else "a lower layer"
+        node = self.layer(wh.layer).node(wh.path) if wh else None
+        xattr = node is not None and not node.is_whiteout_dev
+        if not parent.merge:
+            why = ("the directory exists in one layer only, so it is not merged and readdir passes "
+                   "the whiteout through; remove the whiteout (it hides nothing)")
+        elif xattr and wh is not None and wh.layer == 0:
+            why = ("readdir never hides an xattr whiteout of the upper layer (opaque=x counts in lower "
+                   "layers only); use a 0/0 character device there")
+        elif xattr:
+            why = (f"its directory in {self.label(wh.layer) if wh else 'that layer'} lacks "
+                   "opaque=x, so readdir does not check it; mark the directory opaque=x")
+        else:
+            why = "readdir lists it although lookup hides it"
+        return Finding("phantom-whiteout", b"/" + b"/".join(parent.path + (name,)),
+                       f"readdir lists '{show(name)}' but lookup gives ENOENT ({where}): {why}",
+                       [self.json_index(wh.layer)] if wh else [])
+
+    def walk(self, progress: Callable[[int], None] | None = None,
+             cancel: Callable[[], bool] | None = None) -> Iterator[Resolution]:
+        """Resolve every path the merged tree lists, directory by directory (depth first).
+
+        Each layer directory is read once; only the current branch is held in memory.
+        """
+        if self.tracer.on:
+            # a clone without a trace, and without caches shared with interactive resolution
+            # that may run on another thread meanwhile
+            yield from self.clone(tracing=False).walk(progress, cancel)
+            return
+        count = 0
+        stack: list[Resolution] = [self._root]
+        yield self._root
+        while stack:
+            if cancel is not None and cancel():
+                return
+            dirres = stack.pop()
+            listed = self.entries(dirres)
+            # what readdir leaves out because its lookup fails is a problem all the same
+            unlisted = dirres._unlisted_failures or []
+            for name in sorted(set(listed) | set(unlisted)):
+                child = self._lookup(dirres, name)
+                count += 1
+                if child.errno == "ENOENT" and name in listed:
+                    child.findings.append(self._phantom(dirres, name, child))
+                yield child
+                if child.is_dir:
+                    stack.append(child)
+            dirres._entries = None
+            dirres._unlisted_failures = None
+            if progress is not None:
+                progress(count)
+
+    def stack_findings(self) -> list[Finding]:
+        """Findings about the stack as a whole (mount refusal, shadowing hazards)."""
+        out: list[Finding] = []
+        state = self.mount_state
+        out.extend(state.findings)
+        if self.options.index and self.has_upper:
+            live = self.stack.mountpoint is not None
+            why = "; ".join(state.unchecked)
+            if why or not self.stack.workdir:
+                text = ((f"index=on: {why}. " if why else "index=on: the work directory is not "
+                         "known. ") + "The kernel also verifies origins and index entries (a bad "
+                        "or stale one gives ESTALE or EIO, hard links are shared through the "
+                        "index); ovlinspect could not check them here")
+            else:
+                text = ("index=on: " + ("the index lookup of files is predicted (the mount-time "
+                        "checks passed when this overlay was mounted)" if live else
+                        "the mount-time checks (upper root origin, index directory, work "
+                        "directory) and the index lookup of files are predicted")
+                        + "; the kernel also looks up directory index entries, which ovlinspect "
+                        "does not model")
+            out.append(Finding("not-modelled", b"/", text))
+        if self.options.xino != "off" and not self.same_fs:
+            out.append(Finding("not-modelled", b"/",
+                               f"xino={self.options.xino} on layers of several filesystems: readdir "
+                               "looks every entry up to remap inode numbers, which can hide entries "
+                               "whose lookup fails; ovlinspect does not model that"))
+        if self.options.mount_errno and state.refusal is None:
+            msg = "; ".join(self.options.mount_log) or "the mount is refused"
+            out.append(Finding("mount-refused", b"/", f"mount fails with {self.options.mount_errno}: {msg}"))
+        else:  # known regressions of this kernel that the stack meets (kernel/bugs.py)
+            out.extend(bug_findings(self))
+        if self.ndata:
+            tops: dict[bytes, int] = {}
+            for li in range(self.nlower + 1, self.nlower + self.ndata + 1):
+                for name, n in self.layer(li).scan(()).items():
+                    if n.is_dir:
+                        tops.setdefault(name, li)
+            regular = ([0] if self.has_upper else []) + list(range(1, self.nlower + 1))
+            reach = _RedirectReach(self, regular)
+            for li in regular:
+                for name, n in self.layer(li).scan(()).items():
+                    if name in tops and n.is_dir and reach.walked(li, name):
+                        out.append(Finding(
+                            "shadowing-hazard", b"/" + name,
+                            f"{self.where(Ref(li, (name,)))} is a directory with the same name as "
+                            f"the top-level directory {show_path((name,))} of "
+                            f"{self.label(tops[name])}: a redirect into it walks this directory "
+                            "first, and any file added there will intercept redirects",
+                            [self.json_index(li), self.json_index(tops[name])]))
+        return out
+
+    def check(self, progress: Callable[[int], None] | None = None,
+              cancel: Callable[[], bool] | None = None) -> list[Finding]:
+        findings = self.stack_findings()
+        if self.options.mount_errno:
+            return findings
+        for res in self.walk(progress, cancel):
+            findings.extend(res.findings)
+        return findings
+
+    def with_options(self, options: str, profile: KernelProfile | None = None) -> "Engine":
+        """The same layers under other mount options, or on another kernel (what-if)."""
+        # the stack as it is (its refusal too), with these options computed afresh
+        stack = dataclasses.replace(self.stack, options=options, effective=None)
+        return Engine(stack, kernel=self.kernel, profile=profile or self.profile)
+
+    def layer_view(self, res: Resolution) -> list[tuple[int, Path, Node | None, str]]:
+        """For each layer: (kernel layer, path looked at, its node, its role for ``res``).
+
+        Roles: metadata, data, metadata+data, stack (a lower copy merged or chained),
+        whiteout, hidden (present but not used), intercepting (a regular layer entry
+        on the redirect path meant for a data-only layer), absent.
+        """
+        if res.errno is not None and res.errno != "ENOENT":
+            return self._failure_view(res)
+        out = []
+        used = {r.layer: r.path for r in res.lowers}
+        if res.upper is not None:
+            used[0] = res.upper
+        # where each layer was asked: the parent's copy in that layer plus the (redirected) name
+        asked: dict[int, Path] = {}
+        if res.path and not res.via_symlink:
+            parent = self.resolve(res.path[:-1])
+            name = res.path[-1]
+            if res.redirect and not res.redirect.startswith(b"/") and res.kind == "dir":
+                name = res.redirect
+            copies = ([Ref(0, parent.upper)] if parent.upper is not None else []) + list(parent.lowers)
+            asked = {r.layer: r.path + (name,) for r in copies}
+            if res.redirect and res.redirect.startswith(b"/") and res.kind == "dir":
+                first = min(used) if used else 0
+                asked.update({r.layer: split_path(res.redirect) for r in self.root_lowers
+                              if r.layer > first})
+        for li in range(len(self.klayers)):
+            if self.klayers[li] is None:
+                continue
+            path = used.get(li, asked.get(li, res.path))
+            walked = (res.redirect and res.redirect.startswith(b"/") and res.kind != "dir"
+                      and res.metadata is not None and li > res.metadata.layer and li not in used)
+            if res.data is not None and res.data.layer == li:
+                path = res.data.path
+            elif walked:  # regular layers below the metacopy, and data-only layers, see the redirect
+                path = split_path(res.redirect)
+            node = self.layer(li).node(path)
+            role = "absent" if node is None else "hidden"
+            if res.whiteout is not None and res.whiteout.layer == li:
+                role = "whiteout"
+                path = res.whiteout.path
+            if res.metadata is not None and res.metadata.layer == li:
+                role = "metadata+data" if res.data == res.metadata else "metadata"
+            elif res.data is not None and res.data.layer == li:
+                role = "data"
+                if any(f.rule == "shadowed-lowerdata" for f in res.findings):
+                    role = "intercepting"
+            elif li in used:
+                role = "stack"
+            elif li > self.nlower and not (res.redirect and res.redirect.startswith(b"/")):
+                role = "data-only (never merged)"
+            elif asked and li not in asked and not walked and role == "absent":
+                role = "not looked at"  # the parent directory has no copy in this layer
+            elif res.whiteout is not None and li > res.whiteout.layer and role == "absent":
+                role = "not looked at"  # the whiteout above ends the lookup
+            elif (res.stopped_at is not None and res.stopped_at < li <= self.nlower
+                  and role == "absent" and not walked):
+                role = "not looked at"  # an entry above ends the walk down the layers
+            out.append((li, path, node, role))
+        return out
+
+    def _failure_view(self, res: Resolution) -> list[tuple[int, Path, Node | None, str]]:
+        """Each layer for a failed lookup: where it fails, what led there, what was meant."""
+        out = []
+        target = split_path(res.redirect) if res.redirect and res.redirect.startswith(b"/") else None
+        for li in range(len(self.klayers)):
+            if self.klayers[li] is None:
+                continue
+            path, role = res.path, ""
+            if res.cause is not None and res.cause.layer == li:
+                path, role = res.cause.path, "cause"
+            elif res.looked_at is not None and res.looked_at.layer == li:
+                path, role = res.looked_at.path, "looked at"
+            elif li > self.nlower and target is not None:
+                path, role = target, "redirect target (not reached)"
+            node = self.layer(li).node(path)
+            out.append((li, path, node, role or ("absent" if node is None else "not reached")))
+        return out
+
+    def ref_json(self, ref: Ref | None) -> dict | None:
+        if ref is None:
+            return None
+        return {"layer": self.json_index(ref.layer), "path": _j(b"/" + b"/".join(ref.path))}
+
+    def to_json(self, res: Resolution) -> dict:
+        ok = res.errno is None
+        is_file = ok and res.kind == "file"
+        entries = [_j(n) for n in self.entries(res)] if ok and res.kind == "dir" else None
+        if res.readdir_errno:
+            entries = None
+        logs = res.kernel_log + (res.open_log if ok else []) + (res.readdir_log if ok else [])
+        path = _j(show_raw(res.path) + (b"/" if res.slash and res.path else b""))
+        return {
+            "path": path,
+            "asked": _j(res.asked) if res.asked is not None else path,
+            "errno": res.errno,
+            "type": res.kind if ok else None,
+            "size": res.size if ok else None,
+            "mode": res.mode if ok else None,
+            "uid": res.uid if ok else None,
+            "gid": res.gid if ok else None,
+            "target": _j(res.target) if ok and res.target is not None else None,
+            "metadata": self.ref_json(res.metadata) if ok else None,
+            "data": self.ref_json(res.data) if is_file else None,
+            "open_errno": res.open_errno if is_file else None,
+            "entries": entries,
+            "readdir_errno": res.readdir_errno if ok and res.kind == "dir" else None,
+            "kernel_log": "\n".join(logs) if logs else None,
+            "trace": list(res.trace),
+            "findings": [f.as_json() for f in res.findings],
+        }
+
+    def document(self, paths: list[Resolution]) -> dict:
+        return {
+            "version": 1,
+            "kernel": self.kernel,
+            "kernel_profile": self.profile.as_json(),
+            "source": self.stack.source,
+            "layers": [
+                {"index": i, "role": role, "path": layer.path if layer.path else None,
+                 "label": layer.label}
+                for i, (role, layer) in enumerate(self.stack.layers)
+            ],
+            "options": self.options.as_json(),
+            "mount_errno": self.options.mount_errno,
+            "mount_log": list(self.options.mount_log),
+            "paths": [self.to_json(r) for r in paths],
+        }
+
+
+class _RedirectReach:
+    """Which regular layers an absolute metacopy redirect into a top-level directory walks:
+    only those below the layer holding it (the lookup goes on downwards from there)."""
+
+    def __init__(self, engine: "Engine", regular: list[int]):
+        self.engine = engine
+        self.regular = regular
+        #: top-level name -> (highest layer holding such a redirect, its path), found lazily
+        self._first: dict[bytes, tuple[int, Path] | None] = {}
+        self._scanned = -1
+
+    def _scan_until(self, limit: int) -> None:
+        from ..model.layers import iter_tree
+
+        e = self.engine
+        for li in self.regular:
+            if li <= self._scanned or li >= limit:
+                continue
+            for path, node in iter_tree(e.layer(li)):
+                if not node.is_reg:
+                    continue
+                red = e._x(node, b"redirect")
+                if red is None or not red.startswith(b"/") or e._x(node, b"metacopy") is None:
+                    continue
+                top = split_path(red)[:1]
+                if top and self._first.get(top[0]) is None:
+                    self._first[top[0]] = (li, path)
+            self._scanned = li
+
+    def walked(self, li: int, name: bytes) -> bool:
+        self._scan_until(li)
+        first = self._first.get(name)
+        return first is not None and first[0] < li
+
+
+
+def _j(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")
+
