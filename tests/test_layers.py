@@ -137,3 +137,16 @@ def test_directory_descriptors_are_kept_within_the_budget(tmp_path, monkeypatch)
     assert layer.node((b"d0", b"f")).kind == "file"  # reopened when needed again
     layer.close()
     assert layers._Kept.count == before
+
+
+def test_the_layer_roots_own_xattrs_are_read(tmp_path):
+    """The root is read through /proc/self/fd/N, a magic link that must be followed."""
+    from ovlinspect.model.layers import exclusive_reads
+
+    try:
+        os.setxattr(tmp_path, "user.overlay.opaque", b"y")
+    except OSError:
+        pytest.skip("no user xattrs on this filesystem")
+    assert DiskLayer(str(tmp_path)).node(()).xattrs == ((b"user.overlay.opaque", b"y"),)
+    with exclusive_reads():
+        assert DiskLayer(str(tmp_path)).node(()).xattrs == ((b"user.overlay.opaque", b"y"),)

@@ -313,15 +313,18 @@ def read_overlay_xattrs(dirfd: int, name: bytes) -> tuple[tuple[bytes, bytes], .
     ``llistxattr``, then one ``lgetxattr`` per overlay name (none for the other names)."""
     # For the directory itself (no name) the magic link /proc/self/fd/N must be followed: it
     # leads to the descriptor already open, never elsewhere.  A named entry is never followed.
+    follow = False
     if _CWD.active and _CWD.owner == threading.get_ident():
         if _CWD.at != dirfd:
             os.fchdir(dirfd)
             _CWD.at = dirfd
-        where: bytes | int = name or b"."
+        where = name or b"."
+    elif name:
+        where = b"/proc/self/fd/%d/%s" % (dirfd, name)
     else:
-        where = b"/proc/self/fd/%d/%s" % (dirfd, name) if name else b"/proc/self/fd/%d" % dirfd
+        where, follow = b"/proc/self/fd/%d" % dirfd, True
     try:
-        names = os.listxattr(where, follow_symlinks=False)
+        names = os.listxattr(where, follow_symlinks=follow)
     except OSError as e:
         if e.errno in (_errno.ENOTSUP, _errno.ENODATA, _errno.ENOENT):
             return ()
@@ -331,7 +334,7 @@ def read_overlay_xattrs(dirfd: int, name: bytes) -> tuple[tuple[bytes, bytes], .
         if not key.startswith(_STR_PREFIXES):
             continue
         try:
-            value = os.getxattr(where, key, follow_symlinks=False)
+            value = os.getxattr(where, key, follow_symlinks=follow)
         except OSError as e:
             if e.errno == _errno.ENODATA:
                 continue
