@@ -398,6 +398,13 @@ class _LazyNode(Node):
             _SLOT[f].__set__(self, v)
         object.__setattr__(self, "_src", None)
 
+    def __eq__(self, other: object) -> bool:  # equal to a Node of the same fields
+        if not isinstance(other, Node):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in _SLOT)
+
+    __hash__ = Node.__hash__
+
     mode = _lazy("mode")
     size = _lazy("size")
     uid = _lazy("uid")

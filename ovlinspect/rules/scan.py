@@ -6,8 +6,8 @@ container image's files), or a composefs metacopy whose absolute redirect no reg
 below can intercept and whose data is where it should be.  For those this walk proves, from
 the layer entries alone, that the general lookup would end without a finding, and only
 counts them; any other name (a whiteout, an xattr anywhere it is not expected, a missing or
-differently sized data file, a directory...) goes to the engine's own lookup
-(:meth:`Engine.resolve`), so the findings are the engine's, word for word, in the same
+differently sized data file, a directory...) goes to the engine's own lookup of that name
+in its parent (``Lookup._lookup``, as :meth:`Engine.walk` calls it), so the findings are the engine's, word for word, in the same
 order.  ``tests/test_scan.py`` proves the output byte-identical to the general walk on
 random stacks and on stacks with every kind of problem.
 
@@ -156,7 +156,9 @@ def _check(engine: Engine, progress, cancel) -> list[Finding]:
             count += 1
             if fast.clean(scans, name):
                 continue
-            child = e.resolve(dirres.path + (name,))
+            # the lookup of one name in its parent, as Engine.walk does it (resolve() would
+            # walk down from the root: quadratic in the depth, cubic over a deep tree)
+            child = e._lookup(dirres, name)
             findings.extend(child.findings)
             if child.errno == "ENOENT" and (listed_set is None or name in listed_set):
                 findings.append(e._phantom(dirres, name, child))
