@@ -18,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import os
-import threading
 import stat as _stat
+import sys
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -306,6 +307,8 @@ def _close_fd(fd: int) -> None:
 
 
 _STR_PREFIXES = tuple(p.decode() for p in OVERLAY_PREFIXES)
+#: os.fsencode's codec, called directly (a third of the cost, on every name read)
+_FS = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
 
 
 def read_overlay_xattrs(dirfd: int, name: bytes) -> tuple[tuple[bytes, bytes], ...]:
@@ -339,7 +342,7 @@ def read_overlay_xattrs(dirfd: int, name: bytes) -> tuple[tuple[bytes, bytes], .
             if e.errno == _errno.ENODATA:
                 continue
             raise
-        result.append((os.fsencode(key), value[:MAX_XATTR_VALUE]))
+        result.append((key.encode(*_FS), value[:MAX_XATTR_VALUE]))
     return tuple(result)
 
 
@@ -637,7 +640,7 @@ class DiskLayer(Layer):
         label = self.path or ""
         try:
             for entry in os.scandir(fd):
-                name = os.fsencode(entry.name)
+                name = entry.name.encode(*_FS)
                 try:
                     kind = ("dir" if entry.is_dir(follow_symlinks=False) else
                             "file" if entry.is_file(follow_symlinks=False) else

@@ -58,6 +58,8 @@ class _Fast:
                           and e.check_redirect and not self.index)
         self.verity = opts.verity
         self.nlower = e.nlower
+        self.regular = [e.layer(li) for li in range(1, e.nlower + 1)]  # kernel layer li at li-1
+        self.data = [e.layer(li) for li in range(e.nlower + 1, e.nlower + e.ndata + 1)]
 
     # ------------------------------------------------------------------ the fast paths
     def clean(self, scans: list[tuple[Ref, dict[bytes, Node]]], name: bytes) -> bool:
@@ -92,19 +94,30 @@ class _Fast:
         comps = red.split(b"/")
         if comps[0] or b"\0" in red or not all(c not in (b"", b".", b"..") for c in comps[1:]):
             return False
-        e = self.engine
-        first = comps[1]
+        first = (comps[1],)
         # the redirect is walked from the root of every regular lower layer below this one
-        for li in range(ref.layer + 1, self.nlower + 1):
-            if e.layer(li).node((first,)) is not None:
+        for layer in self.regular[ref.layer:]:
+            if layer.node(first) is not None:
                 return False
-        data, _, _ = e.data_lookup(red)
-        if data is None:
-            return False
-        dnode = e.layer(data.layer).node(data.path)
+        dnode = self._data(tuple(comps[1:]))
         if dnode is None or dnode.size != node.size:
             return False
         return self._verity_ok(mc, dnode)
+
+    def _data(self, path: tuple) -> Node | None:
+        """The data file ``DataLookup.data_lookup`` finds for a redirect without ``.`` or
+        ``..``: the first data-only layer where every component but the last is a directory
+        and the last a regular file (anything else fails in that layer: the next is tried)."""
+        for layer in self.data:
+            for i in range(1, len(path)):
+                n = layer.node(path[:i])
+                if n is None or n.kind != "dir":
+                    break
+            else:
+                n = layer.node(path)
+                if n is not None and n.kind == "file":
+                    return n
+        return None
 
     def _verity_ok(self, mc: bytes, dnode: Node) -> bool:
         """Whether ``Verity._verity`` (kernel/verity.py) passes without a finding."""
