@@ -125,7 +125,18 @@ def _objects() -> MemoryLayer:
                          (b"aa/objn", None), (b"bb/x", None), (b"cc/y", None)]:
         c.add(tuple(path.split(b"/")), Node("file", 0o644, 18, verity=verity), b"d" * 18)
     c.add((b"aa", b"dirobj"), Node("dir", 0o755))
+    c.add((b"aa", b"fifo18"), Node("fifo", 0o644, 18))
+    c.add((b"aa", b"lnk"), Node("symlink", 0o777, 18, target=b"obj1"))
     return c
+
+
+def _more_objects() -> MemoryLayer:
+    """A second data-only layer: what the first one lacks (or holds as no regular file)."""
+    e = MemoryLayer(label="more")
+    for path in (b"ee/obj", b"aa/lnk", b"aa/deep/x"):
+        e.add(tuple(path.split(b"/")), Node("file", 0o644, 18), b"e" * 18)
+    e.add((b"ff",), Node("file", 0o644, 18), b"f" * 18)
+    return e
 
 
 def _problems_stack(options: str, upper: bool) -> Stack:
@@ -145,6 +156,11 @@ def _problems_stack(options: str, upper: bool) -> Stack:
         "/ok/big": mc(b"/aa/obj1", value=bytes(70)),
         "/ok/short": mc(b"/aa/obj1", value=b"\0\0"),
         "/miss": mc(b"/aa/missing"),
+        "/fifoobj": mc(b"/aa/fifo18"),
+        "/second": mc(b"/ee/obj"),
+        "/lnkobj": mc(b"/aa/lnk"),
+        "/deepobj": mc(b"/aa/deep/x"),
+        "/throughfile": mc(b"/ff/x"),
         "/missdir": mc(b"/aa/dirobj"),
         "/size": mc(b"/aa/obj1", size=99),
         "/inter": mc(b"/bb/x"),
@@ -190,7 +206,7 @@ def _problems_stack(options: str, upper: bool) -> Stack:
         "/p3": b"upper plain",
         "/d": ("dir", {T + b"redirect": b"/ok"}),
     }) if upper else None
-    return Stack(lowers=[meta, base], data=[_objects()], upper=up, options=options,
+    return Stack(lowers=[meta, base], data=[_objects(), _more_objects()], upper=up, options=options,
                  params=dict(PARAMS), workdir="/nonexistent/work" if upper else None)
 
 
