@@ -106,17 +106,14 @@ class _Fast:
 
     def _data(self, path: tuple) -> Node | None:
         """The data file ``DataLookup.data_lookup`` finds for a redirect without ``.`` or
-        ``..``: the first data-only layer where every component but the last is a directory
-        and the last a regular file (anything else fails in that layer: the next is tried)."""
+        ``..``: in the first data-only layer where every component but the last is a
+        directory and the last a regular file (anything else fails in that layer, and the
+        next is tried).  ``Layer.node`` answers None when a parent is not a directory (a
+        symlink included), so the final component's node says it all."""
         for layer in self.data:
-            for i in range(1, len(path)):
-                n = layer.node(path[:i])
-                if n is None or n.kind != "dir":
-                    break
-            else:
-                n = layer.node(path)
-                if n is not None and n.kind == "file":
-                    return n
+            n = layer.node(path)
+            if n is not None and n.kind == "file":
+                return n
         return None
 
     def _verity_ok(self, mc: bytes, dnode: Node) -> bool:
