@@ -12,27 +12,38 @@ import sys
 import time
 from typing import Sequence
 
-from .kernel.entry import Resolution, show, show_path
-
+from .kernel.entry import Resolution, show
 from .rules.engine import Engine
-from .model.layers import LayerError
 from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
-from .rules.catalogue import RULES, Finding
-from .sources.target import InputError, check_privileges, demo_names, load_target, stack_from_args
+from .live.mounts import elsewhere_hint
+from .model.layers import LayerError
 from .model.stack import Stack
+from .report.document import document
+from .report import text as txt
+from .report.causes import check_causes
+from .sources.target import InputError, NotOnOverlay, check_privileges, demo_names, load_target, stack_from_args
 
 COMMANDS = ("explain", "check", "mounts", "demo", "export", "build", "rules")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
+        if message.startswith("unrecognized arguments: "):  # --jsn: did you mean --json?
+            import difflib
+
+            word = message.split(": ", 1)[1].split()[0].split("=")[0]
+            best = difflib.get_close_matches(word, [o for o in self._option_string_actions
+                                                    if o.startswith("--")], n=1, cutoff=0.6)
+            if word.startswith("-") and best:
+                message += f"; did you mean {best[0]}?"
         raise InputError(message if self.prog == "ovlinspect" else f"{self.prog.split()[-1]}: {message}")
 
 
 def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lowerdir", help="lower layers in the kernel's syntax: A:B::C (top first, :: before data-only layers)")
-    p.add_argument("--upperdir")
-    p.add_argument("--workdir")
+    p.add_argument("--upperdir", metavar="DIR", help="with --lowerdir: the upper layer")
+    p.add_argument("--workdir", metavar="DIR", help="with --upperdir: the work directory (for its "
+                   "checks: index, leftovers, a mount that uses it)")
     p.add_argument("-o", "--options", default="", help="mount options, as mount -o takes them")
     p.add_argument("--from-inspect", metavar="FILE", help="docker/podman inspect JSON ('-' for stdin)")
     p.add_argument("--container", metavar="NAME|INDEX", help="with --from-inspect: which object of the JSON")
@@ -45,6 +56,22 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", metavar="X.Y", help="predict what kernel X.Y does (default: the running "
                    "kernel's release), e.g. --kernel 6.12 for Debian 13 or RHEL 10")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _color_arg(p)
+
+
+def _color_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the text output: auto (on a terminal, unless NO_COLOR is set), "
+                        "always, never")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"ovlinspect {version('ovlinspect')}"
+    except PackageNotFoundError:
+        return "ovlinspect (version unknown: not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,38 +89,55 @@ def build_parser() -> argparse.ArgumentParser:
                "or the layers themselves: --lowerdir A:B::C [--upperdir U --workdir W] [-o OPTS], "
                "--from-inspect FILE. Exit status: 0 ok, 1 check found errors (mounts: a mount "
                "has errors, is unresolved, unreadable or needs root), 2 bad input.")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
-    e = sub.add_parser("explain", help="how the kernel resolves paths")
-    e.add_argument("args", nargs="*", metavar="[TARGET] PATH")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    def add(name: str, **kw) -> argparse.ArgumentParser:
+        # a clean usage line: `ovlinspect explain [-h] ...`, not the top parser's usage
+        return sub.add_parser(name, prog=f"ovlinspect {name}", **kw)
+
+    e = add("explain", help="how the kernel resolves paths")
+    e.add_argument("args", nargs="*", metavar="[TARGET] PATH",
+                   help="the stack (omit it with --lowerdir or --from-inspect), then paths inside "
+                        "the merged tree (/ is the root); a path on a live mount names both")
     e.add_argument("--observe", action="store_true", help="also do what a program would do through the merged path (live mounts)")
     e.add_argument("--paths-from", metavar="FILE", help="also explain the paths in FILE, one a line, raw bytes ('-' for stdin)")
     _stack_args(e)
-    c = sub.add_parser("check", help="every problem of the stack")
-    c.add_argument("args", nargs="*", metavar="TARGET")
+    c = add("check", help="every problem of the stack, grouped by cause")
+    c.add_argument("args", nargs="*", metavar="TARGET", help="the stack to check (see TARGET below)")
     _stack_args(c)
-    m = sub.add_parser("mounts", help="list overlay mounts of every mount namespace with a one-word health "
+    m = add("mounts", help="list overlay mounts of every mount namespace with a one-word health "
                        "(quick: each mount checked for a second; --deep: every path)",
                        description="Overlay mounts of every mount namespace (one process each), with the "
                        "container an engine (docker, podman, nerdctl) knows them as. Exit status: 0 every "
                        "mount ok or warning, 1 a mount has errors or is unresolved, unreadable or "
                        "needs-root, 2 bad input.")
     m.add_argument("--pid", type=_pid, help="only the mount namespace of this process (default: every namespace)")
-    m.add_argument("--json", action="store_true")
+    m.add_argument("--json", action="store_true", help="machine-readable output: one object per "
+                   "mount, with its causes")
     m.add_argument("--deep", action="store_true", help="check every path of every mount (slower)")
-    d = sub.add_parser("demo", help="built-in demo stacks")
-    d.add_argument("name", nargs="?")
-    d.add_argument("--list", action="store_true")
-    x = sub.add_parser("export", help="write a loaded stack as one self-contained stack file")
-    x.add_argument("args", nargs="*", metavar="TARGET")
+    _color_arg(m)
+    d = add("demo", help="built-in demo stacks")
+    d.add_argument("name", nargs="?", metavar="NAME",
+                   help="the demo to open in the interactive view (default: seed; --list names them)")
+    d.add_argument("--list", action="store_true", help="list the demos with a line about each")
+    x = add("export", help="write a loaded stack as one self-contained stack file")
+    x.add_argument("args", nargs="*", metavar="TARGET", help="the stack to export (see TARGET below)")
     _stack_args(x)
-    b = sub.add_parser("build", help="materialize a stack file into layer directories")
-    b.add_argument("stackfile")
-    b.add_argument("dest")
-    b.add_argument("--mount", metavar="MOUNTPOINT", nargs="?", const="", default=None)
+    b = add("build", help="materialize a stack file into layer directories")
+    b.add_argument("stackfile", metavar="STACKFILE", help="the stack file (*.toml) to build")
+    b.add_argument("dest", metavar="DIR", help="the directory to create the layer directories in")
+    b.add_argument("--mount", metavar="MOUNTPOINT", nargs="?", const="", default=None,
+                   help="also mount the built stack, on MOUNTPOINT (default: DIR/merged)")
     b.add_argument("--unsafe-exact", action="store_true",
                    help="also create what a safe build leaves out of an untrusted stack file: device "
                         "nodes, setuid/setgid bits, security.* xattrs, world-writable directories")
-    sub.add_parser("rules", help="list the diagnostics")
+    _color_arg(b)
+    r = add("rules", help="list the diagnostics")
+    _color_arg(r)
+    for name, sp in sub.choices.items():
+        if name in ("explain", "check", "export"):
+            sp.epilog = p.epilog.split(" Exit status")[0]
     _SUBPARSERS.clear()
     _SUBPARSERS.update(sub.choices)
     return p
@@ -105,7 +149,20 @@ _SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
 # ---------------------------------------------------------------------------- loading
 
 
-def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[str]]:
+def _did_you_mean(word: str, commands: bool) -> str:
+    """``; did you mean demo:seed?`` for a mistyped demo name (or, with ``commands``, a
+    mistyped command: ``chek`` -> ``ovlinspect check``), else ''."""
+    import difflib
+
+    bare = word[len("demo:"):] if word.startswith("demo:") else word
+    cands = {n: f"demo:{n}" for n in demo_names()}
+    if commands and not word.startswith("demo:"):
+        cands.update({c: f"`ovlinspect {c}`" for c in COMMANDS})
+    best = difflib.get_close_matches(bare, list(cands), n=1, cutoff=0.6)
+    return f"; did you mean {cands[best[0]]}?" if best else ""
+
+
+def _load(ns: argparse.Namespace, positional: list[str], view: bool = False) -> tuple[Stack, list[str]]:
     """The stack named by the arguments, and the positional arguments left (paths)."""
     if ns.from_inspect and ns.lowerdir is not None:
         raise InputError("give either --from-inspect or --lowerdir, not both")
@@ -128,7 +185,17 @@ def _load(ns: argparse.Namespace, positional: list[str]) -> tuple[Stack, list[st
     else:
         if not positional:
             raise InputError("name a stack: a mountpoint, demo:NAME, a stack file, or --lowerdir")
-        stack = load_target(positional[0], ns.pid, ns.layer_root, ns.image)
+        first = positional[0]
+        try:
+            stack = load_target(first, ns.pid, ns.layer_root, ns.image)
+        except InputError as e:
+            if isinstance(e, NotOnOverlay):  # perhaps an overlay in another mount namespace
+                hint = elsewhere_hint(e.target)
+                if hint:
+                    raise InputError(hint) from None
+            if first.startswith("demo:") or ("/" not in first and not os.path.lexists(first)):
+                raise InputError(f"{e}{_did_you_mean(first, view)}") from None
+            raise
         rest = positional[1:]
         if ns.options:  # what-if: the mount's options with these on top, as typed
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
@@ -235,11 +302,16 @@ def _write(text: str, stream=None) -> None:
     buf.flush()
 
 
-def _print_lines(lines: Sequence[str] | str) -> None:
-    """Text output: every line through the one escaping function (``show``), then UTF-8."""
+def _print_lines(lines: Sequence[txt.Line | str] | str, ns: argparse.Namespace | None = None) -> None:
+    """Text output: every segment through the one escaping function (``show``), wrapped to the
+    terminal's width and coloured on a terminal (``--color``, ``NO_COLOR``), then UTF-8."""
     if isinstance(lines, str):
         lines = [lines]
-    _write("".join(show(line) + "\n" for line in lines))
+    _write(txt.render(lines, _style(ns)))
+
+
+def _style(ns: argparse.Namespace | None) -> txt.Style:
+    return txt.style_for(sys.stdout, getattr(ns, "color", None) or "auto")
 
 
 def _print_json(doc) -> None:
@@ -273,99 +345,6 @@ def _pid(value: str) -> int:
     if not os.path.exists(f"/proc/{pid}"):
         raise argparse.ArgumentTypeError(f"no such process: {pid}")
     return pid
-
-
-# ---------------------------------------------------------------------------- text output
-
-
-def _layers_text(engine: Engine) -> list[str]:
-    out = []
-    for i, (role, layer) in enumerate(engine.stack.layers):
-        where = layer.path or "(in memory)"
-        out.append(f"  {i}  {role:<5}  {show(layer.label.encode())}  {show(os.fsencode(where)) if layer.path else where}")
-    return out
-
-
-def _kernel_text(engine: Engine) -> str:
-    """Which kernel's behaviours the prediction follows, and why that one."""
-    return engine.profile.summary(engine.kernel)
-
-
-def _options_text(engine: Engine) -> str:
-    o = engine.options
-    return (f"metacopy={'on' if o.metacopy else 'off'} redirect_dir={o.redirect_dir} "
-            f"verity={o.verity}" + (" userxattr" if o.userxattr else ""))
-
-
-def _finding_text(f: Finding) -> list[str]:
-    return [f"  {f.severity:<7} {f.rule}: {show(f.message.encode())}", f"          fix: {f.hint}"]
-
-
-def _describe(engine: Engine, res: Resolution) -> list[str]:
-    head = show_path(res.path) + ("/" if res.slash and res.path else "")
-    lines = [head + (f"  (asked: {show(res.asked)})" if res.asked is not None else "")]
-    if res.errno:
-        lines.append(f"  lstat     fails: {res.errno}")
-    else:
-        what = res.kind or "?"
-        if res.kind == "file":
-            what += f", {res.size} bytes"
-        if res.kind == "symlink":
-            what += f" -> {show(res.target)}"
-        lines.append(f"  lstat     ok: {what}, mode {res.mode:04o}, owner {res.uid}:{res.gid}")
-        lines.append(f"  metadata  {engine.where(res.metadata)}" if res.metadata else "  metadata  -")
-        if res.kind == "file":
-            lines.append(f"  data      {engine.where(res.data)}" if res.data else "  data      none")
-            lines.append(f"  open      {'fails: ' + res.open_errno if res.open_errno else 'ok'}")
-        if res.kind == "dir":
-            names = engine.entries(res)
-            shown = ", ".join(show(n) for n in names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-            lines.append(f"  readdir   fails: {res.readdir_errno}" if res.readdir_errno else
-                         f"  readdir   {shown if names else '(empty)'}")
-    logs = res.kernel_log + (res.open_log + res.readdir_log if not res.errno else [])
-    for log in logs:
-        lines.append(f"  dmesg     {log}")
-    lines.append("  layers")
-    lines += _layers_at(engine, res)
-    lines.append("  why")
-    lines += [f"    {n}. {step}" for n, step in enumerate(res.trace, 1)]
-    if res.findings:
-        lines.append("  findings")
-        for f in res.findings:
-            lines += ["  " + x for x in _finding_text(f)]
-    return lines
-
-
-def _layers_at(engine: Engine, res: Resolution) -> list[str]:
-    """Each layer at this path, side by side: what it holds, its xattrs, its role."""
-    from .model.xattrs import decode_xattrs
-
-    rows = []
-    for li, path, node, role in engine.layer_view(res):
-        what = "-"
-        if node is not None:
-            what = node.kind
-            if node.kind == "file":
-                what += f" {node.size}B"
-            elif node.kind == "chardev":
-                what += f" {node.rdev[0]}:{node.rdev[1]}" + (" (whiteout)" if node.is_whiteout_dev else "")
-            elif node.kind == "symlink":
-                what += f" -> {show(node.target)}"
-            what += f" {node.mode:04o}"
-        rows.append((engine.label(li), show_path(path), what, role, node, path))
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
-    out = []
-    for label, path, what, role, node, raw in rows:
-        out.append(f"    {label:<{w[0]}}  {path:<{w[1]}}  {what:<{w[2]}}  {role}")
-        if node is not None:
-            for x in decode_xattrs(node, engine.prefix, root=path == ()):
-                note = f"  [{x.note}]" if x.note else ""
-                out.append(f"    {'':<{w[0]}}    {x.summary}{note}")
-                if x.handle is not None and x.key == "origin":
-                    where = engine.origin_text(x.handle, raw)
-                    if where:
-                        out.append(f"    {'':<{w[0]}}      → {where}")
-    return out
 
 
 # ---------------------------------------------------------------------------- commands
@@ -417,7 +396,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     on_top = _mounts_on_top(stack)
     covered = [_covered_by(stack, on_top, r.path) for r in results]
     if ns.json:
-        doc = engine.document(results)
+        doc = document(engine, results)
         _json_notes(doc, stack)
         for pj, cover in zip(doc["paths"], covered):
             pj["covered_by"] = cover
@@ -429,33 +408,30 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                 pj["evidence"] = mismatches[-1] if mismatches else None
         _print_json(doc)
         return 0
-    out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
-    out += _layers_text(engine)
-    if stack.description and (stack.mountpoint or stack.options_guessed or stack.source.startswith("inspect:")):
-        out.append(f"note   {stack.description}")
-    if engine.mount_errno:
-        out.append(f"mount  fails: {engine.mount_errno}: " + "; ".join(engine.options.mount_log))
+    after: list[list[txt.Line]] = []
     for i, res in enumerate(results):
-        out.append("")
-        out += _describe(engine, res)
+        extra: list[txt.Line] = []
         if covered[i]:
             c = covered[i]
-            out.append(f"  COVERED   {show(os.fsencode(c['mountpoint']))} is a {show(c['fstype'].encode())} "
-                       f"mount ({show(os.fsencode(c['source']))}) on top of the overlay: a program "
-                       "there sees that filesystem, not the overlay's entry explained here")
+            extra.append(txt.line("  ", ("bad", "COVERED"),
+                                  f"   {show(os.fsencode(c['mountpoint']))} is a {show(c['fstype'].encode())} "
+                                  f"mount ({show(os.fsencode(c['source']))}) on top of the overlay: a program "
+                                  "there sees that filesystem, not the overlay's entry explained here", hang=12))
         if observed is not None:
             from .live.observe import content_line
 
             ob, pc, mismatches = observed[i]
-            out.append(f"  observed  {ob.summary()}" + ("" if mismatches else "  (matches the prediction)"))
-            line = content_line(engine, res, ob, pc)
-            if line and not any(m.startswith("content:") for m in mismatches):
-                out.append(f"            {line}")
+            extra.append(txt.line("  observed  ", ob.summary(),
+                                  ("", "") if mismatches else ("ok", "  (matches the prediction)"), hang=12))
+            text = content_line(engine, res, ob, pc)
+            if text and not any(m.startswith("content:") for m in mismatches):
+                extra.append(txt.line(f"            {text}", hang=12))
             if ob.resolved_by and not ob.resolved_by.startswith(("openat2", "the mount root")):
-                out.append(f"            resolved inside the merged root by a {ob.resolved_by}")
+                extra.append(txt.line(f"            resolved inside the merged root by a {ob.resolved_by}", hang=12))
             for m in mismatches:
-                out.append(f"  MISMATCH  {m}")
-    _print_lines(out)
+                extra.append(txt.line("  ", ("error", "MISMATCH"), f"  {m}", hang=12))
+        after.append(extra)
+    _print_lines(txt.explain_text(engine, stack, results, after), ns)
     return 0
 
 
@@ -580,13 +556,12 @@ def cmd_check(ns: argparse.Namespace) -> int:
         count = n
         if tty and time.monotonic() - shown > 0.5:
             shown = time.monotonic()
-            print(f"\rchecked {n} paths...", end="", file=sys.stderr, flush=True)
+            print(f"\rchecked {txt.count_text(n, 'path')}...", end="", file=sys.stderr, flush=True)
 
-    from .rules.scan import check as scan_check  # the lean walk, equal to engine.check
-
-    findings = scan_check(engine, progress)
+    result = check_causes(engine, progress)
     if tty and count:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
+    findings = result.findings
     errors = sum(1 for f in findings if f.severity == "error")
     warnings = sum(1 for f in findings if f.severity == "warning")
     if ns.json:
@@ -596,32 +571,21 @@ def cmd_check(ns: argparse.Namespace) -> int:
             "source": stack.source,
             "options": engine.options.as_json(),
             "mount_errno": engine.mount_errno,
-            "paths_checked": count,
+            "paths_checked": result.paths_checked,
             "options_guessed": stack.options_guessed,
             "summary": {"error": errors, "warning": warnings,
                         "info": len(findings) - errors - warnings},
             "findings": [f.as_json() for f in findings],
+            # the findings grouped by what to fix, the one to fix first first
+            "causes": [c.as_json() for c in result.causes],
         })
     else:
-        out = [f"stack  {stack.source}  ({_kernel_text(engine)}; {_options_text(engine)})"]
-        out += _layers_text(engine)
-        if stack.description and (stack.mountpoint or stack.options_guessed or stack.source.startswith("inspect:")):
-            out.append(f"note   {stack.description}")
-        out.append("")
-        order = {"error": 0, "warning": 1, "info": 2}
-        for f in sorted(findings, key=lambda f: (order[f.severity], f.rule, f.path)):
-            out.append(f"{f.severity:<7} {f.rule:<26} {show(f.path)}")
-            out.append(f"        {show(f.message.encode())}")
-            out.append(f"        fix: {f.hint}")
-        out.append(f"{errors} error(s), {warnings} warning(s), "
-                   f"{len(findings) - errors - warnings} info in {count} paths")
-        _print_lines(out)
+        _print_lines(txt.check_text(engine, stack, result), ns)
     return 1 if errors else 0
 
 
 def cmd_rules(ns: argparse.Namespace) -> int:
-    for r in RULES.values():
-        print(f"{r.id:<26} {r.severity:<8} {r.title}")
+    _print_lines(txt.rules_text(), ns)
     return 0
 
 
@@ -629,7 +593,7 @@ def cmd_mounts(ns: argparse.Namespace) -> int:
     from .live.mounts import BAD_HEALTH, QUICK_SECONDS, list_mounts
 
     try:
-        rows = list_mounts(ns.pid, deep=ns.deep)
+        rows = list_mounts(ns.pid, deep=ns.deep, check=check_causes)
     except OSError as e:  # the process went away, or its mountinfo cannot be read
         raise InputError(f"cannot read the mounts of {'process ' + str(ns.pid) if ns.pid else 'this process'}: "
                          f"{e.strerror}") from None
@@ -637,19 +601,7 @@ def cmd_mounts(ns: argparse.Namespace) -> int:
     if ns.json:
         _print_json(rows)
         return bad
-    if not rows:
-        print("no overlay mounts")
-        return 0
-    for r in rows:
-        who = f"pid {r['pid']} ({show(r['comm'])}"
-        who += f", {show(r['container'])})" if r["container"] else ")"
-        _print_lines(f"{r['health']:<10} {show(r['mountpoint'])}  {who}  upper={'yes' if r['upper'] else 'no'} "
-                     f"lower={r['lowers']} data={r['datas']}  {show(r['detail'])}")
-    if not ns.deep:
-        print(f"(quick: each mount's paths checked for {QUICK_SECONDS:g} s; --deep checks every path)")
-    if os.geteuid() != 0:
-        print("(not root: other users' mount namespaces are not listed, and trusted.overlay.* "
-              "xattrs are invisible: run as root)")
+    _print_lines(txt.mounts_text(rows, ns.deep, QUICK_SECONDS, os.geteuid() == 0), ns)
     return bad
 
 
@@ -665,6 +617,9 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     name = ns.name or "seed"
     from .sources.target import demo_stack
 
+    if name not in demo_names():
+        raise InputError(f"no demo named {name!r}; `ovlinspect demo --list` shows them"
+                         + _did_you_mean(name, False))
     stack = demo_stack(name)
     return _interactive(stack)
 
@@ -672,6 +627,9 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 def cmd_export(ns: argparse.Namespace) -> int:
     from .sources.stackfile import dump_stack
 
+    if ns.json:
+        raise InputError("export: no --json: it writes a stack file (TOML); `ovlinspect explain "
+                         "--json` and `ovlinspect check --json` give JSON")
     stack, rest = _load(ns, ns.args)
     if rest:
         raise InputError(f"export: unexpected argument {rest[0]!r}")
@@ -776,16 +734,20 @@ def view_target(argv: list[str]) -> tuple[Stack, tuple[bytes, bool] | None]:
     if ns.json:
         raise InputError("the interactive view has no --json; `ovlinspect explain --json` and "
                          "`ovlinspect check --json` do")
+    if ns.color != "auto":
+        raise InputError("the interactive view has no --color (it follows the terminal and "
+                         "NO_COLOR itself); the commands take it")
     args = ns.args
     given_stack = ns.lowerdir is not None or ns.from_inspect
     first = args[0] if args else ""
     if len(args) > (1 if given_stack else 2) or (
             len(args) == 2 and "/" not in first and ":" not in first and not first.endswith(".toml")
             and not os.path.lexists(first)):
-        raise InputError(f"unknown command {first!r}; try `ovlinspect --help`")
+        raise InputError(f"unknown command {first!r}" + (_did_you_mean(first, True) or
+                                                          "; try `ovlinspect --help`"))
     if not args and not given_stack:
         raise InputError("name a stack: a mountpoint, demo:NAME, a stack file, or --lowerdir")
-    stack, rest = _load(ns, args)
+    stack, rest = _load(ns, args, view=True)
     start = None
     if rest:
         start = _asked_paths(stack, [os.fsencode(rest[0])], ns.pid)[0]
@@ -806,7 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad = next((a for a in argv if "\0" in a), None)
         if bad is not None:  # never from a shell, but main(argv) is an API: no path holds a NUL
             raise InputError(f"argument {bad!r} contains a NUL byte")
-        if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version"):
             # `ovlinspect /mnt/merged/some/path`, `ovlinspect --pid 123 /merged`, `ovlinspect
             # --lowerdir A:B::C`: the interactive view, parsed as the commands parse stacks
             return cmd_view(argv)

@@ -125,12 +125,18 @@ def test_from_inspect(capsys, tmp_path):
 
 
 def test_hostile_names_are_shown_literally(capsys):
+    import re
+
     from memstack import engine, layer
-    from ovlinspect.cli import _describe
+    from ovlinspect.report.text import Style, describe, render
 
     e = engine([layer("A", {b"/[red]x": b"1", b"/esc\x1b[31mred": b"2", b"/bad\xff": b"3"}), layer("B", {})])
-    out = "\n".join(_describe(e, e.explain("/")))
+    out = render(describe(e, e.explain("/")))
     assert "[red]x" in out and "\x1b" not in out and "\\x1b[31mred" in out and "bad\\xff" in out
+    # coloured and wrapped narrow: the only escape sequences are our own colours
+    out = render(describe(e, e.explain("/")), Style(color=True, width=30))
+    assert "\x1b[" in out and "\x1b" not in re.sub(r"\x1b\[[0-9;]*m", "", out)
+    assert "\\x1b[31mred" in out
 
 
 def test_composefs_dump_as_a_layer(capsys, tmp_path):
@@ -155,11 +161,11 @@ def test_composefs_dump_as_a_layer(capsys, tmp_path):
 
 def test_layer_labels_with_escapes_never_reach_the_terminal(capsys):
     from memstack import engine, layer, metacopy
-    from ovlinspect.cli import _describe
+    from ovlinspect.report.text import describe, render
 
     a = layer("A\x1b[2J", {"/foo": metacopy(b"/obj/\x1b[5m")})
     e = engine([a], [layer("C", {})])
-    out = "\n".join(_describe(e, e.explain("/foo")))
+    out = render(describe(e, e.explain("/foo")))
     assert "\x1b" not in out
     assert "A\\x1b[2J" in out and "'/obj/\\x1b[5m'" in out  # escaped once, not twice
 
@@ -232,3 +238,99 @@ def test_paths_from_is_bounded(capsys):
     assert main(["explain", "demo:seed", "--paths-from", "/dev/zero"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "more than 16 MiB" in err
+
+
+# ------------------------------------------------------------------------- issue 12: the CLI
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ovlinspect {version('ovlinspect')}"
+
+
+@pytest.mark.parametrize("argv,suggestion", [
+    (["chek"], "did you mean `ovlinspect check`?"),
+    (["chek", "demo:seed"], "did you mean `ovlinspect check`?"),
+    (["explian", "demo:seed", "/foo"], "did you mean `ovlinspect explain`?"),
+    (["check", "ux-seed"], "did you mean demo:seed?"),
+    (["check", "demo:sed"], "did you mean demo:seed?"),
+    (["explain", "seed-eoi", "/foo"], "did you mean demo:seed-eio?"),
+    (["demo", "one-cuase"], "did you mean demo:one-cause?"),
+    (["check", "--jsn", "demo:seed"], "did you mean --json?"),
+    (["check", "--colour=never", "demo:seed"], "did you mean --color?"),
+])
+def test_did_you_mean(capsys, argv, suggestion):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert err.rstrip().endswith(suggestion), err
+
+
+def test_no_suggestion_for_a_real_path_or_a_far_word(capsys):
+    for argv in (["check", "/no/such/dir"], ["check", "zzzzzzzz"]):
+        rc, _, err = run(capsys, *argv)
+        assert rc == 2 and "did you mean" not in err, err
+
+
+@pytest.mark.parametrize("command", ["explain", "check", "mounts", "demo", "export", "build", "rules"])
+def test_subcommand_usage_is_clean_and_every_argument_has_help(capsys, command):
+    from ovlinspect.cli import _SUBPARSERS, build_parser
+
+    build_parser()
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: ovlinspect {command} [-h]"), out.splitlines()[0]
+    assert "TARGET [PATH] | ovlinspect COMMAND" not in out
+    for action in _SUBPARSERS[command]._actions:
+        assert action.help, f"{command}: {action.option_strings or action.dest} has no help"
+
+
+def test_export_json_is_refused(capsys):
+    rc, out, err = run(capsys, "export", "--json", "demo:seed")
+    assert rc == 2 and out == "" and err.count("\n") == 1 and "no --json" in err
+
+
+def test_explain_json_owner_is_the_metadata_layer_s(capsys, tmp_path):
+    # the metacopy file (uid 1234) gives stat, the data file below (uid 0) gives the bytes
+    f = tmp_path / "owner.toml"
+    f.write_text('version = 1\noptions = "metacopy=on"\n'
+                 '[[layer]]\nrole = "lower"\nname = "A"\n'
+                 '[[layer.entry]]\npath = "/m"\ntype = "file"\nsize = 5\nuid = 1234\ngid = 5678\n'
+                 'xattrs = { "trusted.overlay.metacopy" = "", "trusted.overlay.redirect" = "/d" }\n'
+                 '[[layer]]\nrole = "lower"\nname = "B"\n'
+                 '[[layer.entry]]\npath = "/d"\ntype = "file"\ncontent = "data\\n"\nuid = 7\ngid = 8\n')
+    rc, out, err = run(capsys, "explain", "--json", str(f), "/m", "/d")
+    m, d = json.loads(out)["paths"]
+    assert m["metadata"] == {"layer": 0, "path": "/m"} and m["data"] == {"layer": 1, "path": "/d"}
+    assert (m["uid"], m["gid"]) == (1234, 5678)
+    assert (d["uid"], d["gid"]) == (7, 8)
+    rc, out, err = run(capsys, "explain", str(f), "/m")
+    assert "owner 1234:5678" in out
+
+
+def test_sizes_and_counts_through_humanize(capsys, tmp_path):
+    f = tmp_path / "big.toml"
+    f.write_text('version = 1\n[[layer]]\nrole = "lower"\nname = "A"\n'
+                 '[[layer.entry]]\npath = "/big"\ntype = "file"\nsize = 3221225472\n'
+                 '[[layer]]\nrole = "lower"\nname = "B"\n')
+    rc, out, err = run(capsys, "explain", str(f), "/big")
+    assert "file, 3.0 GiB (3221225472 bytes)" in out
+    rc, out, err = run(capsys, "explain", "demo:seed", "/foo")
+    assert "file, 18 bytes" in out
+
+
+def test_numbers_for_people():
+    from ovlinspect.report.text import count_text, duration_text, size_text
+
+    assert (size_text(1), size_text(18), size_text(1536)) == ("1 byte", "18 bytes", "1.5 KiB (1536 bytes)")
+    assert (count_text(1, "path"), count_text(20000, "path")) == ("1 path", "20,000 paths")
+    assert (duration_text(2.5), duration_text(125.5)) == ("2.5 seconds", "2 minutes and 5.5 seconds")
+
+
+def test_the_view_takes_no_color_flag(capsys):
+    rc, out, err = run(capsys, "--color=never", "demo:seed")
+    assert rc == 2 and err.count("\n") == 1 and "no --color" in err

@@ -3,6 +3,7 @@
 import pytest
 
 from memstack import T, engine, layer, metacopy
+from ovlinspect.report.document import path_json
 
 DATA = b"hello data from C\n"
 
@@ -23,7 +24,7 @@ def test_seed_clean_serves_data_layer():
     r = e.explain("/foo")
     assert r.errno is None and r.size == 18
     assert (r.data.layer, r.data.path) == (3, (b"1e", b"abcdef"))
-    assert e.to_json(r)["data"] == {"layer": 2, "path": "/1e/abcdef"}
+    assert path_json(e, r)["data"] == {"layer": 2, "path": "/1e/abcdef"}
     assert rules(r) == set()
 
 
@@ -31,7 +32,7 @@ def test_seed_shadowed_by_regular_file():
     e = seed({"/1e": "dir", "/1e/abcdef": b"B's 19 bytes here!\n"})
     r = e.explain("/foo")
     assert r.errno is None
-    assert e.to_json(r)["data"] == {"layer": 1, "path": "/1e/abcdef"}
+    assert path_json(e, r)["data"] == {"layer": 1, "path": "/1e/abcdef"}
     assert "shadowed-lowerdata" in rules(r)
 
 
@@ -155,7 +156,7 @@ def test_inode_alias_after_rename():
     a = layer("A", {"/bar": b"A:bar"})
     e = engine([a], upper=up, options="metacopy=on")
     r = e.explain("/foo")
-    assert r.errno is None and e.to_json(r)["data"] == {"layer": 1, "path": "/bar"}
+    assert r.errno is None and path_json(e, r)["data"] == {"layer": 1, "path": "/bar"}
     assert "inode-alias" in rules(r)
     # the safe shape: a whiteout at the redirect source hides the alias
     up2 = layer("U", {"/foo": ("file", {T + b"metacopy": b"", T + b"redirect": b"/bar"}, {"size": 3}),
@@ -307,7 +308,7 @@ def test_check_reports_what_an_impure_readdir_leaves_out():
     # an impure directory in the upper layer only: readdir itself fails, check still walks it
     up2 = layer("U", {"/d": ("dir", {T + b"impure": b"y"}), "/d/x": metacopy(None), "/d/u": b"u"})
     e2 = engine([a], upper=up2)
-    assert e2.resolve("/d").errno is None and e2.to_json(e2.explain("/d"))["readdir_errno"] == "EPERM"
+    assert e2.resolve("/d").errno is None and path_json(e2, e2.explain("/d"))["readdir_errno"] == "EPERM"
     assert ("metacopy-refused", b"/d/x") in {(f.rule, f.path) for f in e2.check()}
 
 
@@ -372,3 +373,34 @@ def test_layers_below_the_entry_that_ends_the_walk_are_not_looked_at():
     assert res.errno == "ENOENT"
     roles = {li: role for li, _, _, role in e.layer_view(res)}
     assert roles[2] == "not looked at"
+
+
+def test_rule_inode_collision_needs_layers_on_disk():
+    """Described layers have no inode numbers: no st_ino is predicted and no "inode-collision"
+    is reported (tests/kernel/test_inode.py checks both against real mounts)."""
+    from ovlinspect.kernel.inode import inode_of, xino_of
+
+    a = layer("A", {"/f": b"a"})
+    e = engine([a], upper=layer("U", {"/g": b"u"}))
+    assert xino_of(e) is None and inode_of(e, e.explain("/f")) is None
+    assert "inode-collision" not in {f.rule for f in e.check()}
+
+
+def test_fsck_rules_on_described_layers():
+    """What fsck.overlay would repair, on described layers (tests/kernel/test_fsck.py judges
+    each against a real mount): a whiteout with nothing below ("fsck-orphan-whiteout"), a
+    redirect to a directory no lower holds ("fsck-redirect-dangling"), and its origin still
+    visible ("fsck-redirect-duplicate").  "fsck-impure-missing", "fsck-impure-stale",
+    "fsck-origin-stale" and "fsck-index-stale" need inode numbers and handles: layers on disk."""
+    a = layer("A", {"/d": "dir", "/d/x": b"x", "/src": "dir", "/src/y": b"y"})
+    u = layer("U", {"/d": "dir", "/d/gone": "wh", "/d/x": "wh",
+                    "/b": ("dir", {T + b"redirect": b"/nowhere"}),
+                    "/c": ("dir", {T + b"redirect": b"/src"})})
+    e = engine([a], upper=u, options="redirect_dir=on")
+    found = {(f.rule, f.path) for f in e.check()}
+    assert ("fsck-orphan-whiteout", b"/d/gone") in found
+    assert ("fsck-orphan-whiteout", b"/d/x") not in found  # it hides A's /d/x
+    assert ("fsck-redirect-dangling", b"/b") in found
+    assert ("fsck-redirect-duplicate", b"/c") in found  # /src was not whited out
+    assert not {r for r, _ in found} & {"fsck-impure-missing", "fsck-impure-stale",
+                                         "fsck-origin-stale", "fsck-index-stale"}

@@ -10,6 +10,7 @@ from ovlinspect.rules.engine import Engine
 from ovlinspect.live.mounts import _counted
 from ovlinspect.rules.catalogue import Finding
 from ovlinspect.model.stack import Stack
+from ovlinspect.report.document import path_json
 
 DATA = b"hello data from C\n"
 ROOT = "/ 4096 40755 3 0 0 0 1.0 - - -"
@@ -51,7 +52,7 @@ def test_shadowing_hazard_only_below_the_redirect():
     # and indeed a file there does not intercept: the data comes from C
     e2 = engine([layer("B", {"/1e": "dir", "/1e/abcdef": b"B\n"}), a], [c], options="metacopy=on")
     r = e2.explain("/foo")
-    assert e2.to_json(r)["data"] == {"layer": 2, "path": "/1e/abcdef"}
+    assert path_json(e2, r)["data"] == {"layer": 2, "path": "/1e/abcdef"}
     assert "shadowed-lowerdata" not in {f.rule for f in r.findings}
     # below the redirect it fires
     e3 = engine([a, b], [c], options="metacopy=on")
@@ -71,7 +72,7 @@ def test_userxattr_mount_with_trusted_metacopy_is_an_error():
     b = layer("B", {"/d": b"the real data!!\n"})
     e = engine([a, b], options="userxattr")
     r = e.explain("/m")
-    assert e.to_json(r)["data"] == {"layer": 0, "path": "/m"}
+    assert path_json(e, r)["data"] == {"layer": 0, "path": "/m"}
     (f,) = r.findings
     assert f.rule == "metacopy-ignored" and f.severity == "error"
     assert "read() returns its own 16 bytes (zeros" in f.message

@@ -59,12 +59,12 @@ def _memory(case):
 @contextlib.contextmanager
 def general_walk():
     """The CLI's `check` through the engine's general walk instead of the lean one."""
-    lean = scan.check
-    scan.check = lambda engine, progress=None, cancel=None: engine.check(progress, cancel)
+    lean = scan.check_findings
+    scan.check_findings = lambda engine, progress=None, cancel=None: engine.check_findings(progress, cancel)
     try:
         yield
     finally:
-        scan.check = lean
+        scan.check_findings = lean
 
 
 def cli_outputs(argv: list[str]) -> tuple[list, list]:

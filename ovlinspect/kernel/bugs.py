@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Iterator
 
 from ..model.layers import Layer, Node, Path, iter_tree
 from ..model.xattrs import safe
+from ..rules.catalogue import Finding
 
 __all__ = [
     "BUGS",
@@ -382,7 +383,6 @@ def describe(bug: KernelBug, verdict: str, rel: Release, has: str, why: str = ""
 
 def bug_findings(engine, fs_type: Callable[[Layer], int | None] = layer_fs_type) -> list:
     """``kernel-bug`` findings for :meth:`Engine.stack_findings`."""
-    from ..rules.catalogue import Finding
 
     release, why = kernel_release(engine)
     return [Finding("kernel-bug", b"/", describe(bug, verdict, rel, has, why))

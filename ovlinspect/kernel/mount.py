@@ -22,6 +22,7 @@ from .entry import Ref, Resolution, show, show_path
 from .params import ModuleDefaults, Options, effective_options
 from .profile import KernelProfile, profile_for_release
 from .trace import NULL_TRACE, TRACE, Tracer
+from .origin import IndexLookup, mount_state, MountState, where_origin
 
 
 class MountedStack:
@@ -75,7 +76,6 @@ class MountedStack:
         self._root = self._make_root()
 
     def _mount_state(self):
-        from .origin import MountState, mount_state
 
         if self.options.mount_errno:
             return MountState()
@@ -89,7 +89,6 @@ class MountedStack:
     def origin_text(self, fh, path: Path | None = None) -> str:
         """Where an origin file handle points in this stack (see kernel/origin.py); ``path``:
         the name to prefer for an inode with several (hard links)."""
-        from .origin import where_origin
 
         try:
             return where_origin(self, fh, path)
@@ -97,7 +96,6 @@ class MountedStack:
             return ""
 
     def _index_lookup(self):
-        from .origin import IndexLookup
 
         try:
             return IndexLookup.for_engine(self)

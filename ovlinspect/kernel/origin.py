@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from ..model.layers import DiskLayer, Layer
 from ..rules.catalogue import Finding
 from ..model.xattrs import NULL_UUID, FileHandle, decode_fh, encode_fh, safe, uuid_text
+from .workdir import in_use_checks, incompat_features, index_entries, work_leftovers
+from .entry import show_path
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MAX_HANDLE_SZ = 128
@@ -225,7 +227,6 @@ def _describe_mismatch(engine, stored: FileHandle, want: bytes, ids: list[LayerI
 
 def mount_state(engine) -> MountState:
     """Predict the index checks of a mount of ``engine``'s stack (upper + workdir given)."""
-    from .workdir import in_use_checks, incompat_features, index_entries, work_leftovers
 
     st = MountState()
     stack = engine.stack
@@ -239,7 +240,7 @@ def mount_state(engine) -> MountState:
             return st
         st.log += lines
         st.findings.append(Finding("workdir-shared", b"/", message, []))
-    feature = incompat_features(stack.workdir)
+    feature = incompat_features(stack.workdir, engine.profile.incompat_dot_names)
     if feature is not None:
         name = safe(feature)
         volatile = feature == b"volatile"
@@ -291,7 +292,9 @@ def mount_state(engine) -> MountState:
             continue
         prev = seen.get(i.uuid)
         if prev is not None and ids[prev].dev != i.dev:  # type: ignore[union-attr]
-            line = (_OVL + f"conflicting uuid detected in lower fs '{pd2_of_dir(engine.layer(k).path)}', "
+            what = ("in non-single lower fs" if engine.profile.uuid_conflict_non_single
+                    else "detected in lower fs")
+            line = (_OVL + f"conflicting uuid {what} '{pd2_of_dir(engine.layer(k).path)}', "
                     f"falling back to xino={'off' if opts.xino == 'auto' else opts.xino},index=off,"
                     "nfs_export=off.")
             st.log.append(line)
@@ -519,7 +522,6 @@ class IndexLookup:
     def check(self, res, upper_path, stack) -> str | bool | None:
         """Apply the index lookup to a positive non-directory: the EIO log line when it fails,
         True when the file is served from the index entry (``res`` then says so)."""
-        from .entry import show_path
 
         key: tuple[bytes, int] | None
         if upper_path is None:
@@ -626,7 +628,6 @@ def where_origin(engine, fh: FileHandle, prefer=None) -> str:
     ``O_PATH`` to learn its path; nothing is read)."""
     if not fh.usable or len(fh.fid) > MAX_HANDLE_SZ:
         return ""
-    from .entry import show_path
 
     ids = [layer_id(l) if l is not None else None for l in engine.klayers]
     same_uuid = [k for k, i in enumerate(ids) if i is not None and i.uuid is not None

@@ -74,6 +74,12 @@ class KernelProfile:
     #: ``uuid=off`` is kept on layers of several filesystems (and on lower-only mounts, observed
     #: on 7.2), where it used to fall back to ``uuid=null``; ``index=on`` then works with it.
     uuid_off_index_relaxed: bool = False
+    #: two lower filesystems with one uuid log ``conflicting uuid in non-single lower fs '%pd2'``
+    #: (was ``conflicting uuid detected in lower fs '%pd2'``)
+    uuid_conflict_non_single: bool = False
+    #: ``work/incompat/<name>`` refuses the mount for names starting with a dot too (before,
+    #: the clean-up skipped them)
+    incompat_dot_names: bool = False
 
     # --- lookup (namei.c, util.c) ---
     #: Redirect and metacopy refusals are checked before each lower layer and after the loop
@@ -162,6 +168,13 @@ CHANGES: tuple[Change, ...] = (
            "ovl: add fsync= mount option; volatile becomes fsync=volatile (6.18)"),
     Change((7, 0), "uuid_off_index_relaxed", True,
            "869056dbbd63 ovl: relax requirement for uuid=off,index=on (7.0)"),
+    Change((7, 0), "uuid_conflict_non_single", True,
+           "the uuid=off,index=on relaxation series (7.0; observed on 7.2: \"conflicting uuid in "
+           "non-single lower fs '/l2'\"; 6.18 still logs \"conflicting uuid detected in lower fs\")"),
+    Change((7, 0), "incompat_dot_names", True,
+           "observed on 7.2: work/incompat/.hidden refuses the mount (\"overlay with incompat "
+           "feature '.hidden' cannot be mounted\"), 6.18 and 6.12 skip it; the commit and the "
+           "exact release between 6.19 and 7.2 are not confirmed (assumed 7.0)"),
 )
 
 #: Kernels fleets run in 2026, for "will this work on ..." questions: Debian 12 and AL2023's

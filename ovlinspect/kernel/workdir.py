@@ -51,13 +51,16 @@ def _list(fd: int) -> list[bytes]:
     return out
 
 
-def incompat_features(workdir: str) -> bytes | None:
-    """The first incompatible feature recorded in ``workdir/work/incompat``, or None."""
+def incompat_features(workdir: str, dot_names: bool = False) -> bytes | None:
+    """The first incompatible feature recorded in ``workdir/work/incompat``, or None
+    (``dot_names``: names starting with a dot count too, as on 7.x)."""
     fd = _open_dir(workdir, "work", "incompat")
     if fd is None:
         return None
     try:
         for name in _list(fd):
+            if dot_names and name not in (b".", b".."):
+                return name
             if not name.startswith(b"."):
                 return name
     except OSError:
@@ -81,21 +84,19 @@ def work_leftovers(workdir: str) -> int:
         os.close(fd)
 
 
-def _in_use_paths() -> dict[tuple[int, int], tuple[str, tuple]]:
+def _in_use_paths(stack) -> dict[tuple[int, int], tuple[str, tuple]]:
     """(dev, ino) of the upper and work directories of the overlays mounted here -> (what it
     is, the (dev, ino) pair of that mount's upper and work directories)."""
-    from ..sources.mountinfo import parse_mountinfo, read_mountinfo
-
     out: dict[tuple[int, int], tuple[str, tuple]] = {}
+    if stack.overlays_mounted is None:
+        return out
     try:
-        entries = parse_mountinfo(read_mountinfo("/proc/self"))
+        entries = stack.overlays_mounted()
     except (OSError, ValueError):
         return out
-    for e in entries:
-        if not e.is_overlay:
-            continue
+    for mountpoint, upperdir, workdir in entries:
         ids = []
-        for p in (e.upperdir, e.workdir):
+        for p in (upperdir, workdir):
             try:
                 st = os.stat(p) if p and os.path.isabs(p) else None
             except OSError:
@@ -103,7 +104,7 @@ def _in_use_paths() -> dict[tuple[int, int], tuple[str, tuple]]:
             ids.append((st.st_dev, st.st_ino) if st is not None else None)
         for role, key in zip(("upperdir", "workdir"), ids):
             if key is not None:
-                out.setdefault(key, (f"{role} of the overlay on {e.mountpoint}", tuple(ids)))
+                out.setdefault(key, (f"{role} of the overlay on {mountpoint}", tuple(ids)))
     return out
 
 
@@ -123,7 +124,7 @@ def in_use_checks(stack, index: bool) -> list[tuple[str | None, list[str], str]]
     the first mount.  In kernel order: upperdir, workdir, then the lower directories; with
     ``index=on`` the first one refuses the mount (EBUSY).
     """
-    used = _in_use_paths()
+    used = _in_use_paths(stack)
     if not used:
         return []
     upper = getattr(stack.upper, "path", None) if stack.upper is not None else None

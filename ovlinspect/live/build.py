@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from ..model.layers import Layer, MemoryLayer, Node, Path, join_path, layer_entries
 from ..kernel.params import join_lowerdir, split_options
 from ..model.stack import Stack
+from . import mountapi
 
 __all__ = ["BuildError", "BuiltStack", "build_stack", "split_options", "join_lowerdir"]
 
@@ -100,7 +101,6 @@ class BuiltStack:
 
     def mount(self, target: str, api: str = "legacy", options: str | None = None) -> None:
         """Mount the stack at ``target``; raises ``mountapi.MountError`` when the kernel refuses."""
-        from . import mountapi
 
         opts = self.options if options is None else options
         if api == "legacy":
@@ -113,7 +113,6 @@ class BuiltStack:
         self.mounts.append(target)
 
     def umount_all(self) -> None:
-        from . import mountapi
 
         while self.mounts:
             mountapi.umount(self.mounts.pop(), detach=True)

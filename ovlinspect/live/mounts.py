@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 import time
 
-from ..sources.mountinfo import layer_path_problem, mount_namespaces, overlay_mounts, read_mountinfo
+from ..sources.mountinfo import _comm, find_overlay_mount, layer_path_problem, mount_namespaces, Namespace, NotOverlayError, overlay_mounts, read_mountinfo
 from ..rules.catalogue import RULES
+from ..sources.containers import known_containers
+from ..sources.target import InputError, live_stack
+from ..rules.engine import Engine
+from ..model.layers import LayerError
 
 #: how long the quick mode checks the paths of one mount (a small image is checked whole)
 QUICK_SECONDS = 1.0
@@ -29,7 +33,6 @@ def _container_names(want: bool) -> tuple[dict[int, str], dict[str, str]]:
     by_upper: dict[str, str] = {}
     if not want:
         return by_ns, by_upper
-    from ..sources.containers import known_containers
 
     for c in known_containers():
         name = f"{c.engine}: {c.name}"
@@ -43,7 +46,8 @@ def _container_names(want: bool) -> tuple[dict[int, str], dict[str, str]]:
     return by_ns, by_upper
 
 
-def list_mounts(pid: int | None = None, deep: bool = False, engines: bool = True) -> list[dict]:
+def list_mounts(pid: int | None = None, deep: bool = False, engines: bool = True,
+                check=None) -> list[dict]:
     """One row per overlay mount (per mount namespace and mount id).
 
     Without ``pid`` every mount namespace with a process in it is read (one process each);
@@ -55,19 +59,21 @@ def list_mounts(pid: int | None = None, deep: bool = False, engines: bool = True
     paths of each mount are checked for :data:`QUICK_SECONDS` (the detail says when that did not
     reach every path); ``deep`` checks every path of every mount.  A mount that goes away while
     it is looked at is left out.
+
+    ``check(engine, progress, cancel)``, when given, checks each mount instead of
+    ``engine.check`` and returns an object with ``findings`` and ``causes`` (as
+    :func:`ovlinspect.report.causes.check_causes` does): each row then has ``causes``, the
+    JSON of each cause, the one to fix first first.
     """
-    from ..sources.mountinfo import Namespace, _comm
 
     own = _own_ns()
     if pid is not None:
         if pid <= 0 or not os.path.isdir(f"/proc/{pid}"):
-            from ..sources.target import InputError
 
             raise InputError(f"--pid {pid}: no such process")
         try:
             ino = os.stat(f"/proc/{pid}/ns/mnt").st_ino
         except OSError as e:
-            from ..sources.target import InputError
 
             raise InputError(f"--pid {pid}: cannot read its mount namespace: {e.strerror}") from None
         spaces = [Namespace(ino, pid, _comm(pid))]
@@ -82,7 +88,7 @@ def list_mounts(pid: int | None = None, deep: bool = False, engines: bool = True
             continue
     by_ns, by_upper = _container_names(engines and bool(found))
     rows = []
-    health_of: dict[tuple, tuple[str, str]] = {}
+    health_of: dict[tuple, tuple[str, str, list]] = {}
     for space, m in found:
         here = space.ns == own and pid is None
         row = {"mountpoint": m.mountpoint, "pid": space.pid, "comm": space.comm,
@@ -90,10 +96,15 @@ def list_mounts(pid: int | None = None, deep: bool = False, engines: bool = True
                "container": by_ns.get(space.ns) or by_upper.get(m.upperdir or "") or None,
                "upper": m.upperdir is not None, "lowers": len(m.lowers), "datas": len(m.datas),
                "health": "ok", "detail": ""}
+        if check is not None:
+            row["causes"] = []
         key = (m.major_minor, m.super_options)  # one superblock seen in several namespaces
         if key not in health_of:
-            health_of[key] = _health(m, None if here else space.pid, deep)
-        row["health"], row["detail"] = health_of[key]
+            causes: list = []
+            health_of[key] = _health(m, None if here else space.pid, deep, check, causes) + (causes,)
+        row["health"], row["detail"], causes = health_of[key]
+        if check is not None:
+            row["causes"] = [c.as_json() for c in causes]
         if row["health"] in ("unreadable", "unresolved") and _gone(m, space, here):
             continue
         rows.append(row)
@@ -109,10 +120,7 @@ def _gone(m, space, here: bool) -> bool:
     return all(e.mount_id != m.mount_id for e in overlay_mounts(text))
 
 
-def _health(m, pid: int | None, deep: bool) -> tuple[str, str]:
-    from ..rules.engine import Engine
-    from ..model.layers import LayerError
-    from ..sources.target import InputError, live_stack
+def _health(m, pid: int | None, deep: bool, check=None, causes: list | None = None) -> tuple[str, str]:
 
     problems = [layer_path_problem(p) for p in [*m.lowers, *m.datas, *([m.upperdir] if m.upperdir else [])]]
     problems = [p for p in problems if p]
@@ -142,7 +150,13 @@ def _health(m, pid: int | None, deep: bool) -> tuple[str, str]:
     try:
         engine = Engine(stack)
         deadline = time.monotonic() + QUICK_SECONDS
-        findings = engine.check(progress, cancel)
+        if check is None:
+            findings = engine.check(progress, cancel)
+        else:
+            result = check(engine, progress, cancel)
+            findings = result.findings
+            if causes is not None:
+                causes.extend(result.causes)
     except (InputError, LayerError, ValueError, OSError) as e:
         stack.close()
         return "unreadable", str(e)
@@ -163,7 +177,6 @@ def _health(m, pid: int | None, deep: bool) -> tuple[str, str]:
 def elsewhere_hint(target: str) -> str | None:
     """When ``target`` is an overlay only in another mount namespace (one whose processes share
     our root, such as rootless podman's), the one line that says which ``--pid`` reaches it."""
-    from ..sources.mountinfo import NotOverlayError, find_overlay_mount
 
     try:
         root = os.stat("/")

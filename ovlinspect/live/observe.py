@@ -31,6 +31,9 @@ from dataclasses import dataclass
 
 from ..kernel.entry import show, show_path
 from ..model.layers import MemoryLayer, Path, _kind_of
+from ..report.document import path_json
+from . import mountapi
+from ..kernel.bugs import observed_bug
 
 #: Bytes read (and hashed) through the mount and from the predicted layer file.
 READ_LIMIT = 1 << 20
@@ -494,7 +497,6 @@ def fresh_mount(engine) -> tuple[int | None, str]:
     mount is never attached to a mountpoint: it lives as long as the returned descriptor.
     Returns (descriptor, "") or (None, why not).
     """
-    from . import mountapi
 
     stack = engine.stack
     regular = ([stack.upper] if stack.upper is not None else []) + list(stack.lowers)
@@ -563,7 +565,7 @@ def evidence(engine, res, ob: Observation, diffs, *, fresh=None) -> str:
     again_engine = engine.__class__(_reopen(engine.stack), options=engine.options, kernel=engine.kernel,
                                     profile=engine.profile)
     again = again_engine.resolve(res.path)
-    if again_engine.to_json(again) != engine.to_json(res) or (
+    if path_json(again_engine, again) != path_json(engine, res) or (
             _hash(predicted_content(again_engine, again)) != _hash(predicted_content(engine, res))):
         return ("evidence: the layers changed while ovlinspect looked (a second read predicts "
                 "differently); changing layers under a mounted overlay is undefined: remount, then "
@@ -581,7 +583,6 @@ def evidence(engine, res, ob: Observation, diffs, *, fresh=None) -> str:
                     "container's user namespace sees them" + (f" (see the note: {engine.stack.description})"
                                                               if "idmapped" in engine.stack.description else ""))
     # 3. a known regression of the running kernel that this stack meets and the mismatch fits
-    from ..kernel.bugs import observed_bug
 
     known = observed_bug(engine, diffs, ob)
     if known:
@@ -635,9 +636,4 @@ def _hash(x) -> str | None:
 
 
 def _reopen(stack):
-    from ..model.stack import Stack
-
-    return Stack(lowers=[l.reopen() for l in stack.lowers], data=[l.reopen() for l in stack.data],
-                 upper=stack.upper.reopen() if stack.upper is not None else None,
-                 workdir=stack.workdir, options=stack.options, source=stack.source,
-                 params=stack.params, mountpoint=stack.mountpoint, effective=stack.effective)
+    return stack.reopened()

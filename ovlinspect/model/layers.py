@@ -687,6 +687,8 @@ class DiskLayer(Layer):
             os.close(fd)
 
     def reopen(self) -> "DiskLayer":
+        if not self.path:
+            return self  # nothing to open again by name
         return DiskLayer(self.path or "", self.label, want_verity=self.want_verity,
                          want_xattrs=self.want_xattrs)
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
-from ..kernel.profile import KernelProfile
 from .layers import Layer
+
+if TYPE_CHECKING:  # the model holds what the kernel package computes, never imports it
+    from ..kernel.params import Options
+    from ..kernel.profile import KernelProfile
 
 
 @dataclass
@@ -33,7 +38,7 @@ class Stack:
     mountpoint: str | None = None
     #: Effective options already known (a live mount's, read back from mountinfo); when None
     #: the engine computes them from ``options`` as the kernel would at mount time.
-    effective: object | None = None
+    effective: Options | None = None
     #: a refusal of the mount found while reading the layer options, as (errno, kernel log
     #: line): the workdir missing or inside the upper layer, ...
     refusal: tuple[str, str] | None = None
@@ -50,6 +55,10 @@ class Stack:
     #: The options were not read from a mount nor given: module defaults (``--from-inspect``
     #: of an unmounted container).
     options_guessed: bool = False
+    #: The mountpoint, upper and work directories of the overlays mounted on this system, as a function
+    #: (the source that knows the system sets it: :func:`ovlinspect.sources.mountinfo.overlay_dirs`);
+    #: the kernel refuses or warns when this stack's directories are among them.  None: not checked.
+    overlays_mounted: Callable[[], list[tuple[str, str | None, str | None]]] | None = None
 
     @property
     def layers(self) -> list[tuple[str, Layer]]:
@@ -69,3 +78,11 @@ class Stack:
 
             os.close(self.observe_fd)
             self.observe_fd = None
+
+    def reopened(self) -> "Stack":
+        """The same stack, every field kept, with fresh handles on its layers (their own
+        caches and descriptors: for another thread, or to read the layers again)."""
+        return dataclasses.replace(
+            self, lowers=[l.reopen() for l in self.lowers], data=[l.reopen() for l in self.data],
+            upper=self.upper.reopen() if self.upper is not None else None)
+

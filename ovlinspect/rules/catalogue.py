@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Severity(StrEnum):
+    """How bad a finding is; compares and prints as its name ("error")."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        """0 for the worst: sort by it."""
+        return _RANK[self]
+
+
+_RANK = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
 
 
 @dataclass(frozen=True)
 class Rule:
     id: str
-    severity: str  # error | warning | info
+    severity: Severity
     title: str
     hint: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "severity", Severity(self.severity))
 
 
 RULES: dict[str, Rule] = {
@@ -224,6 +244,63 @@ RULES: dict[str, Rule] = {
             "the kernel refuses to mount this stack",
             "fix the options or layers named in the message",
         ),
+        Rule(
+            "inode-collision",
+            "warning",
+            "two merged paths report the same st_ino and st_dev but are different files",
+            "with the overlay unmounted, remove the overlay.origin xattr from the upper file "
+            "that is not the copy-up of that origin (it then shows its own inode number); "
+            "until then tar, rsync -H, du and cp -a treat the two as hard links of one file",
+        ),
+        Rule(
+            "fsck-orphan-whiteout",
+            "info",
+            "a whiteout hides nothing (fsck.overlay would remove it)",
+            "with the overlay unmounted, remove the whiteout from its layer (lookup and "
+            "readdir do not change)",
+        ),
+        Rule(
+            "fsck-redirect-dangling",
+            "warning",
+            "a redirected directory's origin is in no lower layer any more: its lower "
+            "content is gone",
+            "restore the lower directory the redirect names, or (accepting the loss) remove "
+            "the overlay.redirect xattr and mark the directory opaque",
+        ),
+        Rule(
+            "fsck-redirect-duplicate",
+            "warning",
+            "a redirected directory's origin is still visible under its old name: one lower "
+            "directory is merged into two places",
+            "with the overlay unmounted, put back the whiteout at the old name in the layer "
+            "that holds the redirect (mknod NAME c 0 0)",
+        ),
+        Rule(
+            "fsck-impure-missing",
+            "warning",
+            "an upper directory lacks overlay.impure: readdir's d_ino differs from st_ino",
+            "with the overlay unmounted, set trusted.overlay.impure=y (user.overlay.impure "
+            "with userxattr) on the upper directory",
+        ),
+        Rule(
+            "fsck-impure-stale",
+            "info",
+            "an upper directory is marked impure without copied-up entries",
+            "remove the overlay.impure xattr (only readdir speed changes)",
+        ),
+        Rule(
+            "fsck-origin-stale",
+            "info",
+            "an upper file's overlay.origin names no lower object any more (ignored)",
+            "remove the overlay.origin xattr, or mount the lower layer it was made on",
+        ),
+        Rule(
+            "fsck-index-stale",
+            "info",
+            "an index entry's origin is gone: the next index=on mount deletes it",
+            "nothing to do (the kernel cleans it up at mount), or remove the entry from "
+            "work/index yourself",
+        ),
     ]
 }
 
@@ -236,7 +313,7 @@ class Finding:
     layers: list[int] = field(default_factory=list)
 
     @property
-    def severity(self) -> str:
+    def severity(self) -> Severity:
         return RULES[self.rule].severity
 
     @property

@@ -14,11 +14,14 @@ import dataclasses
 from typing import Callable, Iterator
 
 from ..kernel.bugs import bug_findings
-from ..kernel.entry import Ref, Resolution, show, show_path, show_raw
+from ..kernel.entry import Ref, Resolution, show, show_path
+from ..kernel.inode import Collisions
 from ..kernel.overlay import Overlay
 from ..kernel.profile import KernelProfile
 from ..model.layers import Node, Path, split_path
 from .catalogue import Finding
+from .fsck import Fsck
+from ..model.layers import iter_tree
 
 
 class Engine(Overlay):
@@ -252,14 +255,31 @@ class Engine(Overlay):
                             [self.json_index(li), self.json_index(tops[name])]))
         return out
 
+    def check_findings(self, progress: Callable[[int], None] | None = None,
+                       cancel: Callable[[], bool] | None = None
+                       ) -> Iterator[tuple[Resolution | None, Finding]]:
+        """Every finding of :meth:`check`, in order, with the resolution of the path it is
+        about (None for the stack's own findings, and for those about several paths)."""
+        for f in self.stack_findings():
+            yield None, f
+        if self.options.mount_errno:
+            return
+        # st_ino/st_dev reported twice (kernel/inode.py); what fsck.overlay would repair
+        inodes, fsck = Collisions(self), Fsck(self)
+        for res in self.walk(progress, cancel):
+            for f in res.findings:
+                yield res, f
+            inodes.add(res)
+            fsck.add(res)
+        for f in inodes.findings():
+            yield None, f
+        for f in fsck.findings():
+            yield None, f
+
     def check(self, progress: Callable[[int], None] | None = None,
               cancel: Callable[[], bool] | None = None) -> list[Finding]:
-        findings = self.stack_findings()
-        if self.options.mount_errno:
-            return findings
-        for res in self.walk(progress, cancel):
-            findings.extend(res.findings)
-        return findings
+        """Every finding of the stack and of every path its merged tree lists."""
+        return [f for _, f in self.check_findings(progress, cancel)]
 
     def with_options(self, options: str, profile: KernelProfile | None = None) -> "Engine":
         """The same layers under other mount options, or on another kernel (what-if)."""
@@ -346,56 +366,6 @@ class Engine(Overlay):
             out.append((li, path, node, role or ("absent" if node is None else "not reached")))
         return out
 
-    def ref_json(self, ref: Ref | None) -> dict | None:
-        if ref is None:
-            return None
-        return {"layer": self.json_index(ref.layer), "path": _j(b"/" + b"/".join(ref.path))}
-
-    def to_json(self, res: Resolution) -> dict:
-        ok = res.errno is None
-        is_file = ok and res.kind == "file"
-        entries = [_j(n) for n in self.entries(res)] if ok and res.kind == "dir" else None
-        if res.readdir_errno:
-            entries = None
-        logs = res.kernel_log + (res.open_log if ok else []) + (res.readdir_log if ok else [])
-        path = _j(show_raw(res.path) + (b"/" if res.slash and res.path else b""))
-        return {
-            "path": path,
-            "asked": _j(res.asked) if res.asked is not None else path,
-            "errno": res.errno,
-            "type": res.kind if ok else None,
-            "size": res.size if ok else None,
-            "mode": res.mode if ok else None,
-            "uid": res.uid if ok else None,
-            "gid": res.gid if ok else None,
-            "target": _j(res.target) if ok and res.target is not None else None,
-            "metadata": self.ref_json(res.metadata) if ok else None,
-            "data": self.ref_json(res.data) if is_file else None,
-            "open_errno": res.open_errno if is_file else None,
-            "entries": entries,
-            "readdir_errno": res.readdir_errno if ok and res.kind == "dir" else None,
-            "kernel_log": "\n".join(logs) if logs else None,
-            "trace": list(res.trace),
-            "findings": [f.as_json() for f in res.findings],
-        }
-
-    def document(self, paths: list[Resolution]) -> dict:
-        return {
-            "version": 1,
-            "kernel": self.kernel,
-            "kernel_profile": self.profile.as_json(),
-            "source": self.stack.source,
-            "layers": [
-                {"index": i, "role": role, "path": layer.path if layer.path else None,
-                 "label": layer.label}
-                for i, (role, layer) in enumerate(self.stack.layers)
-            ],
-            "options": self.options.as_json(),
-            "mount_errno": self.options.mount_errno,
-            "mount_log": list(self.options.mount_log),
-            "paths": [self.to_json(r) for r in paths],
-        }
-
 
 class _RedirectReach:
     """Which regular layers an absolute metacopy redirect into a top-level directory walks:
@@ -409,7 +379,6 @@ class _RedirectReach:
         self._scanned = -1
 
     def _scan_until(self, limit: int) -> None:
-        from ..model.layers import iter_tree
 
         e = self.engine
         for li in self.regular:
@@ -430,9 +399,3 @@ class _RedirectReach:
         self._scan_until(li)
         first = self._first.get(name)
         return first is not None and first[0] < li
-
-
-
-def _j(b: bytes) -> str:
-    return b.decode("utf-8", "surrogateescape")
-

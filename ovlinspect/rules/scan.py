@@ -14,8 +14,9 @@ random stacks and on stacks with every kind of problem.
 Each fast path stops at the first condition it cannot prove; the conditions follow
 ``Lookup._lookup_layers``/``_single``/``_check_redirect`` (kernel/lookup.py) (``fs/overlayfs/namei.c``):
 
-* **plain**: the first layer of the parent's stack holding the name holds a non-directory
-  that is not a 0/0 whiteout and carries no overlay xattr at all: ``ovl_lookup_single`` stops
+* **plain**: the first layer of the parent's stack holding the name is a lower layer (an
+  upper entry's inode number and fsck findings need its resolution) and holds a
+  non-directory that is not a 0/0 whiteout and carries no overlay xattr at all: ``ovl_lookup_single`` stops
   there (no metacopy), nothing below is looked at, no redirect, no alias (a non-directory
   found in one layer), no namespace finding;
 * **composefs metacopy**: that first layer is a regular lower layer (not the upper), the entry
@@ -31,13 +32,15 @@ Each fast path stops at the first condition it cannot prove; the conditions foll
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..kernel.entry import NAME_MAX, Ref, Resolution
+from ..kernel.inode import Collisions
 from ..model.layers import Node, exclusive_reads
 from ..model.xattrs import METACOPY_MAX, METACOPY_MIN, decode_metacopy
 from .catalogue import Finding
 from .engine import Engine
+from .fsck import Fsck
 
 _ESCAPED = b"trusted.overlay.overlay."
 
@@ -74,7 +77,9 @@ class _Fast:
             if node.kind == "dir" or node.is_whiteout_dev:
                 return False
             if not node.xattrs:
-                return not self.index
+                # not in the upper layer: an upper entry's inode number and its fsck are judged
+                # on its resolution (kernel/inode.py, rules/fsck.py)
+                return ref.layer != 0 and not self.index
             return self._metacopy(scans, k, ref, node)
         return False
 
@@ -136,19 +141,34 @@ class _Fast:
 def check(engine: Engine, progress: Callable[[int], None] | None = None,
           cancel: Callable[[], bool] | None = None) -> list[Finding]:
     """The findings of :meth:`Engine.check`, in the same order, the same words."""
+    return [f for _, f in check_findings(engine, progress, cancel)]
+
+
+def check_findings(engine: Engine, progress: Callable[[int], None] | None = None,
+                   cancel: Callable[[], bool] | None = None
+                   ) -> Iterator[tuple[Resolution | None, Finding]]:
+    """:meth:`Engine.check_findings`: every finding, in order, with the resolution of its path
+    (None for the stack's own findings and those about several paths)."""
     with exclusive_reads():
-        return _check(engine, progress, cancel)
+        yield from _check_findings(engine, progress, cancel)
 
 
-def _check(engine: Engine, progress, cancel) -> list[Finding]:
-    findings = engine.stack_findings()
+def _check_findings(engine: Engine, progress, cancel) -> Iterator[tuple[Resolution | None, Finding]]:
+    for f in engine.stack_findings():
+        yield None, f
     if engine.options.mount_errno:
-        return findings
+        return
     # a clone without a trace, with its own caches, as Engine.walk uses
     e = engine.clone(tracing=False)
     fast = _Fast(e)
+    # inode numbers reported twice, what fsck.overlay would repair: both look at entries with
+    # an upper only, which the fast paths never take
+    inodes, fsck = Collisions(engine), Fsck(engine)
     root = e.resolve(())
-    findings.extend(root.findings)
+    for f in root.findings:
+        yield root, f
+    inodes.add(root)
+    fsck.add(root)
     count = 0
     stack: list[Resolution] = [root]
     while stack:
@@ -169,13 +189,21 @@ def _check(engine: Engine, progress, cancel) -> list[Finding]:
             # the lookup of one name in its parent, as Engine.walk does it (resolve() would
             # walk down from the root: quadratic in the depth, cubic over a deep tree)
             child = e._lookup(dirres, name)
-            findings.extend(child.findings)
+            for f in child.findings:
+                yield child, f
             if child.errno == "ENOENT" and (listed_set is None or name in listed_set):
-                findings.append(e._phantom(dirres, name, child))
+                phantom = e._phantom(dirres, name, child)
+                child.findings.append(phantom)
+                yield child, phantom
+            inodes.add(child)
+            fsck.add(child)
             if child.is_dir:
                 stack.append(child)
         dirres._entries = None
         dirres._unlisted_failures = None
         if progress is not None:
             progress(count)
-    return findings
+    for f in inodes.findings():
+        yield None, f
+    for f in fsck.findings():
+        yield None, f

@@ -25,6 +25,8 @@ import shutil
 import socket
 import subprocess
 from dataclasses import dataclass, field
+from ..kernel.params import OptionError, split_lowerdir
+from ..live.mountapi import MountError, open_tree_clone
 
 __all__ = ["ENGINES", "ContainerError", "Container", "split_target", "inspect_container",
            "engine_layer", "clone_mount_of", "known_containers", "merged_root"]
@@ -164,7 +166,6 @@ def _inspect_labels(engine: str, doc: dict) -> dict[str, str]:
     data = gd.get("Data") if isinstance(gd, dict) else None
     if not isinstance(data, dict) or not isinstance(data.get("LowerDir", ""), str):
         return {}
-    from ..kernel.params import OptionError, split_lowerdir
 
     try:
         lowers, _ = split_lowerdir(data["LowerDir"]) if data.get("LowerDir") else ([], [])
@@ -254,10 +255,13 @@ def clone_mount_of(pid: int, mountpoint: str) -> int:
     """A descriptor of a detached copy of the mount at ``mountpoint`` in the mount namespace of
     ``pid`` (that mount alone, without what is mounted below it, such as a container's
     ``/etc/hosts``).  Made by a child that joins the namespace; raises OSError."""
-    from ..live.mountapi import MountError, open_tree_clone  # not after joining: another root
 
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:  # the process's root: mountinfo names its mount points relative to it
+        rootfd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        rootfd = -1
     try:
         kid = os.fork()
         if kid == 0:  # the child: join, clone, send, exit; never returns
@@ -268,6 +272,12 @@ def clone_mount_of(pid: int, mountpoint: str) -> int:
                     err = ctypes.get_errno()
                     child.sendall(f"E{err}".encode())
                 else:
+                    if rootfd >= 0:  # setns put us at the namespace's root, not the process's
+                        try:
+                            os.fchdir(rootfd)
+                            os.chroot(".")
+                        except OSError:
+                            pass
                     try:
                         fd = open_tree_clone(mountpoint)
                     except MountError as e:
@@ -287,6 +297,8 @@ def clone_mount_of(pid: int, mountpoint: str) -> int:
             parent.close()
     finally:
         os.close(nsfd)
+        if rootfd >= 0:
+            os.close(rootfd)
     if fds:
         os.set_inheritable(fds[0], False)
         return fds[0]

@@ -24,6 +24,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from ..kernel.params import OptionError, split_lowerdir
+from .containers import layout_label
+from .mountinfo import NotOverlayError, find_overlay_mount
 
 __all__ = ["InspectError", "InspectStack", "layer_labels", "load_inspect", "load_inspect_all",
            "merged_mount"]
@@ -129,7 +132,6 @@ def _one(obj: Any, where: str = "") -> InspectStack:
     datas: list[str] = []
     lower = _dir(data, "LowerDir", where)
     if lower is not None:
-        from ..kernel.params import OptionError, split_lowerdir
 
         try:
             lowers, datas = split_lowerdir(lower)
@@ -218,7 +220,6 @@ def _choices(objs: list) -> str:
 
 def layer_labels(info: InspectStack) -> dict[str, str]:
     """Layer directory -> what the engine calls it (its layer id; docker's ``-init`` kept)."""
-    from .containers import layout_label
 
     out = {}
     for d in [*info.lowers, *info.datas, *([info.upper] if info.upper else [])]:
@@ -232,7 +233,6 @@ def merged_mount(info: InspectStack) -> bool:
     """MergedDir is an overlay mounted in this mount namespace."""
     if not info.merged:
         return False
-    from .mountinfo import NotOverlayError, find_overlay_mount
 
     try:
         entry = find_overlay_mount(info.merged)

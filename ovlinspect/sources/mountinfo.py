@@ -509,3 +509,10 @@ def covering_mounts(mountpoint: str, proc_root: str = "/proc/self") -> list[Moun
         out.append(e)
         pending += children.get(e.mount_id, [])
     return out
+
+
+def overlay_dirs() -> list[tuple[str, str | None, str | None]]:
+    """(mountpoint, upperdir, workdir) of each overlay mounted in this mount namespace: what
+    the kernel checks a new mount's directories against (``Stack.overlays_mounted``)."""
+    return [(e.mountpoint, e.upperdir, e.workdir)
+            for e in parse_mountinfo(read_mountinfo("/proc/self")) if e.is_overlay]

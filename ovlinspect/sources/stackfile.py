@@ -53,7 +53,9 @@ from ..model.layers import (
     split_path,
 )
 from ..model.stack import Stack
+from .mountinfo import overlay_dirs
 from ..model.xattrs import safe
+from . import composefs
 
 __all__ = ["StackFileError", "load_stack", "loads_stack", "stack_from_dict", "dump_stack", "INLINE_LIMIT"]
 
@@ -207,6 +209,7 @@ class _Loader:
             source=self.source,
             description=description,
             params=params,
+            overlays_mounted=overlay_dirs,
         )
 
     def _params(self, params: Any) -> dict[str, str] | None:
@@ -261,10 +264,6 @@ class _Loader:
     def _dump_layer(self, where: str, name: str, dump: Any) -> Layer:
         if not isinstance(dump, str) or not dump:
             raise self.fail(where, "dump must be a file path string")
-        try:
-            from . import composefs  # type: ignore[attr-defined]
-        except ImportError:
-            raise self.fail(where, "composefs dump layers need ovlinspect.sources.composefs, which is not available") from None
         full = os.path.normpath(os.path.join(self.base, dump))
         if not os.path.isfile(full):
             raise self.fail(where, f"dump file does not exist: {full}")

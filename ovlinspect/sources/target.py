@@ -6,12 +6,27 @@ import os
 import pathlib
 from importlib import resources
 
+from ..kernel.params import ModuleDefaults, OptionError, options_from_shown, split_lowerdir
 from ..model.layers import DiskLayer, Layer, LayerError
 from ..model.stack import Stack
+from .cfsimage import ImageError, image_layers
+from .composefs import DumpError, load_dump
+from .mountinfo import (NotOverlayError, layer_path_problem, locate, mount_namespaces,
+                        overlay_dirs, parse_mountinfo, read_mountinfo)
+from .stackfile import StackFileError, load_stack, loads_stack
 
 
 class InputError(Exception):
     """Bad input: the message is one line for the user; the CLI exits 2."""
+
+
+class NotOnOverlay(InputError):
+    """TARGET is not on an overlay mount of this mount namespace; the front end may say which
+    other namespace has it (:func:`ovlinspect.live.mounts.elsewhere_hint`)."""
+
+    def __init__(self, message: str, target: str):
+        super().__init__(message)
+        self.target = target
 
 
 def _disk(path: str, label: str, base: str | None = None, want_verity: bool = False,
@@ -23,7 +38,6 @@ def _disk(path: str, label: str, base: str | None = None, want_verity: bool = Fa
             raise InputError(f"layer path {p!r} is relative and cannot be resolved; give an absolute path")
         p = os.path.join(base, p)
     if os.path.isfile(p):  # a composefs dump file describes a layer
-        from .composefs import DumpError, load_dump
 
         try:
             layer = load_dump(pathlib.Path(p), label)  # a path, even one holding "\n" or "/ "
@@ -47,7 +61,6 @@ def _verity_wanted(options: str) -> bool:
 def stack_from_args(lowerdir: str, upperdir: str | None = None, workdir: str | None = None,
                     options: str = "", source: str = "") -> Stack:
     """A stack given the way ``mount -t overlay`` takes it (relative paths: from the cwd)."""
-    from ..kernel.params import OptionError, split_lowerdir
 
     try:
         regular, data = split_lowerdir(lowerdir)
@@ -63,7 +76,8 @@ def stack_from_args(lowerdir: str, upperdir: str | None = None, workdir: str | N
     return Stack(lowers=lowers, data=datas, upper=upper,
                  workdir=os.path.abspath(workdir) if workdir else None,
                  options=options, source=source or desc,
-                 refusal=_workdir_refusal(upperdir, workdir) if upperdir else None)
+                 refusal=_workdir_refusal(upperdir, workdir) if upperdir else None,
+                 overlays_mounted=overlay_dirs)
 
 
 def _workdir_refusal(upperdir: str, workdir: str | None) -> tuple[str, str] | None:
@@ -99,7 +113,6 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
     :mod:`ovlinspect.sources.cfsimage`.
     """
     from .containers import engine_layer
-    from .mountinfo import NotOverlayError, layer_path_problem, locate
 
     if pid is not None and (pid <= 0 or not os.path.isdir(f"/proc/{pid}")):
         raise InputError(f"--pid {pid}: no such process")
@@ -110,11 +123,7 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
         entry = located.entry
     except NotOverlayError as e:
         if pid is None:
-            from ..live.mounts import elsewhere_hint
-
-            hint = elsewhere_hint(target)
-            if hint:
-                raise InputError(hint) from None
+            raise NotOnOverlay(str(e), target) from None
         raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"cannot read {proc}/mountinfo: {e.strerror}") from None
@@ -164,7 +173,6 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
     lowers = [replaced.get(i) or _disk(given[p], name(p)) for i, p in enumerate(entry.lowers)]
     datas = [_disk(given[p], name(p), want_verity=verity, data=True) for p in entry.datas]
     upper = _disk(given[entry.upperdir], names.get(entry.upperdir) or "upper") if entry.upperdir else None
-    from ..kernel.params import ModuleDefaults, options_from_shown
 
     effective = options_from_shown(entry.options, has_upper=upper is not None,
                                    defaults=ModuleDefaults.read())
@@ -179,7 +187,6 @@ def live_stack(target: str, pid: int | None = None, layer_root: str | None = Non
 def _image_layers(entry, root: str, images: list[str] | None,
                   given: dict[str, str]) -> tuple[dict[int, Layer], str]:
     """EROFS images standing for gone lower layers (composefs), see :mod:`ovlinspect.sources.cfsimage`."""
-    from .cfsimage import ImageError, image_layers
 
     try:
         found = image_layers(entry, root, images, resolve=lambda p: given.get(p, root + p))
@@ -226,7 +233,6 @@ def _docker_root(entry, root: str, hints: tuple[str, ...] = ()) -> str | None:
 
 def _same_superblock(entry):
     """Mountpoints of the same overlay superblock in namespaces whose root is ours."""
-    from .mountinfo import mount_namespaces, parse_mountinfo, read_mountinfo
 
     try:
         me = os.stat("/")
@@ -252,7 +258,6 @@ def demo_names() -> list[str]:
 
 
 def demo_stack(name: str) -> Stack:
-    from .stackfile import loads_stack
 
     base = resources.files("ovlinspect") / "demos"
     f = base / f"{name}.toml"
@@ -278,7 +283,6 @@ def load_target(target: str, pid: int | None = None, layer_root: str | None = No
     if target.startswith("demo:"):
         return demo_stack(target[5:])
     if target.endswith(".toml") and os.path.isfile(target):
-        from .stackfile import StackFileError, load_stack
 
         try:
             stack = load_stack(target)

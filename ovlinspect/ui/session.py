@@ -18,9 +18,8 @@ from ..kernel.entry import Ref, Resolution
 
 from ..rules.engine import Engine
 from ..kernel.profile import FLEET, parse_version, profile_for
-from ..model.layers import DiskLayer, Layer, Node, Path
+from ..model.layers import Layer, Node, Path
 from ..kernel.params import split_options
-from ..model.stack import Stack
 
 #: Children resolved per directory chunk: a larger directory shows a "more" entry.
 CHUNK = 500
@@ -34,27 +33,13 @@ WHATIF_CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _reopen(layer: Layer | None, opened: list[Layer]) -> Layer | None:
-    if isinstance(layer, DiskLayer) and layer.path:
-        fresh = layer.reopen()  # same options (verity, no xattrs on data-only layers)
-        opened.append(fresh)
-        return fresh
-    return layer
-
-
 class EngineClone:
     """An engine for another thread: same layers (reopened when on disk), same options."""
 
     def __init__(self, engine: Engine):
-        self.opened: list[Layer] = []
-        s = engine.stack
-        stack = Stack(
-            lowers=[_reopen(l, self.opened) for l in s.lowers],  # type: ignore[misc]
-            data=[_reopen(l, self.opened) for l in s.data],  # type: ignore[misc]
-            upper=_reopen(s.upper, self.opened),
-            workdir=s.workdir, options=s.options, source=s.source,
-            description=s.description, params=s.params, mountpoint=s.mountpoint,
-        )
+        stack = engine.stack.reopened()  # every field kept: the refusal, the profile, ...
+        old = {id(l) for _, l in engine.stack.layers}
+        self.opened: list[Layer] = [l for _, l in stack.layers if id(l) not in old]
         self.engine = Engine(stack, options=engine.options, kernel=engine.kernel, profile=engine.profile)
 
     def close(self) -> None:

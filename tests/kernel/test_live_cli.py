@@ -14,12 +14,19 @@ import pytest
 from harness import run_cli
 
 from ovlinspect.live.build import build_stack
+from ovlinspect.kernel.profile import profile_for_release
 from ovlinspect.sources.target import demo_stack
 
 pytestmark = pytest.mark.kernel
 
+#: the seed demos have data-only layers (lowerdir A:B::C), which kernels before 6.5 lack
+needs_data_only = pytest.mark.skipif(
+    not profile_for_release(os.uname().release).data_only_layers,
+    reason=f"the seed demos need data-only layers (6.5+), not in {os.uname().release}")
 
 
+
+@needs_data_only
 def test_mounts_lists_health(tmpfs: str) -> None:
     built = build_stack(demo_stack("seed-eio"), os.path.join(tmpfs, "layers"))
     target = os.path.join(tmpfs, "merged")
@@ -53,6 +60,7 @@ def test_mounts_lists_health(tmpfs: str) -> None:
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
+@needs_data_only
 def test_pid_reads_another_mount_namespace(tmpfs: str) -> None:
     """--pid: the layers are found on the host when they are there, under /proc/PID/root
     when only that process sees them; --observe reaches the mount through its namespace."""
@@ -103,6 +111,7 @@ def test_pid_reads_another_mount_namespace(tmpfs: str) -> None:
         proc.wait()
 
 
+@needs_data_only
 def test_relative_layer_paths_need_help(tmpfs: str) -> None:
     built = build_stack(demo_stack("seed"), os.path.join(tmpfs, "layers"))
     target = os.path.join(tmpfs, "merged")
@@ -156,6 +165,7 @@ def test_docker_overlay2_relative_short_links(tmpfs: str) -> None:
         mountapi.umount(target, detach=True)
 
 
+@needs_data_only
 def test_mounts_exit_status_and_needs_root(tmpfs: str) -> None:
     """`mounts` exits 1 on an unresolved mount; without root a trusted.* mount is `needs-root`."""
     built = build_stack(demo_stack("seed"), os.path.join(tmpfs, "layers"))

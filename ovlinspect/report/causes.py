@@ -1,0 +1,292 @@
+"""Findings grouped by cause: one entry per thing to fix, the fix once, the paths it breaks.
+
+A stack with one plain directory on a redirect path fails 79 lookups with EIO: that is one
+cause (``lower 3 (base3):/ab is a plain directory on the redirect path → 79 paths fail with
+EIO``), not 79 problems.  :class:`CauseIndex` takes findings as a scan produces them (with the
+:class:`~ovlinspect.kernel.entry.Resolution` they came from, which knows the layer entry where
+a lookup failed) and groups them; :meth:`CauseIndex.causes` orders the groups by severity, then
+by reach (how many paths), so that the first one is the one to fix first.
+
+Pure: no terminal, no textual, no rich.  The CLI (``check``, ``mounts``) and the view's
+Problems panel use the same grouping.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from ..kernel.entry import Ref, Resolution, show
+from ..rules.engine import Engine
+from ..rules.catalogue import Finding, Severity
+
+#: rules whose cause is the mount itself (its options), whatever entry meets it
+_MOUNT_WIDE = {
+    "metacopy-refused": "this mount has metacopy=off, so every metacopy file is refused",
+    "redirect-refused": "this mount does not follow redirects (redirect_dir), so every redirect "
+                        "is refused",
+}
+#: rules whose cause is a whole layer (the xattr namespace it was written in)
+_PER_LAYER = {
+    "metacopy-ignored": "{where} carries metacopy xattrs in a namespace this mount ignores",
+    "xattr-namespace-mismatch": "{where} carries overlay xattrs in a namespace this mount ignores",
+    "redirect-ignored": "{where} carries redirect xattrs on files that are not metacopy files",
+}
+#: rules whose cause is one layer entry that several merged paths may meet
+_AT_ENTRY = {
+    "lowerdata-redirect-broken": "{where} is a plain directory on the redirect path",
+    "shadowed-lowerdata": "{where} intercepts redirects meant for a data-only layer",
+    "metacopy-size-mismatch": "the data file {where} has another size than the metacopy files "
+                              "that use it",
+    "inode-alias": "{where} is reached from several merged paths",
+    "stale-origin-lookup": "{where} is not the lower entry the upper's overlay.origin names",
+    "invalid-redirect": "{where} has a malformed redirect xattr",
+    "metacopy-invalid": "{where} has a metacopy xattr the kernel cannot use",
+    "metacopy-without-data": "{where} is a metacopy file with no data below it",
+    "verity-failure": "the metacopy file {where} fails fs-verity validation",
+}
+
+
+@dataclass
+class Cause:
+    """One thing to fix, and every merged path it breaks."""
+
+    severity: Severity
+    rule: str
+    #: the place at fault, as shown (``lower 3 (base3):/ab``, a layer's label), or None when
+    #: the cause is the mount (its options) or the stack as a whole
+    where: str | None
+    #: the JSON index of the layer at fault, and the path inside it (raw bytes), when known
+    layer: int | None
+    layer_path: bytes | None
+    #: what is wrong, for every path of the cause (:attr:`message` is what to show)
+    summary: str
+    fix: str
+    #: the merged paths it breaks, sorted (all of them)
+    paths: list[bytes] = field(default_factory=list)
+    #: how those paths fail: effect text -> count ("fail with EIO": 79)
+    effects: Counter = field(default_factory=Counter)
+    findings: list[Finding] = field(default_factory=list)
+
+    #: whether the summary is the same text for any number of paths (a mount option, a
+    #: layer): else a cause of one path shows that finding's own, fuller, message
+    fixed: bool = False
+
+    @property
+    def reach(self) -> int:
+        return len(self.paths)
+
+    @property
+    def message(self) -> str:
+        """What is wrong, one line: the summary, or for a single finding its own message."""
+        if len(self.findings) == 1 and not self.fixed:
+            return self.findings[0].message
+        return self.summary
+
+    def effect_text(self) -> str:
+        """``79 paths fail with EIO``; ``3 paths: 2 fail with EIO, 1 fails to open (ENOENT)``."""
+        n = self.reach
+        noun = "path" if n == 1 else "paths"
+        if not self.effects:
+            return f"{n} {noun}"
+        if len(self.effects) == 1:
+            (effect, _), = self.effects.items()
+            return f"{n} {noun} {_verb(effect, n)}"
+        parts = [f"{c} {_verb(e, c)}" for e, c in self.effects.most_common()]
+        return f"{n} {noun}: " + ", ".join(parts)
+
+    def headline(self) -> str:
+        """The cause and what it does, one line: ``X is a plain directory on the redirect path
+        → 79 paths fail with EIO``.  Stack-wide findings (path ``/`` and no effect) are the
+        message alone."""
+        if not self.effects and self.reach <= 1:
+            return self.message
+        if self.reach == 1 and len(self.effects) == 1:  # name the one path: `→ /foo fails with EIO`
+            (effect, _), = self.effects.items()
+            return f"{self.message} → {show(self.paths[0])} {_verb(effect, 1)}"
+        return f"{self.message} → {self.effect_text()}"
+
+    def as_json(self) -> dict:
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "where": self.where,
+            "layer": self.layer,
+            "layer_path": _j(self.layer_path) if self.layer_path is not None else None,
+            "message": self.message,
+            "headline": self.headline(),
+            "fix": self.fix,
+            "count": self.reach,
+            "effects": dict(self.effects.most_common()),
+            "paths": [_j(p) for p in self.paths],
+        }
+
+
+def _verb(effect: str, n: int) -> str:
+    """"fail with EIO" for n paths; "fails with EIO" for one."""
+    if n == 1:
+        head, _, rest = effect.partition(" ")
+        if head in ("fail", "read", "report", "get", "are", "miss"):
+            head = {"are": "is", "miss": "misses"}.get(head, head + "s")
+        return f"{head} {rest}".rstrip()
+    return effect
+
+
+def _j(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")
+
+
+def _effect(f: Finding, res: Resolution | None) -> str | None:
+    """How the merged path of this finding fails (plural verb form), or None if unknown."""
+    if res is None:
+        return None
+    if res.errno:
+        if f.rule == "phantom-whiteout":
+            return "are listed by readdir but fail lookup with ENOENT"
+        return f"fail with {res.errno}"
+    if res.open_errno:
+        return f"fail to open ({res.open_errno})"
+    if f.rule in ("shadowed-lowerdata", "metacopy-ignored"):
+        return "read the wrong bytes"
+    if f.rule == "metacopy-size-mismatch":
+        return "report the wrong size"
+    if f.rule == "inode-alias":
+        return "may fail with ESTALE"
+    return None
+
+
+class CauseIndex:
+    """Groups findings by cause as they arrive (a scan is incremental)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._groups: dict[tuple, Cause] = {}
+        self._seen: set[tuple[str, bytes, str]] = set()
+
+    def add_resolution(self, res: Resolution) -> None:
+        for f in res.findings:
+            self.add(f, res)
+
+    def add(self, f: Finding, res: Resolution | None = None) -> Cause:
+        """Add one finding (with the resolution of its path, when it has one)."""
+        key, how, what = self._key(f, res)
+        cause = self._groups.get(key)
+        if cause is None:
+            cause = self._groups[key] = self._new(f, how, what)
+        if res is None:  # a stack finding given twice (a rescan) counts once
+            dup = (f.rule, f.path, f.message)
+            if dup in self._seen:
+                return cause
+            self._seen.add(dup)
+        cause.findings.append(f)
+        cause.paths.append(f.path)
+        effect = _effect(f, res)
+        if effect:
+            cause.effects[effect] += 1
+        return cause
+
+    @staticmethod
+    def _key(f: Finding, res: Resolution | None) -> tuple[tuple, str, object]:
+        """(grouping key, how it is grouped, the layer entry / layer / redirect at fault).
+
+        Cheap: the texts are made once per cause, by :meth:`_new`."""
+        rule = f.rule
+        if rule in _MOUNT_WIDE:
+            return (rule,), "mount", None
+        if rule in _PER_LAYER and f.layers:
+            return (rule, f.layers[0]), "layer", f.layers[0]
+        ref: Ref | None = None
+        if res is not None:
+            if rule in ("shadowed-lowerdata", "metacopy-size-mismatch"):
+                ref = res.data
+            elif res.errno and res.cause is not None:
+                ref = res.cause
+            elif rule in ("verity-failure", "metacopy-invalid"):
+                ref = res.metadata
+            if rule == "lowerdata-missing":
+                redirect = res.lowerdata_redirect or res.redirect
+                if redirect is not None:
+                    return (rule, redirect), "object", redirect
+        if ref is not None and rule in _AT_ENTRY:
+            return (rule, ref.layer, ref.path), "entry", ref
+        # one finding, one cause (stack findings, phantom whiteouts, ...): its own message
+        return (rule, f.path, f.message), "own", ref
+
+    def _new(self, f: Finding, how: str, what) -> Cause:
+        e = self.engine
+        where = layer = lpath = None
+        if how == "mount":
+            message = _MOUNT_WIDE[f.rule]
+        elif how == "layer":
+            where, layer = e.label(e.kernel_index(what)), what
+            message = _PER_LAYER[f.rule].format(where=where)
+        elif how == "object":
+            message = f"'{show(what)}' is not a regular file in any data-only layer"
+        else:
+            if what is not None:  # a layer entry
+                where, layer, lpath = e.where(what), e.json_index(what.layer), b"/" + b"/".join(what.path)
+            message = _AT_ENTRY[f.rule].format(where=where) if how == "entry" else f.message
+        return Cause(f.severity, f.rule, where, layer, lpath, message, f.hint,
+                     fixed=how in ("mount", "layer"))
+
+    def causes(self) -> list[Cause]:
+        """The causes, the one to fix first first: by severity, then reach, then rule."""
+        out = list(self._groups.values())
+        for c in out:
+            c.paths.sort()
+        out.sort(key=lambda c: (Severity(c.severity).rank, -c.reach, c.rule,
+                                c.where or "", c.paths[:1]))
+        return out
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+
+def group_findings(engine: Engine, pairs: Iterable[tuple[Finding, Resolution | None]]) -> list[Cause]:
+    """The causes of these (finding, resolution or None) pairs."""
+    index = CauseIndex(engine)
+    for f, res in pairs:
+        index.add(f, res)
+    return index.causes()
+
+
+@dataclass
+class CheckResult:
+    """What ``check`` found: every finding (in scan order), their causes, paths scanned."""
+
+    findings: list[Finding]
+    causes: list[Cause]
+    paths_checked: int
+    seconds: float = 0.0
+
+
+def check_causes(engine: Engine, progress: Callable[[int], None] | None = None,
+                 cancel: Callable[[], bool] | None = None) -> CheckResult:
+    """:meth:`Engine.check`, with the findings grouped by cause.
+
+    The findings are the same, in the same order, as ``engine.check`` gives them: the stack's
+    own, then each path's as the walk meets it.
+    """
+    import time
+
+    start = time.monotonic()
+    index = CauseIndex(engine)
+    findings: list[Finding] = []
+    count = 0
+
+    def counted(n: int) -> None:
+        nonlocal count
+        count = n
+        if progress is not None:
+            progress(n)
+
+    from ..rules.scan import check_findings  # the lean walk: the same findings, faster
+
+    for res, f in check_findings(engine, counted, cancel):
+        findings.append(f)
+        index.add(f, res)
+    return CheckResult(findings, index.causes(), count, time.monotonic() - start)
+
+
+__all__ = ["Cause", "CauseIndex", "CheckResult", "check_causes", "group_findings"]
