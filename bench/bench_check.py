@@ -21,16 +21,6 @@ entries; --before = the tree before the lean reader and walk, commit 696da04):
 On a quieter 33,000-entry run: getfattr 0.58-0.83 s, lean check 1.3-1.6 s.  The issue's
 target (1.5x) is not reached: what is left is CPython per entry (a Node, the scan dict,
 the readdir merge, the fast-path tests) on top of the syscalls getfattr makes too.
-"""Benchmark: `ovlinspect check` on a large composefs-like stack against getfattr.
-
-Builds (as root, on a private tmpfs under /tmp) a stack `lowerdir=meta:base::objects`:
-`meta` holds N metacopy files (sparse, with an absolute redirect /xx/<hash>) spread over
-directories, `base` a smaller regular layer, `objects` the object store.  Prints the time of
-`check` (in-process, the same code the CLI runs), the time of
-`getfattr -R -d -m '^trusted\\.overlay\\.'` over the regular layers, and the peak memory of
-check per entry (tracemalloc peak and max RSS growth).
-
-    python bench/bench_check.py [--entries 300000]
 """
 
 from __future__ import annotations
@@ -43,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
 
 
 def build(root: str, n: int) -> tuple[str, str, str]:
