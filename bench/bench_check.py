@@ -18,7 +18,10 @@ entries; --before = the tree before the lean reader and walk, commit 696da04):
   check (lean walk)             15.07 s  = 2.10x getfattr (runs 24.11, 13.65, 15.07), +46 B/entry
   engine.check (general walk)   29.74 s  = 4.15x (the lean reader alone)
   engine.check before           38.58 s  = 5.38x (runs 33.63, 38.58, 57.79), +42 B/entry
-On a quieter 33,000-entry run: getfattr 0.58-0.83 s, lean check 1.3-1.6 s.  The issue's
+With --entries 100000 --ext4 (load about 4): tmpfs getfattr 1.46 s, lean check 2.53 s =
+1.73x, general walk 3.80x; ext4 on a loop image getfattr 2.20 s, lean check 3.29 s = 1.49x,
+general walk 3.22x; peak RSS +81 B/entry.  On a quieter 33,000-entry run: getfattr 0.58-0.83 s,
+lean check 1.3-1.6 s.  The issue's
 target (1.5x) is not reached: what is left is CPython per entry (a Node, the scan dict,
 the readdir merge, the fast-path tests) on top of the syscalls getfattr makes too.
 """
