@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno as _errno
 import json
 import os
 import sys
@@ -13,15 +15,27 @@ import time
 from typing import Sequence
 
 from .kernel.entry import Resolution, show
-from .rules.engine import Engine
+from .kernel.params import ModuleDefaults, OptionError, join_lowerdir, options_string
 from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
-from .live.mounts import elsewhere_hint
+from .live import observe as obs
+from .live.build import BuildError, build_stack
+from .live.mountapi import MountError
+from .live.mounts import BAD_HEALTH, QUICK_SECONDS, elsewhere_hint, list_mounts
+from .live.observe import content_line
+from .live.probe import probed_profile
 from .model.layers import LayerError
 from .model.stack import Stack
-from .report.document import document
 from .report import text as txt
 from .report.causes import check_causes
-from .sources.target import InputError, NotOnOverlay, check_privileges, demo_names, load_target, stack_from_args
+from .report.document import document
+from .rules.engine import Engine
+from .sources.containers import merged_root
+from .sources.inspect_json import (MAX_INSPECT, InspectError, layer_labels, load_inspect,
+                                   merged_mount)
+from .sources.mountinfo import NotOverlayError, covering_mounts, locate
+from .sources.stackfile import ObjectStoreError, StackFileError, load_stack, write_stack
+from .sources.target import (InputError, NotOnOverlay, check_privileges, demo_names, demo_stack,
+                             live_stack, load_target, stack_from_args)
 
 COMMANDS = ("explain", "check", "mounts", "demo", "export", "build", "rules")
 
@@ -29,9 +43,9 @@ COMMANDS = ("explain", "check", "mounts", "demo", "export", "build", "rules")
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         if message.startswith("unrecognized arguments: "):  # --jsn: did you mean --json?
-            import difflib
 
-            word = message.split(": ", 1)[1].split()[0].split("=")[0]
+            words = message.split(": ", 1)[1].split()  # empty for an empty argument ('')
+            word = words[0].split("=")[0] if words else ""
             best = difflib.get_close_matches(word, [o for o in self._option_string_actions
                                                     if o.startswith("--")], n=1, cutoff=0.6)
             if word.startswith("-") and best:
@@ -123,12 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--list", action="store_true", help="list the demos with a line about each")
     x = add("export", help="write a loaded stack as one self-contained stack file")
     x.add_argument("args", nargs="*", metavar="TARGET", help="the stack to export (see TARGET below)")
+    x.add_argument("--objects", metavar="DIR",
+                   help="keep the content of files over 64 KiB in DIR (by SHA-256, ab/cdef...) and name "
+                        "them in the stack file (object = \"sha256:...\"); without it they are written "
+                        "in full inline (content_hex)")
     _stack_args(x)
     b = add("build", help="materialize a stack file into layer directories")
     b.add_argument("stackfile", metavar="STACKFILE", help="the stack file (*.toml) to build")
     b.add_argument("dest", metavar="DIR", help="the directory to create the layer directories in")
     b.add_argument("--mount", metavar="MOUNTPOINT", nargs="?", const="", default=None,
                    help="also mount the built stack, on MOUNTPOINT (default: DIR/merged)")
+    b.add_argument("--objects", metavar="DIR", help="the object store export --objects wrote")
     b.add_argument("--unsafe-exact", action="store_true",
                    help="also create what a safe build leaves out of an untrusted stack file: device "
                         "nodes, setuid/setgid bits, security.* xattrs, world-writable directories")
@@ -152,7 +171,6 @@ _SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
 def _did_you_mean(word: str, commands: bool) -> str:
     """``; did you mean demo:seed?`` for a mistyped demo name (or, with ``commands``, a
     mistyped command: ``chek`` -> ``ovlinspect check``), else ''."""
-    import difflib
 
     bare = word[len("demo:"):] if word.startswith("demo:") else word
     cands = {n: f"demo:{n}" for n in demo_names()}
@@ -212,9 +230,7 @@ def _load(ns: argparse.Namespace, positional: list[str], view: bool = False) -> 
 def _from_inspect(ns: argparse.Namespace) -> Stack:
     """The stack of a docker/podman inspect object: the live mount when MergedDir is mounted
     here (its options, its layers), else the layer directories with guessed options."""
-    from .sources.inspect_json import InspectError, load_inspect
 
-    from .sources.inspect_json import MAX_INSPECT
 
     try:
         if ns.from_inspect == "-":  # bytes, bounded: load_inspect says what is wrong with them
@@ -234,11 +250,9 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
         raise InputError(str(err)) from None
     except ValueError as err:  # a NUL in the file name
         raise InputError(f"{ns.from_inspect}: {err}") from None
-    from .sources.inspect_json import layer_labels, merged_mount
 
     labels = layer_labels(info)
     if merged_mount(info):
-        from .sources.target import live_stack
 
         stack = live_stack(info.merged, labels=labels)
         stack.source = f"inspect:{info.name}"
@@ -248,7 +262,6 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
             stack.effective = None
         return stack
-    from .kernel.params import join_lowerdir
 
     lowers, datas, upper, work = info.mount_layers()  # a single-layer image: its one lower
     stack = stack_from_args(join_lowerdir(lowers, datas), upper, work,
@@ -267,12 +280,10 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
 
 
 def _engine(stack: Stack) -> Engine:
-    from .kernel.params import OptionError
 
     try:
         if stack.profile is None and os.geteuid() == 0:
             # the running kernel: its release, corrected by what it answers (backports)
-            from .live.probe import probed_profile
 
             stack.profile = probed_profile(profile_for_release(os.uname().release))
         engine = Engine(stack)
@@ -375,7 +386,6 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         if not stack.mountpoint:
             raise InputError("--observe needs a live mount as TARGET (for --from-inspect: a "
                              "mounted MergedDir)")
-        from .live import observe as obs
 
         # the merged root as this process reaches it (another namespace's: a copy of the mount)
         root = _observe_root(stack)
@@ -418,7 +428,6 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                                   f"mount ({show(os.fsencode(c['source']))}) on top of the overlay: a program "
                                   "there sees that filesystem, not the overlay's entry explained here", hang=12))
         if observed is not None:
-            from .live.observe import content_line
 
             ob, pc, mismatches = observed[i]
             extra.append(txt.line("  observed  ", ob.summary(),
@@ -439,7 +448,6 @@ def _mounts_on_top(stack: Stack) -> list:
     """The mounts stacked on a live overlay (read once for all the paths explained)."""
     if not stack.mountpoint:
         return []
-    from .sources.mountinfo import covering_mounts
 
     try:
         return covering_mounts(stack.mountpoint, f"/proc/{stack.pid}" if stack.pid else "/proc/self")
@@ -504,7 +512,6 @@ def _asked_paths(stack: Stack, paths: list[bytes], pid: int | None) -> list[tupl
     at_root = mp is None or mp == "/"
     base = stack.target_path or b"/"
     if mp and pid is None and any(not p.startswith(b"/") for p in paths):
-        from .sources.mountinfo import NotOverlayError, locate
 
         try:
             here = locate(os.getcwd())
@@ -526,7 +533,6 @@ def _asked_paths(stack: Stack, paths: list[bytes], pid: int | None) -> list[tupl
 
 def _observe_root(stack: Stack) -> str:
     """Where this process reaches the merged tree (another namespace's: a copy of the mount)."""
-    from .sources.containers import merged_root
 
     try:
         return merged_root(stack)
@@ -590,7 +596,6 @@ def cmd_rules(ns: argparse.Namespace) -> int:
 
 
 def cmd_mounts(ns: argparse.Namespace) -> int:
-    from .live.mounts import BAD_HEALTH, QUICK_SECONDS, list_mounts
 
     try:
         rows = list_mounts(ns.pid, deep=ns.deep, check=check_causes)
@@ -607,7 +612,6 @@ def cmd_mounts(ns: argparse.Namespace) -> int:
 
 def cmd_demo(ns: argparse.Namespace) -> int:
     if ns.list:
-        from .sources.target import demo_stack
 
         for name in demo_names():
             desc = " ".join(demo_stack(name).description.split())
@@ -615,7 +619,6 @@ def cmd_demo(ns: argparse.Namespace) -> int:
             print(f"{name:<16} {first[:100]}")
         return 0
     name = ns.name or "seed"
-    from .sources.target import demo_stack
 
     if name not in demo_names():
         raise InputError(f"no demo named {name!r}; `ovlinspect demo --list` shows them"
@@ -625,8 +628,6 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    from .sources.stackfile import dump_stack
-
     if ns.json:
         raise InputError("export: no --json: it writes a stack file (TOML); `ovlinspect explain "
                          "--json` and `ovlinspect check --json` give JSON")
@@ -638,7 +639,6 @@ def cmd_export(ns: argparse.Namespace) -> int:
     # mount would need them) and the module parameters they were computed with
     from dataclasses import fields
 
-    from .kernel.params import ModuleDefaults, options_string
 
     if not engine.mount_errno:
         stack.options = options_string(engine.options)
@@ -646,31 +646,65 @@ def cmd_export(ns: argparse.Namespace) -> int:
         defaults = ModuleDefaults.read()
         stack.params = {f.name: ("Y" if v else "N") if isinstance(v, bool) else str(v)
                         for f in fields(defaults) for v in [getattr(defaults, f.name)]}
-    _write(dump_stack(stack))
+    _export(stack, ns.objects)
     return 0
 
 
+def _export(stack: Stack, objects: str | None) -> None:
+    """The stack file, streamed to stdout as UTF-8 (bounded memory whatever the stack's size);
+    files that could not be exported in full are named on stderr."""
+
+    sys.stdout.flush()
+    buf = getattr(sys.stdout, "buffer", None)
+    if buf is None:
+        def write(piece: str) -> None:
+            sys.stdout.write(piece.encode("utf-8", "backslashreplace").decode("utf-8"))
+    else:
+        def write(piece: str) -> None:
+            buf.write(piece.encode("utf-8", "backslashreplace"))
+    try:
+        stored, incomplete = write_stack(stack, write, objects)
+    except ObjectStoreError as e:
+        raise InputError(e.strerror) from None
+    if buf is not None:
+        buf.flush()
+    if incomplete:
+        _write(f"ovlinspect: warning: {incomplete} file(s) could not be exported in full; their entries "
+               "say incomplete = \"why\" and build reports them\n", sys.stderr)
+    if stored:
+        _write(f"ovlinspect: {stored} file(s) over 64 KiB stored in {show(os.path.abspath(objects or ''))}; "
+               "build them with --objects\n", sys.stderr)
+
+
 def cmd_build(ns: argparse.Namespace) -> int:
-    from .live.build import build_stack
-    from .sources.stackfile import StackFileError, load_stack
 
     try:
-        stack = load_stack(ns.stackfile)
+        stack = load_stack(ns.stackfile, lazy=True)  # contents stay in the file until written
     except StackFileError as e:
         raise InputError(str(e)) from None
     if not stack.lowers:
         raise InputError(f"build: {ns.stackfile} has no regular lower layer (role = \"lower\"); "
                          "the kernel mounts no stack without one")
-    from .live.build import BuildError
 
     try:
-        built = build_stack(stack, ns.dest, exact=ns.unsafe_exact)
+        built = build_stack(stack, ns.dest, exact=ns.unsafe_exact, objects=ns.objects)
     except BuildError as e:
         raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"build: {e.strerror}: {e.filename or ns.dest}") from None
     lines = [f"built {len(stack.layers)} layers under {ns.dest}"]
     lines += [f"{line} (safe build; --unsafe-exact reproduces them)" for line in built.safety.lines()]
+    if built.objects_copied:
+        lines.append(f"copied {built.objects_copied} file(s) from the object store {ns.objects}")
+    if built.incomplete:
+        lines.append(f"WARNING: {len(built.incomplete)} file(s) were not exported in full and are built "
+                     "with zeros past what the stack file holds:")
+        for label, path, why in built.incomplete[:20]:
+            _write(f"ovlinspect: warning: {show(path)} in layer {show(label)} is not complete: {show(why)}\n",
+                   sys.stderr)
+        if len(built.incomplete) > 20:
+            _write(f"ovlinspect: warning: ... and {len(built.incomplete) - 20} more\n", sys.stderr)
+        lines += [f"  {os.fsdecode(path)} (layer {label}): {why}" for label, path, why in built.incomplete[:20]]
     lines.append(f"lowerdir={built.lowerdir_string()}"
                  + (f",upperdir={built.upper},workdir={built.workdir}" if built.upper else "")
                  + (f",{built.options}" if built.options else ""))
@@ -680,12 +714,10 @@ def cmd_build(ns: argparse.Namespace) -> int:
         os.makedirs(target, exist_ok=True)
         if os.path.ismount(target):
             raise InputError(f"{target} is already a mountpoint; unmount it or name another")
-        from .live.mountapi import MountError
 
         try:
             built.mount(target)
         except (MountError, OSError) as e:
-            import errno as _errno
 
             code = _errno.errorcode.get(e.errno, str(e.errno)) if e.errno else "error"
             raise InputError(f"built under {ns.dest}, but the kernel refuses the mount on {target}: "
@@ -696,7 +728,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
 
 def _interactive(stack: Stack, start: tuple[bytes, bool] | None = None) -> int:
     engine, where = _view_engine(stack, start)
-    from .ui.app import run_app
+    from .ui.app import run_app  # deferred: the commands do not load Textual
 
     return run_app(engine, start=where)
 

@@ -321,16 +321,18 @@ def test_escaped_xattrs_are_not_a_namespace_mismatch():
 
 
 def test_layer_view_names_the_path_each_layer_was_asked():
+    from ovlinspect.report.view import layer_view
+
     a = layer("A", {"/newdir": ("dir", {T + b"redirect": b"/old/dir"})})
     b = layer("B", {"/old/dir/b": b"b"})
     e = engine([a, b])
-    view = {li: (path, role) for li, path, _, role in e.layer_view(e.resolve("/newdir/b"))}
+    view = {li: (path, role) for li, path, _, role in layer_view(e, e.resolve("/newdir/b"))}
     assert view[2] == ((b"old", b"dir", b"b"), "metadata+data")
-    view = {li: (path, role) for li, path, _, role in e.layer_view(e.resolve("/newdir"))}
+    view = {li: (path, role) for li, path, _, role in layer_view(e, e.resolve("/newdir"))}
     assert view[2] == ((b"old", b"dir"), "stack")
     up = layer("U", {"/x": "wh"})
     e2 = engine([layer("A", {}), layer("B", {"/x": b"x"})], upper=up)
-    roles = {li: role for li, _, _, role in e2.layer_view(e2.resolve("/x"))}
+    roles = {li: role for li, _, _, role in layer_view(e2, e2.resolve("/x"))}
     assert roles == {0: "whiteout", 1: "not looked at", 2: "hidden"}
 
 
@@ -360,18 +362,20 @@ def test_estale_rules_are_tested_in_their_own_files():
 def test_layers_below_the_entry_that_ends_the_walk_are_not_looked_at():
     """QA: an upper file (not a metacopy) ends the lookup, so the lower layers below it are
     "not looked at", as the trace says, not "absent"; the same below an opaque directory."""
+    from ovlinspect.report.view import layer_view
+
     u = layer("U", {"/d": "dir", "/d/f": b"upper\n"})
     a = layer("A", {"/d": "dir", "/d/g": b"a\n"})
     b = layer("B", {"/d": "dir"})
     e = engine([a, b], upper=u)
-    roles = {li: role for li, _, _, role in e.layer_view(e.explain("/d/f"))}
+    roles = {li: role for li, _, _, role in layer_view(e, e.explain("/d/f"))}
     assert roles == {0: "metadata+data", 1: "not looked at", 2: "not looked at"}
     opaque = layer("A", {"/o": ("dir", {T + b"opaque": b"y"}), "/o/x": b"x\n"})
     below = layer("B", {"/o": "dir"})
     e = engine([opaque, below], upper=layer("U", {}))
     res = e.explain("/o/y")
     assert res.errno == "ENOENT"
-    roles = {li: role for li, _, _, role in e.layer_view(res)}
+    roles = {li: role for li, _, _, role in layer_view(e, res)}
     assert roles[2] == "not looked at"
 
 

@@ -12,6 +12,7 @@ from ovlinspect.sources.stackfile import (
     INLINE_LIMIT,
     StackFileError,
     dump_stack,
+    write_stack,
     load_stack,
     loads_stack,
     stack_from_dict,
@@ -265,8 +266,8 @@ def test_round_trip_disk_layer(tmp_path) -> None:
         r2 = reads_of(s2.lowers[0])
         assert r2[(b"d", b"f")] == b"some bytes\x00\xff"
         assert r2[(b"sparse",)] == b"\0" * 5000
-        assert r2[(b"big",)] == b"\0" * (INLINE_LIMIT + 1)  # too big to inline: size only
-        assert "path = \"/big\"" in text and "content" not in text.split('path = "/big"')[1].split("[[")[0]
+        assert r2[(b"big",)] == b"x" * (INLINE_LIMIT + 1)  # larger than the inline limit: in full
+        assert "content_hex = " in text.split('path = "/big"')[1].split("[[")[0]
         assert s2.lowers[0].label == "A"
     finally:
         s.close()
@@ -331,3 +332,227 @@ def test_build_needs_root_for_trusted_xattrs(tmp_path, monkeypatch) -> None:
     s = loads_stack(BASE, ".")
     with pytest.raises(build.BuildError, match="needs root.*trusted.overlay"):
         build.build_stack(s, str(tmp_path / "b"))
+
+
+def _big_tree(root) -> dict:
+    """A disk layer with files around and far beyond the inline limit; their bytes by name."""
+    import random
+
+    rng = random.Random(3)
+    want = {
+        "at-limit": bytes(rng.randrange(256) for _ in range(INLINE_LIMIT)),
+        "over": b"y" * (INLINE_LIMIT + 1),
+        "multi-chunk": rng.randbytes(3 * 1024 * 1024 + 17),
+        "zeros": b"\0" * (5 * INLINE_LIMIT),
+        "tail-zeros": b"head" + b"\0" * (2 * INLINE_LIMIT),
+    }
+    (root / "sub").mkdir(parents=True)
+    for name, data in want.items():
+        (root / "sub" / name).write_bytes(data)
+    (root / "sub" / "copy").write_bytes(want["multi-chunk"])  # the same object twice
+    return want
+
+
+def _entry_of(text: str, path: str) -> str:
+    return text.split(f'path = "{path}"')[1].split("[[")[0]
+
+
+def test_export_large_files_in_full_inline(tmp_path) -> None:
+    want = _big_tree(tmp_path / "A")
+    layer = DiskLayer(str(tmp_path / "A"), label="A")
+    s = Stack(lowers=[layer])
+    try:
+        parts = []
+        stored, incomplete = write_stack(s, parts.append)
+        text = "".join(parts)
+        assert (stored, incomplete) == (0, 0)
+        assert max(len(p) for p in parts) <= 2 * (1 << 20)  # written a chunk at a time
+        s2 = loads_stack(text, "/")
+        for name, data in want.items():
+            assert s2.lowers[0].read((b"sub", name.encode()), 1 << 30) == data, name
+        assert "content_hex" not in _entry_of(text, "/sub/zeros")  # all zeros: by size, sparse
+        assert text == dump_stack(s)
+    finally:
+        s.close()
+
+
+def test_export_large_files_to_an_object_store(tmp_path) -> None:
+    import hashlib
+
+    want = _big_tree(tmp_path / "A")
+    layer = DiskLayer(str(tmp_path / "A"), label="A")
+    s = Stack(lowers=[layer])
+    objects = tmp_path / "objects"
+    try:
+        parts = []
+        stored, incomplete = write_stack(s, parts.append, objects=str(objects))
+        text = "".join(parts)
+    finally:
+        s.close()
+    assert incomplete == 0 and stored == 4  # over, multi-chunk, tail-zeros, copy (same object as multi-chunk)
+    files = sorted(p.relative_to(objects).as_posix() for p in objects.rglob("*") if p.is_file())
+    digests = {hashlib.sha256(want[n]).hexdigest() for n in ("over", "multi-chunk", "tail-zeros")}
+    assert files == sorted(f"{d[:2]}/{d[2:]}" for d in digests)
+    for name in ("over", "multi-chunk", "tail-zeros"):
+        d = hashlib.sha256(want[name]).hexdigest()
+        assert f'object = "sha256:{d}"' in _entry_of(text, f"/sub/{name}")
+        assert (objects / d[:2] / d[2:]).read_bytes() == want[name]
+    assert "content" not in _entry_of(text, "/sub/over")
+    assert "content_hex" in _entry_of(text, "/sub/at-limit")  # inline up to the limit, as before
+    layer2 = loads_stack(text, "/").lowers[0]
+    assert layer2.objects[(b"sub", b"over")] == hashlib.sha256(want["over"]).hexdigest()
+
+
+def test_large_file_gone_or_shrunk_is_marked_incomplete(tmp_path) -> None:
+    """A file that disappears or shrinks between the directory scan and its read is not
+    exported as zeros: its entry says ``incomplete``."""
+    _big_tree(tmp_path / "A")
+    layer = DiskLayer(str(tmp_path / "A"), label="A")
+    parts: list[str] = []
+
+    def write(piece: str) -> None:
+        if piece == 'path = "/sub/multi-chunk"':  # after the scan of /sub, before these files are read
+            os.unlink(tmp_path / "A" / "sub" / "over")
+            os.truncate(tmp_path / "A" / "sub" / "tail-zeros", 100)
+        parts.append(piece)
+
+    try:
+        _, incomplete = write_stack(Stack(lowers=[layer]), write)
+    finally:
+        layer.close()
+    text = "".join(parts)
+    assert incomplete == 2
+    assert 'incomplete = "cannot open: No such file or directory"' in _entry_of(text, "/sub/over")
+    assert (f'incomplete = "read 100 of {2 * INLINE_LIMIT + 4} bytes (the file changed while it was read)"'
+            in _entry_of(text, "/sub/tail-zeros"))
+    assert loads_stack(text, "/").lowers[0].incomplete == {
+        (b"sub", b"over"): "cannot open: No such file or directory",
+        (b"sub", b"tail-zeros"): f"read 100 of {2 * INLINE_LIMIT + 4} bytes (the file changed while it was read)"}
+
+
+@pytest.mark.parametrize("entry, error", [
+    ('type = "file"\nobject = "md5:00"', "object must be"),
+    ('type = "dir"\nobject = "sha256:' + "0" * 64 + '"', "object given for a dir"),
+    ('type = "file"\ncontent = "x"\nobject = "sha256:' + "0" * 64 + '"', "content or object"),
+    ('type = "file"\nincomplete = 3', "incomplete must be a string"),
+])
+def test_object_and_incomplete_keys_checked(entry, error) -> None:
+    text = f'[[layer]]\nrole = "lower"\n[[layer.entry]]\npath = "/f"\n{entry}\n'
+    with pytest.raises(StackFileError, match=error):
+        loads_stack(text, ".")
+
+
+def test_toml_strings_escaped_as_before() -> None:
+    """The fast escaping gives the text of the character-by-character one it replaced."""
+    import random
+
+    from ovlinspect.model.xattrs import safe
+    from ovlinspect.sources.stackfile import _toml_str
+
+    def slow(s: str) -> str:  # the escaping of commit 696da04, verbatim
+        out = ['"']
+        for ch in s:
+            o = ord(ch)
+            if ch == '"':
+                out.append('\\"')
+            elif ch == "\\":
+                out.append("\\\\")
+            elif ch == "\n":
+                out.append("\\n")
+            elif ch == "\t":
+                out.append("\\t")
+            elif o < 0x20 or o == 0x7F:
+                out.append(f"\\u{o:04x}")
+            elif not ch.isprintable() and not 0xD800 <= o <= 0xDFFF:
+                out.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")
+            elif 0xD800 <= o <= 0xDFFF:
+                out.append(safe(ch).replace("\\", "\\\\"))
+            else:
+                out.append(ch)
+        out.append('"')
+        return "".join(out)
+
+    rng = random.Random(11)
+    pool = [chr(c) for c in range(0, 0x3000)] + ["\udcff", "\udc80", "\U0001f600", "\U000e0001", "\u2028", "\ufeff"]
+    for _ in range(3000):
+        s = "".join(rng.choice(pool) for _ in range(rng.randrange(0, 20)))
+        assert _toml_str(s) == slow(s), repr(s)
+    for s in ("", "plain", 'q"uote\\', "caf\u00e9", "\u00ad"):
+        assert _toml_str(s) == slow(s)
+
+
+def _everything(stack: Stack) -> list:
+    out = []
+    for role, layer in stack.layers:
+        out.append((role, layer.label, nodes_of(layer), reads_of(layer),
+                    dict(getattr(layer, "objects", {})), dict(getattr(layer, "incomplete", {}))))
+    return [stack.options, stack.description, stack.params, out]
+
+
+LAZY_CASES = {
+    "base": BASE,
+    "hand-written forms (read whole)": BASE + '''
+[[layer]]
+role = "lower"
+name = "X"
+[[layer.entry]]
+path = "/m"
+type = "file"
+content = """two
+[[layer.entry]]
+lines"""
+[layer.entry.xattrs]
+"user.a" = "b"
+''',
+    "dotted header keys": 'params.metacopy = "N"\n' + BASE.replace('version = 1\n', ''),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAZY_CASES))
+def test_lazy_load_same_stack(tmp_path, name) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text(LAZY_CASES[name])
+    try:
+        whole = load_stack(f)
+    except StackFileError as e:
+        with pytest.raises(StackFileError) as lazy_err:
+            load_stack(f, lazy=True)
+        assert str(lazy_err.value) == str(e)
+        return
+    assert _everything(load_stack(f, lazy=True)) == _everything(whole)
+
+
+def test_lazy_load_of_an_export_keeps_contents_in_the_file(tmp_path) -> None:
+    want = _big_tree(tmp_path / "A")
+    layer = DiskLayer(str(tmp_path / "A"), label="A")
+    try:
+        text = dump_stack(Stack(lowers=[layer, MemoryLayer(label="B")]))
+    finally:
+        layer.close()
+    f = tmp_path / "s.toml"
+    f.write_text(text)
+    lazy, whole = load_stack(f, lazy=True), load_stack(f)
+    assert _everything(lazy) == _everything(whole)
+    contents = lazy.lowers[0].contents
+    assert type(contents).__name__ == "_FileContents"  # no bytes held, only places in the file
+    assert all(isinstance(v, tuple) for v in contents.refs.values())
+    assert lazy.lowers[0].read((b"sub", b"multi-chunk"), 1 << 30) == want["multi-chunk"]
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ('[[layer]]\nrole = "lower"\n[[layer.entry]]\npath = "/a"\ntype = "nope"\n', "unknown type"),
+    ('[[layer]]\nrole = "lower"\n[[layer.entry]]\npath = "/a"\ntype = "file"\n[[layer.entry]]\npath = "/a"\ntype = "file"\n', "duplicate entry"),
+    ('[[layer]]\nrole = "lower"\n[[layer.entry]]\npath = "/a"\ntype = = "file"\n', "malformed TOML"),
+    ('[[layer.entry]]\npath = "/a"\n', "array of tables"),
+    ('version = 2\n[[layer]]\nrole = "lower"\n', "unsupported version"),
+])
+def test_lazy_load_same_errors(tmp_path, bad, needle) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text(bad)
+    with pytest.raises(StackFileError) as whole:
+        load_stack(f)
+    with pytest.raises(StackFileError) as lazy:
+        load_stack(f, lazy=True)
+    assert str(lazy.value) == str(whole.value)
+    import re
+    assert re.search(needle, str(whole.value))

@@ -23,20 +23,22 @@ from __future__ import annotations
 
 import dataclasses
 import errno as _errno
+import hashlib
+import itertools
 import os
 import re
 import stat as _stat
 from dataclasses import dataclass, field
 
-from ..model.layers import Layer, MemoryLayer, Node, Path, join_path, layer_entries
+from ..model.layers import Layer, MemoryLayer, Node, Path, iter_tree, join_path, layer_entries
 from ..kernel.params import join_lowerdir, split_options
 from ..model.stack import Stack
 from . import mountapi
 
 __all__ = ["BuildError", "BuiltStack", "build_stack", "split_options", "join_lowerdir"]
 
-#: Bytes copied from a disk layer's file; the rest of a larger file is left sparse.
-COPY_LIMIT = 1 << 20
+#: Bytes copied at a time (from a disk layer's file or an object store).
+CHUNK = 1 << 20
 
 
 class BuildError(Exception):
@@ -84,6 +86,11 @@ class BuiltStack:
     mounts: list[str] = field(default_factory=list)
     #: what the safe build left out (all zero for an exact build)
     safety: Safety = field(default_factory=Safety)
+    #: files the stack file says were not exported in full: (layer label, path, why); they
+    #: are built with what the file holds (zeros past it)
+    incomplete: list[tuple[str, bytes, str]] = field(default_factory=list)
+    #: files copied from the object store
+    objects_copied: int = 0
 
     def dir_of(self, label: str) -> str:
         for _, name, d in self.dirs:
@@ -159,13 +166,18 @@ def _safe_node(node: Node, counts: Safety) -> Node | None:
     return dataclasses.replace(node, mode=mode, xattrs=xattrs)
 
 
-def build_stack(stack: Stack, dest: str, *, exact: bool = False) -> BuiltStack:
+def build_stack(stack: Stack, dest: str, *, exact: bool = False, objects: str | None = None) -> BuiltStack:
     """Write every layer of ``stack`` below ``dest`` (created if missing, must be empty).
 
     Safe unless ``exact``: see :class:`Safety` for what is left out (``BuiltStack.safety``).
+    Files whose content the stack file keeps in an object store (``object = "sha256:..."``)
+    are copied from ``objects`` (``ab/cdef...``) and checked against their hash; without
+    ``objects`` such a stack is refused before anything is written.  Files marked
+    ``incomplete`` are listed in ``BuiltStack.incomplete``.
     """
     dest = os.path.abspath(dest)
     safety = Safety()
+    _check_objects(stack, objects)
     if os.geteuid() != 0:
         why = _needs_root(stack, exact)
         if why is not None:
@@ -177,11 +189,12 @@ def build_stack(stack: Stack, dest: str, *, exact: bool = False) -> BuiltStack:
     upper = None
     lowers: list[str] = []
     data: list[str] = []
+    copier = _Copier(objects)
     for index, (role, layer) in enumerate(stack.layers):
         name = _safe_name(layer.label, role)
         d = os.path.join(dest, f"{index}-{name}")
         os.mkdir(d, 0o755)
-        _write_layer(layer, d, None if exact else safety)
+        _write_layer(layer, d, None if exact else safety, copier)
         dirs.append((role, layer.label or name, d))
         if role == "upper":
             upper = d
@@ -193,27 +206,115 @@ def build_stack(stack: Stack, dest: str, *, exact: bool = False) -> BuiltStack:
     if upper is not None:
         workdir = os.path.join(dest, "work")
         os.mkdir(workdir, 0o755)
-    return BuiltStack(dest, dirs, upper, lowers, data, workdir, stack.options, safety=safety)
+    built = BuiltStack(dest, dirs, upper, lowers, data, workdir, stack.options, safety=safety)
+    built.objects_copied = copier.copied
+    for _, layer in stack.layers:
+        for path, why in sorted(getattr(layer, "incomplete", {}).items()):
+            built.incomplete.append((layer.label, join_path(path), why))
+    return built
 
 
-def _content(layer: Layer, path: Path, node: Node) -> bytes:
-    if isinstance(layer, MemoryLayer):
-        data = layer.contents.get(path)
-        return b"" if data is None else data[: node.size]
-    return layer.read(path, min(node.size, COPY_LIMIT))
+def _check_objects(stack: Stack, objects: str | None) -> None:
+    """Refuse, before writing anything, a stack whose objects cannot all be found."""
+    wanted = [(layer.label, path, digest) for _, layer in stack.layers
+              for path, digest in getattr(layer, "objects", {}).items()]
+    if not wanted:
+        return
+    if objects is None:
+        raise BuildError(f"the stack file keeps the content of {len(wanted)} large file(s) in an object "
+                         f"store (object = \"sha256:...\", first {os.fsdecode(join_path(wanted[0][1]))}); "
+                         "give the directory export wrote them to: --objects DIR")
+    missing = [w for w in wanted if not os.path.isfile(_object_path(objects, w[2]))]
+    if missing:
+        label, path, digest = missing[0]
+        raise BuildError(f"--objects {objects}: {len(missing)} of {len(wanted)} object(s) missing, first "
+                         f"{digest[:2]}/{digest[2:]} for {os.fsdecode(join_path(path))} in layer {label}")
 
 
-def _write_layer(layer: Layer, root: str, safety: Safety | None) -> None:
+def _object_path(objects: str, digest: str) -> str:
+    return os.path.join(objects, digest[:2], digest[2:])
+
+
+class _Copier:
+    """Streams file contents into a new file: from an object store (hash checked) or from a
+    disk layer (in full, never following a symlink)."""
+
+    def __init__(self, objects: str | None):
+        self.objects = objects
+        self.copied = 0
+
+    def fill(self, layer: Layer, path: Path, node: Node, fd: int) -> None:
+        digest = getattr(layer, "objects", {}).get(path)
+        if digest is not None:
+            self._from_object(digest, path, node, fd)
+        elif isinstance(layer, MemoryLayer):
+            data = layer.contents.get(path)
+            _write_all(fd, memoryview(b"" if data is None else data[: node.size]))
+        else:
+            from ..sources.stackfile import open_layer_file
+
+            try:
+                src = open_layer_file(layer, path)
+            except OSError as e:
+                raise BuildError(f"cannot read {os.fsdecode(join_path(path))} in layer {layer.label}: "
+                                 f"{e.strerror or e}") from None
+            try:
+                _copy(src, fd, node.size)
+            finally:
+                os.close(src)
+        os.ftruncate(fd, node.size)
+
+    def _from_object(self, digest: str, path: Path, node: Node, fd: int) -> None:
+        assert self.objects is not None  # _check_objects refused the build otherwise
+        where = _object_path(self.objects, digest)
+        try:
+            src = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError as e:
+            raise BuildError(f"--objects: cannot open {where}: {e.strerror}") from None
+        try:
+            if not _stat.S_ISREG(os.fstat(src).st_mode):
+                raise BuildError(f"--objects: {where} is not a regular file")
+            h = hashlib.sha256()
+            got = _copy(src, fd, node.size + 1, h.update)
+        finally:
+            os.close(src)
+        if got != node.size or h.hexdigest() != digest:
+            raise BuildError(f"--objects: {where} does not hold the {node.size} bytes of "
+                             f"{os.fsdecode(join_path(path))} (sha256 {digest}): {got} bytes, sha256 {h.hexdigest()}")
+        self.copied += 1
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy(src: int, dst: int, limit: int, seen=None) -> int:
+    """Copy up to ``limit`` bytes, a chunk at a time; returns the bytes copied."""
+    done = 0
+    while done < limit:
+        chunk = os.read(src, min(CHUNK, limit - done))
+        if not chunk:
+            break
+        if seen is not None:
+            seen(chunk)
+        _write_all(dst, memoryview(chunk))
+        done += len(chunk)
+    return done
+
+
+def _write_layer(layer: Layer, root: str, safety: Safety | None, copier: _Copier) -> None:
     dirs_to_finish: list[tuple[bytes, Node]] = []
     broot = os.fsencode(root)
-    for path, node in layer_entries(layer):
+    top = layer.node(())
+    for path, node in itertools.chain([((), top if top is not None else Node("dir", 0o755))], iter_tree(layer)):
         if safety is not None:
             node = _safe_node(node, safety)
             if node is None:
                 continue
         where = broot + join_path(path) if path else broot
         try:
-            _create(layer, path, node, where)
+            _create(layer, path, node, where, copier)
         except PermissionError as e:
             raise BuildError(
                 f"cannot create {os.fsdecode(where)} ({node.kind}): {e.strerror}"
@@ -226,7 +327,7 @@ def _write_layer(layer: Layer, root: str, safety: Safety | None) -> None:
         os.chmod(where, node.mode)
 
 
-def _create(layer: Layer, path: Path, node: Node, where: bytes) -> None:
+def _create(layer: Layer, path: Path, node: Node, where: bytes, copier: _Copier) -> None:
     kind = node.kind
     if kind == "dir":
         if path:
@@ -234,12 +335,7 @@ def _create(layer: Layer, path: Path, node: Node, where: bytes) -> None:
     elif kind == "file":
         fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
-            data = _content(layer, path, node)
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.ftruncate(fd, node.size)
+            copier.fill(layer, path, node, fd)
         finally:
             os.close(fd)
     elif kind == "symlink":

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from ..kernel.entry import show, show_path
 from ..model.layers import MemoryLayer, Path, _kind_of
 from ..report.document import path_json
+from ..report.view import layer_view
 from . import mountapi
 from ..kernel.bugs import observed_bug
 
@@ -386,7 +387,7 @@ def predicted_content(engine, res) -> PredictedContent | None:
 def _layer_hashes(engine, res) -> dict[str, str]:
     """sha256 of every regular file any layer holds for this path (to name observed bytes)."""
     out: dict[str, str] = {}
-    for li, p, node, _role in engine.layer_view(res):
+    for li, p, node, _role in layer_view(engine, res):
         if node is None or not node.is_reg:
             continue
         layer = engine.layer(li)

@@ -25,6 +25,7 @@ from ..rules.engine import Engine
 from ..model.stack import Stack
 from ..rules.catalogue import RULES, Finding
 from .causes import Cause, CheckResult
+from .view import layer_view
 
 # ---------------------------------------------------------------------------- lines and style
 
@@ -295,7 +296,7 @@ def layers_at(engine: Engine, res: Resolution) -> list[Line]:
     from ..model.xattrs import decode_xattrs
 
     rows = []
-    for li, path, node, role in engine.layer_view(res):
+    for li, path, node, role in layer_view(engine, res):
         what = "-"
         if node is not None:
             what = node.kind

@@ -18,7 +18,7 @@ from ..kernel.entry import Ref, Resolution, show, show_path
 from ..kernel.inode import Collisions
 from ..kernel.overlay import Overlay
 from ..kernel.profile import KernelProfile
-from ..model.layers import Node, Path, split_path
+from ..model.layers import Path, split_path
 from .catalogue import Finding
 from .fsck import Fsck
 from ..model.layers import iter_tree
@@ -286,85 +286,6 @@ class Engine(Overlay):
         # the stack as it is (its refusal too), with these options computed afresh
         stack = dataclasses.replace(self.stack, options=options, effective=None)
         return Engine(stack, kernel=self.kernel, profile=profile or self.profile)
-
-    def layer_view(self, res: Resolution) -> list[tuple[int, Path, Node | None, str]]:
-        """For each layer: (kernel layer, path looked at, its node, its role for ``res``).
-
-        Roles: metadata, data, metadata+data, stack (a lower copy merged or chained),
-        whiteout, hidden (present but not used), intercepting (a regular layer entry
-        on the redirect path meant for a data-only layer), absent.
-        """
-        if res.errno is not None and res.errno != "ENOENT":
-            return self._failure_view(res)
-        out = []
-        used = {r.layer: r.path for r in res.lowers}
-        if res.upper is not None:
-            used[0] = res.upper
-        # where each layer was asked: the parent's copy in that layer plus the (redirected) name
-        asked: dict[int, Path] = {}
-        if res.path and not res.via_symlink:
-            parent = self.resolve(res.path[:-1])
-            name = res.path[-1]
-            if res.redirect and not res.redirect.startswith(b"/") and res.kind == "dir":
-                name = res.redirect
-            copies = ([Ref(0, parent.upper)] if parent.upper is not None else []) + list(parent.lowers)
-            asked = {r.layer: r.path + (name,) for r in copies}
-            if res.redirect and res.redirect.startswith(b"/") and res.kind == "dir":
-                first = min(used) if used else 0
-                asked.update({r.layer: split_path(res.redirect) for r in self.root_lowers
-                              if r.layer > first})
-        for li in range(len(self.klayers)):
-            if self.klayers[li] is None:
-                continue
-            path = used.get(li, asked.get(li, res.path))
-            walked = (res.redirect and res.redirect.startswith(b"/") and res.kind != "dir"
-                      and res.metadata is not None and li > res.metadata.layer and li not in used)
-            if res.data is not None and res.data.layer == li:
-                path = res.data.path
-            elif walked:  # regular layers below the metacopy, and data-only layers, see the redirect
-                path = split_path(res.redirect)
-            node = self.layer(li).node(path)
-            role = "absent" if node is None else "hidden"
-            if res.whiteout is not None and res.whiteout.layer == li:
-                role = "whiteout"
-                path = res.whiteout.path
-            if res.metadata is not None and res.metadata.layer == li:
-                role = "metadata+data" if res.data == res.metadata else "metadata"
-            elif res.data is not None and res.data.layer == li:
-                role = "data"
-                if any(f.rule == "shadowed-lowerdata" for f in res.findings):
-                    role = "intercepting"
-            elif li in used:
-                role = "stack"
-            elif li > self.nlower and not (res.redirect and res.redirect.startswith(b"/")):
-                role = "data-only (never merged)"
-            elif asked and li not in asked and not walked and role == "absent":
-                role = "not looked at"  # the parent directory has no copy in this layer
-            elif res.whiteout is not None and li > res.whiteout.layer and role == "absent":
-                role = "not looked at"  # the whiteout above ends the lookup
-            elif (res.stopped_at is not None and res.stopped_at < li <= self.nlower
-                  and role == "absent" and not walked):
-                role = "not looked at"  # an entry above ends the walk down the layers
-            out.append((li, path, node, role))
-        return out
-
-    def _failure_view(self, res: Resolution) -> list[tuple[int, Path, Node | None, str]]:
-        """Each layer for a failed lookup: where it fails, what led there, what was meant."""
-        out = []
-        target = split_path(res.redirect) if res.redirect and res.redirect.startswith(b"/") else None
-        for li in range(len(self.klayers)):
-            if self.klayers[li] is None:
-                continue
-            path, role = res.path, ""
-            if res.cause is not None and res.cause.layer == li:
-                path, role = res.cause.path, "cause"
-            elif res.looked_at is not None and res.looked_at.layer == li:
-                path, role = res.looked_at.path, "looked at"
-            elif li > self.nlower and target is not None:
-                path, role = target, "redirect target (not reached)"
-            node = self.layer(li).node(path)
-            out.append((li, path, node, role or ("absent" if node is None else "not reached")))
-        return out
 
 
 class _RedirectReach:

@@ -71,11 +71,17 @@ the dump's ``SIZE``), mtimes and nlink (kept in :class:`DumpEntry` only).
 
 from __future__ import annotations
 
+import functools
 import io
-import zlib
 import os
+import re
 import stat as _stat
-from dataclasses import dataclass, field
+import threading
+import zlib
+from array import array
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
 from ..model.layers import OVERLAY_PREFIXES, DiskLayer, MemoryLayer, Node, Path
@@ -83,6 +89,7 @@ from ..model.layers import OVERLAY_PREFIXES, DiskLayer, MemoryLayer, Node, Path
 __all__ = [
     "DumpEntry",
     "DumpError",
+    "DumpIndex",
     "DumpLayer",
     "escape",
     "load_dump",
@@ -398,57 +405,274 @@ def parse_dump(source: str | bytes | os.PathLike | TextIO | BinaryIO) -> list[Du
 
     ``source`` is dump text (``bytes``, or a ``str`` that is empty, holds a newline or starts
     with ``"/ "``), a file path (``str`` or path-like; gzip is recognised), or an open file.
-    Raises :class:`DumpError` naming the first bad line.
+    Raises :class:`DumpError` naming the first bad line.  (This builds every entry; the layer
+    :func:`load_dump` returns keeps only an index and parses lines when asked.)
     """
     data, _ = _read_source(source)
-    entries: list[DumpEntry] = []
-    kinds: dict[Path, tuple[str, int]] = {}
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
-        if not raw:
-            continue
-        e = _parse_line(raw, lineno)
-        if not entries and e.path != ():
-            raise DumpError(lineno, f"the first entry must be the root /, not {_show(e.path)}")
-        if e.path == ():
-            if entries:
-                raise DumpError(lineno, f"root / is defined again (first on line {entries[0].line})")
-            if e.kind != "dir" or e.hardlink is not None:
-                raise DumpError(lineno, "root / must be a directory")
-        else:
-            seen = kinds.get(e.path)
-            if seen is not None:
-                raise DumpError(lineno, f"{_show(e.path)} is already defined on line {seen[1]}")
-            parent = kinds.get(e.path[:-1])
-            if parent is None:
-                raise DumpError(lineno, f"parent {_show(e.path[:-1])} of {_show(e.path)} is not defined before it")
-            if parent[0] != "dir":
-                raise DumpError(lineno, f"parent {_show(e.path[:-1])} of {_show(e.path)} is a {parent[0]}, not a directory (line {parent[1]})")
-        kinds[e.path] = (e.kind, lineno)
-        entries.append(e)
-    if not entries:
-        raise DumpError(0, "no entries (a dump starts with the root /)")
-    # Hard links may point forward; check their targets now that every path is known.
-    by_path = {e.path: e for e in entries}
-    for e in entries:
-        if e.hardlink is not None:
-            target = _resolve_link(e, by_path)
-            if target.kind == "dir":
-                raise DumpError(e.line, f"hard link {_show(e.path)} points to directory {_show(target.path)}")
-    return entries
+    index = DumpIndex(data)
+    return [index.entry_at(i) for i in range(len(index))]
 
 
-def _resolve_link(e: DumpEntry, by_path: dict[Path, DumpEntry]) -> DumpEntry:
-    seen = {e.path}
-    cur = e
-    while cur.hardlink is not None:
-        nxt = by_path.get(cur.hardlink)
-        if nxt is None:
-            raise DumpError(e.line, f"hard link {_show(e.path)} points to {_show(cur.hardlink)}, which the dump does not define")
-        if nxt.path in seen:
-            raise DumpError(e.line, f"hard link {_show(e.path)} is part of a loop of hard links")
-        seen.add(nxt.path)
-        cur = nxt
-    return cur
+# One dump line in its common form, checked by one regular expression: no backslash in PATH
+# (so PATH is its own unescaped bytes), no "." / ".." / empty component, names of at most 255
+# bytes, numbers short enough to be in range whatever their digits, RDEV 0, no CONTENT, a
+# DIGEST of 64 or 128 hex digits, xattrs with a non-empty name and valid escapes.  A line
+# that does not match is not wrong: it goes through :func:`_parse_line`, which decides (and
+# words the error).  The test suite compares both paths against the eager parser.
+_ESC = rb"\\(?:x[0-9a-fA-F]{2}|[\\nrt])"
+_TOK0 = rb"[^\\ \n]*(?:" + _ESC + rb"[^\\ \n]*)*"            # a field, maybe empty
+_TOK = rb"(?=[^ \n])" + _TOK0                                # a non-empty field
+_KEY = rb"(?=[^ \n=])[^\\ \n=]*(?:" + _ESC + rb"[^\\ \n=]*)*"  # a non-empty xattr name
+_NAME = rb"(?!\.\.?[/ ])[^/ \n\\\x00]{1,255}"
+_FAST_LINE = re.compile(
+    rb"(/(?:" + _NAME + rb"(?:/" + _NAME + rb")*)?)"   # PATH
+    rb" (\d{1,18})"                                     # SIZE
+    rb" (@?)([0-7]{1,6})"                               # MODE
+    rb" \d{1,9} \d{1,9} \d{1,9}"                        # NLINK UID GID
+    rb" 0"                                              # RDEV
+    rb" -?\d{1,18}\.\d{1,9}"                            # MTIME
+    rb" (" + _TOK + rb")"                               # PAYLOAD
+    rb" (" + _TOK + rb")"                               # CONTENT
+    rb" (?:-|[0-9a-fA-F]{64}(?:[0-9a-fA-F]{64})?)"      # DIGEST
+    rb"(?: " + _KEY + rb"=" + _TOK0 + rb")*"            # xattrs
+)
+
+_FAST_MODES = frozenset(_TYPES)
+
+_F_DIR = 1
+_F_LINK = 2
+_F_WHITEOUT = 4  # a (non-hard-link) whiteout line
+
+
+def _unescaped_len(raw: bytes) -> int:
+    """Length of a field the line expression accepted, once unescaped (-1: count it properly)."""
+    if b"\\" not in raw:
+        return len(raw)
+    if b"\\\\" in raw:
+        return -1
+    hexes = raw.count(b"\\x")
+    return len(raw) - 3 * hexes - (raw.count(b"\\") - hexes)
+
+
+def _key_path(key: bytes) -> Path:
+    return tuple(c for c in key.split(b"/") if c)
+
+
+class DumpIndex:
+    """A checked dump kept as its bytes plus an index: where each line starts, its line
+    number and a few flags, and the children of each directory (about 25
+    bytes a line besides the text).  Lines are parsed again when asked for.
+
+    Building it checks every line (in the order and with the messages of the eager parser)
+    in one pass that keeps nothing but the index: the common form of a line by one regular
+    expression, any other through the full field parser.
+    """
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.starts = array("q")
+        self.linenos = array("q")
+        self.flags = bytearray()
+        #: directory index -> its children's indexes, in dump order
+        self.kids: dict[int, array] = {}
+        #: directories holding a (non-hard-link) whiteout
+        self.whiteout_parents: set[int] = set()
+        self._build()
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    # -- the checking pass
+    def _build(self) -> None:
+        data = self.data
+        fast = _FAST_LINE.fullmatch
+        find = data.find
+        starts, linenos, flags, kids = self.starts, self.linenos, self.flags, self.kids
+        add_start, add_lineno, add_flag = starts.append, linenos.append, flags.append
+        is_fast_mode = _FAST_MODES.__contains__
+        dirs: dict[bytes, int] = {}
+        seen: set[int] = set()
+        links: list[int] = []
+        link_keys: set[int] = set()
+        pos, lineno, size = 0, 0, len(data)
+        while pos < size:
+            end = find(b"\n", pos)
+            if end < 0:
+                end = size
+            lineno += 1
+            if end == pos:
+                pos = end + 1
+                continue
+            m = fast(data, pos, end)
+            mode = -1
+            if m is not None:
+                key, size_raw, at, mode_raw, payload, content = m.groups()
+                mode = int(mode_raw, 8)
+                fmt = mode & 0o170000
+                if mode > MAX_MODE or not is_fast_mode(fmt):
+                    mode = -1  # the full parser words the error
+                elif at:
+                    if fmt == _stat.S_IFDIR or payload == b"-" or b"\\" in payload:
+                        mode = -1
+                    else:
+                        flag = _F_LINK
+                        links.append(len(starts))
+                        link_keys.add(hash(key))
+                elif content != b"-" and fmt == _stat.S_IFREG and _unescaped_len(content) != int(size_raw):
+                    mode = -1
+                else:
+                    flag = _F_DIR if fmt == _stat.S_IFDIR else _F_WHITEOUT if fmt == _stat.S_IFCHR else 0
+            if mode < 0:
+                e = _parse_line(data[pos:end], lineno)
+                key = b"/" + b"/".join(e.path)
+                if e.hardlink is not None:
+                    flag = _F_LINK
+                    links.append(len(starts))
+                    link_keys.add(hash(key))
+                else:
+                    flag = _F_DIR if e.kind == "dir" else _F_WHITEOUT if e.is_whiteout else 0
+            idx = len(starts)
+            if idx == 0:
+                if key != b"/":
+                    raise DumpError(lineno, f"the first entry must be the root /, not {_show(_key_path(key))}")
+                if flag != _F_DIR:
+                    raise DumpError(lineno, "root / must be a directory")
+                pidx = -1
+            else:
+                if key == b"/":
+                    raise DumpError(lineno, f"root / is defined again (first on line {linenos[0]})")
+                h = hash(key)
+                if h in seen:  # every path so far is in seen (directories too)
+                    first = self._find(key, idx)
+                    if first is not None:
+                        raise DumpError(lineno, f"{_show(_key_path(key))} is already defined on line {linenos[first]}")
+                cut = key.rfind(b"/")
+                pkey = key[:cut] if cut else b"/"
+                pidx = dirs.get(pkey, -1)
+                if pidx < 0:
+                    self._bad_parent(pkey, key, idx, lineno)
+                seen.add(h)
+                kids_of = kids.get(pidx)
+                if kids_of is None:
+                    kids_of = kids[pidx] = array("q")
+                kids_of.append(idx)
+                if flag == _F_WHITEOUT:
+                    self.whiteout_parents.add(pidx)
+            if flag == _F_DIR:
+                dirs[key] = idx
+            add_start(pos)
+            add_lineno(lineno)
+            add_flag(flag)
+            pos = end + 1
+        if not starts:
+            raise DumpError(0, "no entries (a dump starts with the root /)")
+        # Hard links may point forward; check their targets now that every path is known.  A
+        # target that is a directory, or whose path hashes like no line's, or like a hard link's,
+        # is looked up for real; the others are lines that are neither (the hash of every path
+        # is in ``seen``).
+        tables = functools.lru_cache(maxsize=64)(self.names)
+        for idx in links:
+            tkey = b"/" + b"/".join(self._link_target(idx))
+            h = hash(tkey)
+            if tkey not in dirs and h in seen and h not in link_keys:
+                continue
+            if self.is_dir(self.resolve(idx, tables)):
+                e = self.entry_at(idx)
+                raise DumpError(e.line, f"hard link {_show(e.path)} points to directory "
+                                        f"{_show(self.entry_at(self.resolve(idx)).path)}")
+
+    def _find(self, key: bytes, before: int) -> int | None:
+        """The first line before ``before`` whose path is ``key`` (slow: errors only)."""
+        want = _key_path(key)
+        for i in range(before):
+            if self.path_at(i) == want:
+                return i
+        return None
+
+    def _bad_parent(self, pkey: bytes, key: bytes, idx: int, lineno: int) -> None:
+        parent, path = _key_path(pkey), _key_path(key)
+        first = self._find(pkey, idx)
+        if first is None:
+            raise DumpError(lineno, f"parent {_show(parent)} of {_show(path)} is not defined before it")
+        raise DumpError(lineno, f"parent {_show(parent)} of {_show(path)} is a {self.kind_at(first)}, "
+                                f"not a directory (line {self.linenos[first]})")
+
+    # -- reading lines
+    def raw(self, idx: int) -> bytes:
+        start = self.starts[idx]
+        end = self.data.find(b"\n", start)
+        return self.data[start:end if end >= 0 else len(self.data)]
+
+    def entry_at(self, idx: int) -> DumpEntry:
+        return _parse_line(self.raw(idx), self.linenos[idx])
+
+    def path_at(self, idx: int) -> Path:
+        start = self.starts[idx]
+        raw = self.data[start:self.data.find(b" ", start)]
+        if b"\\" in raw or b"//" in raw or raw.endswith(b"/") and raw != b"/":
+            return _path(raw, self.linenos[idx])
+        return tuple(raw.split(b"/")[1:]) if raw != b"/" else ()
+
+    def name_at(self, idx: int) -> bytes:
+        path = self.path_at(idx)
+        return path[-1] if path else b""
+
+    def kind_at(self, idx: int) -> str:
+        if self.flags[idx] & _F_DIR:
+            return "dir"
+        return self.entry_at(idx).kind
+
+    def is_dir(self, idx: int) -> bool:
+        return bool(self.flags[idx] & _F_DIR)
+
+    def children(self, idx: int) -> array:
+        return self.kids.get(idx, _EMPTY)
+
+    def resolve(self, idx: int, names=None) -> int:
+        """The index a hard link line finally points to (``idx`` itself for other lines)."""
+        if not self.flags[idx] & _F_LINK:
+            return idx
+        seen = {idx}
+        cur = idx
+        while True:
+            target = self._link_target(cur)
+            nxt = self.lookup(target, names)
+            if nxt is None:
+                first = self.entry_at(idx)
+                raise DumpError(first.line, f"hard link {_show(first.path)} points to {_show(target)}, "
+                                            "which the dump does not define")
+            if nxt in seen:
+                first = self.entry_at(idx)
+                raise DumpError(first.line, f"hard link {_show(first.path)} is part of a loop of hard links")
+            seen.add(nxt)
+            if not self.flags[nxt] & _F_LINK:
+                return nxt
+            cur = nxt
+
+    def _link_target(self, idx: int) -> Path:
+        """The path a hard link line names (its PAYLOAD), as :func:`_parse_line` reads it."""
+        payload = self.raw(idx).split(b" ", 9)[8]
+        return tuple(c for c in _unescape(payload, self.linenos[idx], "PAYLOAD").split(b"/") if c)
+
+    def lookup(self, path: Path, names=None) -> int | None:
+        """The index of the line of ``path``, or None (``names(idx)`` gives a directory's
+        name table; by default one is built for each directory on the way)."""
+        names = names or self.names
+        idx = 0
+        for comp in path:
+            if not self.flags[idx] & _F_DIR:
+                return None
+            found = names(idx).get(comp)
+            if found is None:
+                return None
+            idx = found
+        return idx
+
+    def names(self, idx: int) -> dict[bytes, int]:
+        return {self.name_at(k): k for k in self.children(idx)}
+
+
+_EMPTY = array("q")
 
 
 # -------------------------------------------------------------------------------- mapping
@@ -497,87 +721,219 @@ def _node(e: DumpEntry, xattrs: dict[bytes, bytes]) -> Node:
     return Node(kind, _stat.S_IMODE(e.mode), size, e.uid, e.gid, rdev, target, ovl)
 
 
-@dataclass
+class _View(Mapping):
+    """A read-only mapping computed from the dump on demand (the old layer's eager dicts)."""
+
+    def __init__(self, layer: "DumpLayer", get, paths):
+        self._layer, self._get, self._paths = layer, get, paths
+
+    def __getitem__(self, path):
+        value = self._get(path) if isinstance(path, tuple) else None
+        if value is None:
+            raise KeyError(path)
+        return value
+
+    def __iter__(self):
+        for p in self._paths():
+            if self._get(p) is not None:
+                yield p
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self._layer.label!r}>"
+
+
 class DumpLayer(MemoryLayer):
-    """The EROFS layer a composefs dump describes (see the module docstring for the mapping)."""
+    """The EROFS layer a composefs dump describes (see the module docstring for the mapping).
 
-    #: The dump lines by path (hard links keep their own ``@`` entry).
-    entries: dict[Path, DumpEntry] = field(default_factory=dict)
-    #: Every xattr of every inode as the image stores it, sorted by name.
-    image_xattrs: dict[Path, tuple[tuple[bytes, bytes], ...]] = field(default_factory=dict)
-    #: Root names of the 256 whiteouts the image writer added (those the dump did not use).
-    root_whiteouts: tuple[bytes, ...] = ()
-    #: The dump file, when read from one.
-    source: str | None = None
+    Holds the dump's bytes and a :class:`DumpIndex`; a line is parsed when its path, its
+    directory or its content is asked for (a few thousand recent answers are cached).  The
+    mappings of the eager layer (``nodes``, ``contents``, ``entries``, ``image_xattrs``,
+    ``children``) are views computed on demand.
+    """
 
+    #: answers kept (nodes) and directory name tables kept
+    MAX_CACHED = 4096
+    MAX_TABLES = 64
+    #: names in all kept tables together (a few huge directories do not pile up)
+    MAX_TABLE_NAMES = 100_000
+
+    def __init__(self, index: DumpIndex, label: str = "", source: str | None = None):
+        # MemoryLayer's own fields, as views; its __post_init__ (which links every node) is not run
+        self.label = label
+        self.path = None
+        self.source = source
+        self.index = index
+        self._lock = threading.RLock()
+        self._answers: OrderedDict[int, tuple[Node, tuple, bytes | None]] = OrderedDict()
+        self._tables: OrderedDict[int, dict[bytes, int]] = OrderedDict()
+        self._table_names = 0
+        root = index.entry_at(0)
+        self._root_uid_gid = (root.uid, root.gid)
+        selinux = dict(root.xattrs).get(b"security.selinux")
+        self._stub_xattrs = ((b"security.selinux", selinux),) if selinux is not None else ()
+        present = {index.name_at(k) for k in index.children(0)}
+        self.root_whiteouts: tuple[bytes, ...] = tuple(w for w in ROOT_WHITEOUTS if w not in present)
+        self._stubs = frozenset(self.root_whiteouts)
+        self.nodes = _View(self, self.node, self._all_paths)
+        self.contents = _View(self, self._content, self._all_paths)
+        self.entries = _View(self, self.entry, self._dump_paths)
+        self.image_xattrs = _View(self, self._image, self._all_paths)
+        self.children = _View(self, self._children, self._all_paths)
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"DumpLayer(label={self.label!r}, source={self.source!r}, lines={len(self.index)})"
+
+    # -- index access
+    def _names(self, idx: int) -> dict[bytes, int]:
+        table = self._tables.get(idx)
+        if table is None:
+            table = self.index.names(idx)
+            self._tables[idx] = table
+            self._table_names += len(table)
+            while len(self._tables) > 1 and (len(self._tables) > self.MAX_TABLES
+                                             or self._table_names > self.MAX_TABLE_NAMES):
+                _, old = self._tables.popitem(last=False)
+                self._table_names -= len(old)
+        else:
+            self._tables.move_to_end(idx)
+        return table
+
+    def _lookup(self, path: Path) -> int | None:
+        return self.index.lookup(path, self._names)
+
+    def _answer(self, idx: int) -> tuple[Node, tuple, bytes | None]:
+        """(node, every image xattr sorted, inline content) of the line ``idx``."""
+        got = self._answers.get(idx)
+        if got is not None:
+            self._answers.move_to_end(idx)
+            return got
+        index = self.index
+        real_idx = index.resolve(idx, self._names)
+        real = index.entry_at(real_idx)
+        xattrs = _image_xattrs(real)
+        if real_idx in index.whiteout_parents:  # parents of whiteouts, as format version 1 marks them
+            xattrs[XATTR_ESC_WHITEOUTS] = b""
+            xattrs[XATTR_USER_WHITEOUTS] = b""
+            xattrs[XATTR_ESC_OPAQUE] = b"x"
+            xattrs[XATTR_USER_OPAQUE] = b"x"
+        if real_idx == 0:
+            xattrs[XATTR_OPAQUE] = b"y"
+        content = real.content if real.kind == "file" and real.content is not None else None
+        got = (_node(real, xattrs), tuple(sorted(xattrs.items())), content)
+        self._answers[idx] = got
+        if len(self._answers) > self.MAX_CACHED:
+            self._answers.popitem(last=False)
+        return got
+
+    def _stub(self, path: Path) -> bool:
+        return len(path) == 1 and path[0] in self._stubs
+
+    def _stub_node(self) -> Node:
+        return Node("chardev", 0o644, 0, *self._root_uid_gid, (0, 0))
+
+    def _dump_paths(self):
+        for i in range(len(self.index)):
+            yield self.index.path_at(i)
+
+    def _all_paths(self):
+        yield from self._dump_paths()
+        for w in self.root_whiteouts:
+            yield (w,)
+
+    # -- the eager layer's mappings
+    def _content(self, path: Path) -> bytes | None:
+        with self._lock:
+            idx = self._lookup(path)
+            return None if idx is None else self._answer(idx)[2]
+
+    def _image(self, path: Path) -> tuple | None:
+        if self._stub(path):
+            return self._stub_xattrs
+        with self._lock:
+            idx = self._lookup(path)
+            return None if idx is None else self._answer(idx)[1]
+
+    def _children(self, path: Path) -> list[bytes] | None:
+        names = self.listdir(path)
+        return names or None
+
+    # -- Layer interface
+    def node(self, path: Path) -> Node | None:
+        if self._stub(path):
+            return self._stub_node()
+        with self._lock:
+            idx = self._lookup(path)
+            return None if idx is None else self._answer(idx)[0]
+
+    def listdir(self, path: Path) -> list[bytes]:
+        with self._lock:
+            idx = self._lookup(path)
+            if idx is None or not self.index.is_dir(idx):
+                return []
+            names = list(self._names(idx))
+        if not path:
+            names += self.root_whiteouts
+        return names
+
+    def scan(self, path: Path) -> dict[bytes, Node]:
+        with self._lock:
+            idx = self._lookup(path)
+            if idx is None or not self.index.is_dir(idx):
+                return {}
+            out = {name: self._answer(k)[0] for name, k in self._names(idx).items()}
+        if not path:
+            stub = self._stub_node()
+            for w in self.root_whiteouts:
+                out[w] = stub
+        return out
+
+    def read(self, path: Path, limit: int = 4096) -> bytes:
+        n = self.node(path)
+        if n is None or not n.is_reg:
+            return b""
+        data = self._content(path)
+        if data is None:
+            return b"\0" * min(n.size, limit)
+        return data[:limit]
+
+    def add(self, path: Path, node: Node, content: bytes | None = None) -> None:
+        raise TypeError("a composefs dump layer is read-only")
+
+    # -- dump specifics
     def entry(self, path: Path) -> DumpEntry | None:
-        return self.entries.get(path)
+        """The dump line of ``path`` (a hard link keeps its own ``@`` entry), parsed."""
+        with self._lock:
+            idx = self._lookup(path)
+        return None if idx is None else self.index.entry_at(idx)
 
     def object_path(self, path: Path) -> bytes | None:
         """The object-store path (``ab/cdef...``) a regular file's data comes from, if any."""
-        e = self.entries.get(path)
-        if e is not None and e.hardlink is not None:
-            e = _resolve_link(e, self.entries)
-        if e is None or not e.is_external or not e.payload:
+        with self._lock:
+            idx = self._lookup(path)
+        if idx is None:
+            return None
+        with self._lock:
+            e = self.index.entry_at(self.index.resolve(idx, self._names))
+        if not e.is_external or not e.payload:
             return None
         return e.payload.lstrip(b"/")
 
 
 def load_dump(source: str | bytes | os.PathLike | TextIO | BinaryIO, label: str = "") -> DumpLayer:
-    """Parse a composefs dump into the :class:`MemoryLayer` its EROFS image is to the overlay.
+    """A composefs dump as the :class:`MemoryLayer` its EROFS image is to the overlay.
 
-    ``source``: see :func:`parse_dump`.  Raises :class:`DumpError` (a ``ValueError``) with a
-    one-line message naming the dump line.
+    ``source``: see :func:`parse_dump`.  Every line is checked here; raises :class:`DumpError`
+    (a ``ValueError``) with a one-line message naming the dump line.  The layer keeps the
+    dump's bytes and an index, and parses a line when it is asked for.
     """
     data, name = _read_source(source)
-    entries = parse_dump(data)
-    by_path = {e.path: e for e in entries}
-
-    xattrs: dict[Path, dict[bytes, bytes]] = {}
-    for e in entries:
-        if e.hardlink is None:
-            xattrs[e.path] = _image_xattrs(e)
-    # Parents of (escaped) whiteouts are marked, the way format version 1 does.
-    for e in entries:
-        if e.hardlink is None and e.is_whiteout:
-            px = xattrs[e.path[:-1]]
-            px[XATTR_ESC_WHITEOUTS] = b""
-            px[XATTR_USER_WHITEOUTS] = b""
-            px[XATTR_ESC_OPAQUE] = b"x"
-            px[XATTR_USER_OPAQUE] = b"x"
-    xattrs[()][XATTR_OPAQUE] = b"y"
-
-    nodes: dict[Path, Node] = {}
-    contents: dict[Path, bytes] = {}
-    image: dict[Path, tuple[tuple[bytes, bytes], ...]] = {}
-    for e in entries:
-        real = _resolve_link(e, by_path) if e.hardlink is not None else e
-        nodes[e.path] = _node(real, xattrs[real.path])
-        image[e.path] = tuple(sorted(xattrs[real.path].items()))
-        if real.kind == "file" and real.content is not None:
-            contents[e.path] = real.content
-
-    root = by_path[()]
-    root_children = {e.path[0] for e in entries if len(e.path) == 1}
-    selinux = dict(root.xattrs).get(b"security.selinux")
-    stub_xattrs = ((b"security.selinux", selinux),) if selinux is not None else ()
-    added = []
-    for wh in ROOT_WHITEOUTS:
-        if wh in root_children:
-            continue
-        nodes[(wh,)] = Node("chardev", 0o644, 0, root.uid, root.gid, (0, 0))
-        image[(wh,)] = stub_xattrs
-        added.append(wh)
-
-    return DumpLayer(
-        label=label or (os.path.basename(name) if name else "dump"),
-        nodes=nodes,
-        contents=contents,
-        entries=by_path,
-        image_xattrs=image,
-        root_whiteouts=tuple(added),
-        source=name,
-    )
+    return DumpLayer(DumpIndex(data), label or (os.path.basename(name) if name else "dump"), name)
 
 
 def load_object_store(path: str | os.PathLike, label: str = "objects") -> DiskLayer:

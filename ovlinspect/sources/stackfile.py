@@ -26,19 +26,29 @@ Entry keys: ``path`` (or ``path_hex``), ``type``, ``mode`` (octal string or inte
 ``xattrs_hex`` the value is hex, and a name that is not valid UTF-8 is written
 ``"hex:<hex of the name>"``), and ``verity = { algo = 1, digest_hex = "..." }``.
 
-A file whose ``size`` is larger than its content is sparse: the rest reads as zeros.
+A file whose ``size`` is larger than its content is sparse: the rest reads as zeros.  A file
+whose content is kept in an object store says ``object = "sha256:<hex>"`` instead of
+``content`` (``export --objects DIR`` writes them, ``build --objects DIR`` reads them back);
+a file that could not be exported in full says ``incomplete = "why"`` (``build`` reports it).
 An entry at ``/`` sets the layer root's own mode, owner and xattrs.
 
 :func:`load_stack` / :func:`loads_stack` read a stack file into a :class:`~ovlinspect.model.stack.Stack`;
-:func:`dump_stack` writes any stack (disk layers included) back as one self-contained file with
-inline entries, so a bug report can carry the whole stack.
+:func:`write_stack` (streaming) and :func:`dump_stack` write any stack (disk layers included)
+back as one self-contained file with inline entries, so a bug report can carry the whole stack;
+files larger than :data:`INLINE_LIMIT` go out in full (``content_hex``, or an object store).
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
 import pathlib
+import re
+import stat as _stat
 import tomllib
+from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from ..model.layers import (
@@ -48,8 +58,8 @@ from ..model.layers import (
     MemoryLayer,
     Node,
     Path,
+    iter_tree,
     join_path,
-    layer_entries,
     split_path,
 )
 from ..model.stack import Stack
@@ -57,7 +67,8 @@ from .mountinfo import overlay_dirs
 from ..model.xattrs import safe
 from . import composefs
 
-__all__ = ["StackFileError", "load_stack", "loads_stack", "stack_from_dict", "dump_stack", "INLINE_LIMIT"]
+__all__ = ["StackFileError", "StackLayer", "load_stack", "loads_stack", "stack_from_dict", "dump_stack", "write_stack",
+           "INLINE_LIMIT"]
 
 VERSION = 1
 
@@ -83,8 +94,21 @@ _TOP_KEYS = {"version", "description", "options", "params", "layer", "workdir"}
 _LAYER_KEYS = {"role", "name", "path", "dump", "entry"}
 _ENTRY_KEYS = {
     "path", "path_hex", "type", "mode", "size", "content", "content_hex", "target",
-    "target_hex", "rdev", "uid", "gid", "xattrs", "xattrs_hex", "verity",
+    "target_hex", "rdev", "uid", "gid", "xattrs", "xattrs_hex", "verity", "object", "incomplete",
 }
+
+_OBJECT = re.compile(r"sha256:([0-9a-f]{64})")
+
+
+@dataclass
+class StackLayer(MemoryLayer):
+    """A layer of inline entries, with what the entries say about contents kept elsewhere."""
+
+    #: path -> SHA-256 (hex) of a file whose content is in an object store (``object = ...``);
+    #: ``build --objects DIR`` copies it from ``DIR/ab/cdef...``
+    objects: dict[Path, str] = field(default_factory=dict)
+    #: path -> why a file's content was not exported in full (``incomplete = ...``)
+    incomplete: dict[Path, str] = field(default_factory=dict)
 
 
 class StackFileError(ValueError):
@@ -94,9 +118,27 @@ class StackFileError(ValueError):
 # ------------------------------------------------------------------------------ loading
 
 
-def load_stack(path: str | os.PathLike) -> Stack:
-    """Load the stack file at ``path``; relative layer paths are relative to its directory."""
+def load_stack(path: str | os.PathLike, lazy: bool = False) -> Stack:
+    """Load the stack file at ``path``; relative layer paths are relative to its directory.
+
+    ``lazy``: the file is read one table at a time and file contents stay in the file (read
+    again when asked for): memory follows the number of entries and the largest single
+    entry, not the file's size, and the file may be larger than :data:`MAX_STACK_FILE`.  A
+    file whose tables cannot be cut apart that way (hand-written TOML using other forms) is
+    read whole, as without ``lazy``.  Same checks, same errors.
+    """
     p = os.fspath(path)
+    if lazy:
+        try:
+            got = _load_lazy(p)
+        except StackFileError:
+            raise
+        except OSError as e:
+            raise StackFileError(f"{p}: cannot read stack file: {e.strerror}") from None
+        except ValueError as e:  # a NUL in the path
+            raise StackFileError(f"{p}: cannot read stack file: {e}") from None
+        if got is not None:
+            return got
     try:
         with open(p, "rb") as f:
             raw = f.read(MAX_STACK_FILE + 1)
@@ -165,7 +207,9 @@ class _Loader:
             raise self.fail("", "options must be a mount -o string such as \"metacopy=on\"")
         params = self._params(doc.get("params"))
         layers = doc.get("layer", [])
-        if not isinstance(layers, list) or not all(isinstance(x, dict) for x in layers):
+        if isinstance(layers, _LazyTables):
+            pass
+        elif not isinstance(layers, list) or not all(isinstance(x, dict) for x in layers):
             raise self.fail("", "layer must be an array of tables ([[layer]])")
 
         upper: Layer | None = None
@@ -257,6 +301,8 @@ class _Loader:
         if "dump" in spec:
             return role, self._dump_layer(where, name, spec["dump"])
         entries = spec.get("entry", [])
+        if isinstance(entries, _LazyTables):
+            return role, self._memory_layer(where, name, entries, entries.refs)
         if not isinstance(entries, list) or not all(isinstance(x, dict) for x in entries):
             raise self.fail(where, "entry must be an array of tables ([[layer.entry]])")
         return role, self._memory_layer(where, name, entries)
@@ -275,8 +321,10 @@ class _Loader:
         layer.path = os.path.abspath(full)  # shown where the layer came from
         return layer
 
-    def _memory_layer(self, where: str, name: str, entries: list[dict]) -> MemoryLayer:
-        layer = MemoryLayer(label=name)
+    def _memory_layer(self, where: str, name: str, entries, refs=None) -> MemoryLayer:
+        layer = StackLayer(label=name)
+        if refs is not None:  # lazy: contents stay in the file, read again when asked for
+            layer.contents = _FileContents(self, where, refs.path)
         explicit: dict[Path, str] = {}
         for j, e in enumerate(entries):
             path = self._entry_path(f"{where} entry {j + 1}", e)
@@ -298,8 +346,36 @@ class _Loader:
             if path in layer.nodes and path not in explicit and path and node.kind != "dir":
                 raise self.fail(ewhere, f"is a {node.kind} but earlier entries put files below it")
             explicit[path] = node.kind
-            layer.add(path, node, content)
+            if refs is not None:
+                layer.add(path, node, None)
+                if content is not None:
+                    layer.contents.refs[path] = refs.last
+            else:
+                layer.add(path, node, content)
+            self._elsewhere(ewhere, e, layer, path, node, content)
         return layer
+
+    def _elsewhere(self, where: str, e: dict, layer: StackLayer, path: Path, node: Node,
+                   content: bytes | None) -> None:
+        """``object`` and ``incomplete``: a file's content is in an object store, or was not
+        exported in full."""
+        if "object" in e:
+            ref = e["object"]
+            if node.kind != "file":
+                raise self.fail(where, f"object given for a {e.get('type')}")
+            if content is not None:
+                raise self.fail(where, "give content or object, not both")
+            m = _OBJECT.fullmatch(ref) if isinstance(ref, str) else None
+            if m is None:
+                raise self.fail(where, f"object must be \"sha256:<64 lowercase hex digits>\", got {ref!r}")
+            layer.objects[path] = m.group(1)
+        if "incomplete" in e:
+            why = e["incomplete"]
+            if node.kind != "file":
+                raise self.fail(where, f"incomplete given for a {e.get('type')}")
+            if not isinstance(why, str):
+                raise self.fail(where, "incomplete must be a string saying why")
+            layer.incomplete[path] = why
 
     def _entry_path(self, where: str, e: dict) -> Path:
         raw = self._text_or_hex(where, e, "path")
@@ -456,31 +532,171 @@ class _Loader:
         return (self._int(where, "verity algo", v.get("algo", 1), 0, 255), self._hex(where, "verity digest_hex", v["digest_hex"]))
 
 
+# ------------------------------------------------------------------------- lazy loading
+
+
+class _LazyTables:
+    """The ``[[layer]]`` or ``[[layer.entry]]`` tables of a stack file, parsed one at a time as
+    they are iterated (each entry's place in the file is kept in ``last`` meanwhile)."""
+
+    def __init__(self, path: str, blocks: list[tuple[int, int]]):
+        self.path = path
+        self.blocks = blocks
+        self.last: tuple[int, int] = (0, 0)
+        self.refs = self
+
+    def __iter__(self):
+        with open(self.path, "rb") as f:
+            for off, length in self.blocks:
+                self.last = (off, length)
+                f.seek(off)
+                yield _parse_table(f.read(length))
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+
+class _NotLazy(Exception):
+    """The file does not cut into tables line by line: read it whole."""
+
+
+def _parse_table(raw: bytes) -> dict:
+    """One ``[[...]]`` table: its key lines (the header line dropped), parsed as TOML."""
+    try:
+        return tomllib.loads(raw.split(b"\n", 1)[1].decode("utf-8") if b"\n" in raw else "")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, RecursionError):
+        raise _NotLazy from None
+
+
+class _FileContents(Mapping):
+    """File contents of a lazily loaded layer: path -> the entry's place in the stack file;
+    the content is parsed again (with the loader's checks and padding) when asked for."""
+
+    def __init__(self, loader: "_Loader", where: str, path: str):
+        self.loader, self.where, self.path = loader, where, path
+        self.refs: dict[Path, tuple[int, int]] = {}
+
+    def __getitem__(self, key: Path) -> bytes:
+        off, length = self.refs[key]
+        with open(self.path, "rb") as f:
+            f.seek(off)
+            raw = f.read(length)
+        try:
+            _, content = self.loader._entry(self.where, _parse_table(raw))
+        except (_NotLazy, StackFileError):
+            content = None
+        if content is None:
+            raise OSError(0, f"{self.path} changed since it was loaded")
+        return content
+
+    def get(self, key, default=None):
+        return self[key] if key in self.refs else default
+
+    def __contains__(self, key) -> bool:
+        return key in self.refs
+
+    def __iter__(self):
+        return iter(self.refs)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+
+def _load_lazy(p: str) -> Stack | None:
+    """:func:`load_stack` one table at a time, or None when the file must be read whole."""
+    head: list[bytes] = []
+    layers: list[tuple[int, int, list[tuple[int, int]]]] = []  # (offset, length, entry blocks)
+    cur: tuple[str, int] | None = None  # the open table: kind, offset
+    pos = 0
+
+    def close(end: int) -> None:
+        if cur is None:
+            return
+        kind, off = cur
+        if kind == "layer":
+            layers.append((off, end - off, []))
+        else:
+            layers[-1][2].append((off, end - off))
+
+    with open(p, "rb") as f:
+        for line in f:
+            stripped = line.rstrip(b"\r\n")
+            if stripped.startswith(b"["):
+                if stripped == b"[[layer]]":
+                    close(pos)
+                    cur = ("layer", pos)
+                elif stripped == b"[[layer.entry]]" and layers or stripped == b"[[layer.entry]]" and cur:
+                    close(pos)
+                    cur = ("entry", pos)
+                elif stripped == b"[params]" and cur is None:
+                    head.append(line)
+                else:
+                    return None  # another table form: read whole
+            elif cur is None:
+                if len(head) > 100_000:
+                    return None
+                head.append(line)
+            if len(line) > MAX_STACK_FILE:
+                raise OSError(0, f"a line longer than {MAX_STACK_FILE >> 20} MiB")
+            pos += len(line)
+        close(pos)
+    try:
+        doc = tomllib.loads(b"".join(head).decode("utf-8"))
+        if "layer" in doc:
+            return None
+        specs = []
+        with open(p, "rb") as f:
+            for off, length, entries in layers:
+                f.seek(off)
+                spec = _parse_table(f.read(length))
+                if "entry" in spec:
+                    return None
+                if entries:
+                    spec["entry"] = _LazyTables(p, entries)
+                specs.append(spec)
+        doc["layer"] = specs
+        base = os.path.dirname(os.path.abspath(p))
+        return _Loader(base, p).load_doc(doc)
+    except (_NotLazy, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    except ValueError as e:
+        if isinstance(e, StackFileError):
+            raise
+        return None
+
+
 # ------------------------------------------------------------------------------ writing
 
 
 def _toml_str(s: str) -> str:
-    out = ['"']
-    for ch in s:
-        o = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif o < 0x20 or o == 0x7F:
-            out.append(f"\\u{o:04x}")
-        elif not ch.isprintable() and not 0xD800 <= o <= 0xDFFF:  # C1, U+2028, bidi, ...:
-            out.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")  # same value, inert text
-        elif 0xD800 <= o <= 0xDFFF:  # a byte that is not UTF-8 (surrogateescape): TOML cannot
-            out.append(safe(ch).replace("\\", "\\\\"))  # hold it; its \\xNN text instead
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+    if s.isprintable():  # no control character, no surrogate, nothing invisible: only " and \\
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + _TOML_SPECIAL.sub(_toml_escape, s) + '"'
+
+
+#: What :func:`_toml_str` must escape: quote, backslash, and every character that is not
+#: printable (ASCII controls, and whatever :func:`_toml_escape` decides among the others).
+_TOML_SPECIAL = re.compile(r'["\\\x00-\x1f\x7f]|[^\x20-\x7e]')
+
+
+def _toml_escape(m: re.Match) -> str:
+    ch = m.group()
+    o = ord(ch)
+    if ch == '"':
+        return '\\"'
+    if ch == "\\":
+        return "\\\\"
+    if ch == "\n":
+        return "\\n"
+    if ch == "\t":
+        return "\\t"
+    if o < 0x20 or o == 0x7F:
+        return f"\\u{o:04x}"
+    if 0xD800 <= o <= 0xDFFF:  # a byte that is not UTF-8 (surrogateescape): TOML cannot
+        return safe(ch).replace("\\", "\\\\")  # hold it; its \\xNN text instead
+    if not ch.isprintable():  # C1, U+2028, bidi, ...: same value, inert text
+        return f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}"
+    return ch
 
 
 def _utf8(b: bytes) -> str | None:
@@ -491,12 +707,14 @@ def _utf8(b: bytes) -> str | None:
         return None
 
 
+#: Control bytes that make a value hex rather than text (newline and tab are fine).
+_AWKWARD = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def _text_ok(b: bytes) -> str | None:
     """Text form for a value: valid UTF-8 without NULs or other awkward control bytes."""
     s = _utf8(b)
-    if s is None:
-        return None
-    if any((ord(c) < 0x20 and c not in "\n\t") or ord(c) == 0x7F for c in s):
+    if s is None or _AWKWARD.search(s):
         return None
     return s
 
@@ -523,7 +741,9 @@ def _shortest_content(content: bytes, size: int) -> bytes:
     return content
 
 
-def _entry_lines(layer: Layer, path: Path, node: Node) -> list[str]:
+def _entry_lines(layer: Layer, path: Path, node: Node, big: "_BigFiles | None" = None) -> list[str]:
+    """The ``[[layer.entry]]`` table of one entry.  A regular file of a disk layer larger than
+    :data:`INLINE_LIMIT` is handed to ``big`` (its lines come out of ``big.lines``)."""
     lines = ["[[layer.entry]]"]
     raw = join_path(path)
     s = _text_ok(raw)
@@ -549,6 +769,9 @@ def _entry_lines(layer: Layer, path: Path, node: Node) -> list[str]:
         content: bytes | None
         if isinstance(layer, MemoryLayer):
             content = layer.contents.get(path)
+        elif node.size > INLINE_LIMIT and big is not None:
+            content = None
+            lines += big.lines(layer, path, node)
         else:
             content = layer.read(path, node.size) if node.size <= INLINE_LIMIT else None
             if content is not None and not content.strip(b"\0"):
@@ -585,23 +808,177 @@ def _entry_lines(layer: Layer, path: Path, node: Node) -> list[str]:
     return lines
 
 
-def dump_stack(stack: Stack) -> str:
-    """The whole stack as one self-contained stack file with inline entries.
+# -------------------------------------------------------------------- files too big to inline
+
+#: Bytes read at a time from a large file.
+CHUNK = 1 << 20
+
+
+class _Hex:
+    """A large file's full content, written as one ``content_hex`` string a chunk at a time
+    (the line is produced lazily by :meth:`_BigFiles.lines` and streamed by the writer)."""
+
+    def __init__(self, fd: int, size: int):
+        self.fd, self.size = fd, size
+
+
+class ObjectStoreError(OSError):
+    """The ``--objects`` directory cannot be written."""
+
+
+class _BigFiles:
+    """How files larger than :data:`INLINE_LIMIT` go out: in full, never as zeros.
+
+    Without an object store, as ``content_hex`` in the stack file (streamed, a chunk at a
+    time).  With one (``objects``), each file is copied to ``objects/ab/cdef...`` (its SHA-256,
+    the way composefs stores objects) and the entry says ``object = "sha256:<hex>"``.  A file
+    that is all zeros is written by size only (sparse, exact).  A file that cannot be read in
+    full (unreadable, changed while read) gets ``incomplete = "why"``, which ``build`` reports.
+    """
+
+    def __init__(self, objects: str | None):
+        self.objects = os.path.abspath(objects) if objects else None
+        self.incomplete = 0
+        self.stored = 0
+        if self.objects:
+            try:
+                os.makedirs(self.objects, exist_ok=True)
+            except OSError as e:
+                raise ObjectStoreError(e.errno, f"--objects {self.objects}: {e.strerror}") from None
+
+    def lines(self, layer: Layer, path: Path, node: Node) -> list:
+        try:
+            fd = open_layer_file(layer, path)
+        except OSError as e:
+            return self._incomplete(f"cannot open: {e.strerror or e}")
+        try:
+            zeros, digest, got = self._scan(fd, node.size)
+            if got != node.size:
+                return self._incomplete(f"read {got} of {node.size} bytes (the file changed while it was read)")
+            if zeros:
+                return []  # all zeros: sparse, size only
+            if self.objects is None:
+                os.lseek(fd, 0, os.SEEK_SET)
+                fd2, fd = fd, -1
+                return [_Hex(fd2, node.size)]
+            os.lseek(fd, 0, os.SEEK_SET)
+            self._store(fd, digest, node.size)
+            self.stored += 1
+            return [f"object = \"sha256:{digest}\""]
+        except OSError as e:
+            if isinstance(e, ObjectStoreError):
+                raise
+            return self._incomplete(f"read error: {e.strerror or e}")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _incomplete(self, why: str) -> list[str]:
+        self.incomplete += 1
+        return [f"incomplete = {_toml_str(why)}"]
+
+    @staticmethod
+    def _scan(fd: int, size: int) -> tuple[bool, str, int]:
+        """(all zeros, SHA-256 hex, bytes read) of the file, read a chunk at a time."""
+        h = hashlib.sha256()
+        zeros = True
+        got = 0
+        while True:
+            chunk = os.read(fd, CHUNK)
+            if not chunk:
+                break
+            got += len(chunk)
+            if got > size:
+                break
+            h.update(chunk)
+            if zeros and chunk.count(0) != len(chunk):
+                zeros = False
+        return zeros, h.hexdigest(), got
+
+    def _store(self, fd: int, digest: str, size: int) -> None:
+        assert self.objects is not None
+        d = os.path.join(self.objects, digest[:2])
+        final = os.path.join(d, digest[2:])
+        if os.path.isfile(final) and os.path.getsize(final) == size:
+            return  # content-addressed: the same bytes are there already
+        try:
+            os.makedirs(d, exist_ok=True)
+            tmp = f"{final}.tmp{os.getpid()}"
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise ObjectStoreError(e.errno, f"--objects {self.objects}: {e.strerror}") from None
+        try:
+            h = hashlib.sha256()
+            while True:
+                chunk = os.read(fd, CHUNK)
+                if not chunk:
+                    break
+                h.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view):]
+        except OSError as e:
+            os.close(out)
+            os.unlink(tmp)
+            if e.filename is None and e.errno is not None:
+                raise
+            raise ObjectStoreError(e.errno, f"--objects {self.objects}: {e.strerror}") from None
+        os.close(out)
+        if h.hexdigest() != digest:
+            os.unlink(tmp)
+            raise OSError(0, "the file changed while it was copied")
+        os.replace(tmp, final)
+
+
+def open_layer_file(layer: Layer, path: Path) -> int:
+    """A read-only descriptor of the regular file at ``path`` in a disk layer, reached one
+    component at a time without following any symlink (the layer root is resolved as the
+    kernel resolves it); fifos and devices are never opened."""
+    root = getattr(layer, "path", None)
+    if not root or not path:
+        raise OSError(0, "not a file of a disk layer")
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for comp in path[:-1]:
+            nxt = os.open(comp, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        st = os.stat(path[-1], dir_fd=fd, follow_symlinks=False)
+        if not _stat.S_ISREG(st.st_mode):
+            raise OSError(0, "not a regular file any more")
+        f = os.open(path[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not _stat.S_ISREG(os.fstat(f).st_mode):
+        os.close(f)
+        raise OSError(0, "not a regular file any more")
+    return f
+
+
+def write_stack(stack: Stack, write, objects: str | None = None) -> tuple[int, int]:
+    """Write the whole stack as one self-contained stack file, a piece at a time, through
+    ``write(str)``; memory stays bounded whatever the stack's size (the largest directory's
+    listing, one chunk of one file).
 
     Disk layers are walked (never following symlinks); regular files up to
-    :data:`INLINE_LIMIT` bytes are written inline, larger ones by size only (read back as
-    zeros).  Names and values that are not valid UTF-8 are written in ``*_hex`` form.
+    :data:`INLINE_LIMIT` bytes are written inline, larger ones in full as ``content_hex``, or,
+    with ``objects``, copied to that directory by SHA-256 and named by ``object =
+    "sha256:<hex>"`` (see :class:`_BigFiles`).  Names and values that are not valid UTF-8 are
+    written in ``*_hex`` form.  Returns (files stored in ``objects``, files marked
+    ``incomplete``).
     """
-    out = [f"version = {VERSION}"]
+    big = _BigFiles(objects)
+    head = [f"version = {VERSION}"]
     if stack.description:
-        out.append(f"description = {_toml_str(stack.description)}")
+        head.append(f"description = {_toml_str(stack.description)}")
     if stack.options:
-        out.append(f"options = {_toml_str(stack.options)}")
+        head.append(f"options = {_toml_str(stack.options)}")
     if stack.params:
-        out.append("")
-        out.append("[params]")
+        head.append("")
+        head.append("[params]")
         for k, v in stack.params.items():
-            out.append(f"{_key(k)} = {_toml_str(str(v))}")
+            head.append(f"{_key(k)} = {_toml_str(str(v))}")
+    write("\n".join(head))
     used: set[str] = set()
     for i, (role, layer) in enumerate(stack.layers):
         name = layer.label or f"{role}{i}"
@@ -611,13 +988,55 @@ def dump_stack(stack: Stack) -> str:
         while name in used:
             name, n = f"{base}-{n}", n + 1
         used.add(name)
-        out.append("")
-        out.append("[[layer]]")
-        out.append(f"role = {_toml_str(role)}")
-        out.append(f"name = {_toml_str(name)}")
+        out = ["", "[[layer]]", f"role = {_toml_str(role)}", f"name = {_toml_str(name)}"]
         if isinstance(layer, DiskLayer):
             out.append(f"# from {safe(layer.path)}")  # escaped: one comment line, valid TOML
-        for path, node in layer_entries(layer):
-            out.append("")
-            out.extend(_entry_lines(layer, path, node))
-    return "\n".join(out) + "\n"
+        write("\n" + "\n".join(out))
+        root = layer.node(())
+        entries = itertools.chain([((), root if root is not None else Node("dir", 0o755))], iter_tree(layer))
+        for path, node in entries:
+            lines = _entry_lines(layer, path, node, big if isinstance(layer, DiskLayer) else None)
+            write("\n\n")
+            for k, line in enumerate(lines):
+                if k:
+                    write("\n")
+                if isinstance(line, _Hex):
+                    _write_hex(line, write, big)
+                else:
+                    write(line)
+    write("\n")
+    return big.stored, big.incomplete
+
+
+def _write_hex(h: _Hex, write, big: _BigFiles) -> None:
+    """The file's bytes as one ``content_hex`` string, a chunk at a time; a file that shrank
+    since it was measured ends the string early and is marked ``incomplete``."""
+    why = None
+    try:
+        write('content_hex = "')
+        left = h.size
+        while left > 0:
+            try:
+                chunk = os.read(h.fd, min(CHUNK, left))
+            except OSError as e:
+                why = f"read error after {h.size - left} of {h.size} bytes: {e.strerror or e}"
+                break
+            if not chunk:
+                why = f"read {h.size - left} of {h.size} bytes (the file changed while it was read)"
+                break
+            left -= len(chunk)
+            write(chunk.hex())
+        write('"')
+    finally:
+        os.close(h.fd)
+    if why is not None:
+        big.incomplete += 1
+        write(f"\nincomplete = {_toml_str(why)}")
+
+
+def dump_stack(stack: Stack, objects: str | None = None) -> str:
+    """The whole stack as one self-contained stack file with inline entries (the text
+    :func:`write_stack` writes, as one string)."""
+    parts: list[str] = []
+    write_stack(stack, parts.append, objects)
+    return "".join(parts)

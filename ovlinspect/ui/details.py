@@ -20,109 +20,49 @@ from textual.widgets import Static
 from ..kernel.entry import Ref, Resolution
 
 from ..rules.engine import Engine
-from ..model.layers import Node, Path, split_path
-from .merged_tree import SEVERITY_MARK, SEVERITY_STYLE, severity_of
+from ..model.layers import Node, Path
+from .merged_tree import SEVERITY_MARK, SEVERITY_RANK, SEVERITY_STYLE, severity_of
 from .palette import LayerPalette
 from .render import esc, esc_str, path_text, size_text
 from .session import redirect_target
 from .xattrs import Decoded, decode
+from ..report.view import ROLE_HELP as _ROLE_HELP, Role, layer_view
 
-ROLE_STYLE = {
-    "metadata": "bold",
-    "data": "bold",
-    "metadata+data": "bold",
-    "intercepting": "bold white on #d75f00",
-    "whiteout": "bold #af87ff",
-    "stack": "",
-    "hidden": "dim",
-    "absent": "dim",
-    "data-only (never merged)": "dim",
-    "looked at": "",
-    "redirect target": "bold #d75f00",
-    "redirect target (not reached)": "bold #d75f00",
-    "on the redirect path": "",
-    "cause": "bold white on #d70000",
-    "refused here": "bold white on #d70000",
-    "invalid here": "bold white on #d70000",
+#: how each role is drawn (the roles and their one-line gloss: :mod:`ovlinspect.report.view`)
+ROLE_STYLE: dict[str, str] = {
+    Role.METADATA: "bold",
+    Role.DATA: "bold",
+    Role.METADATA_DATA: "bold",
+    Role.INTERCEPTING: "bold white on #d75f00",
+    Role.WHITEOUT: "bold #af87ff",
+    Role.STACK: "",
+    Role.HIDDEN: "dim",
+    Role.ABSENT: "dim",
+    Role.DATA_ONLY: "dim",
+    Role.NOT_LOOKED_AT: "dim",
+    Role.NOT_REACHED: "dim",
+    Role.LOOKED_AT: "",
+    Role.REDIRECT_TARGET: "bold #d75f00",
+    Role.REDIRECT_TARGET_NOT_REACHED: "bold #d75f00",
+    Role.ON_REDIRECT_PATH: "",
+    Role.CAUSE: "bold white on #d70000",
+    Role.REFUSED_HERE: "bold white on #d70000",
+    Role.INVALID_HERE: "bold white on #d70000",
 }
-ROLE_HELP = {
-    "metadata": "gives the inode (stat)",
-    "data": "gives the bytes (read)",
-    "metadata+data": "gives stat and bytes",
-    "intercepting": "serves bytes meant for a data-only layer",
-    "whiteout": "hides the name from the layers below",
-    "stack": "merged into the directory",
-    "hidden": "present, not used",
-    "absent": "nothing here",
-    "data-only (never merged)": "reached only through metacopy redirects",
-    "looked at": "the lookup fails (see the explanation)",
-    "redirect target": "what the redirect meant; a regular layer answered first",
-    "redirect target (not reached)": "what the redirect meant; the lookup fails before it",
-    "on the redirect path": "the lookup walks through this",
-    "cause": "the lookup fails here (see the explanation)",
-    "refused here": "the mount's options refuse to follow this",
-    "invalid here": "the kernel rejects this entry's xattrs",
-}
+ROLE_HELP: dict[str, str] = {str(r): h for r, h in _ROLE_HELP.items()}
 
 
-def failed_view(engine: Engine, res: Resolution, view: list) -> tuple[list, set[int]]:
-    """A failed lookup keeps no chain: show the layers below a redirect at the redirect's path.
-
-    The engine's view of a failed lookup looks at the merged path in every layer; when the top
-    entry carries an absolute redirect, the interesting entries below are at the redirect path
-    (the plain directory that cancels it, the data-only file it meant).
-    """
-    involved = {engine.kernel_index(j) for f in res.findings for j in f.layers}
-    # only these failures happen while (or after) walking the redirect; a refusal (EPERM) or an
-    # invalid redirect (EINVAL) stops before the layers below are looked at
-    walked = any(f.rule in ("lowerdata-redirect-broken", "metacopy-without-data") for f in res.findings)
-    redirect: bytes | None = None
-    top = None
-    for k, p, node, role in view:
-        if node is not None:
-            top = k
-            for d in decode(node, engine.prefix):
-                if d.redirect is not None and d.redirect.startswith(b"/") and d.active:
-                    redirect = d.redirect
-            break
-    rp = split_path(redirect) if walked and redirect is not None else None
-    out = []
-    on_path: set[int] = set()
-    for k, p, node, role in view:
-        if rp is not None and top is not None and k > top:
-            layer = engine.klayers[k]
-            found: Path | None = None
-            if layer is not None:
-                # the deepest prefix of the redirect this layer holds: where the walk stopped
-                for i in range(len(rp), 0, -1):
-                    n = layer.node(rp[:i])
-                    if n is not None:
-                        found, node = rp[:i], n
-                        break
-            if found is not None:
-                p = found
-                on_path.add(k)
-                role = "redirect target" if k > engine.nlower and found == rp else "on the redirect path"
-        if k == top and res.errno in ("EPERM", "EINVAL") and not walked:
-            role = "refused here" if res.errno == "EPERM" else "invalid here"
-        below = any(j > k for j in involved)
-        if (k in involved and node is not None and not (k == top and below)
-                and role not in ("refused here", "invalid here")):
-            role = "cause"
-        out.append((k, p, node, role))
-    return out, on_path
+#: the width of a layer column that plays no part for the path, and the least of the others
+STUB = 14
+WIDE = 28
 
 
-def ui_role(engine: Engine, res: Resolution, k: int, role: str) -> str:
-    """The model's role, made more telling where the screen knows more."""
-    if role == "hidden" and res.errno and res.errno != "ENOENT":
-        return "looked at"
-    if (role == "hidden" and k > engine.nlower and res.redirect is not None
-            and any(f.rule == "shadowed-lowerdata" for f in res.findings)):
-        return "redirect target"
-    if role == "redirect target" and res.errno:
-        return "redirect target (not reached)"
-    return role
+def _kind_short(node: Node) -> str:
+    if node.is_whiteout_dev:
+        return "whiteout"
+    if node.is_reg:
+        return f"file {size_text(node.size)}"
+    return node.kind
 
 
 @dataclass
@@ -170,26 +110,64 @@ class LayerColumns(Horizontal):
         self.engine = engine
         self.palette = palette
         self.targets: dict[int, Ref] = {}
+        #: the role of each layer for the path shown
+        self.roles: dict[int, Role] = {}
 
     def compose(self) -> ComposeResult:
         for k, layer in enumerate(self.engine.klayers):
             if layer is not None:
                 yield LayerColumn(k, id=f"layer-col-{k}", classes="layer-col")
+        # when the stubs do not fit beside the layers that matter: one line per other layer
+        yield Static(id="layer-others", classes="layer-col -idle")
 
     def on_resize(self) -> None:
-        # fr widths do not divide a scrolling container: share the width out by hand, and
-        # scroll sideways when the columns would be narrower than their minimum
+        self._share_width()
+
+    def _share_width(self) -> None:
+        """Share the width out by hand (fr widths do not divide a scrolling container).
+
+        Layers that play no part for this path (absent, unused, not looked at) get a narrow
+        stub; the others share the rest, at least ``WIDE`` cells each, scrolling sideways when
+        they do not fit, scrolled so that the first layer that matters (the one failing, giving
+        the data, or the metadata) is in view.
+        """
         cols = list(self.query(LayerColumn))
-        if not cols:
+        others = self.query_one("#layer-others", Static)
+        if not cols or not self.size.width:
             return
-        total = self.size.width
-        each = total // len(cols)
-        if each < 24:
-            for col in cols:
-                col.styles.width = 28
-            return
-        for i, col in enumerate(cols):
-            col.styles.width = each if i < len(cols) - 1 else total - each * (len(cols) - 1)
+        total = self.size.width - 1  # the vertical scrollbar
+        idle = [c for c in cols if self.roles.get(c.k, Role.ABSENT).idle]
+        if len(idle) == len(cols):
+            idle = []  # nothing matters more than the rest: all alike
+        busy = [c for c in cols if c not in idle]
+        folded = bool(idle) and len(busy) * (WIDE - 4) + STUB * len(idle) > total
+        for c in cols:
+            c.display = not (folded and c in idle)
+        others.display = folded
+        if folded:
+            # the stubs would push the layers that matter off screen: list them in one column
+            t = Text("OTHER LAYERS\n", "dim bold")
+            for c in idle:
+                t.append_text(self.palette.mini(c.k, 16))
+                t.append(f" {self.roles[c.k]}\n", "dim")
+            others.update(t)
+            others.styles.width = 30
+            others.border_title = Text(f"{len(idle)} more", "dim")  # type: ignore[assignment]
+            idle = []
+            total -= 30
+        room = total - STUB * len(idle)
+        each = room // len(busy)
+        fits = each >= WIDE - 4
+        if not fits:
+            each = WIDE  # scroll sideways
+        for c in idle:
+            c.styles.width = STUB
+        for i, c in enumerate(busy):
+            c.styles.width = room - each * (len(busy) - 1) if fits and i == len(busy) - 1 else each
+        key = next((c for c in cols if self.roles.get(c.k, Role.ABSENT).fails), None) or \
+            next((c for c in cols if self.roles.get(c.k, Role.ABSENT).gives), None)
+        if key is not None:
+            self.call_after_refresh(self.scroll_to_widget, key, animate=False)
 
     def column(self, k: int) -> LayerColumn:
         return self.query_one(f"#layer-col-{k}", LayerColumn)
@@ -202,13 +180,14 @@ class LayerColumns(Horizontal):
             col.remove_class("-target")
             col.remove_class("-focus")
         if sel.raw:
+            self.roles = {}
             self._show_raw(sel)
+            self._share_width()
             return
         assert res is not None
-        view = engine.layer_view(res)
-        on_path: set[int] = set()
-        if res.errno:
-            view, on_path = failed_view(engine, res, view)
+        view = layer_view(engine, res)
+        self.roles = view.roles()
+        on_path = view.on_redirect_path
         decoded = {k: decode(node, engine.prefix, root=p == ()) for k, p, node, _ in view if node is not None}
         sources: dict[int, int] = {}  # target layer -> layer whose redirect leads there
         redirects: dict[int, Ref | None] = {}
@@ -223,24 +202,31 @@ class LayerColumns(Horizontal):
                     sources[tgt.layer] = k
                     self.targets[k] = tgt
         for k, p, node, role in view:
-            role = ui_role(engine, res, k, role)
             col = self.column(k)
             col.border_title = palette.chip(k)  # type: ignore[assignment]
             col.border_subtitle = Text(role, style=ROLE_STYLE.get(role, ""))  # type: ignore[assignment]
-            col.set_class(role in ("metadata", "data", "metadata+data", "intercepting"), "-used")
-            col.set_class(role in ("intercepting", "cause", "refused here", "invalid here"), "-intercepting")
-            col.set_class(role in ("absent", "hidden", "data-only (never merged)"), "-idle")
+            col.set_class(role.gives, "-used")
+            col.set_class(role.fails, "-intercepting")
+            col.set_class(role.idle, "-idle")
             col.styles.border = ("round" if role not in ("metadata", "metadata+data") else "heavy",
                                  palette.color(k))
             col.update(self._column_text(engine, palette, res, k, p, node, decoded.get(k, []), role,
                                          redirects.get(k, None), k in redirects, sources.get(k)))
             if sel.layer == k:
                 col.add_class("-focus")
+        self._share_width()
 
     def _column_text(self, engine: Engine, pal: LayerPalette, res: Resolution, k: int, p: Path,
                      node: Node | None, decoded: list[Decoded], role: str, target: Ref | None,
                      has_redirect: bool, source: int | None) -> Text:
         t = Text()
+        if role.idle and self.roles and not all(r.idle for r in self.roles.values()):
+            # a stub: the role, and what is there (the layer's chip is the border title)
+            t.append(role.upper(), "dim")
+            if node is not None:
+                t.append("\n")
+                t.append(_kind_short(node), "dim")
+            return t
         t.append(role.upper(), ROLE_STYLE.get(role, "") or pal.style(k, bold=True))
         if role in ("metadata", "data", "metadata+data"):
             t.stylize(pal.style(k, bold=True))
@@ -345,7 +331,65 @@ def explanation(engine: Engine, pal: LayerPalette, res: Resolution, extra_findin
         t.append(f"mount  ✖ {engine.mount_errno}", "bold #ff5f5f")
         t.append(": the kernel refuses these options; below, what lookup would do if it did not\n",
                  "#ff8787")
-    # lstat
+    # the step that fails first: at 80x24 the panel shows three lines, and "lstat ✔" on a path
+    # whose open ends in EIO reads as healthy
+    lstat = _lstat_line(pal, res)
+    opened = _open_line(pal, res) if res.errno is None and res.kind == "file" else None
+    if opened is not None and (res.open_errno or any(f.rule == "shadowed-lowerdata" for f in res.findings)):
+        t.append_text(opened)
+        t.append_text(lstat)
+    else:
+        t.append_text(lstat)
+        if opened is not None:
+            t.append_text(opened)
+    # the cause and its fix, before the details
+    findings = list(res.findings)
+    seen = {(f.rule, f.path) for f in findings}
+    findings += [f for f in extra_findings if (f.rule, f.path) not in seen]
+    findings.sort(key=lambda f: SEVERITY_RANK[severity_of(f)])
+    for f in findings:
+        sev = severity_of(f)
+        t.append(f"{SEVERITY_MARK[sev]} {f.rule}", SEVERITY_STYLE[sev])
+        t.append("  ")
+        t.append_text(pal.colorize(esc_str(f.message)))
+        t.append("\n  fix: ", "dim")
+        t.append_text(esc_str(f.hint, "italic"))
+        t.append("\n")
+    logs = res.kernel_log + res.open_log
+    for line in logs:
+        t.append("dmesg  ", "bold")
+        t.append_text(esc_str(line, "#ff8787"))
+        t.append("\n")
+    if observed is not None:
+        summary, mismatches = observed
+        t.append("real   ", "bold")
+        t.append_text(esc_str(summary))
+        if mismatches:
+            t.append("  ✖ MISMATCH", "bold white on #d70000")
+            for m in mismatches:
+                t.append("\n       ")
+                t.append_text(esc_str(m, "#ff8787"))
+        else:
+            t.append("  ✔ matches the prediction", "bold #87d787")
+        t.append("\n")
+    if res.trace:
+        t.append("\nlookup, step by step\n", "bold underline")
+        for n, step in enumerate(res.trace, 1):
+            style = ""
+            if step.startswith("=>"):
+                style = "bold"
+            elif step.startswith("!"):
+                style = "bold #ff8787"
+            line = esc_str(step, style)
+            pal.colorize(line)
+            t.append(f"{n:>2}. ", "dim")
+            t.append_text(line)
+            t.append("\n")
+    return t
+
+
+def _lstat_line(pal: LayerPalette, res: Resolution) -> Text:
+    t = Text()
     t.append("lstat  ", "bold")
     if res.errno:
         t.append(f"✖ {res.errno}", "bold #ff5f5f")
@@ -366,63 +410,31 @@ def explanation(engine: Engine, pal: LayerPalette, res: Resolution, extra_findin
             t.append(" ")
             t.append_text(path_text(res.metadata.path, "dim"))
     t.append("\n")
-    if res.errno is None and res.kind == "file":
-        t.append("open   ", "bold")
-        if res.open_errno:
-            t.append(f"✖ {res.open_errno}", "bold #ff5f5f")
-        else:
-            t.append("✔ ", "bold #87d787")
-            if res.data is not None:
-                t.append("bytes from ", "dim")
-                t.append_text(pal.tag(res.data.layer))
-                t.append(" ")
-                t.append_text(path_text(res.data.path))
-                if any(f.rule == "shadowed-lowerdata" for f in res.findings):
-                    t.append("  SHADOWED", "bold #d75f00")
-        t.append("\n")
-    logs = res.kernel_log + res.open_log
-    for line in logs:
-        t.append("dmesg  ", "bold")
-        t.append_text(esc_str(line, "#ff8787"))
-        t.append("\n")
-    if observed is not None:
-        summary, mismatches = observed
-        t.append("real   ", "bold")
-        t.append_text(esc_str(summary))
-        if mismatches:
-            t.append("  ✖ MISMATCH", "bold white on #d70000")
-            for m in mismatches:
-                t.append("\n       ")
-                t.append_text(esc_str(m, "#ff8787"))
-        else:
-            t.append("  ✔ matches the prediction", "bold #87d787")
-        t.append("\n")
-    findings = list(res.findings)
-    seen = {(f.rule, f.path) for f in findings}
-    findings += [f for f in extra_findings if (f.rule, f.path) not in seen]
-    if findings:
-        t.append("\n")
-        for f in findings:
-            sev = severity_of(f)
-            t.append(f"{SEVERITY_MARK[sev]} {f.rule}", SEVERITY_STYLE[sev])
-            t.append("  ")
-            t.append_text(pal.colorize(esc_str(f.message)))
-            t.append("\n  fix: ", "dim")
-            t.append_text(esc_str(f.hint, "italic"))
-            t.append("\n")
-    if res.trace:
-        t.append("\nlookup, step by step\n", "bold underline")
-        for n, step in enumerate(res.trace, 1):
-            style = ""
-            if step.startswith("=>"):
-                style = "bold"
-            elif step.startswith("!"):
-                style = "bold #ff8787"
-            line = esc_str(step, style)
-            pal.colorize(line)
-            t.append(f"{n:>2}. ", "dim")
-            t.append_text(line)
-            t.append("\n")
+    return t
+
+
+def _open_line(pal: LayerPalette, res: Resolution) -> Text:
+    """``open ✖ EIO``, ``open ✔ bytes from …``, or, when a regular layer intercepts the data
+    meant for a data-only layer, ``open ▲ wrong bytes from …`` (no green tick on wrong data)."""
+    t = Text()
+    t.append("open   ", "bold")
+    if res.open_errno:
+        t.append(f"✖ {res.open_errno}", "bold #ff5f5f")
+    elif any(f.rule == "shadowed-lowerdata" for f in res.findings):
+        t.append("▲ WRONG bytes from ", "bold #d75f00")
+        if res.data is not None:
+            t.append_text(pal.tag(res.data.layer))
+            t.append(" ")
+            t.append_text(path_text(res.data.path))
+        t.append("  SHADOWED", "bold #d75f00")
+    else:
+        t.append("✔ ", "bold #87d787")
+        if res.data is not None:
+            t.append("bytes from ", "dim")
+            t.append_text(pal.tag(res.data.layer))
+            t.append(" ")
+            t.append_text(path_text(res.data.path))
+    t.append("\n")
     return t
 
 

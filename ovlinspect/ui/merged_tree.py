@@ -1,10 +1,13 @@
 """The merged tree: what readdir lists, loaded one directory at a time, with markers.
 
 Directories are listed in a worker thread (by a :class:`~ovlinspect.ui.session.Lister` with its
-own engine), and only when expanded.  A directory with more than ``CHUNK`` entries shows the
-first ones and a "more" entry.  Each entry is coloured by the layer that gives its metadata and
-marked with what matters: a dot per layer that holds it, redirect, metacopy, opaque, lookup and
-open errors, problems found by the scan, what-if changes.  With *show hidden* on, the tree
+own engine), and only when expanded.  A directory of any size is listed whole, at once, with its
+names only: an entry is resolved (on the UI thread, with the screen's engine) the first time
+its row is drawn, so only the rows on screen cost a lookup, and any entry (``End``, a problem
+deep in a 20,000-entry directory) is one jump away.  Each entry is coloured by the layer that
+gives its metadata and marked with what matters: a dot per layer whose copy the merged entry
+uses, redirect, metacopy, opaque, lookup and open errors, problems found by the scan, what-if
+changes.  With *show hidden* on, the tree
 also shows what the merged view hides: whited-out names, lower copies, and the contents of the
 data-only layers.
 """
@@ -12,23 +15,28 @@ data-only layers.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+import gc
+from dataclasses import dataclass
+from typing import Sequence
 
 from rich.style import Style
 from rich.text import Text
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
+from ..rules.engine import Engine
 from ..kernel.entry import Resolution
 from ..model.layers import Node, Path
 from ..rules.catalogue import RULES, Finding
 from .palette import LayerPalette
 from .render import esc, esc_str, path_text, size_text
-from .session import CHUNK, Child, Lister
+from .session import Child, Lister
 
-if TYPE_CHECKING:
-    from .app import OvlInspectApp
+#: the label of a row not drawn yet (see :meth:`MergedTree.render_label`)
+_NO_LABEL = Text()
+
+#: more layers than this make a directory's dots a count
+MAX_DOTS = 6
 
 SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
 SEVERITY_MARK = {"error": "✖", "warning": "▲", "info": "ℹ"}
@@ -40,12 +48,12 @@ def severity_of(f: Finding, unknown: str = "error") -> str:
     return RULES[f.rule].severity if f.rule in RULES else unknown
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Entry:
     """What one tree line stands for."""
 
     path: Path
-    #: merged | whiteout | copy | datalayer | layerpath | more | loading | message | asked
+    #: merged | whiteout | copy | datalayer | layerpath | loading | message | asked
     #: ("asked": a name the user asked for that the listing does not show, with ``rest`` the
     #: components asked below it)
     kind: str = "merged"
@@ -54,9 +62,9 @@ class Entry:
     layer: int | None = None
     node: Node | None = None
     loaded: bool = False
-    #: for "more": names still to show
-    rest: list[bytes] = field(default_factory=list)
-    hidden_copies: list[tuple[int, Path, Node]] = field(default_factory=list)
+    #: for "asked": the components asked below this name
+    rest: Sequence[bytes] = ()
+    hidden_copies: Sequence[tuple[int, Path, Node]] = ()
     #: for copies: the path inside the layer
     lpath: Path | None = None
     # label cache
@@ -80,8 +88,10 @@ class MergedTree(Tree[Entry]):
         ("left", "collapse_or_parent", "Collapse"),
     ]
 
-    def __init__(self, lister: Lister, palette: LayerPalette, **kwargs) -> None:
+    def __init__(self, lister: Lister, palette: LayerPalette, *, engine: Engine, **kwargs) -> None:
         super().__init__(Text("/", style="bold"), Entry(()), **kwargs)
+        #: the engine on screen (the lister has its own copy for its thread)
+        self.engine = engine
         self.lister = lister
         self.palette = palette
         self.show_hidden = False
@@ -93,20 +103,22 @@ class MergedTree(Tree[Entry]):
         self.changed: set[Path] = set()
         self.guide_depth = 2
         self._pending: dict[int, asyncio.Future] = {}
-        #: merged entries shown so far, by path (to repaint one when the scan finds something)
+        #: merged entries listed so far, by path (to repaint one when the scan finds something,
+        #: to reach one in a jump)
         self.by_path: dict[Path, TreeNode[Entry]] = {}
-
-    @property
-    def oapp(self) -> "OvlInspectApp":
-        return self.app  # type: ignore[return-value]
+        #: keys the user pressed on the tree (a jump started before one does not move the cursor)
+        self.user_keys = 0
+        #: the last reveal gave up because the user pressed a key meanwhile
+        self.reveal_abandoned = False
 
     # ------------------------------------------------------------------ loading
     def on_mount(self) -> None:
         self.root.expand()
         self.start_load(self.root)
 
-    def restart(self, lister: Lister, palette: LayerPalette) -> None:
+    def restart(self, lister: Lister, palette: LayerPalette, *, engine: Engine) -> None:
         """Start again on another engine (what-if) or with hidden entries toggled."""
+        self.engine = engine
         self.lister = lister
         self.palette = palette
         self._pending.clear()
@@ -155,14 +167,14 @@ class MergedTree(Tree[Entry]):
             if lister is not self.lister:
                 return
             node.remove_children()
-            for name, n in rows[:CHUNK * 4]:
-                self._add_layer_entry(node, e.layer, e.path + (name,), n)
-            if len(rows) > CHUNK * 4:
-                node.add_leaf(Text(f"… {len(rows) - CHUNK * 4} more entries", style="dim"),
-                              Entry(e.path, "message"))
+            self._add_many(node, [(esc(name), Entry(e.path + (name,), "layerpath", layer=e.layer, node=n,
+                                                    loaded=not n.is_dir), n.is_dir)
+                                  for name, n in rows])
             e.loaded = True
             return
-        listing = await asyncio.to_thread(lister.list_dir, e.path, CHUNK, hidden)
+        # names only (cheap); with hidden entries on, every child resolved in the worker (its
+        # hidden copies make a file expandable, which must be known before it is drawn)
+        listing = await asyncio.to_thread(lister.list_dir, e.path, (1 << 62) if hidden else 0, hidden)
         if lister is not self.lister:
             return  # the tree was reset meanwhile
         node.remove_children()
@@ -173,32 +185,80 @@ class MergedTree(Tree[Entry]):
         if hidden:
             for k, p, n in e.hidden_copies:
                 self._add_copy(node, e.path, k, p, n)
-        names = listing.names
-        whiteouts = sorted(listing.hidden.items())
-        if hidden and whiteouts:
-            # merge the hidden names into the sorted listing
-            merged: list[tuple[bytes, Child | str]] = [(c.name, c) for c in listing.children]
-            merged += whiteouts
-            merged.sort(key=lambda x: x[0])
-            for name, item in merged:
+            items: list[tuple[bytes, Child | str]] = [(c.name, c) for c in listing.children]
+            items += sorted(listing.hidden.items())
+            items.sort(key=lambda x: x[0])
+            for name, item in items:
                 if isinstance(item, str):
                     self._add_whiteout(node, e.path + (name,), item)
                 else:
                     self._add_child(node, e.path, item)
         else:
-            for c in listing.children:
-                self._add_child(node, e.path, c)
-        if len(names) > CHUNK:
-            self._add_more(node, e.path, names[CHUNK:])
+            # no label per row: render_label draws each row from its entry when it is on screen
+            rows = [(_NO_LABEL, Entry(e.path + (name,), "merged"), False) for name in listing.names]
+            for child in self._add_many(node, rows):
+                assert child.data is not None
+                self.by_path[child.data.path] = child
         if hidden and not e.path:
-            for k in range(self.oapp.engine.nlower + 1, len(self.oapp.engine.klayers)):
+            for k in range(self.engine.nlower + 1, len(self.engine.klayers)):
                 lab = Text()
                 lab.append_text(self.palette.chip(k))
                 lab.append(" data-only layer contents (not in the merged view)", "italic dim")
-                layer = self.oapp.engine.klayers[k]
+                layer = self.engine.klayers[k]
                 root = layer.node(()) if layer is not None else None
                 node.add(lab, Entry((), "datalayer", layer=k, node=root))
         e.loaded = True
+
+    def _add_many(self, parent: TreeNode[Entry], rows: list[tuple[Text, Entry, bool]]) -> list[TreeNode[Entry]]:
+        """Add ``(label, entry, allow_expand)`` rows under ``parent`` at once.
+
+        ``TreeNode.add`` invalidates the whole tree for each node (20,000 entries: 1.1 s); this
+        adds them in one go through the same internals and invalidates once (0.4 s).  Should
+        a Textual release rename those internals, it falls back to ``add``.
+        """
+        out: list[TreeNode[Entry]] = []
+        try:
+            make = self._add_node
+            kids = parent._children
+        except AttributeError:  # pragma: no cover - another Textual
+            for label, entry, expandable in rows:
+                out.append(parent.add(label, entry, allow_expand=expandable))
+            return out
+        # tens of thousands of new objects: the collector would walk the whole heap (the
+        # engine's caches) several times over; nothing here makes a cycle
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for label, entry, expandable in rows:
+                n = make(parent, label, entry)
+                n._allow_expand = expandable
+                kids.append(n)
+                out.append(n)
+        finally:
+            if collecting:
+                gc.enable()
+        parent._updates += 1
+        self._invalidate()
+        return out
+
+    def process_label(self, label) -> Text:
+        # labels made here are single-line Text already (names are escaped): skip the split
+        if isinstance(label, Text) and "\n" not in label.plain:
+            return label
+        return super().process_label(label)
+
+    def resolved(self, node: TreeNode[Entry]) -> Resolution | None:
+        """The resolution of a merged row, computed the first time it is needed (drawn,
+        selected, expanded): a large directory costs a lookup only for the rows seen."""
+        e = node.data
+        if e is None or e.kind != "merged":
+            return e.res if e is not None else None
+        if e.res is None:
+            e.res = self.engine.resolve(e.path)
+            if e.res.is_dir and not node._allow_expand:
+                node._allow_expand = True
+                node._updates += 1
+        return e.res
 
     def _add_child(self, parent: TreeNode[Entry], path: Path, c: Child) -> TreeNode[Entry]:
         entry = Entry(path + (c.name,), "merged", res=c.res, hidden_copies=c.hidden_copies)
@@ -231,63 +291,31 @@ class MergedTree(Tree[Entry]):
             d = child.data
             if d is not None and d.kind == "asked" and d.path == first:
                 return child
-        res = self.oapp.engine.resolve(path)
+        res = self.engine.resolve(path)
         entry = Entry(first, "asked", res=res, rest=list(path[len(first):]), loaded=True)
         if not parent.is_expanded:
             parent.expand()
         return parent.add_leaf(esc(first[-1]), entry)
 
-    def _add_more(self, parent: TreeNode[Entry], path: Path, rest: list[bytes]) -> None:
-        parent.add_leaf(Text(""), Entry(path, "more", rest=rest))
-
-    def _add_layer_entry(self, parent: TreeNode[Entry], k: int, p: Path, n: Node) -> None:
-        entry = Entry(p, "layerpath", layer=k, node=n)
-        if n.is_dir:
-            parent.add(esc(p[-1]), entry)
-        else:
-            entry.loaded = True
-            parent.add_leaf(esc(p[-1]), entry)
-
-    async def load_more(self, node: TreeNode[Entry]) -> None:
-        """Replace a "more" entry by the next chunk of its directory."""
-        e = node.data
-        if e is None or e.kind != "more" or node.parent is None:
-            return
-        parent = node.parent
-        rest = e.rest
-        e.rest = []
-        e.kind = "loading"
-        e.text = None
-        node.refresh()
-        lister = self.lister
-        children = await asyncio.to_thread(lister.resolve_children, e.path, rest[:CHUNK], self.show_hidden)
-        if lister is not self.lister:
-            return
-        first: TreeNode[Entry] | None = None
-        for c in children:
-            n = self._add_child(parent, e.path, c)
-            first = first or n
-        node.remove()
-        if len(rest) > CHUNK:
-            self._add_more(parent, e.path, rest[CHUNK:])
-        if first is not None:
-            self.build_lines()
-            self.move_cursor(first)
+    def scroll_to_line(self, line: int, animate: bool = True) -> None:
+        # no animation: a jump (End, a problem 19,000 rows down) lands at once, and the rows it
+        # would scroll past are never drawn, so never resolved
+        super().scroll_to_line(line, animate=False)
 
     def on_tree_node_expanded(self, event: Tree.NodeExpanded[Entry]) -> None:
         if event.node.tree is self:
             self.start_load(event.node)
 
-    def on_tree_node_selected(self, event: Tree.NodeSelected[Entry]) -> None:
-        e = event.node.data
-        if e is not None and e.kind == "more":
-            self.run_worker(self.load_more(event.node), group="tree-load", exit_on_error=False)
+    def on_key(self, event) -> None:
+        # a key for the tree: a jump still loading must not move the cursor afterwards
+        self.user_keys += 1
 
     # ------------------------------------------------------------------ keys
     def action_expand_node(self) -> None:
         node = self.cursor_node
         if node is None:
             return
+        self.resolved(node)
         if node.allow_expand and not node.is_expanded:
             node.expand()
         elif node.children:
@@ -310,49 +338,51 @@ class MergedTree(Tree[Entry]):
     async def reveal(self, path: Path) -> TreeNode[Entry] | None:
         """Expand the tree down to ``path`` (loading as needed) and put the cursor on it.
 
-        Returns the node, or the deepest ancestor found when the name is not listed.
+        Returns the node, or the deepest ancestor found when the name is not listed.  When the
+        user presses a key on the tree while a directory on the way is being listed, the jump
+        is abandoned (``reveal_abandoned``; None returned): the cursor never moves on its own
+        after a key.
         """
+        keys = self.user_keys
+        self.reveal_abandoned = False
+
+        def stale() -> bool:
+            if self.user_keys != keys:
+                self.reveal_abandoned = True
+            return self.reveal_abandoned
+
         node = self.root
         await self.ensure_loaded(node)
+        if stale():
+            return None
         for i in range(1, len(path) + 1):
             want = path[:i]
-            found = None
-            while found is None:
-                more = None
-                for child in node.children:
-                    d = child.data
-                    if d is None:
-                        continue
-                    if d.path == want and d.kind in ("merged", "whiteout"):
-                        found = child
-                        break
-                    if d.kind == "more":
-                        more = child
-                if found is None and more is not None and more.data is not None and want[-1] in more.data.rest:
-                    await self.load_more(more)
-                    continue
-                break
+            found = self.by_path.get(want)
+            if found is None or found.parent is not node:
+                found = next((c for c in node.children if c.data is not None and c.data.path == want
+                              and c.data.kind in ("merged", "whiteout")), None)
             if found is None:
                 break
             node = found
             if i < len(path):
+                res = self.resolved(node)
+                if res is not None and not res.is_dir:
+                    break
                 if not node.is_expanded:
                     node.expand()
                 await self.ensure_loaded(node)
+                if stale():
+                    return None
+        self.resolved(node)
         self.build_lines()
         self.move_cursor(node)
         return node
 
     def find_loaded(self, path: Path) -> TreeNode[Entry] | None:
-        node = self.root
-        for i in range(1, len(path) + 1):
-            for child in node.children:
-                if child.data is not None and child.data.path == path[:i] and child.data.kind == "merged":
-                    node = child
-                    break
-            else:
-                return None
-        return node
+        if not path:
+            return self.root
+        node = self.by_path.get(path)
+        return node if node is not None and node.data is not None and node.data.kind == "merged" else None
 
     def expanded_paths(self) -> list[Path]:
         out: list[Path] = []
@@ -369,33 +399,50 @@ class MergedTree(Tree[Entry]):
     # ------------------------------------------------------------------ labels
     def repaint_paths(self, paths: set[Path]) -> None:
         """Recompute the labels of these paths, where the tree shows them."""
+        changed = False
         for p in paths:
             node = self.by_path.get(p) if p else self.root
             if node is not None and node.data is not None:
                 node.data.text = None
-                node.refresh()
+                changed = True
+        if changed:
+            # a label that grows or shrinks changes the tree's width (its horizontal scrollbar)
+            self._invalidate()
 
     def repaint_labels(self) -> None:
         """Labels depend on scan results and what-if state: recompute the visible ones."""
         self.gen += 1
-        self.root.refresh()
-        self.refresh()
+        self._invalidate()
+
+    def _label_text(self, node: TreeNode[Entry], e: Entry) -> Text:
+        """The entry's label, computed once per change (no resolving: formatting only)."""
+        if e.text is None or e.text_gen != self.gen:
+            e.text = self.entry_text(node, e)
+            e.text_gen = self.gen
+        return e.text
 
     def get_label_width(self, node: TreeNode[Entry]) -> int:
-        # Called for every line when the tree is rebuilt: must not resolve anything.
+        # Called for every line when the tree is rebuilt.  The width must be the label's real
+        # width whether or not the line has been painted yet: an estimate made the tree's
+        # horizontal scrollbar depend on paint timing (the flaky snapshots).
         e = node.data
-        if e is not None and e.text is not None:
-            return e.text.cell_len + 2
-        return node.label.cell_len + 12
+        if e is None:
+            return super().get_label_width(node)
+        if e.kind == "merged" and e.path:
+            # A merged row is resolved only when drawn (a directory may hold 100,000 names), so
+            # its real label is not known before: the width comes from the name alone, the
+            # same whether or not the row was painted (an estimate that changed once painted
+            # made the layout depend on paint timing: the flaky snapshots).
+            return len(e.path[-1]) + 14
+        return self._label_text(node, e).cell_len + 2  # + the "▶ " prefix
 
     def render_label(self, node: TreeNode[Entry], base_style: Style, style: Style) -> Text:
         e = node.data
         if e is None:
             return super().render_label(node, base_style, style)
-        if e.text is None or e.text_gen != self.gen:
-            e.text = self.entry_text(node, e)
-            e.text_gen = self.gen
-        label = e.text.copy()
+        if e.kind == "merged" and e.res is None:
+            self.resolved(node)  # drawn for the first time: resolve it now (see the docstring)
+        label = self._label_text(node, e).copy()
         label.stylize(style)
         if node.allow_expand and (node.children or not e.loaded):
             prefix = ("▼ " if node.is_expanded else "▶ ", base_style + Style(bold=True))
@@ -406,9 +453,6 @@ class MergedTree(Tree[Entry]):
     def entry_text(self, node: TreeNode[Entry], e: Entry) -> Text:
         pal = self.palette
         t = Text()
-        if e.kind == "more":
-            t.append(f"… {len(e.rest)} more entries (enter to load {min(len(e.rest), CHUNK)})", "italic #87afd7")
-            return t
         if e.kind == "loading":
             return Text("loading…", style="dim italic")
         if e.kind == "message":
@@ -451,10 +495,11 @@ class MergedTree(Tree[Entry]):
             name_style += Style(color="#ff5f5f")
         elif res.metadata is not None:
             name_style += pal.style(res.metadata.layer)
-        t.append_text(esc(e.path[-1] if e.path else b"/", name_style))
-        if res.is_dir:
+        t.append_text(esc(e.path[-1], name_style) if e.path else Text("/", name_style))
+        if res.is_dir and e.path:
             t.append("/", name_style)
-        # one dot per layer that holds it, in the layers' colours
+        # one dot per layer the merged entry is made of (a directory's merged copies; a file's
+        # metadata and data), in the layers' colours
         dots = []
         if res.errno is None:
             if res.upper is not None:
@@ -462,7 +507,12 @@ class MergedTree(Tree[Entry]):
             dots += [r.layer for r in res.lowers]
             if res.data is not None and res.data.layer not in dots:
                 dots.append(res.data.layer)
-        if dots:
+        if len(dots) > MAX_DOTS:
+            # a directory merged from 25 layers: the top one's dot and the count
+            t.append(" ")
+            t.append("●", pal.style(dots[0]))
+            t.append(f"×{len(dots)}", "dim")
+        elif dots:
             t.append(" ")
             for k in dots:
                 t.append("●", pal.style(k))

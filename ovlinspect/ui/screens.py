@@ -14,6 +14,7 @@ from ..kernel.entry import Resolution
 
 from ..rules.engine import Engine
 from ..model.layers import Path
+from ..report.view import layer_view
 from .palette import LayerPalette
 from .render import hex_preview, looks_textual, path_text, size_text, text_preview
 from .session import choice_values, current_choices
@@ -49,7 +50,7 @@ KEYS = [
 ]
 
 LEGEND = [
-    ("●", "a layer that holds the entry (in that layer's colour); a name is coloured by the layer giving its metadata"),
+    ("●", "a layer the merged entry is made of, in its colour (a directory's merged copies; a file's metadata and data layers; ●×N: N layers); a name is coloured by the layer giving its metadata"),
     ("⇒/path", "redirect (the path the lookup continues with)"),
     ("metacopy", "metadata only: the data comes from a lower layer"),
     ("opaque", "directory hides the layers below"),
@@ -149,7 +150,7 @@ class PreviewScreen(ModalScreen[None]):
     def _sources(self) -> list[tuple[int, Path, str, bytes, int]]:
         """(layer, path, role, first bytes, size) of each regular file of the lookup."""
         out = []
-        for k, p, node, role in self.engine.layer_view(self.res):
+        for k, p, node, role in layer_view(self.engine, self.res):
             if node is None or not node.is_reg or role == "whiteout":
                 continue
             layer = self.engine.klayers[k]

@@ -11,6 +11,7 @@ and are shared.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -20,6 +21,7 @@ from ..rules.engine import Engine
 from ..kernel.profile import FLEET, parse_version, profile_for
 from ..model.layers import Layer, Node, Path
 from ..kernel.params import split_options
+from ..report.view import Role, layer_view
 
 #: Children resolved per directory chunk: a larger directory shows a "more" entry.
 CHUNK = 500
@@ -91,6 +93,24 @@ def whatif_options(base: str, choices: dict[str, str]) -> str:
     return ",".join(k if v is None else f"{k}={v}" for k, v in pairs)
 
 
+#: Seconds between progress messages from a worker (each one costs the UI a repaint).
+BATCH_SECONDS = 0.25
+
+
+class Pacer:
+    """Tells a worker when to post what it has gathered: at most every ``BATCH_SECONDS``."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < BATCH_SECONDS:
+            return False
+        self.last = now
+        return True
+
+
 # ------------------------------------------------------------------------------ listing
 
 
@@ -146,8 +166,8 @@ class Lister:
         res = e.resolve(path + (name,))
         copies: list[tuple[int, Path, Node]] = []
         if with_hidden:
-            for k, p, node, role in e.layer_view(res):
-                if role == "hidden" and node is not None:
+            for k, p, node, role in layer_view(e, res):
+                if role is Role.HIDDEN and node is not None:
                     copies.append((k, p, node))
         return Child(name, res, copies)
 

@@ -66,7 +66,10 @@ def metacopy_text(mc: Metacopy) -> Text:
     if mc.digest:
         want = DIGEST_SIZES.get(mc.algo)
         t.append("\ndigest ", "dim")
-        t.append(mc.digest.hex(), DIGEST_STYLE if want is None or want == len(mc.digest) else "red")
+        # in groups of 8 hex digits: a narrow column wraps between groups, not mid-digest-word
+        h = mc.digest.hex()
+        t.append(" ".join(h[i:i + 8] for i in range(0, len(h), 8)),
+                 DIGEST_STYLE if want is None or want == len(mc.digest) else "red")
     return t
 
 

@@ -41,7 +41,7 @@ def test_metacopy_header_decoding():
     value = bytes([0, 36, 0, 1]) + digest
     t = decode_metacopy(value).plain
     assert "v0" in t and "len 36" in t and "flags 0x00" in t and "sha256" in t
-    assert digest.hex() in t
+    assert digest.hex() in t.replace(" ", "")  # in groups of 8: wraps between groups
     assert "empty" in decode_metacopy(b"").plain
     assert "too small" in decode_metacopy(b"\0\0").plain
     bad = decode_metacopy(bytes([1, 40, 0, 1]) + digest).plain

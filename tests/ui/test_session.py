@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from ui_helpers import settle, tree_lines
+from ui_helpers import settle
 
 from ovlinspect.rules.engine import Engine
 from ovlinspect.model.layers import DiskLayer, MemoryLayer, Node
@@ -105,24 +105,6 @@ def test_lister_chunks_big_directories():
     lister = Lister(Engine(_big_stack(CHUNK + 20), kernel=KERNEL))
     listing = lister.list_dir((b"big",))
     assert len(listing.names) == CHUNK + 20 and len(listing.children) == CHUNK
-
-
-async def test_big_directory_shows_a_more_entry_and_reveal_loads_it():
-    app = OvlInspectApp(Engine(_big_stack(2 * CHUNK + 10), kernel=KERNEL), auto_jump=False)
-    async with app.run_test(size=(120, 36)) as pilot:
-        await settle(pilot)
-        app.goto_path((b"big",))
-        await settle(pilot)
-        await pilot.press("right")
-        await settle(pilot)
-        big = app.tree.find_loaded((b"big",))
-        assert len(big.children) == CHUNK + 1
-        assert "more entries" in tree_lines(app)[-2]
-        want = (b"big", b"f%05d" % (2 * CHUNK + 5))
-        app.goto_path(want)
-        await settle(pilot)
-        assert app.tree.cursor_node.data.path == want
-        assert len(big.children) == 2 * CHUNK + 10
 
 
 async def test_disk_layers_in_worker_threads(tmp_path):

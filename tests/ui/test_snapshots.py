@@ -73,8 +73,21 @@ class TestStates:
         assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=_keys("M"))
 
     def test_whatif_refused(self, snap_compare):
-        """R: redirect_dir=nofollow conflicts with metacopy=on; the kernel refuses the mount."""
-        assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=_keys("R"))
+        """redirect_dir=nofollow (palette or w) conflicts with metacopy=on: the kernel refuses."""
+        async def run_before(pilot) -> None:
+            await settle(pilot)
+            pilot.app.set_whatif_option("redirect_dir", "nofollow")
+            await settle(pilot)
+
+        assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=run_before)
+
+    def test_light_theme(self, snap_compare):
+        """The light theme: every label readable (theme colours, none picked for dark only)."""
+        async def run_before(pilot) -> None:
+            pilot.app.theme = "textual-light"
+            await settle(pilot)
+
+        assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=run_before)
 
     def test_whatif_kernel(self, snap_compare):
         """M then K to 6.12: without metacopy=on, 6.12 refuses the data-only layer at mount."""
@@ -93,3 +106,26 @@ class TestStates:
         """Markup and escape sequences in names, labels and xattrs are shown literally."""
         app = OvlInspectApp(engine(hostile_stack()), auto_jump=False)
         assert snap_compare(app, terminal_size=SIZE, run_before=_goto((b"red",)))
+
+
+class TestManyLayers:
+    """7 and 25 layers at 80x24 and 200x50, on the shadowed file: the header names every layer,
+    layers that play no part are stubs, the intercepting one is in view, open says WRONG bytes."""
+
+    @staticmethod
+    def _app(n: int) -> OvlInspectApp:
+        from ui_stacks import many_layers_stack
+
+        return OvlInspectApp(engine(many_layers_stack(n)), auto_jump=False)
+
+    def test_7_layers_80x24(self, snap_compare):
+        assert snap_compare(self._app(7), terminal_size=(80, 24), run_before=_goto((b"usr", b"bin", b"tool")))
+
+    def test_7_layers_200x50(self, snap_compare):
+        assert snap_compare(self._app(7), terminal_size=(200, 50), run_before=_goto((b"usr", b"bin", b"tool")))
+
+    def test_25_layers_80x24(self, snap_compare):
+        assert snap_compare(self._app(25), terminal_size=(80, 24), run_before=_goto((b"usr", b"lib", b"libx.so")))
+
+    def test_25_layers_200x50(self, snap_compare):
+        assert snap_compare(self._app(25), terminal_size=(200, 50), run_before=_goto((b"usr", b"bin", b"tool")))

@@ -70,3 +70,27 @@ def hostile_stack() -> Stack:
 
 def engine(stack: Stack) -> Engine:
     return Engine(stack, kernel=KERNEL)
+
+
+def many_layers_stack(n: int) -> Stack:
+    """``n`` layers, composefs style: ``meta`` on top with two metacopy files redirected into
+    the data-only ``objects``; ``base3`` holds ``/ab`` as a plain directory with ``cdef`` in it,
+    so ``/usr/bin/tool`` is shadowed (wrong bytes) and ``/usr/lib/libx.so`` ends in EIO (the
+    walk through the plain directory cancels the data-only lookup); every layer holds /usr/bin."""
+    digest = bytes(range(32))
+    mc = T + b"metacopy"
+    meta = _layer("meta", [
+        ("/usr/bin/tool", Node("file", 0o755, 9, xattrs=((mc, bytes([0, 36, 0, 1]) + digest),
+                                                         (T + b"redirect", b"/ab/cdef")))),
+        ("/usr/lib/libx.so", Node("file", 0o644, 7, xattrs=((mc, b""), (T + b"redirect", b"/ab/zz99")))),
+    ])
+    lowers = [meta]
+    for i in range(1, n - 1):
+        entries = [(f"/usr/bin/b{i}", f(b"b\n"), b"b\n")]
+        if i == 3:
+            entries.append(("/ab/cdef", f(b"intruder\n"), b"intruder\n"))
+        lowers.append(_layer(f"base{i}", entries))
+    objects = _layer("objects", [("/ab/cdef", f(b"the tool\n"), b"the tool\n"),
+                                 ("/ab/zz99", f(b"libx.so"), b"libx.so")])
+    return Stack(lowers=lowers, data=[objects], options="metacopy=on,redirect_dir=on",
+                 source=f"test:{n}-layers", params=PARAMS)
