@@ -648,7 +648,9 @@ class DiskLayer(Layer):
                 except FileNotFoundError:
                     continue
                 xattrs = _overlay_xattrs(dirfd, name, label, join_path(path + (name,))) if want_x else ()
-                if kind is not None and lean and not xattrs:
+                # (a regular file's size is kept as the scan saw it: an export compares it
+                # with what it reads later, to flag a file that changed meanwhile)
+                if kind is not None and kind != "file" and lean and not xattrs:
                     result[name] = _LazyNode._make(kind, self, path, name)
                     continue
                 try:
