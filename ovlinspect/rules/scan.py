@@ -31,7 +31,6 @@ Each fast path stops at the first condition it cannot prove; the conditions foll
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Iterator
 
 from ..kernel.entry import NAME_MAX, Ref, Resolution
@@ -176,7 +175,7 @@ def _check_findings(engine: Engine, progress, cancel) -> Iterator[tuple[Resoluti
             break
         dirres = stack.pop()
         listed = e.entries(dirres)
-        unlisted = dirres._unlisted_failures or []
+        unlisted = dirres.unlisted_failures or []
         # this directory's copies, top first: the layers the lookup of a child consults
         refs = ([Ref(0, dirres.upper)] if dirres.upper is not None else []) + list(dirres.lowers)
         scans = [(ref, e.layer(ref.layer).scan(ref.path)) for ref in refs]
@@ -188,11 +187,11 @@ def _check_findings(engine: Engine, progress, cancel) -> Iterator[tuple[Resoluti
                 continue
             # the lookup of one name in its parent, as Engine.walk does it (resolve() would
             # walk down from the root: quadratic in the depth, cubic over a deep tree)
-            child = e._lookup(dirres, name)
+            child = e.lookup_child(dirres, name)
             for f in child.findings:
                 yield child, f
             if child.errno == "ENOENT" and (listed_set is None or name in listed_set):
-                phantom = e._phantom(dirres, name, child)
+                phantom = e.phantom(dirres, name, child)
                 child.findings.append(phantom)
                 yield child, phantom
             inodes.add(child)
@@ -200,7 +199,7 @@ def _check_findings(engine: Engine, progress, cancel) -> Iterator[tuple[Resoluti
             if child.is_dir:
                 stack.append(child)
         dirres._entries = None
-        dirres._unlisted_failures = None
+        dirres.unlisted_failures = None
         if progress is not None:
             progress(count)
     for f in inodes.findings():
