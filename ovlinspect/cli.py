@@ -29,7 +29,7 @@ from .report import text as txt
 from .report.causes import check_causes
 from .report.document import document
 from .rules.engine import Engine
-from .sources.containers import merged_root
+from .sources.containers import ENGINES, merged_root
 from .sources.inspect_json import (MAX_INSPECT, InspectError, layer_labels, load_inspect,
                                    merged_mount)
 from .sources.mountinfo import NotOverlayError, covering_mounts, locate
@@ -172,6 +172,11 @@ def _did_you_mean(word: str, commands: bool) -> str:
     """``; did you mean demo:seed?`` for a mistyped demo name (or, with ``commands``, a
     mistyped command: ``chek`` -> ``ovlinspect check``), else ''."""
 
+    prefix, sep, name = word.partition(":")
+    if sep and name and prefix != "demo" and prefix not in ENGINES:  # dokcer:web, Docker:web
+        near = difflib.get_close_matches(prefix.lower(), list(ENGINES), n=1, cutoff=0.6)
+        if near:
+            return f"; did you mean {near[0]}:{name}?"
     bare = word[len("demo:"):] if word.startswith("demo:") else word
     cands = {n: f"demo:{n}" for n in demo_names()}
     if commands and not word.startswith("demo:"):

@@ -262,6 +262,8 @@ def test_version(capsys):
     (["demo", "one-cuase"], "did you mean demo:one-cause?"),
     (["check", "--jsn", "demo:seed"], "did you mean --json?"),
     (["check", "--colour=never", "demo:seed"], "did you mean --color?"),
+    (["check", "dokcer:web"], "did you mean docker:web?"),
+    (["explain", "Podman:web", "/etc"], "did you mean podman:web?"),
 ])
 def test_did_you_mean(capsys, argv, suggestion):
     rc, out, err = run(capsys, *argv)
@@ -270,7 +272,7 @@ def test_did_you_mean(capsys, argv, suggestion):
 
 
 def test_no_suggestion_for_a_real_path_or_a_far_word(capsys):
-    for argv in (["check", "/no/such/dir"], ["check", "zzzzzzzz"]):
+    for argv in (["check", "/no/such/dir"], ["check", "zzzzzzzz"], ["check", "foo:bar"]):
         rc, _, err = run(capsys, *argv)
         assert rc == 2 and "did you mean" not in err, err
 
