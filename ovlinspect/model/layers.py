@@ -688,6 +688,21 @@ class DiskLayer(Layer):
         finally:
             os.close(fd)
 
+    def lstat(self, path: Path) -> os.stat_result | None:
+        """``lstat`` of an entry (the root itself for ``()``), through the layer's own directory
+        descriptors; None when it is gone.  For inode numbers and devices, which nodes do not
+        keep."""
+        with self._lock:
+            if not path:
+                return os.fstat(self._root)
+            fd = self._dirfd(path[:-1])
+            if fd is None:
+                return None
+            try:
+                return os.stat(path[-1], dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                return None
+
     def reopen(self) -> "DiskLayer":
         if not self.path:
             return self  # nothing to open again by name
