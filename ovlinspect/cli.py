@@ -29,7 +29,7 @@ from .report import text as txt
 from .report.causes import check_causes
 from .report.document import document
 from .rules.engine import Engine
-from .sources.containers import merged_root
+from .sources.containers import ENGINES, merged_root
 from .sources.inspect_json import (MAX_INSPECT, InspectError, layer_labels, load_inspect,
                                    merged_mount)
 from .sources.mountinfo import NotOverlayError, covering_mounts, locate
@@ -172,6 +172,11 @@ def _did_you_mean(word: str, commands: bool) -> str:
     """``; did you mean demo:seed?`` for a mistyped demo name (or, with ``commands``, a
     mistyped command: ``chek`` -> ``ovlinspect check``), else ''."""
 
+    prefix, sep, name = word.partition(":")
+    if sep and name and prefix != "demo" and prefix not in ENGINES:  # dokcer:web, Docker:web
+        near = difflib.get_close_matches(prefix.lower(), list(ENGINES), n=1, cutoff=0.6)
+        if near:
+            return f"; did you mean {near[0]}:{name}?"
     bare = word[len("demo:"):] if word.startswith("demo:") else word
     cands = {n: f"demo:{n}" for n in demo_names()}
     if commands and not word.startswith("demo:"):
@@ -409,7 +414,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         doc = document(engine, results)
         _json_notes(doc, stack)
         for pj, cover in zip(doc["paths"], covered):
-            pj["covered_by"] = cover
+            pj["covered_by"] = {k: v for k, v in cover.items() if k != "shown"} if cover else None
         if observed is not None:
             for pj, (ob, pc, mismatches) in zip(doc["paths"], observed):
                 pj["data_content"] = pc.as_json() if pc is not None else None
@@ -425,7 +430,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
             c = covered[i]
             extra.append(txt.line("  ", ("bad", "COVERED"),
                                   f"   {show(os.fsencode(c['mountpoint']))} is a {show(c['fstype'].encode())} "
-                                  f"mount ({show(os.fsencode(c['source']))}) on top of the overlay: a program "
+                                  f"mount ({show(os.fsencode(c['shown']))}) on top of the overlay: a program "
                                   "there sees that filesystem, not the overlay's entry explained here", hang=12))
         if observed is not None:
 
@@ -473,8 +478,12 @@ def _covered_by(stack: Stack, mounts: list, path: tuple[bytes, ...]) -> dict | N
                 best = m  # the outermost one decides what is seen there
     if best is None:
         return None
+    root = best.root if best.root not in ("", "/") else ""
+    # "source" as the JSON contract has it (device and root joined); "shown" as findmnt
+    # writes a bind mount's source, /dev/vda[/srv/vol], so the root is not read as a path
+    # on the device's own name (dropped from the JSON)
     return {"mountpoint": best.mountpoint[len(base):] or "/", "fstype": best.fstype,
-            "source": best.source + (best.root if best.root not in ("", "/") else "")}
+            "source": best.source + root, "shown": best.source + (f"[{root}]" if root else "")}
 
 
 #: the most ``--paths-from`` reads: far more paths than anyone asks about at once, and a

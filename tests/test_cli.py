@@ -262,6 +262,8 @@ def test_version(capsys):
     (["demo", "one-cuase"], "did you mean demo:one-cause?"),
     (["check", "--jsn", "demo:seed"], "did you mean --json?"),
     (["check", "--colour=never", "demo:seed"], "did you mean --color?"),
+    (["check", "dokcer:web"], "did you mean docker:web?"),
+    (["explain", "Podman:web", "/etc"], "did you mean podman:web?"),
 ])
 def test_did_you_mean(capsys, argv, suggestion):
     rc, out, err = run(capsys, *argv)
@@ -270,7 +272,7 @@ def test_did_you_mean(capsys, argv, suggestion):
 
 
 def test_no_suggestion_for_a_real_path_or_a_far_word(capsys):
-    for argv in (["check", "/no/such/dir"], ["check", "zzzzzzzz"]):
+    for argv in (["check", "/no/such/dir"], ["check", "zzzzzzzz"], ["check", "foo:bar"]):
         rc, _, err = run(capsys, *argv)
         assert rc == 2 and "did you mean" not in err, err
 
@@ -334,3 +336,29 @@ def test_numbers_for_people():
 def test_the_view_takes_no_color_flag(capsys):
     rc, out, err = run(capsys, "--color=never", "demo:seed")
     assert rc == 2 and err.count("\n") == 1 and "no --color" in err
+
+
+@pytest.mark.parametrize("kernel,log,why", [
+    # the log lines are the kernels' own (checked inside 6.1 and 6.12 by test_other_kernels);
+    # the second line says what a user cannot tell from them
+    ("6.1", "overlayfs: empty lowerdir", "data-only layers (lowerdir=A::B) came with 6.5"),
+    ("6.12", "overlayfs: lower data-only dirs require metacopy support.",
+     "before 6.16 a stack with data-only layers (lowerdir=A::B) mounts only with metacopy=on"),
+])
+def test_a_refused_mount_on_an_older_kernel_says_why(capsys, kernel, log, why):
+    rc, out, err = run(capsys, "explain", "demo:seed", "/foo", "-o", "metacopy=off", "--kernel", kernel)
+    assert rc == 0 and err == ""
+    lines = out.splitlines()
+    i = next(i for i, l in enumerate(lines) if l.startswith("mount  fails: EINVAL: "))
+    assert lines[i] == f"mount  fails: EINVAL: {log}"
+    assert lines[i + 1].startswith(f"       {why}")
+    rc, out, _ = run(capsys, "check", "--json", "demo:seed", "-o", "metacopy=off", "--kernel", kernel)
+    refused = [f for f in json.loads(out)["findings"] if f["rule"] == "mount-refused"]
+    assert len(refused) == 1 and why in refused[0]["message"] and log in refused[0]["message"]
+
+
+def test_a_mount_refused_for_another_reason_adds_no_why(capsys):
+    rc, out, _ = run(capsys, "explain", "demo:seed", "/foo", "-o", "userxattr,metacopy=on")
+    lines = out.splitlines()
+    i = next(i for i, l in enumerate(lines) if l.startswith("mount  fails: "))
+    assert lines[i + 1:] in ([], [""]) or lines[i + 1] == "", lines  # the kernel's line says it all

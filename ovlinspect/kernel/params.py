@@ -432,6 +432,9 @@ class Options:
     mount_errno: str | None = None
     mount_log: tuple[str, ...] = ()
     given: tuple[tuple[str, str | None], ...] = ()
+    #: the refusal in plain words where the kernel's line does not say it (``empty lowerdir``
+    #: for a ``::`` that a kernel before 6.5 does not know), else ""
+    mount_why: str = ""
 
     @property
     def redirect_follow(self) -> bool:
@@ -621,7 +624,7 @@ def effective_options(
     fsync = str(state["fsync"])
     userxattr = bool(state["userxattr"])
 
-    def result(errno: str | None = None) -> Options:
+    def result(errno: str | None = None, why: str = "") -> Options:
         return Options(
             metacopy=metacopy,
             redirect_dir=redirect,
@@ -638,15 +641,16 @@ def effective_options(
             mount_errno=errno,
             mount_log=tuple(log),
             given=tuple(pairs),
+            mount_why=why,
         )
 
     def shown_redirect() -> str:
         """The redirect mode as the kernel names it in a message: before 6.5, as typed."""
         return redirect if profile.redirect_mode_effective else str(state.get("typed_redirect", redirect))
 
-    def fail(errno: str, message: str) -> Options:
+    def fail(errno: str, message: str, why: str = "") -> Options:
         log.append(_OVL + message)
-        return result(errno)
+        return result(errno, why)
 
     if newer is not None:  # the kernel's parser refuses the mount
         log.append(str(newer.kernel_log))
@@ -738,12 +742,16 @@ def effective_options(
 
     # Before 6.16 data-only layers need metacopy.
     if profile.data_only_needs_metacopy and n_data > 0 and not metacopy:
-        return fail("EINVAL", "lower data-only dirs require metacopy support.")
+        return fail("EINVAL", "lower data-only dirs require metacopy support.",
+                    "before 6.16 a stack with data-only layers (lowerdir=A::B) mounts only with "
+                    "metacopy=on")
 
     # --- checks made while setting up the superblock ---
     if n_data > 0 and not profile.data_only_layers:
         # before 6.5 "::" is no separator: it leaves an empty layer path between two colons
-        return fail("EINVAL", "empty lowerdir")
+        return fail("EINVAL", "empty lowerdir",
+                    f"data-only layers (lowerdir=A::B) came with 6.5; {profile.name}'s overlayfs "
+                    "reads '::' as an empty layer path between two colons")
     if n_lower + n_data == 0:
         return fail("EINVAL", "missing 'lowerdir'")
     if not has_upper and n_lower + n_data == 1:

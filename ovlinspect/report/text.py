@@ -336,6 +336,8 @@ def explain_text(engine: Engine, stack: Stack, results: Sequence[Resolution],
     if engine.mount_errno:
         out.append(line(("head", "mount"), "  ", ("bad", "fails:"),
                         f" {engine.mount_errno}: " + "; ".join(engine.options.mount_log), hang=7))
+        if engine.options.mount_why:
+            out.append(line("       ", engine.options.mount_why, hang=7))
     for i, res in enumerate(results):
         out.append(line())
         out += describe(engine, res)

@@ -232,7 +232,8 @@ class Engine(Overlay):
                                "whose lookup fails; ovlinspect does not model that"))
         if self.options.mount_errno and state.refusal is None:
             msg = "; ".join(self.options.mount_log) or "the mount is refused"
-            out.append(Finding("mount-refused", b"/", f"mount fails with {self.options.mount_errno}: {msg}"))
+            why = f" ({self.options.mount_why})" if self.options.mount_why else ""
+            out.append(Finding("mount-refused", b"/", f"mount fails with {self.options.mount_errno}: {msg}{why}"))
         else:  # known regressions of this kernel that the stack meets (kernel/bugs.py)
             out.extend(bug_findings(self))
         if self.ndata:

@@ -98,7 +98,7 @@ def _is_erofs(fd: int) -> bool:
     return len(head) == 4 and int.from_bytes(head, "little") == EROFS_MAGIC
 
 
-def _erofs_file(path: str) -> bool:
+def erofs_file(path: str) -> bool:
     """``path`` is a regular file (symlinks followed: it is not inside a layer) holding EROFS."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
@@ -195,7 +195,7 @@ def _loop_candidates() -> list[tuple[str, str, str]]:
         if not info:
             continue
         dev = f"/dev/{name}"
-        if not _erofs_file(dev):
+        if not erofs_file(dev):
             continue
         backing = info.get("backing_file", "")
         extra = ", ".join(f"{k} {info[k]}" for k in ("offset", "sizelimit") if info.get(k, "0") != "0")
@@ -221,7 +221,7 @@ def _store_candidates(datas: list[str], resolve) -> list[tuple[str, str, str]]:
 
         for f in sorted(files, key=mtime, reverse=True):
             real = os.path.realpath(f)
-            if real in seen or len(out) >= MAX_CANDIDATES or not _erofs_file(f):
+            if real in seen or len(out) >= MAX_CANDIDATES or not erofs_file(f):
                 continue
             seen.add(real)
             out.append((f, f[len(root):] if root and f.startswith(root) else f, how))
@@ -449,7 +449,7 @@ def image_layers(entry, root: str = "", images: list[str] | None = None, *, reso
             full = os.path.abspath(img)
             if not os.path.exists(full):
                 raise ImageError(f"--image {_q(img)}: no such file")
-            if not _erofs_file(full):
+            if not erofs_file(full):
                 raise ImageError(f"--image {_q(img)}: not an EROFS image (no EROFS superblock at "
                                  "offset 1024)")
             cands.append((full, full, "with --image"))

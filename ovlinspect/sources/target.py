@@ -9,7 +9,7 @@ from importlib import resources
 from ..kernel.params import ModuleDefaults, OptionError, options_from_shown, split_lowerdir
 from ..model.layers import DiskLayer, Layer, LayerError
 from ..model.stack import Stack
-from .cfsimage import ImageError, image_layers
+from .cfsimage import ImageError, erofs_file, image_layers, open_image
 from .composefs import DumpError, load_dump
 from .mountinfo import (NotOverlayError, layer_path_problem, locate, mount_namespaces,
                         overlay_dirs, parse_mountinfo, read_mountinfo)
@@ -37,6 +37,15 @@ def _disk(path: str, label: str, base: str | None = None, want_verity: bool = Fa
         if base is None:
             raise InputError(f"layer path {p!r} is relative and cannot be resolved; give an absolute path")
         p = os.path.join(base, p)
+    if os.path.isfile(p) and erofs_file(p):  # an EROFS image (mkfs.erofs, mkcomposefs)
+        if os.geteuid() != 0:
+            raise InputError(f"{p} is an EROFS image: reading it needs a mount, and so "
+                             "root; or give its mount directory or its composefs dump instead")
+        try:
+            return open_image(p, p, label, "an EROFS image named as a layer, mounted detached "
+                              "and read-only")
+        except ImageError as e:
+            raise InputError(str(e)) from None
     if os.path.isfile(p):  # a composefs dump file describes a layer
 
         try:

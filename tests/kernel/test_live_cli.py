@@ -280,3 +280,33 @@ def test_a_mount_on_top_of_the_overlay_is_named(tmpfs: str) -> None:
             assert f"COVERED   /{sub} is a tmpfs mount" in out
     finally:
         built.umount_all()
+
+
+def test_a_bind_mounted_file_names_its_source_as_findmnt_does(tmpfs: str) -> None:
+    """A file bind-mounted over a merged path (docker's /etc/hosts): the text names the source
+    as findmnt does, device[root], not the root glued to the device name (/dev/vda/tmp/...,
+    which reads as a path that does not exist); the JSON keeps its documented joined form."""
+    built = build_stack(demo_stack("whiteouts"), os.path.join(tmpfs, "layers"))
+    target = os.path.join(tmpfs, "merged")
+    os.mkdir(target)
+    built.mount(target)
+    try:
+        name = next(os.path.relpath(os.path.join(d, n), target) for d, _, files in sorted(os.walk(target))
+                    for n in sorted(files) if not os.path.islink(os.path.join(d, n)))
+        os.makedirs(os.path.join(tmpfs, "ctr"))
+        src = os.path.join(tmpfs, "ctr", "hosts")
+        with open(src, "w") as f:
+            f.write("bound\n")
+        subprocess.run(["mount", "--bind", src, os.path.join(target, name)], check=True)
+        try:
+            with open(os.path.join(target, name)) as f:  # the kernel: the bound file is seen
+                assert f.read() == "bound\n"
+            rc, out, _ = run_cli(["explain", "--json", target, f"/{name}"])
+            cover = json.loads(out)["paths"][0]["covered_by"]
+            assert cover == {"mountpoint": f"/{name}", "fstype": "tmpfs", "source": "tmpfs/ctr/hosts"}
+            rc, out, _ = run_cli(["explain", target, f"/{name}"])
+            assert f"COVERED   /{name} is a tmpfs mount (tmpfs[/ctr/hosts]) on top" in out, out
+        finally:
+            subprocess.run(["umount", os.path.join(target, name)], check=True)
+    finally:
+        built.umount_all()
