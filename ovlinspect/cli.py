@@ -429,7 +429,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         if covered[i]:
             c = covered[i]
             extra.append(txt.line("  ", ("bad", "COVERED"),
-                                  f"   {show(os.fsencode(c['mountpoint']))} is a {show(c['fstype'].encode())} "
+                                  f"   {show(os.fsencode(c['mountpoint']))} is {'an' if c['fstype'][:1] in 'aeiou' else 'a'} {show(c['fstype'].encode())} "
                                   f"mount ({show(os.fsencode(c['shown']))}) on top of the overlay: a program "
                                   "there sees that filesystem, not the overlay's entry explained here", hang=12))
         if observed is not None:

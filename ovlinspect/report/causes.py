@@ -48,6 +48,15 @@ _AT_ENTRY = {
 }
 
 
+def split_fix(message: str) -> tuple[str, str | None]:
+    """A finding's message without the fix it names itself (``... . Fix: do this``), and that
+    fix (more precise than its rule's): shown once, as the cause's fix."""
+    if ". Fix: " not in message:
+        return message, None
+    what, fix = message.split(". Fix: ", 1)
+    return what + ".", fix
+
+
 @dataclass
 class Cause:
     """One thing to fix, and every merged path it breaks."""
@@ -81,7 +90,7 @@ class Cause:
     def message(self) -> str:
         """What is wrong, one line: the summary, or for a single finding its own message."""
         if len(self.findings) == 1 and not self.fixed:
-            return self.findings[0].message
+            return split_fix(self.findings[0].message)[0]
         return self.summary
 
     def effect_text(self) -> str:
@@ -228,7 +237,9 @@ class CauseIndex:
             if what is not None:  # a layer entry
                 where, layer, lpath = e.where(what), e.json_index(what.layer), b"/" + b"/".join(what.path)
             message = _AT_ENTRY[f.rule].format(where=where) if how == "entry" else f.message
-        return Cause(f.severity, f.rule, where, layer, lpath, message, f.hint,
+        message, own_fix = split_fix(message) if how == "own" else (message, None)
+        fix = own_fix or f.hint
+        return Cause(f.severity, f.rule, where, layer, lpath, message, fix,
                      fixed=how in ("mount", "layer"))
 
     def causes(self) -> list[Cause]:

@@ -236,7 +236,7 @@ class Engine(Overlay):
             out.append(Finding("mount-refused", b"/", f"mount fails with {self.options.mount_errno}: {msg}{why}"))
         else:  # known regressions of this kernel that the stack meets (kernel/bugs.py)
             out.extend(bug_findings(self))
-        if self.ndata:
+        if self.ndata and not self.options.mount_errno:  # hazards of a mount that happens
             tops: dict[bytes, int] = {}
             for li in range(self.nlower + 1, self.nlower + self.ndata + 1):
                 for name, n in self.layer(li).scan(()).items():

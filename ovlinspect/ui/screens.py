@@ -14,6 +14,7 @@ from ..kernel.entry import Resolution
 
 from ..rules.engine import Engine
 from ..model.layers import Path
+from ..report.glossary import TERMS
 from ..report.view import layer_view
 from .palette import LayerPalette
 from .render import hex_preview, looks_textual, path_text, size_text, text_preview
@@ -74,6 +75,8 @@ class HelpScreen(ModalScreen[None]):
             for title, rows in KEYS:
                 yield Static(_table(title, [(Text(k, style="bold"), Text(w)) for k, w in rows]))
             yield Static(_table("Markers in the tree", [(Text(m, style="bold"), Text(w)) for m, w in LEGEND]))
+            yield Static(_table("Terms", [(Text(term, style="bold"), Text(gloss))
+                                          for term, gloss in TERMS.items()]))
             yield Static(Text("Layer columns: one per layer, with its role for the selected path: metadata, "
                               "data, intercepting, whiteout, stack (merged directory), hidden, absent. The "
                               "heavy border is the layer that gives the inode.", style="dim"))

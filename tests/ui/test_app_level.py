@@ -188,3 +188,20 @@ async def test_zoom_on_problems_fills_the_screen():
         await pilot.press("z")
         await settle(pilot)
         assert app.screen.maximized is None
+
+
+async def test_help_explains_every_term_the_view_uses():
+    """Issue 12: every term the view uses has a one-line explanation, shown in the help."""
+    from ovlinspect.report.glossary import TERMS
+
+    app = demo_app("seed")
+    async with app.run_test(size=(160, 200)) as pilot:  # tall: the whole help on one screen
+        await settle(pilot)
+        await pilot.press("question_mark")
+        await settle(pilot)
+        text = " ".join(screen_text(app).split())
+    for term in ("metacopy", "redirect", "absolute redirect", "opaque", "data-only layer",
+                 "non-merged", "whiteout", "xwhiteout"):
+        assert term in TERMS, term
+        gloss = " ".join(TERMS[term].split())
+        assert f"{term} {gloss[:40]}" in text, term
