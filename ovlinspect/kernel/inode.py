@@ -307,6 +307,8 @@ def _inode_info(engine, res) -> InodeInfo | None:
     has_upper_mount = engine.has_upper
     index = served or (upper is not None and lower_st is not None and not is_dir
                        and _indexed(engine, upper))
+    if is_dir and upper is not None and res.lowers and getattr(engine, "_index", None) is not None:
+        index = engine._index.dir_indexed(upper, res.lowers[0])  # noqa: SLF001 - nfs_export
     # ovl_hash_bylower: is the overlay inode keyed by its lower inode (OVL_CONST_INO)?
     bylower = False
     if lower_st is not None:

@@ -282,8 +282,7 @@ class Lookup:
         if self._index is not None:
             log = self._index.check(res, upper_path, stack)
             if log is True:
-                res.data = None  # the index entry: in no layer
-                return
+                return  # served from the index entry (check() set res.data)
             if log:
                 raise LookupFailed("EIO", log, "index=on: the index entry named by this file's "
                                    "origin is a whiteout or of another type (a stale or damaged "
