@@ -271,7 +271,34 @@ def _inode_of(engine, res) -> InodeInfo | None:
     info = _inode_info(engine, res)
     if info is not None and not res.lowers and res.upper is not None and res.kind != "dir":
         info.origin_decodes = getattr(res, "_origin_decodes", None)
+    if info is not None:
+        line = _nlink_log(engine, res)
+        if line:
+            info.log = line if not info.log else info.log + "\n" + line
     return info
+
+
+def _nlink_log(engine, res) -> str | None:
+    """``ovl_get_nlink`` at the inode's first lookup: an upper non-directory whose lower
+    object (its decoded origin, or its lower data) has several links reads its link count
+    from ``overlay.nlink``; a copy-up made without an index (index=off, or a broken hard link)
+    has none, and the kernel warns (rate-limited) and uses the upper's own count."""
+    if res.kind == "dir" or not res.upper:
+        return None
+    if res.lowers:
+        lower_st = _lstat(engine.layer(res.lowers[0].layer), res.lowers[0].path)
+    else:
+        found = _origin(engine, res.upper)
+        lower_st = found[1] if found is not None else None
+    if lower_st is None or lower_st.st_nlink <= 1:
+        return None
+    node = engine.layer(0).node(res.upper)
+    if node is None or node.xattr(engine.prefix + b"nlink") is not None:
+        return None
+    from .origin import lower_pd2
+
+    return (f"overlayfs: failed to get index nlink ({lower_pd2(engine.layer(0).path, res.upper)}, "
+            "err=-61)")
 
 
 def _inode_info(engine, res) -> InodeInfo | None:

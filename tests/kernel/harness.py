@@ -161,6 +161,10 @@ class Case:
     ops_options: str | None = None
     #: hard links made in the built lower layers first: (layer label, existing path, new path)
     links: list[tuple[str, str, str]] = field(default_factory=list)
+    #: after the operations, the world changed the way users change it: "copy-lower" (the
+    #: first lower layer replaced by a ``cp -a`` copy of itself: a restore, a migration; every
+    #: origin handle into it goes stale), "copy-upper" (upper and workdir replaced by a copy)
+    after: str | None = None
 
     def __str__(self) -> str:
         return self.name
@@ -227,6 +231,12 @@ def paths_of_case(case: Case) -> list[str]:
                         add(v)
                     else:
                         add(os.path.dirname(raw) + b"/" + v)
+    for _label, _old, new in case.links:  # hard links made in a lower layer
+        add(os.fsencode(new))
+    for op in case.ops:  # what real operations through a mount touched
+        for a in op[1:]:
+            if isinstance(a, str):
+                add(os.fsencode(a))
     return sorted(seen, key=lambda p: (p.count("/") if p != "/" else 0, p))
 
 
@@ -339,7 +349,27 @@ def apply_ops(built: BuiltStack, case: Case) -> list[str]:
     finally:
         built.umount_all()
     built.op_state = upper_state(built)  # type: ignore[attr-defined]
+    if case.after == "copy-lower" and built.lowers:
+        _replace_by_copy(built.lowers[0])
+    elif case.after == "copy-upper" and built.upper and built.workdir:
+        _replace_by_copy(built.upper, built.workdir)
     return out
+
+
+def _replace_by_copy(*dirs: str) -> None:
+    """Replace directories by ``cp -a`` copies of themselves (xattrs, whiteouts and hard links
+    within one copy kept; new inode numbers and handles), as a restore or a migration does."""
+    import shutil
+    import subprocess
+
+    parent = os.path.dirname(dirs[0])
+    stage = os.path.join(parent, ".copy")
+    os.mkdir(stage)
+    subprocess.run(["cp", "-a", *dirs, stage], check=True)
+    for d in dirs:
+        shutil.rmtree(d)
+        os.rename(os.path.join(stage, os.path.basename(d)), d)
+    os.rmdir(stage)
 
 
 def upper_state(built: BuiltStack) -> dict[str, int]:
@@ -875,12 +905,39 @@ def prediction_disagreements(res: Result) -> list[Disagreement]:
                        workdir=res.built.workdir)
         dis = _alias_order(res, pred, dis)
     if res.log is not None:
-        # every line the engine says the mount logs was logged (other lines may come from
-        # lookups the engine words per path; those are rate-limited by the kernel)
-        for line in pred.get("mount_log") or []:
-            if line not in res.log:
-                dis.append(Disagreement("(mount)", "mount_log", res.log, line))
+        dis += log_disagreements(res, pred)
     return dis
+
+
+#: Lines overlayfs prints with ``pr_warn_ratelimited`` (10 per 5 s per call site): in a run of
+#: many stacks the kernel drops some, so their absence is no disagreement (``ovl_verify_origin_xattr``
+#: "failed to verify upper/origin (...)", ``ovl_verify_index`` "failed to verify index (...)",
+#: ``ovl_lookup_index`` and ``ovl_lookup`` warnings).
+RATELIMITED = ("overlayfs: failed to verify upper (", "overlayfs: failed to verify origin (",
+               "overlayfs: failed to verify index (", "overlayfs: suspected ", "overlayfs: bad index found",
+               "overlayfs: invalid redirect", "overlayfs: metacopy with no lower data found",
+               "overlayfs: failed to get inode", "overlayfs: orphan index entry", "overlayfs: cleanup of")
+
+
+def log_disagreements(res: Result, pred: dict) -> list[Disagreement]:
+    """Every line the engine says the mount logs was logged (a rate-limited one may be
+    dropped), and every overlayfs line the kernel logged while mounting and observing is
+    one the engine predicted (for the mount, a path, or an inode number)."""
+    out = []
+    for line in pred.get("mount_log") or []:
+        if line not in res.log and not line.startswith(RATELIMITED):
+            out.append(Disagreement("(mount)", "mount_log", res.log, line))
+    said = set(pred.get("mount_log") or [])
+    if pred.get("xino") and pred["xino"].get("log"):
+        said.update(pred["xino"]["log"] if isinstance(pred["xino"]["log"], list) else [pred["xino"]["log"]])
+    for p in pred.get("paths", []):
+        for text in (p.get("kernel_log"), (p.get("inode") or {}).get("kernel_log")):
+            if text:
+                said.update(text.split("\n") if isinstance(text, str) else text)
+    for line in res.log:
+        if line.startswith("overlayfs:") and line not in said and "callbacks suppressed" not in line:
+            out.append(Disagreement("(log)", "kernel_log", line, "not predicted"))
+    return out
 
 
 def _alias_order(res: Result, pred: dict, dis: list[Disagreement]) -> list[Disagreement]:

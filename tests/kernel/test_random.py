@@ -427,7 +427,8 @@ def upper_case(draw) -> Case:
             kinds.setdefault(path, "dir" if kind == "mkdir" else "file")
         else:
             ops.append((kind, pick(draw(st.sampled_from(["dir", "file", None])))))
-    case = Case("upper-state", layers, opts, ops=ops, ops_options=ops_opts, links=links)
+    after = draw(st.sampled_from([None] * 6 + ["copy-lower", "copy-upper"]))
+    case = Case("upper-state", layers, opts, ops=ops, ops_options=ops_opts, links=links, after=after)
     if case.ops_options == opts:
         case.ops_options = None
     return case
@@ -445,6 +446,8 @@ def describe_ops(case: Case, res=None) -> str:
         lines.append(f"  {' '.join(oct(a) if isinstance(a, int) else str(a) for a in op)}{r}")
     if got and got[0].startswith("mount "):
         lines.append(f"  (that mount failed: {got[0]})")
+    if case.after:
+        lines.append(f"  then unmounted, and {case.after}: the directories replaced by cp -a copies")
     return "\n".join(lines)
 
 
