@@ -68,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stats", action="store_true", help="also count the kernel's answers (errnos)")
     ap.add_argument("--upper", action="store_true",
                     help="stacks with upper state made by real operations through a mount")
+    ap.add_argument("--unpredicted-log", action="store_true",
+                    help="with --upper: also count overlayfs log lines the engine did not predict "
+                         "(the kernel log is the machine's: run it on a quiet machine)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every disagreeing case")
     args = ap.parse_args(argv)
+    harness.LOG_UNPREDICTED = args.unpredicted_log
     reason = harness.kernel_unavailable_reason()
     if reason:
         print(f"random_matrix: {reason}", file=sys.stderr)
