@@ -461,10 +461,13 @@ class IndexLookup:
             return None
         if not isinstance(st.upper, DiskLayer) or not all(isinstance(l, DiskLayer) for l in st.lowers):
             return None
-        idx = cls(engine)
-        return idx if idx.fd is not None else None
+        # without work/index yet (the mount makes it) there are no entries, but directory
+        # origins are still verified with nfs_export=on
+        return cls(engine)
 
     def _entry(self, fh: bytes) -> tuple[bytes, os.stat_result] | None:
+        if self.fd is None:
+            return None
         name = fh.hex().encode()
         try:
             return name, os.stat(name, dir_fd=self.fd, follow_symlinks=False)

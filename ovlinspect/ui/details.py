@@ -26,7 +26,11 @@ from .palette import LayerPalette
 from .render import esc, esc_str, path_text, size_text
 from .session import redirect_target
 from .xattrs import Decoded, decode
+from ..report.state import layer_state
 from ..report.view import ROLE_HELP as _ROLE_HELP, Role, layer_view
+
+#: the style of a state line (report/state.py) in a layer column
+STATE_STYLE = {"ok": "green", "warning": "#d7af5f", "bad": "bold red", "info": "dim"}
 
 #: how each role is drawn (the roles and their one-line gloss: :mod:`ovlinspect.report.view`)
 ROLE_STYLE: dict[str, str] = {
@@ -267,6 +271,10 @@ class LayerColumns(Horizontal):
                     t.append("⤳ leads nowhere here", "dim")
         if not decoded and role != "absent":
             t.append("\nno overlay xattrs", "dim")
+        # origin, index and impure state in words (the CLI's layers table says the same)
+        for tone, text in layer_state(engine, res, k, p, node):
+            t.append("\n→ ", "dim")
+            t.append_text(esc_str(text, STATE_STYLE.get(tone, "")))
         return t
 
     def _show_raw(self, sel: Selection) -> None:
