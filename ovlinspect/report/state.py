@@ -117,6 +117,9 @@ def _origin_line(engine: Engine, res: Resolution, k: int, path: Path, fh) -> Sta
             return StateLine("bad", f"origin: stale: the lower object changed (the handle {where}; "
                                     f"{engine.label(lower.layer)}:{show_path(lower.path)} is another "
                                     "object)")
+    if engine.has_upper and where.startswith(f"an object on the filesystem of {engine.label(0)},"):
+        return StateLine("warning", f"origin: {where}; the kernel looks origins up in the lower layers "
+                                    "only: it ignores this one")
     return StateLine(_tone_of(where), f"origin: {where}")
 
 
