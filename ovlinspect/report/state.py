@@ -104,11 +104,12 @@ def _origin_line(engine: Engine, res: Resolution, k: int, path: Path, fh) -> Sta
         # the handle names nothing any more; is there a lower object at this path (re-created)?
         for j in range(1, engine.nlower + 1):
             if engine.klayers[j] is not None and engine.layer(j).node(path) is not None:
-                return StateLine("bad", f"origin: stale: the lower object changed "
-                                        f"({engine.label(j)}:{show_path(path)} is a new object; the "
-                                        "handle names one that no longer exists: "
-                                        + ("its inode number is no longer kept)" if res.kind != "dir"
-                                           else "the kernel merges it by path)"))
+                rest = where[len("stale: "):] if where.startswith("stale: ") else where
+                return StateLine("bad", f"origin: stale: the lower object changed: "
+                                        f"{engine.label(j)}:{show_path(path)} is a new object "
+                                        + ("(its inode number is no longer kept)" if res.kind != "dir"
+                                           else "(the kernel merges it by path unless nfs_export=on)")
+                                        + f"; {rest}")
     # a merged directory or a metacopy: the kernel finds the lower by path and verifies it
     if k == 0 and path == res.upper and res.lowers and where.startswith("matches"):
         lower = res.lowers[0]

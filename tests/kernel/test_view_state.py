@@ -98,7 +98,7 @@ def test_lower_directory_recreated(tmpfs, nfs):
     with open(os.path.join(l, "usr/lib/libnew.so"), "w") as fp:
         fp.write("new\n")
     states = _explain(l, u, w, options, "/usr/lib")
-    assert states[0].startswith("origin: stale: the lower object changed (lower 1 (l):/usr/lib is a new "
+    assert states[0].startswith("origin: stale: the lower object changed: lower 1 (l):/usr/lib is a new "
                                 "object"), states
     mount_overlay_legacy(m, l, u, w, options)
     try:
