@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno as _errno
 import json
 import os
 import sys
@@ -13,15 +15,27 @@ import time
 from typing import Sequence
 
 from .kernel.entry import Resolution, show
-from .rules.engine import Engine
+from .kernel.params import ModuleDefaults, OptionError, join_lowerdir, options_string
 from .kernel.profile import UnknownKernel, parse_version, profile_for, profile_for_release
-from .live.mounts import elsewhere_hint
+from .live import observe as obs
+from .live.build import BuildError, build_stack
+from .live.mountapi import MountError
+from .live.mounts import BAD_HEALTH, QUICK_SECONDS, elsewhere_hint, list_mounts
+from .live.observe import content_line
+from .live.probe import probed_profile
 from .model.layers import LayerError
 from .model.stack import Stack
-from .report.document import document
 from .report import text as txt
 from .report.causes import check_causes
-from .sources.target import InputError, NotOnOverlay, check_privileges, demo_names, load_target, stack_from_args
+from .report.document import document
+from .rules.engine import Engine
+from .sources.containers import merged_root
+from .sources.inspect_json import (MAX_INSPECT, InspectError, layer_labels, load_inspect,
+                                   merged_mount)
+from .sources.mountinfo import NotOverlayError, covering_mounts, locate
+from .sources.stackfile import ObjectStoreError, StackFileError, load_stack, write_stack
+from .sources.target import (InputError, NotOnOverlay, check_privileges, demo_names, demo_stack,
+                             live_stack, load_target, stack_from_args)
 
 COMMANDS = ("explain", "check", "mounts", "demo", "export", "build", "rules")
 
@@ -29,7 +43,6 @@ COMMANDS = ("explain", "check", "mounts", "demo", "export", "build", "rules")
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         if message.startswith("unrecognized arguments: "):  # --jsn: did you mean --json?
-            import difflib
 
             words = message.split(": ", 1)[1].split()  # empty for an empty argument ('')
             word = words[0].split("=")[0] if words else ""
@@ -158,7 +171,6 @@ _SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
 def _did_you_mean(word: str, commands: bool) -> str:
     """``; did you mean demo:seed?`` for a mistyped demo name (or, with ``commands``, a
     mistyped command: ``chek`` -> ``ovlinspect check``), else ''."""
-    import difflib
 
     bare = word[len("demo:"):] if word.startswith("demo:") else word
     cands = {n: f"demo:{n}" for n in demo_names()}
@@ -218,9 +230,7 @@ def _load(ns: argparse.Namespace, positional: list[str], view: bool = False) -> 
 def _from_inspect(ns: argparse.Namespace) -> Stack:
     """The stack of a docker/podman inspect object: the live mount when MergedDir is mounted
     here (its options, its layers), else the layer directories with guessed options."""
-    from .sources.inspect_json import InspectError, load_inspect
 
-    from .sources.inspect_json import MAX_INSPECT
 
     try:
         if ns.from_inspect == "-":  # bytes, bounded: load_inspect says what is wrong with them
@@ -240,11 +250,9 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
         raise InputError(str(err)) from None
     except ValueError as err:  # a NUL in the file name
         raise InputError(f"{ns.from_inspect}: {err}") from None
-    from .sources.inspect_json import layer_labels, merged_mount
 
     labels = layer_labels(info)
     if merged_mount(info):
-        from .sources.target import live_stack
 
         stack = live_stack(info.merged, labels=labels)
         stack.source = f"inspect:{info.name}"
@@ -254,7 +262,6 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
             stack.options = ",".join(x for x in (stack.options, ns.options) if x)
             stack.effective = None
         return stack
-    from .kernel.params import join_lowerdir
 
     lowers, datas, upper, work = info.mount_layers()  # a single-layer image: its one lower
     stack = stack_from_args(join_lowerdir(lowers, datas), upper, work,
@@ -273,12 +280,10 @@ def _from_inspect(ns: argparse.Namespace) -> Stack:
 
 
 def _engine(stack: Stack) -> Engine:
-    from .kernel.params import OptionError
 
     try:
         if stack.profile is None and os.geteuid() == 0:
             # the running kernel: its release, corrected by what it answers (backports)
-            from .live.probe import probed_profile
 
             stack.profile = probed_profile(profile_for_release(os.uname().release))
         engine = Engine(stack)
@@ -381,7 +386,6 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         if not stack.mountpoint:
             raise InputError("--observe needs a live mount as TARGET (for --from-inspect: a "
                              "mounted MergedDir)")
-        from .live import observe as obs
 
         # the merged root as this process reaches it (another namespace's: a copy of the mount)
         root = _observe_root(stack)
@@ -424,7 +428,6 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                                   f"mount ({show(os.fsencode(c['source']))}) on top of the overlay: a program "
                                   "there sees that filesystem, not the overlay's entry explained here", hang=12))
         if observed is not None:
-            from .live.observe import content_line
 
             ob, pc, mismatches = observed[i]
             extra.append(txt.line("  observed  ", ob.summary(),
@@ -445,7 +448,6 @@ def _mounts_on_top(stack: Stack) -> list:
     """The mounts stacked on a live overlay (read once for all the paths explained)."""
     if not stack.mountpoint:
         return []
-    from .sources.mountinfo import covering_mounts
 
     try:
         return covering_mounts(stack.mountpoint, f"/proc/{stack.pid}" if stack.pid else "/proc/self")
@@ -510,7 +512,6 @@ def _asked_paths(stack: Stack, paths: list[bytes], pid: int | None) -> list[tupl
     at_root = mp is None or mp == "/"
     base = stack.target_path or b"/"
     if mp and pid is None and any(not p.startswith(b"/") for p in paths):
-        from .sources.mountinfo import NotOverlayError, locate
 
         try:
             here = locate(os.getcwd())
@@ -532,7 +533,6 @@ def _asked_paths(stack: Stack, paths: list[bytes], pid: int | None) -> list[tupl
 
 def _observe_root(stack: Stack) -> str:
     """Where this process reaches the merged tree (another namespace's: a copy of the mount)."""
-    from .sources.containers import merged_root
 
     try:
         return merged_root(stack)
@@ -596,7 +596,6 @@ def cmd_rules(ns: argparse.Namespace) -> int:
 
 
 def cmd_mounts(ns: argparse.Namespace) -> int:
-    from .live.mounts import BAD_HEALTH, QUICK_SECONDS, list_mounts
 
     try:
         rows = list_mounts(ns.pid, deep=ns.deep, check=check_causes)
@@ -613,7 +612,6 @@ def cmd_mounts(ns: argparse.Namespace) -> int:
 
 def cmd_demo(ns: argparse.Namespace) -> int:
     if ns.list:
-        from .sources.target import demo_stack
 
         for name in demo_names():
             desc = " ".join(demo_stack(name).description.split())
@@ -621,7 +619,6 @@ def cmd_demo(ns: argparse.Namespace) -> int:
             print(f"{name:<16} {first[:100]}")
         return 0
     name = ns.name or "seed"
-    from .sources.target import demo_stack
 
     if name not in demo_names():
         raise InputError(f"no demo named {name!r}; `ovlinspect demo --list` shows them"
@@ -642,7 +639,6 @@ def cmd_export(ns: argparse.Namespace) -> int:
     # mount would need them) and the module parameters they were computed with
     from dataclasses import fields
 
-    from .kernel.params import ModuleDefaults, options_string
 
     if not engine.mount_errno:
         stack.options = options_string(engine.options)
@@ -657,7 +653,6 @@ def cmd_export(ns: argparse.Namespace) -> int:
 def _export(stack: Stack, objects: str | None) -> None:
     """The stack file, streamed to stdout as UTF-8 (bounded memory whatever the stack's size);
     files that could not be exported in full are named on stderr."""
-    from .sources.stackfile import ObjectStoreError, write_stack
 
     sys.stdout.flush()
     buf = getattr(sys.stdout, "buffer", None)
@@ -682,8 +677,6 @@ def _export(stack: Stack, objects: str | None) -> None:
 
 
 def cmd_build(ns: argparse.Namespace) -> int:
-    from .live.build import build_stack
-    from .sources.stackfile import StackFileError, load_stack
 
     try:
         stack = load_stack(ns.stackfile, lazy=True)  # contents stay in the file until written
@@ -692,7 +685,6 @@ def cmd_build(ns: argparse.Namespace) -> int:
     if not stack.lowers:
         raise InputError(f"build: {ns.stackfile} has no regular lower layer (role = \"lower\"); "
                          "the kernel mounts no stack without one")
-    from .live.build import BuildError
 
     try:
         built = build_stack(stack, ns.dest, exact=ns.unsafe_exact, objects=ns.objects)
@@ -722,12 +714,10 @@ def cmd_build(ns: argparse.Namespace) -> int:
         os.makedirs(target, exist_ok=True)
         if os.path.ismount(target):
             raise InputError(f"{target} is already a mountpoint; unmount it or name another")
-        from .live.mountapi import MountError
 
         try:
             built.mount(target)
         except (MountError, OSError) as e:
-            import errno as _errno
 
             code = _errno.errorcode.get(e.errno, str(e.errno)) if e.errno else "error"
             raise InputError(f"built under {ns.dest}, but the kernel refuses the mount on {target}: "
@@ -738,7 +728,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
 
 def _interactive(stack: Stack, start: tuple[bytes, bool] | None = None) -> int:
     engine, where = _view_engine(stack, start)
-    from .ui.app import run_app
+    from .ui.app import run_app  # deferred: the commands do not load Textual
 
     return run_app(engine, start=where)
 

@@ -9,18 +9,20 @@ slow operation runs in a worker thread with its own engine (see :mod:`.session`)
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 import time
-from dataclasses import dataclass, field
+from pathlib import Path as FsPath
 
-from rich.text import Text
-from textual import on, work
+from platformdirs import user_downloads_path
+
+from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
+from textual.reactive import var
 from textual.widgets import Footer, Input, TabbedContent, TabPane, Tree
-from textual.worker import get_current_worker
 
 from ..kernel.entry import Resolution
 
@@ -35,68 +37,13 @@ from .merged_tree import SEVERITY_RANK, Entry, MergedTree, severity_of
 from .palette import LayerPalette
 from .panels import PathList, SearchPanel, WhatIfPanel
 from .problems import ProblemsPanel, ProblemTree
-from .render import esc_str, path_text
+from .messages import ScanUpdate, WhatIfUpdate
+from .render import esc_str, plain
 from .screens import HelpScreen, PreviewScreen, WhatIfScreen
-from .session import (
-    Change,
-    EngineClone,
-    Lister,
-    choice_values,
-    current_choices,
-    diff_outcomes,
-    ordered_walk,
-    union_walk,
-    whatif_engine,
-)
+from .session import Lister, choice_values, current_choices, whatif_engine
 
 #: How long after start a first error found by the scan is selected by itself.
 AUTO_JUMP_WINDOW = 1.5
-#: Seconds between progress messages from a worker (each one costs the UI a repaint).
-BATCH_SECONDS = 0.25
-
-
-# ------------------------------------------------------------------------------ messages
-
-
-@dataclass
-class ScanUpdate(Message):
-    gen: int
-    findings: list[Finding]
-    scanned: int
-    done: bool = False
-    elapsed: float = 0.0
-    error: str | None = None
-
-
-@dataclass
-class SearchUpdate(Message):
-    gen: int
-    paths: list[Path]
-    scanned: int
-    done: bool = False
-
-
-@dataclass
-class WhatIfUpdate(Message):
-    gen: int
-    changes: list[Change] = field(default_factory=list)
-    scanned: int = 0
-    done: bool = False
-    error: str | None = None
-
-
-class _Pacer:
-    """Tells a worker when to post what it has gathered: at most every ``BATCH_SECONDS``."""
-
-    def __init__(self) -> None:
-        self.last = time.monotonic()
-
-    def due(self) -> bool:
-        now = time.monotonic()
-        if now - self.last < BATCH_SECONDS:
-            return False
-        self.last = now
-        return True
 
 
 def _while_on_screen(handler):
@@ -124,8 +71,17 @@ class OvlInspectApp(App[int]):
     TITLE = "ovlinspect"
     COMMANDS = App.COMMANDS | {OvlCommands}
 
+    #: the engine on screen: the real one (``base``) or a what-if; watchers push it to the widgets
+    engine: var[Engine] = var(None, init=False, always_update=False)  # type: ignore[arg-type]
+    #: what the layer columns and the explanation show
+    selection: var[Selection] = var(Selection(()), init=False, always_update=True)
+
     BINDINGS = [
         Binding("q", "quit", "Quit"),
+        # ctrl+c quits at once (Textual's default only says how to quit)
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
+        Binding("j", "cursor('down')", "Down", show=False),
+        Binding("k", "cursor('up')", "Up", show=False),
         Binding("question_mark,f1", "help", "Help", key_display="?"),
         Binding("slash", "search", "Search", key_display="/"),
         Binding("h", "toggle_hidden", "Hidden"),
@@ -151,18 +107,16 @@ class OvlInspectApp(App[int]):
         #: the merged path to open at (the path the user named), instead of the root
         self.start = start
         self.base = engine
-        self.engine = engine
         self.palette = LayerPalette(engine)
         self.lister = Lister(engine)
-        self.selection = Selection(())
+        self.set_reactive(OvlInspectApp.engine, engine)
         self.res: Resolution | None = None
         self.auto_jump = auto_jump
         self.auto_jump_window = auto_jump_window
         self.observe_live = observe
         self.started = time.monotonic()
-        self.scan_gen = 0
-        self.search_gen = 0
-        self.whatif_gen = 0
+        #: the what-if values as chosen (the engine's options show what the kernel makes of them)
+        self.whatif_choices: dict[str, str] = current_choices(engine)
         self.findings_at: dict[Path, list[Finding]] = {}
         self.problem_index = -1
         self.theme = "textual-dark"
@@ -172,7 +126,7 @@ class OvlInspectApp(App[int]):
         yield StackHeader(id="header")
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                yield MergedTree(self.lister, self.palette, id="tree")
+                yield MergedTree(self.lister, self.palette, engine=self.engine, id="tree")
             with Vertical(id="right"):
                 yield LayerColumns(self.engine, self.palette, id="columns")
                 yield Explanation(id="explain")
@@ -214,6 +168,8 @@ class OvlInspectApp(App[int]):
     def select(self, sel: Selection) -> None:
         """Show ``sel`` in the layer columns and the explanation."""
         self.selection = sel
+
+    def watch_selection(self, sel: Selection) -> None:
         columns = self.query_one(LayerColumns)
         explain = self.query_one(Explanation)
         if sel.raw:
@@ -281,46 +237,19 @@ class OvlInspectApp(App[int]):
 
     # ------------------------------------------------------------------ problems scan
     def start_scan(self) -> None:
-        self.scan_gen += 1
+        """Scan the engine on screen (in the problems panel); forget the previous scan's marks."""
         self.findings_at = {}
         tree = self.tree
         tree.problems_at = {}
         tree.problems_below = {}
+        tree.repaint_labels()  # labels made meanwhile counted the previous scan's problems
         self.problem_index = -1
-        self._scan(self.engine, self.scan_gen)
-
-    @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
-    def _scan(self, engine: Engine, gen: int) -> None:
-        worker = get_current_worker()
-        pacer = _Pacer()
-        t0 = pacer.last
-        clone = EngineClone(engine)
-        count = 0
-        try:
-            e = clone.engine
-            batch: list[Finding] = list(e.stack_findings())
-            if not e.mount_errno:
-                for res in e.walk(cancel=lambda: worker.is_cancelled):
-                    if worker.is_cancelled:
-                        return
-                    count += 1
-                    if res.findings:
-                        batch.extend(res.findings)
-                    if pacer.due():
-                        self.post_message(ScanUpdate(gen, batch, count))
-                        batch = []
-            self.post_message(ScanUpdate(gen, batch, count, done=True, elapsed=time.monotonic() - t0))
-        except Exception as err:  # a layer vanished, a permission changed: report, don't crash
-            self.post_message(ScanUpdate(gen, [], count, done=True, elapsed=time.monotonic() - t0,
-                                         error=f"{type(err).__name__}: {err}"))
-        finally:
-            clone.close()
+        self.problems.scan(self.engine, self.palette,
+                           note="what-if options" if self.engine is not self.base else "")
 
     @_while_on_screen
     def on_scan_update(self, msg: ScanUpdate) -> None:
-        if msg.gen != self.scan_gen:
-            return
-        panel = self.problems
+        """The problems panel took the batch (stale ones stop there): mark the tree."""
         tree = self.tree
         touched: set[Path] = set()
         exact: set[Path] = set()
@@ -334,9 +263,6 @@ class OvlInspectApp(App[int]):
             for i in range(len(path)):
                 tree.problems_below.setdefault(path[:i], [0, 0, 0])[rank] += 1
                 touched.add(path[:i])
-        panel.add(msg.findings, msg.scanned)
-        if msg.done:
-            panel.finish(msg.scanned, msg.elapsed, msg.error)
         if touched:
             tree.repaint_paths(touched)
             if self.selection.path in exact and not self.selection.raw:
@@ -386,7 +312,6 @@ class OvlInspectApp(App[int]):
         self._step_problem(-1)
 
     def action_rescan(self) -> None:
-        self.problems.restart(self.palette)
         self.start_scan()
 
     # ------------------------------------------------------------------ search
@@ -396,72 +321,8 @@ class OvlInspectApp(App[int]):
 
     @on(SearchPanel.Query)
     def _search_query(self, msg: SearchPanel.Query) -> None:
-        self.search_gen += 1
-        results = self.query_one("#search-results", PathList)
-        results.reset()
-        panel = self.query_one(SearchPanel)
-        if not msg.text:
-            self.workers.cancel_group(self, "search")
-            panel.set_status(Text("type to search the merged tree", style="dim"))
-            return
-        needle = msg.text.encode("utf-8", "surrogateescape").lower()
-        if msg.problems_only:
-            self._search_problems(needle, self.problem_list(), self.search_gen)
-        else:
-            self._search_tree(self.engine, needle, self.search_gen)
-
-    @work(thread=True, exclusive=True, group="search", exit_on_error=False)
-    def _search_tree(self, engine: Engine, needle: bytes, gen: int) -> None:
-        worker = get_current_worker()
-        clone = EngineClone(engine)
-        try:
-            found: list[Path] = []
-            count = 0
-            pacer = _Pacer()
-            for res in ordered_walk(clone.engine, cancel=lambda: worker.is_cancelled):
-                if worker.is_cancelled:
-                    return
-                count += 1
-                if needle in join_path(res.path).lower():
-                    found.append(res.path)
-                if pacer.due():
-                    self.post_message(SearchUpdate(gen, found, count))
-                    found = []
-            self.post_message(SearchUpdate(gen, found, count, done=True))
-        finally:
-            clone.close()
-
-    @work(thread=True, exclusive=True, group="search", exit_on_error=False)
-    def _search_problems(self, needle: bytes, findings: list[Finding], gen: int) -> None:
-        seen: set[bytes] = set()
-        found: list[Path] = []
-        for f in findings:
-            if f.path in seen:
-                continue
-            seen.add(f.path)
-            if needle in f.path.lower():
-                found.append(split_path(f.path))
-        self.post_message(SearchUpdate(gen, found, len(seen), done=True))
-
-    @_while_on_screen
-    def on_search_update(self, msg: SearchUpdate) -> None:
-        if msg.gen != self.search_gen:
-            return
-        results = self.query_one("#search-results", PathList)
-        rows = []
-        for p in msg.paths:
-            t = path_text(p, "bold")
-            fs = self.findings_at.get(p)
-            if fs:
-                t.append("  " + ", ".join(sorted({f.rule for f in fs})), "#ff8787")
-            rows.append((p, t))
-        results.add_paths(rows)
-        status = Text()
-        n = len(results.paths)
-        status.append(f"{n}{'+' if n >= 1000 else ''} match{'es' if n != 1 else ''}", "bold")
-        status.append(f" in {msg.scanned:,} paths", "dim")
-        status.append("" if msg.done else "  searching…", "#87afd7")
-        self.query_one(SearchPanel).set_status(status)
+        self.query_one(SearchPanel).search(self.engine, msg.text, msg.problems_only, self.problem_list(),
+                                           self.findings_at)
 
     @on(PathList.Chosen)
     def _path_chosen(self, msg: PathList.Chosen) -> None:
@@ -482,7 +343,7 @@ class OvlInspectApp(App[int]):
         tree = self.tree
         expanded = tree.expanded_paths()
         cursor = self.selection.path
-        tree.restart(self.lister, self.palette)
+        tree.restart(self.lister, self.palette, engine=self.engine)
         self.run_worker(self._restore(expanded, cursor), group="goto", exclusive=True, exit_on_error=False)
 
     async def _restore(self, expanded: list[Path], cursor: Path) -> None:
@@ -517,7 +378,29 @@ class OvlInspectApp(App[int]):
         if self.res is None:
             self.notify("select a merged path to preview", timeout=2)
             return
-        self.push_screen(PreviewScreen(self.engine, self.palette, self.res))
+        screen = PreviewScreen(self.engine, self.palette, self.res)
+        if not screen.sources:
+            # nothing to show side by side (a directory, a symlink, a failed lookup): say so in
+            # one line where the user is, not on a full-screen modal
+            what = "a directory" if self.res.is_dir else (self.res.kind or self.res.errno or "nothing")
+            self.notify(f"{plain(join_path(self.res.path))}: {what}, no file content to preview",
+                        title="preview", timeout=3, markup=False)
+            return
+        self.push_screen(screen)
+
+    def action_cursor(self, direction: str) -> None:
+        """j / k: down / up in the focused list (vi keys, as in less and dive)."""
+        action = getattr(self.focused, f"action_cursor_{direction}", None)
+        if action is not None:
+            action()
+
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
+                           time_format: str | None = None) -> str | None:
+        """The palette's Screenshot: to ~/Downloads when it exists, else the current directory
+        (when writable), else the temporary directory; the notification says where."""
+        if path is None:
+            path = str(screenshot_dir())
+        return super().deliver_screenshot(filename, path, time_format)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -548,9 +431,12 @@ class OvlInspectApp(App[int]):
 
     def action_whatif_toggle(self, key: str) -> None:
         values = choice_values(self.base)[key]
-        current = current_choices(self.engine)
-        now = current[key]
-        start = values.index(now) if now in values else -1
+        # step from the value the user chose (the kernel may show another: redirect_dir=off is
+        # follow with the module default), to the next one that changes the effective value
+        current = dict(self.whatif_choices) if self.engine is not self.base else current_choices(self.engine)
+        now = current_choices(self.engine)[key]
+        chosen = current[key]
+        start = values.index(chosen) if chosen in values else -1
         # the kernel adjusts some values (a lower-only mount turns redirect_dir=follow into on):
         # step on to the next value that makes a difference
         for i in range(1, len(values) + 1):
@@ -559,10 +445,15 @@ class OvlInspectApp(App[int]):
                 trial = whatif_engine(self.base, choices)
             except OptionError:
                 continue
+            if trial.mount_errno and key != "kernel":
+                # an option value the kernel refuses with the others (w or the palette still
+                # set it, to see why); a kernel that refuses the stack is an answer: keep it
+                continue
             if current_choices(trial)[key] != now:
                 self.apply_whatif(choices)
                 return
-        self.notify(f"no other value of {key} changes this stack's mount", timeout=2)
+        self.notify(f"no other value of {key} changes this stack's mount or is accepted with "
+                    "these options (w: choose any)", timeout=3)
 
     def set_whatif_option(self, key: str, value: str) -> None:
         choices = current_choices(self.engine)
@@ -573,6 +464,7 @@ class OvlInspectApp(App[int]):
         self.apply_whatif(current_choices(self.base))
 
     def apply_whatif(self, choices: dict[str, str]) -> None:
+        self.whatif_choices = dict(choices)
         if choices == current_choices(self.base):
             self.set_engine(self.base)
             return
@@ -583,38 +475,46 @@ class OvlInspectApp(App[int]):
             return
         self.set_engine(engine)
 
-    def set_engine(self, engine: Engine) -> None:
-        if engine is self.engine:
+    def _palette(self, engine: Engine) -> LayerPalette:
+        return LayerPalette(engine, dark=self.current_theme.dark)
+
+    def watch_theme(self, theme: str) -> None:
+        """Layer colours readable on the new theme: push a new palette to every widget."""
+        if not self._views_ready():
             return
-        # stop the old engine's background work first: the new tree's listing comes first
-        self.workers.cancel_group(self, "scan")
-        self.workers.cancel_group(self, "whatif")
-        self.workers.cancel_group(self, "search")
-        self.search_gen += 1
-        self.scan_gen += 1
-        self.whatif_gen += 1
+        pal = self.palette = self._palette(self.engine)
+        self.query_one(StackHeader).show(self.engine, pal, self.base)
+        tree = self.tree
+        tree.palette = pal
+        tree.repaint_labels()
+        self.problems.palette = pal
+        self.query_one(LayerColumns).palette = pal
+        self.select(self.selection)
+
+    def _views_ready(self) -> bool:
+        try:
+            self.query_one(StackHeader)
+        except Exception:  # before the first screen is up, or after it is gone
+            return False
+        return True
+
+    def set_engine(self, engine: Engine) -> None:
         self.engine = engine
-        self.palette = LayerPalette(engine)
+
+    def watch_engine(self, old: Engine, engine: Engine) -> None:
+        """Another engine (a what-if, or back to the real one): every view starts over on it."""
+        # stop the old engine's background work first: the new tree's listing comes first
+        self.query_one(WhatIfPanel).stop()
+        self.query_one(SearchPanel).stop()
+        self.workers.cancel_group(self.problems, "scan")
+        self.palette = self._palette(engine)
         self.lister = Lister(engine)
         self.query_one(StackHeader).show(engine, self.palette, self.base)
         self.query_one(LayerColumns).engine = engine
         self.tree.changed = set()
-        self.problems.restart(self.palette, note="what-if options" if engine is not self.base else "")
         self.reload_tree()
-        panel = self.query_one(WhatIfPanel)
-        if engine is self.base:
-            panel.idle()
-        else:
-            panel.query_one(PathList).reset()
+        if engine is not self.base:
             self.query_one("#bottom", TabbedContent).active = "tab-whatif"
-            if engine.mount_errno:
-                t = Text()
-                t.append(f"The kernel would refuse this mount: {engine.mount_errno}. ", "bold #ff5f5f")
-                t.append_text(esc_str("; ".join(engine.options.mount_log)))
-                panel.set_status(t)
-            else:
-                t = Text("comparing every path with the real options…", style="#87afd7")
-                panel.set_status(t)
         self.run_worker(self._after_root(engine), group="after-root", exclusive=True, exit_on_error=False)
 
     async def _after_root(self, engine: Engine) -> None:
@@ -624,60 +524,30 @@ class OvlInspectApp(App[int]):
         if engine is not self.engine:
             return
         self.start_scan()
-        if engine is not self.base and not engine.mount_errno:
-            self._whatif_diff(self.base, engine, self.whatif_gen)
+        self.query_one(WhatIfPanel).compare(self.base, engine)
         search = self.query_one(SearchPanel)
         if self.query_one("#search-input", Input).value:
             search.run_again()  # the same query on the new engine
 
-    @work(thread=True, exclusive=True, group="whatif", exit_on_error=False)
-    def _whatif_diff(self, base: Engine, engine: Engine, gen: int) -> None:
-        worker = get_current_worker()
-        a, b = EngineClone(base), EngineClone(engine)
-        count = 0
-        try:
-            batch: list[Change] = []
-            pacer = _Pacer()
-            for path, ra, rb in union_walk(a.engine, b.engine, cancel=lambda: worker.is_cancelled):
-                if worker.is_cancelled:
-                    return
-                count += 1
-                c = diff_outcomes(a.engine, b.engine, ra, rb, path)
-                if c is not None:
-                    batch.append(c)
-                if pacer.due():
-                    self.post_message(WhatIfUpdate(gen, batch, count))
-                    batch = []
-            self.post_message(WhatIfUpdate(gen, batch, count, done=True))
-        except Exception as err:
-            self.post_message(WhatIfUpdate(gen, [], count, done=True, error=f"{type(err).__name__}: {err}"))
-        finally:
-            a.close()
-            b.close()
-
     @_while_on_screen
     def on_what_if_update(self, msg: WhatIfUpdate) -> None:
-        if msg.gen != self.whatif_gen:
-            return
-        panel = self.query_one(WhatIfPanel)
-        panel.add_changes(msg.changes)
-        tree = self.tree
+        """The what-if panel listed the batch: mark the paths in the tree."""
         if msg.changes:
+            tree = self.tree
             tree.changed.update(c.path for c in msg.changes)
             tree.repaint_paths({c.path for c in msg.changes})
-        n = len(tree.changed)
-        t = Text()
-        t.append("what-if ", "bold")
-        real = current_choices(self.base)
-        changed = [f"{k}={v}" for k, v in current_choices(self.engine).items() if v != real[k]]
-        t.append(", ".join(changed), "bold #ff87ff")
-        t.append(f": {n:,} path{'s' if n != 1 else ''} resolve differently", "bold")
-        t.append(f"  (compared {msg.scanned:,} paths{'' if msg.done else ', comparing…'})", "dim")
-        if msg.error:
-            t.append(f"  comparison failed: {msg.error}", "red")
-        if msg.done and n == 0:
-            t.append("  nothing changes", "#87d787")
-        panel.set_status(t)
+
+
+def screenshot_dir() -> FsPath:
+    """Where the palette's Screenshot writes: the first writable of ~/Downloads, cwd, tmp."""
+    try:
+        cwd: FsPath | None = FsPath.cwd()
+    except OSError:  # the current directory was removed
+        cwd = None
+    for d in (user_downloads_path(), cwd):
+        if d is not None and d.is_dir() and os.access(d, os.W_OK | os.X_OK):
+            return d
+    return FsPath(tempfile.gettempdir())
 
 
 def run_app(engine: Engine, start: Path | None = None) -> int:

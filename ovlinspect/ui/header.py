@@ -46,7 +46,9 @@ def header_text(engine: Engine, pal: LayerPalette, base: Engine, width: int = 20
         t.append(f"{k}={_fmt(v)}  ", "dim")
     if whatif:
         t.append(" WHAT-IF ", WHATIF_STYLE)
-        t.append(f" (real: {base.stack.options or 'defaults'}; W resets)", "dim")
+        # name what the flip changed, not the real option string (which read as in effect)
+        flips = [f"{k} {was[k]}→{v}" for k, v in now.items() if v != was[k]]
+        t.append(f" {', '.join(flips)}  (W: back to the real options)", "dim")
     if engine.mount_errno:
         t.append("\n")
         t.append(f" mount fails: {engine.mount_errno} ", Style(color="white", bgcolor="#d70000", bold=True))

@@ -17,22 +17,20 @@ from __future__ import annotations
 import asyncio
 import gc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from rich.style import Style
 from rich.text import Text
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
+from ..rules.engine import Engine
 from ..kernel.entry import Resolution
 from ..model.layers import Node, Path
 from ..rules.catalogue import RULES, Finding
 from .palette import LayerPalette
 from .render import esc, esc_str, path_text, size_text
 from .session import Child, Lister
-
-if TYPE_CHECKING:
-    from .app import OvlInspectApp
 
 #: the label of a row not drawn yet (see :meth:`MergedTree.render_label`)
 _NO_LABEL = Text()
@@ -90,8 +88,10 @@ class MergedTree(Tree[Entry]):
         ("left", "collapse_or_parent", "Collapse"),
     ]
 
-    def __init__(self, lister: Lister, palette: LayerPalette, **kwargs) -> None:
+    def __init__(self, lister: Lister, palette: LayerPalette, *, engine: Engine, **kwargs) -> None:
         super().__init__(Text("/", style="bold"), Entry(()), **kwargs)
+        #: the engine on screen (the lister has its own copy for its thread)
+        self.engine = engine
         self.lister = lister
         self.palette = palette
         self.show_hidden = False
@@ -111,17 +111,14 @@ class MergedTree(Tree[Entry]):
         #: the last reveal gave up because the user pressed a key meanwhile
         self.reveal_abandoned = False
 
-    @property
-    def oapp(self) -> "OvlInspectApp":
-        return self.app  # type: ignore[return-value]
-
     # ------------------------------------------------------------------ loading
     def on_mount(self) -> None:
         self.root.expand()
         self.start_load(self.root)
 
-    def restart(self, lister: Lister, palette: LayerPalette) -> None:
+    def restart(self, lister: Lister, palette: LayerPalette, *, engine: Engine) -> None:
         """Start again on another engine (what-if) or with hidden entries toggled."""
+        self.engine = engine
         self.lister = lister
         self.palette = palette
         self._pending.clear()
@@ -203,12 +200,11 @@ class MergedTree(Tree[Entry]):
                 assert child.data is not None
                 self.by_path[child.data.path] = child
         if hidden and not e.path:
-            engine = self.oapp.engine
-            for k in range(engine.nlower + 1, len(engine.klayers)):
+            for k in range(self.engine.nlower + 1, len(self.engine.klayers)):
                 lab = Text()
                 lab.append_text(self.palette.chip(k))
                 lab.append(" data-only layer contents (not in the merged view)", "italic dim")
-                layer = engine.klayers[k]
+                layer = self.engine.klayers[k]
                 root = layer.node(()) if layer is not None else None
                 node.add(lab, Entry((), "datalayer", layer=k, node=root))
         e.loaded = True
@@ -258,7 +254,7 @@ class MergedTree(Tree[Entry]):
         if e is None or e.kind != "merged":
             return e.res if e is not None else None
         if e.res is None:
-            e.res = self.oapp.engine.resolve(e.path)
+            e.res = self.engine.resolve(e.path)
             if e.res.is_dir and not node._allow_expand:
                 node._allow_expand = True
                 node._updates += 1
@@ -295,7 +291,7 @@ class MergedTree(Tree[Entry]):
             d = child.data
             if d is not None and d.kind == "asked" and d.path == first:
                 return child
-        res = self.oapp.engine.resolve(path)
+        res = self.engine.resolve(path)
         entry = Entry(first, "asked", res=res, rest=list(path[len(first):]), loaded=True)
         if not parent.is_expanded:
             parent.expand()
@@ -403,26 +399,42 @@ class MergedTree(Tree[Entry]):
     # ------------------------------------------------------------------ labels
     def repaint_paths(self, paths: set[Path]) -> None:
         """Recompute the labels of these paths, where the tree shows them."""
+        changed = False
         for p in paths:
             node = self.by_path.get(p) if p else self.root
             if node is not None and node.data is not None:
                 node.data.text = None
-                node.refresh()
+                changed = True
+        if changed:
+            # a label that grows or shrinks changes the tree's width (its horizontal scrollbar)
+            self._invalidate()
 
     def repaint_labels(self) -> None:
         """Labels depend on scan results and what-if state: recompute the visible ones."""
         self.gen += 1
-        self.root.refresh()
-        self.refresh()
+        self._invalidate()
+
+    def _label_text(self, node: TreeNode[Entry], e: Entry) -> Text:
+        """The entry's label, computed once per change (no resolving: formatting only)."""
+        if e.text is None or e.text_gen != self.gen:
+            e.text = self.entry_text(node, e)
+            e.text_gen = self.gen
+        return e.text
 
     def get_label_width(self, node: TreeNode[Entry]) -> int:
-        # Called for every line when the tree is rebuilt: must not resolve anything.
+        # Called for every line when the tree is rebuilt.  The width must be the label's real
+        # width whether or not the line has been painted yet: an estimate made the tree's
+        # horizontal scrollbar depend on paint timing (the flaky snapshots).
         e = node.data
-        if e is not None and e.text is not None:
-            return e.text.cell_len + 2
-        if e is not None and e.kind == "merged" and e.path and not node.label:
-            return len(e.path[-1]) + 14  # not drawn yet: about the name and its marks
-        return node.label.cell_len + 12
+        if e is None:
+            return super().get_label_width(node)
+        if e.kind == "merged" and e.path:
+            # A merged row is resolved only when drawn (a directory may hold 100,000 names), so
+            # its real label is not known before: the width comes from the name alone, the
+            # same whether or not the row was painted (an estimate that changed once painted
+            # made the layout depend on paint timing: the flaky snapshots).
+            return len(e.path[-1]) + 14
+        return self._label_text(node, e).cell_len + 2  # + the "▶ " prefix
 
     def render_label(self, node: TreeNode[Entry], base_style: Style, style: Style) -> Text:
         e = node.data
@@ -430,10 +442,7 @@ class MergedTree(Tree[Entry]):
             return super().render_label(node, base_style, style)
         if e.kind == "merged" and e.res is None:
             self.resolved(node)  # drawn for the first time: resolve it now (see the docstring)
-        if e.text is None or e.text_gen != self.gen:
-            e.text = self.entry_text(node, e)
-            e.text_gen = self.gen
-        label = e.text.copy()
+        label = self._label_text(node, e).copy()
         label.stylize(style)
         if node.allow_expand and (node.children or not e.loaded):
             prefix = ("▼ " if node.is_expanded else "▶ ", base_style + Style(bold=True))

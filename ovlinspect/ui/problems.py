@@ -7,20 +7,29 @@ panel's *problem paths only* filter finds any of them).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
-from rich.style import Style
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import ProgressBar, Static, Tree
 from textual.widgets.tree import TreeNode
+from textual.worker import get_current_worker
 
+from ..rules.engine import Engine
 from ..rules.catalogue import RULES, Finding
-from .merged_tree import SEVERITY_MARK, SEVERITY_RANK, SEVERITY_STYLE, severity_of
+from .messages import ScanUpdate
+from .merged_tree import SEVERITY_MARK, SEVERITY_RANK, severity_of
 from .palette import LayerPalette
 from .render import esc, esc_str
+from .session import EngineClone, Pacer
+from .style import themed
+
+#: severity colours from the theme (readable on light themes too)
+SEVERITY_THEMED = {"error": "bold $text-error", "warning": "bold $text-warning", "info": "$text-primary"}
 
 PAGE = 200
 
@@ -96,6 +105,53 @@ class ProblemsPanel(Vertical):
         self.done = False
         self.elapsed: float | None = None
         self.note = ""
+        #: the current scan: messages of an earlier one are dropped
+        self.gen = 0
+
+    # ------------------------------------------------------------------ the scan
+    def scan(self, engine: Engine, palette: LayerPalette, note: str = "") -> None:
+        """Start over: scan every path of ``engine`` in a thread, showing findings as they come.
+
+        Each batch is posted as a :class:`ScanUpdate` to this panel, which shows it and lets it
+        bubble on (the app marks the tree)."""
+        self.gen += 1
+        self.restart(palette, note)
+        self._scan(engine, self.gen)
+
+    @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
+    def _scan(self, engine: Engine, gen: int) -> None:
+        worker = get_current_worker()
+        pacer = Pacer()
+        t0 = pacer.last
+        clone = EngineClone(engine)
+        count = 0
+        try:
+            e = clone.engine
+            batch: list[Finding] = list(e.stack_findings())
+            if not e.mount_errno:
+                for res in e.walk(cancel=lambda: worker.is_cancelled):
+                    if worker.is_cancelled:
+                        return
+                    count += 1
+                    if res.findings:
+                        batch.extend(res.findings)
+                    if pacer.due():
+                        self.post_message(ScanUpdate(gen, batch, count))
+                        batch = []
+            self.post_message(ScanUpdate(gen, batch, count, done=True, elapsed=time.monotonic() - t0))
+        except Exception as err:  # a layer vanished, a permission changed: report, don't crash
+            self.post_message(ScanUpdate(gen, [], count, done=True, elapsed=time.monotonic() - t0,
+                                         error=f"{type(err).__name__}: {err}"))
+        finally:
+            clone.close()
+
+    def on_scan_update(self, msg: ScanUpdate) -> None:
+        if msg.gen != self.gen:
+            msg.stop()  # a run replaced since: nobody shows it
+            return
+        self.add(msg.findings, msg.scanned)
+        if msg.done:
+            self.finish(msg.scanned, msg.elapsed, msg.error)
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="problems-status-row"):
@@ -161,7 +217,7 @@ class ProblemsPanel(Vertical):
     def _update_more(self, g: Group) -> None:
         assert g.node is not None
         rest = len(g.findings) - g.shown
-        label = Text(f"… {rest} more (enter to show {min(rest, PAGE)})", style="italic #87afd7")
+        label = Text(f"… {rest} more (enter to show {min(rest, PAGE)})", style=themed(self, "italic $text-primary"))
         if g.more is None:
             g.more = g.node.add_leaf(label, ProblemRef(g, more=True))
         else:
@@ -209,7 +265,7 @@ class ProblemsPanel(Vertical):
 
     def _group_label(self, g: Group) -> Text:
         t = Text()
-        t.append(f"{SEVERITY_MARK[g.severity]} {g.severity:<7} ", SEVERITY_STYLE[g.severity])
+        t.append(f"{SEVERITY_MARK[g.severity]} {g.severity:<7} ", themed(self, SEVERITY_THEMED[g.severity]))
         t.append(g.rule, "bold")
         t.append(f"  ×{len(g.findings)}  ", "bold")
         rule = RULES.get(g.rule)
@@ -238,7 +294,7 @@ class ProblemsPanel(Vertical):
                                ("info", "info", "info")):
             n = c[sev]
             t.append(f"{SEVERITY_MARK[sev]} {n} {one if n == 1 else many}",
-                     SEVERITY_STYLE[sev] if n else "dim")
+                     themed(self, SEVERITY_THEMED[sev]) if n else "dim")
             t.append("  ")
         t.append("· ", "dim")
         if self.done:
@@ -246,12 +302,12 @@ class ProblemsPanel(Vertical):
             if self.elapsed is not None and self.elapsed >= 1:
                 t.append(f" in {self.elapsed:.1f} s", "dim")
         else:
-            t.append(f"scanning… {self.scanned:,} paths", Style(color="#87afd7"))
+            t.append(f"scanning… {self.scanned:,} paths", themed(self, "$text-primary"))
         if self.note:
             t.append("  ")
-            t.append_text(esc_str(self.note, "#ffd75f"))
+            t.append_text(esc_str(self.note, themed(self, "$text-warning")))
         if self.done and not self.findings:
-            t.append("  no problems found", "bold #87d787")
+            t.append("  no problems found", themed(self, "bold $text-success"))
         self.query_one("#problems-status", Static).update(t)
 
     def ordered_groups(self) -> list[Group]:

@@ -31,6 +31,8 @@ class Shot:
     keys: tuple[str, ...] = ()
     auto_jump: bool = True
     expand: list[Path] = field(default_factory=list)
+    #: what-if options set as the palette sets them (a value R skips because it is refused)
+    whatif: dict[str, str] = field(default_factory=dict)
 
 
 SHOTS = [
@@ -44,7 +46,8 @@ SHOTS = [
     Shot("data-only", "seed", "h: a data-only layer's own contents.", keys=("h", "end", "right", "down",
                                                                            "right", "down")),
     Shot("whatif", "seed", "M: the stack with metacopy=off, and the paths that change.", keys=("M",)),
-    Shot("whatif-refused", "seed", "R: redirect_dir=nofollow conflicts with metacopy=on.", keys=("R",)),
+    Shot("whatif-refused", "seed", "redirect_dir=nofollow (palette or w) conflicts with metacopy=on.",
+         whatif={"redirect_dir": "nofollow"}),
     Shot("search", "composefs", "/: substring search over the merged tree.", keys=("slash", "o", "s"),
          auto_jump=False),
     Shot("help", "seed", "?: the keys.", keys=("question_mark",), auto_jump=False),
@@ -69,6 +72,9 @@ async def take(shot: Shot, out: str, size: tuple[int, int], kernel: str) -> str:
             await _settle(pilot)
         if shot.goto is not None:
             app.goto_path(shot.goto)
+            await _settle(pilot)
+        for key, value in shot.whatif.items():
+            app.set_whatif_option(key, value)
             await _settle(pilot)
         for key in shot.keys:
             await pilot.press(key)

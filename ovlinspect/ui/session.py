@@ -11,6 +11,7 @@ and are shared.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -90,6 +91,24 @@ def whatif_options(base: str, choices: dict[str, str]) -> str:
         elif key != "kernel":
             pairs.append((key, value))
     return ",".join(k if v is None else f"{k}={v}" for k, v in pairs)
+
+
+#: Seconds between progress messages from a worker (each one costs the UI a repaint).
+BATCH_SECONDS = 0.25
+
+
+class Pacer:
+    """Tells a worker when to post what it has gathered: at most every ``BATCH_SECONDS``."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < BATCH_SECONDS:
+            return False
+        self.last = now
+        return True
 
 
 # ------------------------------------------------------------------------------ listing

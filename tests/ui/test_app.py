@@ -220,7 +220,7 @@ async def test_whatif_that_the_kernel_refuses_to_mount():
     app = demo_app("seed", auto_jump=False)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        await pilot.press("R")  # redirect_dir=nofollow conflicts with metacopy=on
+        app.set_whatif_option("redirect_dir", "nofollow")  # conflicts with metacopy=on
         await settle(pilot)
         assert app.engine.options.redirect_dir == "nofollow"
         assert app.engine.mount_errno == "EINVAL"

@@ -73,8 +73,21 @@ class TestStates:
         assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=_keys("M"))
 
     def test_whatif_refused(self, snap_compare):
-        """R: redirect_dir=nofollow conflicts with metacopy=on; the kernel refuses the mount."""
-        assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=_keys("R"))
+        """redirect_dir=nofollow (palette or w) conflicts with metacopy=on: the kernel refuses."""
+        async def run_before(pilot) -> None:
+            await settle(pilot)
+            pilot.app.set_whatif_option("redirect_dir", "nofollow")
+            await settle(pilot)
+
+        assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=run_before)
+
+    def test_light_theme(self, snap_compare):
+        """The light theme: every label readable (theme colours, none picked for dark only)."""
+        async def run_before(pilot) -> None:
+            pilot.app.theme = "textual-light"
+            await settle(pilot)
+
+        assert snap_compare(demo_app("seed"), terminal_size=SIZE, run_before=run_before)
 
     def test_whatif_kernel(self, snap_compare):
         """M then K to 6.12: without metacopy=on, 6.12 refuses the data-only layer at mount."""
