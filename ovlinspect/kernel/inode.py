@@ -234,6 +234,37 @@ def _origin(engine, upper_path) -> tuple[int, os.stat_result] | None:
     return None
 
 
+def origin_location(engine, upper_path) -> tuple[int, tuple, os.stat_result] | None:
+    """Where an upper non-directory's origin lives: (lower layer, path in it, its lstat), when
+    it decodes to an object inside a lower layer's directory (opened ``O_PATH`` only)."""
+    from .origin import _open_handle
+
+    found = _origin(engine, upper_path)
+    if found is None:
+        return None
+    k, st = found
+    node = engine.layer(0).node(upper_path)
+    fh = decode_fh(node.xattr(engine.prefix + b"origin"))
+    fd = _open_handle(engine.layer(k)._root, fh.type, fh.fid)  # noqa: SLF001
+    if fd is None:
+        return None
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    for j in range(1, engine.nlower + 1):
+        layer = engine.klayers[j]
+        if layer is None or not getattr(layer, "path", None):
+            continue
+        root = os.path.realpath(layer.path).rstrip("/")
+        if target.startswith(root + "/"):
+            rel = target[len(root) + 1:]
+            return j, tuple(os.fsencode(c) for c in rel.split("/") if c), st
+    return None
+
+
 def _indexed(engine, upper_path) -> bool:
     """Whether an upper non-directory's inode is indexed (``OVL_INDEX``): index=on and
     work/index holds the hex of its origin handle."""

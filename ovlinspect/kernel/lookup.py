@@ -259,6 +259,15 @@ class Lookup:
                 t.append("=> in no layer: ENOENT")
             return
 
+        if d.is_dir and stack and self._index is not None and self.options.nfs_export:
+            # nfs_export=on indexes directories too: the verified origin names an index entry
+            log = self._index.check_dir(upper_path, stack[0])
+            if log:
+                raise LookupFailed("EIO", log, "nfs_export=on: the directory index entry named by "
+                                   "this directory's origin does not belong to it (a lower directory "
+                                   "moved or renamed since it was copied up, or a damaged index)",
+                                   "index-entry-bad", [0])
+
         # positive: build the inode
         res.upper = upper_path
         res.lowers = stack

@@ -570,6 +570,34 @@ class IndexLookup:
                "its bytes), not the lower file"), [self.engine.json_index(stack[0].layer)]))
         return True
 
+    def check_dir(self, upper_path, ref) -> str | None:
+        """``ovl_lookup_index`` for a directory (nfs_export=on): its origin (``ref``, the first
+        lower) names an index entry that is not a directory (``bad index found``), that
+        belongs to an upper directory while this one has none (``suspected uncovered
+        redirected dir``), or whose ``overlay.upper`` names another upper directory
+        (``suspected multiply redirected dir``): the lookup fails with EIO (the log line)."""
+        key = self._lower_fh(ref.layer, ref.path)
+        if key is None:
+            return None
+        found = self._entry(key[0])
+        if found is None:
+            return None
+        name, st = found
+        index = f"index/{safe(name)}"
+        origin = lower_pd2(self.engine.layer(ref.layer).path, ref.path)
+        whiteout = _stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+        if whiteout or not _stat.S_ISDIR(st.st_mode):
+            return (f"overlayfs: bad index found (index={index}, ftype={_stat.S_IFMT(st.st_mode):x}, "
+                    f"origin ftype={_stat.S_IFDIR:x}).")
+        if upper_path is None:
+            return f"overlayfs: suspected uncovered redirected dir found (origin={origin}, index={index})."
+        if not self.dir_indexed(upper_path, ref):
+            upper = lower_pd2(self.engine.layer(0).path, upper_path) if upper_path else \
+                pd2_of_dir(self.engine.layer(0).path)
+            return (f"overlayfs: suspected multiply redirected dir found (upper={upper}, origin={origin}, "
+                    f"index={index}).")
+        return None
+
     def dir_indexed(self, upper_path, ref) -> bool:
         """Whether a merged directory's overlay inode is indexed (``OVL_INDEX``): with
         nfs_export=on (``ovl_index_all``) the verified origin of an upper directory (its first

@@ -163,7 +163,10 @@ class Case:
     links: list[tuple[str, str, str]] = field(default_factory=list)
     #: after the operations, the world changed the way users change it: "copy-lower" (the
     #: first lower layer replaced by a ``cp -a`` copy of itself: a restore, a migration; every
-    #: origin handle into it goes stale), "copy-upper" (upper and workdir replaced by a copy)
+    #: origin handle into it goes stale), "copy-upper" (upper and workdir replaced by a copy),
+    #: "reextract-lower" (everything below the last lower's root re-created in place: the
+    #: root's handle still matches, every other one is stale), "swap-lower" (two files or two
+    #: directories of the last lower swap names: their handles decode to the other name)
     after: str | None = None
 
     def __str__(self) -> str:
@@ -353,7 +356,56 @@ def apply_ops(built: BuiltStack, case: Case) -> list[str]:
         _replace_by_copy(built.lowers[0])
     elif case.after == "copy-upper" and built.upper and built.workdir:
         _replace_by_copy(built.upper, built.workdir)
+    elif case.after == "reextract-lower" and built.lowers:
+        _reextract(built.lowers[-1])
+    elif case.after == "swap-lower" and built.lowers:
+        _swap(built.lowers[-1])
     return out
+
+
+def _swap(layer: str) -> None:
+    """Swap the names of two regular files and of two directories of a layer (the first ones
+    in sorted order): the handles still decode, to the object now at the other name."""
+    kinds: dict[str, list[str]] = {"file": [], "dir": []}
+    for d, dirs, files in os.walk(layer):
+        dirs.sort()
+        for n in sorted(files):
+            if _stat.S_ISREG(os.lstat(os.path.join(d, n)).st_mode):
+                kinds["file"].append(os.path.join(d, n))
+        kinds["dir"] += [os.path.join(d, n) for n in dirs]
+    for found in kinds.values():
+        pair = next(((a, b) for i, a in enumerate(found) for b in found[i + 1:]
+                     if not (b + "/").startswith(a + "/")), None)
+        if pair is None:
+            continue
+        a, b = pair
+        tmp = os.path.join(layer, ".swap")
+        os.rename(a, tmp)
+        os.rename(b, a)
+        os.rename(tmp, b)
+        break  # one swap per layer: a second could undo what the first moved
+
+
+def _reextract(layer: str) -> None:
+    """Re-create everything below a layer's root in place (the root keeps its inode): a layer
+    unpacked again into the same directory; every object below gets a new inode and handle."""
+    import shutil
+    import subprocess
+
+    stage = layer.rstrip("/") + ".again"
+    os.mkdir(stage)
+    names = os.listdir(layer)
+    if names:
+        subprocess.run(["cp", "-a", *[os.path.join(layer, n) for n in names], stage], check=True)
+    for n in names:
+        p = os.path.join(layer, n)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)
+    if names:
+        subprocess.run(["cp", "-a", *[os.path.join(stage, n) for n in names], layer], check=True)
+    shutil.rmtree(stage)
 
 
 def _replace_by_copy(*dirs: str) -> None:

@@ -348,7 +348,7 @@ def plain_entry(draw) -> dict:
 @st.composite
 def upper_options(draw) -> tuple[str, str]:
     """(options of the mount that made the upper state, options of the mount compared):
-    index on/off, metacopy on/off, redirect_dir, nfs_export where valid, xino; one in five
+    index on/off, metacopy on/off, redirect_dir, nfs_export where valid, xino, uuid; one in five
     times the second mount changes index= (a host whose default changed), one in eight an
     incoherent set (compare the refusal)."""
     index = draw(st.sampled_from(["on", "on", "off"]))
@@ -364,6 +364,9 @@ def upper_options(draw) -> tuple[str, str]:
     xino = draw(st.sampled_from([None, None, "on", "off", "auto"]))
     if xino:
         opts.append(f"xino={xino}")
+    uuid = draw(st.sampled_from([None] * 6 + ["off", "null", "on", "auto"]))
+    if uuid:
+        opts.append(f"uuid={uuid}")
     first = ",".join(opts)
     second = first
     if draw(st.integers(0, 4)) == 0:
@@ -427,7 +430,7 @@ def upper_case(draw) -> Case:
             kinds.setdefault(path, "dir" if kind == "mkdir" else "file")
         else:
             ops.append((kind, pick(draw(st.sampled_from(["dir", "file", None])))))
-    after = draw(st.sampled_from([None] * 6 + ["copy-lower", "copy-upper"]))
+    after = draw(st.sampled_from([None] * 6 + ["copy-lower", "copy-upper", "reextract-lower", "swap-lower", "swap-lower"]))
     case = Case("upper-state", layers, opts, ops=ops, ops_options=ops_opts, links=links, after=after)
     if case.ops_options == opts:
         case.ops_options = None
