@@ -266,8 +266,8 @@ def origin_location(engine, upper_path) -> tuple[int, tuple, os.stat_result] | N
 
 
 def _indexed(engine, upper_path) -> bool:
-    """Whether an upper non-directory's inode is indexed (``OVL_INDEX``): index=on and
-    work/index holds the hex of its origin handle."""
+    """Whether an upper non-directory's inode is indexed (``OVL_INDEX``): index=on, its origin
+    decodes in a lower layer, and work/index holds the hex of that handle."""
     if not engine.options.index or not engine.stack.workdir:
         return False
     node = engine.layer(0).node(upper_path)
@@ -281,7 +281,9 @@ def _indexed(engine, upper_path) -> bool:
         os.lstat(os.path.join(engine.stack.workdir, "index", fh.wire.hex()))
     except OSError:
         return False
-    return True
+    # the kernel looks the index up by the origin only when the origin decodes (a lower
+    # re-created since: the entry is still there, but nothing names it)
+    return _origin(engine, upper_path) is not None
 
 
 def inode_of(engine, res) -> InodeInfo | None:

@@ -155,6 +155,10 @@ def _index_line(engine: Engine, path: Path, node: Node, fh) -> StateLine | None:
             return StateLine("warning", f"index: missing ({short}): copied up without index=on, "
                                         "or the entry was removed; hard links to its lower are "
                                         "not kept together")
+        if not is_dir and _origin(engine, path) is None:
+            return StateLine("warning", f"index: {short} is there, but the origin no longer decodes "
+                                        "in a lower layer: the kernel does not use it (this file's "
+                                        "hard links come apart)")
         if _stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             return StateLine("bad", f"index: stale ({short} is a whiteout: every link was "
                                     "removed); lookup fails with EIO")

@@ -522,7 +522,7 @@ def test_random_stack(case: Case, api: str, kernel_ready) -> None:
                                          case_toml(case))
 
 
-@settings(max_examples=int(os.environ.get("OVLK_UPPER_EXAMPLES", "40")), derandomize=True, deadline=None,
+@settings(max_examples=int(os.environ.get("OVLK_UPPER_EXAMPLES", "60")), derandomize=True, deadline=None,
           database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(case=upper_case())
 def test_random_stack_with_upper_state(case: Case, kernel_ready) -> None:
