@@ -62,3 +62,91 @@ def test_memory_layer_parents_and_listing():
     assert m.read((b"a", b"b", b"c"), 2) == b"ab"
     m.add((b"a", b"b", b"c"), Node("file", size=1), b"z")  # replacing keeps one listing entry
     assert m.listdir((b"a", b"b")) == [b"c"]
+
+
+def _xattr_tree(tmp_path):
+    """A directory with a user.overlay.* xattr on a file and a symlink inside (user xattrs:
+    no root needed); None where the filesystem takes no user xattrs."""
+    d = tmp_path / "layer"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "f").write_bytes(b"abc")
+    (d / "plain").write_bytes(b"")
+    os.symlink("../plain", d / "sub" / "link")
+    try:
+        os.setxattr(d / "sub" / "f", "user.overlay.redirect", b"/x/y")
+        os.setxattr(d / "sub" / "f", "user.other", b"not ours")
+    except OSError:
+        return None
+    return d
+
+
+def test_exclusive_reads_give_the_same_nodes_and_restore_the_working_directory(tmp_path):
+    import threading
+
+    from ovlinspect.model.layers import _CWD, exclusive_reads
+
+    d = _xattr_tree(tmp_path)
+    if d is None:
+        pytest.skip("no user xattrs on this filesystem")
+    shared = {p: dict(DiskLayer(str(d)).scan(p)) for p in [(), (b"sub",)]}
+    cwd = os.getcwd()
+    if threading.active_count() != 1:
+        pytest.skip("other threads run: exclusive reads stay off")
+    with exclusive_reads():
+        assert _CWD.active
+        layer = DiskLayer(str(d))
+        alone = {p: dict(layer.scan(p)) for p in [(), (b"sub",)]}
+        assert os.getcwd() != cwd  # moved to a layer directory to read its names
+    assert os.getcwd() == cwd and not _CWD.active
+    assert alone == shared
+    f = alone[(b"sub",)][b"f"]
+    assert f.xattrs == ((b"user.overlay.redirect", b"/x/y"),)  # only overlay names are read
+    assert f.size == 3 and f.kind == "file"
+    link = alone[(b"sub",)][b"link"]
+    assert (link.kind, link.target) == ("symlink", b"../plain")  # read lazily, never followed
+    assert alone[()][b"plain"].size == 0 and alone[()][b"sub"].kind == "dir"
+
+
+def test_lazy_nodes_read_their_lstat_when_asked(tmp_path):
+    (tmp_path / "f").write_bytes(b"12345")
+    os.chmod(tmp_path / "f", 0o640)
+    layer = DiskLayer(str(tmp_path))
+    node = layer.scan(())[b"f"]
+    st = os.lstat(tmp_path / "f")
+    assert (node.kind, node.size, node.mode, node.uid, node.gid) == ("file", 5, 0o640, st.st_uid, st.st_gid)
+    one = layer.node((b"f",))  # the same entry looked up alone: a complete node, equal fields
+    assert [getattr(one, f) for f in ("kind", "mode", "size", "uid", "gid", "rdev", "target", "xattrs")] == \
+        [getattr(node, f) for f in ("kind", "mode", "size", "uid", "gid", "rdev", "target", "xattrs")]
+
+
+def test_directory_descriptors_are_kept_within_the_budget(tmp_path, monkeypatch):
+    from ovlinspect.model import layers
+
+    for i in range(40):
+        (tmp_path / f"d{i}").mkdir()
+        (tmp_path / f"d{i}" / "f").write_bytes(b"x")
+    layer = DiskLayer(str(tmp_path))
+    before = layers._Kept.count
+    for i in range(10):
+        assert layer.node((f"d{i}".encode(), b"f")).kind == "file"
+    assert layers._Kept.count == before + 10 and len(layer._fds) == 10  # all kept
+    monkeypatch.setattr(layers._Kept, "budget", before + 16)
+    for i in range(10, 40):
+        assert layer.node((f"d{i}".encode(), b"f")).kind == "file"
+    assert len(layer._fds) == 16 and layers._Kept.count == before + 16  # the oldest closed
+    assert layer.node((b"d0", b"f")).kind == "file"  # reopened when needed again
+    layer.close()
+    assert layers._Kept.count == before
+
+
+def test_the_layer_roots_own_xattrs_are_read(tmp_path):
+    """The root is read through /proc/self/fd/N, a magic link that must be followed."""
+    from ovlinspect.model.layers import exclusive_reads
+
+    try:
+        os.setxattr(tmp_path, "user.overlay.opaque", b"y")
+    except OSError:
+        pytest.skip("no user xattrs on this filesystem")
+    assert DiskLayer(str(tmp_path)).node(()).xattrs == ((b"user.overlay.opaque", b"y"),)
+    with exclusive_reads():
+        assert DiskLayer(str(tmp_path)).node(()).xattrs == ((b"user.overlay.opaque", b"y"),)

@@ -144,7 +144,7 @@ class Resolution:
     _hidden: dict[bytes, str] | None = None
     #: names readdir does not show although a layer holds them and their lookup fails with an
     #: error (not ENOENT): impure directories leave them out, or fail the whole listing
-    _unlisted_failures: list[bytes] | None = None
+    unlisted_failures: list[bytes] | None = None
     #: the path as asked (:meth:`Engine.walk_path`), when it differs from ``path``: with its
     #: ``..``, its trailing ``/`` or the symlinks the walk followed
     asked: bytes | None = None

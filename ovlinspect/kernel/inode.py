@@ -181,18 +181,7 @@ class InodeInfo:
 
 
 def _lstat(layer, path) -> os.stat_result | None:
-    if not isinstance(layer, DiskLayer):
-        return None
-    with layer._lock:  # noqa: SLF001 - the layer's own descriptors, read-only
-        if not path:
-            return os.fstat(layer._root)  # noqa: SLF001
-        fd = layer._dirfd(path[:-1])  # noqa: SLF001
-        if fd is None:
-            return None
-        try:
-            return os.stat(path[-1], dir_fd=fd, follow_symlinks=False)
-        except OSError:
-            return None
+    return layer.lstat(path) if isinstance(layer, DiskLayer) else None
 
 
 def _origin(engine, upper_path) -> tuple[int, os.stat_result] | None:

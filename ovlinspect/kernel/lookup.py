@@ -35,7 +35,7 @@ class Lookup:
             sub = comps[: i + 1]
             child = self._cache.get(sub)
             if child is None:
-                child = self._lookup(cur, name)
+                child = self.lookup_child(cur, name)
                 if child.errno is None and child.kind == "dir":
                     self._cache[sub] = child
                     if len(self._cache) > 4096:
@@ -81,7 +81,9 @@ class Lookup:
         res.via_symlink = True
         return res
 
-    def _lookup(self, parent: Resolution, name: bytes) -> Resolution:
+    def lookup_child(self, parent: Resolution, name: bytes) -> Resolution:
+        """``ovl_lookup`` of one name in a directory already looked up (no cache: a walk of a
+        whole tree calls it once per name, the parent's resolution in hand)."""
         path = parent.path + (name,)
         res = Resolution(path=path)
         t = self.tracer.to(res)

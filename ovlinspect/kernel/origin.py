@@ -687,16 +687,7 @@ def _open_handle(dir_fd: int, ftype: int, fid: bytes) -> int | None:
 
 
 def _lstat_in(layer, path) -> os.stat_result | None:
-    if not isinstance(layer, DiskLayer) or not path:
-        return None
-    with layer._lock:  # noqa: SLF001
-        fd = layer._dirfd(path[:-1])  # noqa: SLF001
-        if fd is None:
-            return None
-        try:
-            return os.stat(path[-1], dir_fd=fd, follow_symlinks=False)
-        except OSError:
-            return None
+    return layer.lstat(path) if isinstance(layer, DiskLayer) and path else None
 
 
 def where_origin(engine, fh: FileHandle, prefer=None) -> str:

@@ -24,7 +24,7 @@ class Readdir:
         if not res.is_dir:
             res._entries = []
             return []
-        res._unlisted_failures = None
+        res.unlisted_failures = None
         impure = self._impure(res)
         if not res.merge:
             real = Ref(0, res.upper) if res.upper is not None else res.lowers[0]
@@ -37,7 +37,7 @@ class Readdir:
                     if child.errno not in (None, "ENOENT"):
                         res.readdir_errno = child.errno
                         res.readdir_log.append(self._stale_log(name, child.errno))
-                        res._unlisted_failures = names
+                        res.unlisted_failures = names
                         names = []
                         break
         else:
@@ -101,11 +101,11 @@ class Readdir:
                     hidden[name] = f"{why}: lookup gives {child.errno}"
                     if child.errno != "ENOENT":
                         res.readdir_log.append(self._stale_log(name, child.errno))
-                        res._unlisted_failures = (res._unlisted_failures or []) + [name]
+                        res.unlisted_failures = (res.unlisted_failures or []) + [name]
                         if not returned:
                             res.readdir_errno = child.errno
-                            res._unlisted_failures = [n for n in seen if n not in hidden or
-                                                      n in res._unlisted_failures]
+                            res.unlisted_failures = [n for n in seen if n not in hidden or
+                                                      n in res.unlisted_failures]
                             return []
                         returned = 0  # the next getdents call starts right after it
                     continue

@@ -6,17 +6,21 @@ composefs dump (:class:`MemoryLayer`).  Paths inside a layer are tuples of ``byt
 components; ``()`` is the layer root.  Names are bytes and are never trusted.
 
 Disk layers are walked with directory file descriptors opened ``O_PATH | O_NOFOLLOW``; the
-final component is ``lstat``-ed through its parent's descriptor, extended attributes are
-read with the ``l*xattr`` calls on ``/proc/self/fd/<dirfd>/<name>`` (so the last component is
-never followed), and only regular files are ever opened for reading, with a size bound.
+final component is ``lstat``-ed through its parent's descriptor (or typed from ``readdir``'s
+``d_type``, the ``lstat`` then deferred until a size, mode or owner is asked for), extended
+attributes are read with the ``l*xattr`` calls on a name relative to the parent's descriptor
+(so the last component is never followed), and only regular files are ever opened for
+reading, with a size bound.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import os
-import threading
 import stat as _stat
+import sys
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -244,30 +248,101 @@ def _measure_verity(fd: int) -> tuple[int, bytes] | None:
     return algo, bytes(buf[4 : 4 + size])
 
 
+# Overlay xattrs are read with the standard library, not the ``xattr`` package (which stays for
+# the UI and the tools that want its API): ``os.listxattr``/``os.getxattr`` make one syscall
+# with a buffer on the stack, where ``xattr.listxattr``/``getxattr`` ask the size first and
+# then the data (two).  And the name is given relative to the current directory, moved there
+# with ``fchdir`` on the parent's descriptor, when one thread reads (see
+# :func:`exclusive_reads`): a ``/proc/self/fd/N/name`` path makes the kernel resolve the procfs
+# magic link at every call.  Measured here (kernel 6.18, tmpfs, 20,000 files, CPython 3.11,
+# per call, the machine busy; the ratios held on several runs): llistxattr through
+# /proc/self/fd 25.6 us with os, 49.7 us with the xattr package; relative to the current
+# directory 11.7 us; lgetxattr 24.2 us against 10.8 us; ``listxattrat``/``getxattrat``
+# (6.13+) through ctypes 28.3 / 34.5 us (the ctypes call costs more than the procfs walk
+# saves), so threads that share a reader use the /proc/self/fd path.
+
+
+class _Cwd:
+    """The process's working directory while :func:`exclusive_reads` is in force."""
+
+    active = False
+    owner = 0
+    #: the kept directory descriptor the working directory was last moved to (-1: none)
+    at = -1
+
+
+_CWD = _Cwd()
+
+
+@contextlib.contextmanager
+def exclusive_reads() -> Iterator[None]:
+    """Within this block the calling thread is the only one reading disk layers: xattrs are
+    read on names relative to the working directory, moved with ``fchdir`` to the parent's
+    descriptor (about twice as fast as ``/proc/self/fd/N/name``).  The working directory is
+    restored on the way out.  When other threads run, it changes nothing (the working
+    directory is the process's: it would move under their feet)."""
+    if _CWD.active or threading.active_count() != 1:
+        yield
+        return
+    try:
+        saved = os.open(".", _O_PATH_DIR & ~os.O_NOFOLLOW)
+    except OSError:  # no working directory to come back to: keep the /proc/self/fd way
+        yield
+        return
+    _CWD.active, _CWD.owner, _CWD.at = True, threading.get_ident(), -1
+    try:
+        yield
+    finally:
+        _CWD.active, _CWD.at = False, -1
+        try:
+            os.fchdir(saved)
+        finally:
+            os.close(saved)
+
+
+def _close_fd(fd: int) -> None:
+    if fd == _CWD.at:
+        _CWD.at = -1  # the number may be reused for another directory
+    os.close(fd)
+
+
+_STR_PREFIXES = tuple(p.decode() for p in OVERLAY_PREFIXES)
+#: os.fsencode's codec, called directly (a third of the cost, on every name read)
+_FS = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+
+
 def read_overlay_xattrs(dirfd: int, name: bytes) -> tuple[tuple[bytes, bytes], ...]:
-    """Overlay xattrs of ``name`` in the directory ``dirfd``, never following a symlink."""
+    """Overlay xattrs of ``name`` in the directory ``dirfd``, never following a symlink: one
+    ``llistxattr``, then one ``lgetxattr`` per overlay name (none for the other names)."""
     # For the directory itself (no name) the magic link /proc/self/fd/N must be followed: it
     # leads to the descriptor already open, never elsewhere.  A named entry is never followed.
-    where = b"/proc/self/fd/%d/%s" % (dirfd, name) if name else b"/proc/self/fd/%d" % dirfd
-    nofollow = bool(name)
+    follow = False
+    if _CWD.active and _CWD.owner == threading.get_ident():
+        if _CWD.at != dirfd:
+            os.fchdir(dirfd)
+            _CWD.at = dirfd
+        where = name or b"."
+    elif name:
+        where = b"/proc/self/fd/%d/%s" % (dirfd, name)
+    else:
+        where, follow = b"/proc/self/fd/%d" % dirfd, True
     try:
-        names = _xattr.listxattr(where, symlink=nofollow)
+        names = os.listxattr(where, follow_symlinks=follow)
     except OSError as e:
         if e.errno in (_errno.ENOTSUP, _errno.ENODATA, _errno.ENOENT):
             return ()
         raise
     result = []
     for key in names:
-        bkey = key.encode("utf-8", "surrogateescape") if isinstance(key, str) else key
-        if not bkey.startswith(OVERLAY_PREFIXES):
+        if not key.startswith(_STR_PREFIXES):
             continue
         try:
-            value = _xattr.getxattr(where, key, symlink=nofollow)
+            value = os.getxattr(where, key, follow_symlinks=follow)
         except OSError as e:
             if e.errno == _errno.ENODATA:
                 continue
             raise
-        result.append((bkey, bytes(value[:MAX_XATTR_VALUE])))
+        result.append((key.encode(*_FS), value[:MAX_XATTR_VALUE]))
     return tuple(result)
 
 
@@ -279,6 +354,84 @@ def _overlay_xattrs(dirfd: int, name: bytes, layer: str, where: bytes) -> tuple[
     except OSError as e:
         raise LayerError(f"{_shown(os.fsencode(layer) + where)}: cannot read its overlay xattrs: "
                          f"{e.strerror or e}") from None
+
+
+# The slots of Node, written directly by the lazy node below (Node is frozen).
+_SLOT = {f: Node.__dict__[f] for f in ("kind", "mode", "size", "uid", "gid", "rdev", "target",
+                                       "xattrs", "verity")}
+
+
+def _lazy(field_name: str) -> property:
+    slot = _SLOT[field_name]
+
+    def get(self: "_LazyNode"):
+        if self._src is not None:
+            self._load()
+        return slot.__get__(self, Node)
+
+    return property(get)
+
+
+class _LazyNode(Node):
+    """A node typed from ``readdir`` (a directory, regular file or symlink without overlay
+    xattrs): its ``lstat`` (mode, size, owner) and a symlink's target are read when first
+    asked for, so a walk that only needs the type never pays for them."""
+
+    __slots__ = ("_src",)
+
+    def __init__(self, *args, **kw) -> None:  # a complete node (dataclasses.replace)
+        full = Node(*args, **kw)
+        for f, slot in _SLOT.items():
+            slot.__set__(self, slot.__get__(full, Node))
+        object.__setattr__(self, "_src", None)
+
+    @classmethod
+    def _make(cls, kind: str, layer: "DiskLayer", parent: Path, name: bytes) -> "_LazyNode":
+        self = cls.__new__(cls)
+        for f, v in (("kind", kind), ("rdev", (0, 0)), ("xattrs", ()), ("verity", None)):
+            _SLOT[f].__set__(self, v)
+        object.__setattr__(self, "_src", (layer, parent, name))
+        return self
+
+    def _load(self) -> None:
+        layer, parent, name = self._src
+        st, target = layer._lstat(parent, name)
+        for f, v in (("mode", _stat.S_IMODE(st.st_mode)), ("size", st.st_size),
+                     ("uid", st.st_uid), ("gid", st.st_gid), ("target", target)):
+            _SLOT[f].__set__(self, v)
+        object.__setattr__(self, "_src", None)
+
+    def __eq__(self, other: object) -> bool:  # equal to a Node of the same fields
+        if not isinstance(other, Node):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in _SLOT)
+
+    __hash__ = Node.__hash__
+
+    mode = _lazy("mode")
+    size = _lazy("size")
+    uid = _lazy("uid")
+    gid = _lazy("gid")
+    target = _lazy("target")
+
+
+def _fd_budget() -> int:
+    """How many directory descriptors all disk layers together keep open: half of the
+    process's limit (RLIMIT_NOFILE), the rest left to everything else."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        soft = 1 << 20
+    return max(32, soft // 2 - 64)
+
+
+class _Kept:
+    """Directory descriptors kept open by every disk layer of the process."""
+
+    lock = threading.Lock()
+    count = 0
+    budget = 0
 
 
 class DiskLayer(Layer):
@@ -311,9 +464,11 @@ class DiskLayer(Layer):
         self._lock = threading.RLock()
         #: the filesystem the layer root is on (overlay compares them: same_fs, xino)
         self.dev = os.fstat(self._root).st_dev
+        #: every directory descriptor opened is kept (an object store's 256 directories, a
+        #: deep tree's ancestors), least recently used first; closed only past the budget of
+        #: all layers together (:func:`_fd_budget`)
         self._fds: OrderedDict[Path, int] = OrderedDict()
         self._scans: OrderedDict[Path, dict[bytes, Node]] = OrderedDict()
-        self._max_fds = 64
         self._max_scans = 4
         self._nodes: OrderedDict[Path, Node | None] = OrderedDict()
         self._max_nodes = 4096
@@ -328,35 +483,57 @@ class DiskLayer(Layer):
         if fd is not None:
             self._fds.move_to_end(path)
             return fd
-        # iterative (a path may have thousands of components): the deepest cached ancestor,
-        # then one O_PATH open per component below it
+        # iterative (a path may have thousands of components): the deepest kept ancestor,
+        # then one O_PATH open per component below it, each kept
         start = len(path) - 1
         while start > 0 and path[:start] not in self._fds:
             start -= 1
         parent = self._fds[path[:start]] if start else self._root
         if start:
             self._fds.move_to_end(path[:start])
-        opened: list[int] = []
-        try:
-            for i in range(start, len(path)):
-                try:
-                    fd = os.open(path[i], _O_PATH_DIR, dir_fd=parent)
-                except OSError:
-                    return None
-                opened.append(fd)
-                parent = fd
-            last = opened.pop()
-        finally:
-            for extra in opened:  # intermediate descriptors are not kept
-                os.close(extra)
-        self._fds[path] = last
-        if len(self._fds) > self._max_fds:
+        for i in range(start, len(path)):
+            try:
+                fd = os.open(path[i], _O_PATH_DIR, dir_fd=parent)
+            except OSError:
+                return None
+            self._keep(path[: i + 1], fd)
+            parent = fd
+        return parent
+
+    def _keep(self, path: Path, fd: int) -> None:
+        self._fds[path] = fd
+        with _Kept.lock:
+            if not _Kept.budget:
+                _Kept.budget = _fd_budget()
+            _Kept.count += 1
+            over = _Kept.count > _Kept.budget
+        if over and len(self._fds) > 1:
             _, old = self._fds.popitem(last=False)
-            os.close(old)
-        return last
+            _close_fd(old)
+            with _Kept.lock:
+                _Kept.count -= 1
+
+    def _lstat(self, parent: Path, name: bytes) -> tuple[os.stat_result, bytes | None]:
+        """The ``lstat`` of an entry (and a symlink's target), for a lazy node."""
+        with self._lock:
+            dirfd = self._dirfd(parent)
+            try:
+                if dirfd is None:
+                    raise FileNotFoundError(_errno.ENOENT, "its directory is gone")
+                st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+                target = None
+                if _stat.S_ISLNK(st.st_mode):
+                    try:
+                        target = os.readlink(name, dir_fd=dirfd)[:4096]
+                    except OSError:
+                        target = b""
+            except OSError as e:
+                raise LayerError(f"{self.path}: cannot lstat {_shown(join_path(parent + (name,)))}: "
+                                 f"{e.strerror}") from None
+            return st, target
 
     def _node_at(self, dirfd: int, name: bytes, st: os.stat_result | None = None,
-                 parent: Path = ()) -> Node | None:
+                 parent: Path = (), xattrs: tuple | None = None) -> Node | None:
         if st is None:
             try:
                 st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
@@ -373,7 +550,9 @@ class DiskLayer(Layer):
                 target = os.readlink(name, dir_fd=dirfd)[:4096]
             except OSError:
                 target = b""
-        xattrs = _overlay_xattrs(dirfd, name, self.path or "", join_path(parent + (name,))) if self.want_xattrs else ()
+        if xattrs is None:
+            xattrs = (_overlay_xattrs(dirfd, name, self.path or "", join_path(parent + (name,)))
+                      if self.want_xattrs else ())
         verity = None
         if kind == "file" and self.want_verity:
             verity = self._verity(dirfd, name)
@@ -454,14 +633,31 @@ class DiskLayer(Layer):
             fd = os.open(".", _O_DIR, dir_fd=dirfd)
         except OSError:
             return result
+        # the type from readdir (d_type); one llistxattr per entry, lgetxattr for overlay names
+        # only; the lstat only for entries with overlay xattrs (their size and mode matter to
+        # the lookup), the other types, and fs-verity layers: the rest get it when asked
+        want_x, lean = self.want_xattrs, not self.want_verity
+        label = self.path or ""
         try:
             for entry in os.scandir(fd):
-                name = os.fsencode(entry.name)
+                name = entry.name.encode(*_FS)
+                try:
+                    kind = ("dir" if entry.is_dir(follow_symlinks=False) else
+                            "file" if entry.is_file(follow_symlinks=False) else
+                            "symlink" if entry.is_symlink() else None)
+                except FileNotFoundError:
+                    continue
+                xattrs = _overlay_xattrs(dirfd, name, label, join_path(path + (name,))) if want_x else ()
+                # (a regular file's size is kept as the scan saw it: an export compares it
+                # with what it reads later, to flag a file that changed meanwhile)
+                if kind is not None and kind != "file" and lean and not xattrs:
+                    result[name] = _LazyNode._make(kind, self, path, name)
+                    continue
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                n = self._node_at(dirfd, name, st, parent=path)
+                n = self._node_at(dirfd, name, st, parent=path, xattrs=xattrs)
                 if n is not None:
                     result[name] = n
         except OSError as e:  # a readdir that fails part-way: say so, do not guess
@@ -492,6 +688,21 @@ class DiskLayer(Layer):
         finally:
             os.close(fd)
 
+    def lstat(self, path: Path) -> os.stat_result | None:
+        """``lstat`` of an entry (the root itself for ``()``), through the layer's own directory
+        descriptors; None when it is gone.  For inode numbers and devices, which nodes do not
+        keep."""
+        with self._lock:
+            if not path:
+                return os.fstat(self._root)
+            fd = self._dirfd(path[:-1])
+            if fd is None:
+                return None
+            try:
+                return os.stat(path[-1], dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                return None
+
     def reopen(self) -> "DiskLayer":
         if not self.path:
             return self  # nothing to open again by name
@@ -520,12 +731,14 @@ class DiskLayer(Layer):
 
     def _close(self) -> None:
         for fd in self._fds.values():
-            os.close(fd)
+            _close_fd(fd)
+        with _Kept.lock:
+            _Kept.count -= len(self._fds)
         self._fds.clear()
         self._scans.clear()
         self._nodes.clear()
         if self._root >= 0:
-            os.close(self._root)
+            _close_fd(self._root)
             self._root = -1
 
     def __del__(self) -> None:

@@ -184,10 +184,10 @@ class Engine(Overlay):
             for name in names:
                 child = self.resolve(res.path + (name,))
                 if child.errno == "ENOENT":
-                    res.findings.append(self._phantom(res, name, child))
+                    res.findings.append(self.phantom(res, name, child))
         return res
 
-    def _phantom(self, parent: Resolution, name: bytes, child: Resolution) -> Finding:
+    def phantom(self, parent: Resolution, name: bytes, child: Resolution) -> Finding:
         wh = child.whiteout
         where = self.where(wh) if wh else "a lower layer"
         node = self.layer(wh.layer).node(wh.path) if wh else None
@@ -227,17 +227,17 @@ class Engine(Overlay):
             dirres = stack.pop()
             listed = self.entries(dirres)
             # what readdir leaves out because its lookup fails is a problem all the same
-            unlisted = dirres._unlisted_failures or []
+            unlisted = dirres.unlisted_failures or []
             for name in sorted(set(listed) | set(unlisted)):
-                child = self._lookup(dirres, name)
+                child = self.lookup_child(dirres, name)
                 count += 1
                 if child.errno == "ENOENT" and name in listed:
-                    child.findings.append(self._phantom(dirres, name, child))
+                    child.findings.append(self.phantom(dirres, name, child))
                 yield child
                 if child.is_dir:
                     stack.append(child)
             dirres._entries = None
-            dirres._unlisted_failures = None
+            dirres.unlisted_failures = None
             if progress is not None:
                 progress(count)
 

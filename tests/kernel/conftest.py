@@ -39,3 +39,16 @@ def tmpfs(kernel_ready):
     """A fresh private tmpfs for one test; everything mounted below it is unmounted after."""
     with harness.private_tmpfs() as path:
         yield path
+
+
+@pytest.fixture
+def klog(kernel_ready):
+    """The kernel log from now on (``/dev/kmsg``): the overlay lines a mount or lookup logs."""
+    from ovlinspect.live.mountapi import KernelLog
+
+    try:
+        log = KernelLog()
+    except OSError as e:
+        pytest.skip(f"cannot read /dev/kmsg: {e.strerror}")
+    with log:
+        yield log

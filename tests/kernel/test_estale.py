@@ -37,16 +37,6 @@ T = "trusted.overlay."
 
 
 @pytest.fixture
-def klog(kernel_ready):
-    try:
-        log = KernelLog()
-    except OSError as e:
-        pytest.skip(f"cannot read /dev/kmsg: {e.strerror}")
-    with log:
-        yield log
-
-
-@pytest.fixture
 def tmpfs2(kernel_ready):
     """A second private tmpfs: another filesystem, with its own random UUID."""
     with harness.private_tmpfs() as path:

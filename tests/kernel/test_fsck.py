@@ -22,7 +22,7 @@ import pytest
 
 from ovlinspect.cli import main
 from ovlinspect.kernel.origin import fs_uuid
-from ovlinspect.live.mountapi import KernelLog, mount_overlay_legacy, umount
+from ovlinspect.live.mountapi import mount_overlay_legacy, umount
 
 pytestmark = pytest.mark.kernel
 OPTS = "index=on,redirect_dir=on"
@@ -45,16 +45,6 @@ def mounted(l: str, u: str, w: str, m: str, options: str = OPTS):
         yield m
     finally:
         umount(m)
-
-
-@pytest.fixture
-def klog(kernel_ready):
-    try:
-        log = KernelLog()
-    except OSError as e:
-        pytest.skip(f"cannot read /dev/kmsg: {e.strerror}")
-    with log:
-        yield log
 
 
 def test_what_fsck_would_repair(tmpfs, klog):

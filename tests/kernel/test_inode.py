@@ -20,7 +20,7 @@ import pytest
 from ovlinspect.cli import main
 from ovlinspect.rules.engine import Engine
 from ovlinspect.kernel.inode import inode_of, xino_of
-from ovlinspect.live.mountapi import KernelLog, mount_overlay_legacy, umount
+from ovlinspect.live.mountapi import mount_overlay_legacy, umount
 from ovlinspect.sources.target import stack_from_args
 
 import harness
@@ -84,16 +84,6 @@ def _compare(lowerdir: str, u: str, w: str, m: str, options: str, klog=None) -> 
         if "xino" in line and klog is not None:
             assert line in logged, (line, logged)
     return {"engine": engine, "predicted": predicted, "real": real}
-
-
-@pytest.fixture
-def klog(kernel_ready):
-    try:
-        log = KernelLog()
-    except OSError as e:
-        pytest.skip(f"cannot read /dev/kmsg: {e.strerror}")
-    with log:
-        yield log
 
 
 @pytest.mark.parametrize("index", ["off", "on"])
