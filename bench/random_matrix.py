@@ -7,7 +7,13 @@ y/x, both xattr namespaces, random options), each built on a fresh private tmpfs
 observed and compared with the engine's prediction, and prints a table: cases run, mounts the
 kernel refused (compared too), agreements, disagreements by class, and the time taken.
 
-    python bench/random_matrix.py [-n 1000] [--seed 1] [--save DIR] [--live]
+    python bench/random_matrix.py [-n 1000] [--seed 1] [--save DIR] [--live] [--upper]
+
+With ``--upper``, the stacks are those of ``test_random_stack_with_upper_state``: random lowers
+mounted with an upper (index on/off, metacopy on/off, nfs_export, xino), real operations done
+through the mount (chmod, write, rename, link, rm, rm -r + mkdir), unmounted, predicted from
+the layers alone and compared with a fresh mount (st_ino/st_dev and the mount's log too); the
+table then also counts the operations' outcomes and the upper state they left.
 
 Needs root and overlay mounts (it moves into a private mount namespace first).  With
 ``--save DIR``, the stack file of the first case of every disagreement class is written
@@ -33,7 +39,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import harness  # noqa: E402
-from test_random import APIS, random_case, run_random  # noqa: E402
+from test_random import APIS, describe_ops, random_case, run_random, upper_case  # noqa: E402
 
 
 def classify(res, dis) -> str:
@@ -60,8 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save", metavar="DIR", help="write one stack file per disagreement class here")
     ap.add_argument("--live", action="store_true", help="also compare the live-mount prediction")
     ap.add_argument("--stats", action="store_true", help="also count the kernel's answers (errnos)")
+    ap.add_argument("--upper", action="store_true",
+                    help="stacks with upper state made by real operations through a mount")
+    ap.add_argument("--unpredicted-log", action="store_true",
+                    help="with --upper: also count overlayfs log lines the engine did not predict "
+                         "(the kernel log is the machine's: run it on a quiet machine)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every disagreeing case")
     args = ap.parse_args(argv)
+    harness.LOG_UNPREDICTED = args.unpredicted_log
     reason = harness.kernel_unavailable_reason()
     if reason:
         print(f"random_matrix: {reason}", file=sys.stderr)
@@ -72,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     first: dict[str, str] = {}
     times: list[float] = []
     answers: Counter = Counter()  # what the kernel answered, over every observed path
+    ops: Counter = Counter()  # --upper: operation outcomes
+    state: Counter = Counter()  # --upper: what the operations left in upper and work/index
 
     def one(case, api) -> None:
         t0 = time.monotonic()
@@ -89,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             return
         times.append(time.monotonic() - t0)
         stats["run"] += 1
+        if case.ops:
+            for op, got in zip(case.ops, getattr(res.built, "op_results", [])):
+                ops[f"{op[0]} {got}" if not got.startswith("mount") else got] += 1
+            state.update(getattr(res.built, "op_state", {}))
         for o in res.obs.values():
             answers[f"lstat {o.errno or 'ok'}"] += 1
             if o.readdir_errno or o.open_errno:
@@ -114,13 +132,15 @@ def main(argv: list[str] | None = None) -> int:
             if cls not in first:
                 text = harness.format_disagreements(f"a random stack ({api}, -o {case.options or '(defaults)'})",
                                                     dis)
+                text += "\n" + describe_ops(case, res)
                 first[cls] = harness.case_toml(case) + "\n" + "\n".join("# " + l for l in text.splitlines()) + "\n"
         if args.verbose:
             print(harness.format_disagreements(f"case {stats['run']} ({api})", dis, harness.case_toml(case)))
 
     @settings(max_examples=args.cases, derandomize=args.seed is None, deadline=None, database=None,
               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
-    @given(case=random_case(), api=st.sampled_from(APIS))
+    @given(case=upper_case() if args.upper else random_case(),
+           api=st.just("legacy") if args.upper else st.sampled_from(APIS))
     def run(case, api) -> None:
         one(case, api)
 
@@ -144,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\n  cases  fields  class")
         for cls, count in sorted(classes.items(), key=lambda kv: (-cases_by_class[kv[0]], kv[0])):
             print(f"  {cases_by_class[cls]:>5}  {count:>6}  {cls}")
+    if ops:
+        print("\n  operations through the mount (outcome):")
+        for k, v in sorted(ops.items(), key=lambda kv: -kv[1]):
+            print(f"  {v:>7}  {k}")
+        print("\n  upper state they left (objects, over all stacks):")
+        for k, v in sorted(state.items(), key=lambda kv: -kv[1]):
+            print(f"  {v:>7}  {k}")
     if args.stats:
         print("\n  kernel answers over all observed paths:")
         for k, v in sorted(answers.items(), key=lambda kv: -kv[1]):

@@ -223,9 +223,40 @@ def _origin(engine, upper_path) -> tuple[int, os.stat_result] | None:
     return None
 
 
+def origin_location(engine, upper_path) -> tuple[int, tuple, os.stat_result] | None:
+    """Where an upper non-directory's origin lives: (lower layer, path in it, its lstat), when
+    it decodes to an object inside a lower layer's directory (opened ``O_PATH`` only)."""
+    from .origin import _open_handle
+
+    found = _origin(engine, upper_path)
+    if found is None:
+        return None
+    k, st = found
+    node = engine.layer(0).node(upper_path)
+    fh = decode_fh(node.xattr(engine.prefix + b"origin"))
+    fd = _open_handle(engine.layer(k)._root, fh.type, fh.fid)  # noqa: SLF001
+    if fd is None:
+        return None
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    for j in range(1, engine.nlower + 1):
+        layer = engine.klayers[j]
+        if layer is None or not getattr(layer, "path", None):
+            continue
+        root = os.path.realpath(layer.path).rstrip("/")
+        if target.startswith(root + "/"):
+            rel = target[len(root) + 1:]
+            return j, tuple(os.fsencode(c) for c in rel.split("/") if c), st
+    return None
+
+
 def _indexed(engine, upper_path) -> bool:
-    """Whether an upper non-directory's inode is indexed (``OVL_INDEX``): index=on and
-    work/index holds the hex of its origin handle."""
+    """Whether an upper non-directory's inode is indexed (``OVL_INDEX``): index=on, its origin
+    decodes in a lower layer, and work/index holds the hex of that handle."""
     if not engine.options.index or not engine.stack.workdir:
         return False
     node = engine.layer(0).node(upper_path)
@@ -239,7 +270,9 @@ def _indexed(engine, upper_path) -> bool:
         os.lstat(os.path.join(engine.stack.workdir, "index", fh.wire.hex()))
     except OSError:
         return False
-    return True
+    # the kernel looks the index up by the origin only when the origin decodes (a lower
+    # re-created since: the entry is still there, but nothing names it)
+    return _origin(engine, upper_path) is not None
 
 
 def inode_of(engine, res) -> InodeInfo | None:
@@ -260,7 +293,34 @@ def _inode_of(engine, res) -> InodeInfo | None:
     info = _inode_info(engine, res)
     if info is not None and not res.lowers and res.upper is not None and res.kind != "dir":
         info.origin_decodes = getattr(res, "_origin_decodes", None)
+    if info is not None:
+        line = _nlink_log(engine, res)
+        if line:
+            info.log = line if not info.log else info.log + "\n" + line
     return info
+
+
+def _nlink_log(engine, res) -> str | None:
+    """``ovl_get_nlink`` at the inode's first lookup: an upper non-directory whose lower
+    object (its decoded origin, or its lower data) has several links reads its link count
+    from ``overlay.nlink``; a copy-up made without an index (index=off, or a broken hard link)
+    has none, and the kernel warns (rate-limited) and uses the upper's own count."""
+    if res.kind == "dir" or not res.upper:
+        return None
+    if res.lowers:
+        lower_st = _lstat(engine.layer(res.lowers[0].layer), res.lowers[0].path)
+    else:
+        found = _origin(engine, res.upper)
+        lower_st = found[1] if found is not None else None
+    if lower_st is None or lower_st.st_nlink <= 1:
+        return None
+    node = engine.layer(0).node(res.upper)
+    if node is None or node.xattr(engine.prefix + b"nlink") is not None:
+        return None
+    from .origin import lower_pd2
+
+    return (f"overlayfs: failed to get index nlink ({lower_pd2(engine.layer(0).path, res.upper)}, "
+            "err=-61)")
 
 
 def _inode_info(engine, res) -> InodeInfo | None:
@@ -296,6 +356,8 @@ def _inode_info(engine, res) -> InodeInfo | None:
     has_upper_mount = engine.has_upper
     index = served or (upper is not None and lower_st is not None and not is_dir
                        and _indexed(engine, upper))
+    if is_dir and upper is not None and res.lowers and getattr(engine, "_index", None) is not None:
+        index = engine._index.dir_indexed(upper, res.lowers[0])  # noqa: SLF001 - nfs_export
     # ovl_hash_bylower: is the overlay inode keyed by its lower inode (OVL_CONST_INO)?
     bylower = False
     if lower_st is not None:

@@ -261,6 +261,15 @@ class Lookup:
                 t.append("=> in no layer: ENOENT")
             return
 
+        if d.is_dir and stack and self._index is not None and self.options.nfs_export:
+            # nfs_export=on indexes directories too: the verified origin names an index entry
+            log = self._index.check_dir(upper_path, stack[0])
+            if log:
+                raise LookupFailed("EIO", log, "nfs_export=on: the directory index entry named by "
+                                   "this directory's origin does not belong to it (a lower directory "
+                                   "moved or renamed since it was copied up, or a damaged index)",
+                                   "index-entry-bad", [0])
+
         # positive: build the inode
         res.upper = upper_path
         res.lowers = stack
@@ -284,8 +293,7 @@ class Lookup:
         if self._index is not None:
             log = self._index.check(res, upper_path, stack)
             if log is True:
-                res.data = None  # the index entry: in no layer
-                return
+                return  # served from the index entry (check() set res.data)
             if log:
                 raise LookupFailed("EIO", log, "index=on: the index entry named by this file's "
                                    "origin is a whiteout or of another type (a stale or damaged "

@@ -461,10 +461,13 @@ class IndexLookup:
             return None
         if not isinstance(st.upper, DiskLayer) or not all(isinstance(l, DiskLayer) for l in st.lowers):
             return None
-        idx = cls(engine)
-        return idx if idx.fd is not None else None
+        # without work/index yet (the mount makes it) there are no entries, but directory
+        # origins are still verified with nfs_export=on
+        return cls(engine)
 
     def _entry(self, fh: bytes) -> tuple[bytes, os.stat_result] | None:
+        if self.fd is None:
+            return None
         name = fh.hex().encode()
         try:
             return name, os.stat(name, dir_fd=self.fd, follow_symlinks=False)
@@ -544,6 +547,16 @@ class IndexLookup:
         # a lower hard link whose alias was copied up: served from the index entry
         res.size, res.mode, res.uid, res.gid = (st.st_size, _stat.S_IMODE(st.st_mode),
                                                 st.st_uid, st.st_gid)
+        # a metacopy copy-up (chmod with metacopy=on): the entry holds the metadata only, the
+        # bytes are still the lower file's (the entry's origin: this very lower inode)
+        metacopy = False
+        if _stat.S_ISREG(st.st_mode):
+            try:
+                _getxattr_at(self.fd, name, self.prefix + b"metacopy")
+                metacopy = True
+            except OSError:
+                pass
+        res.data = stack[0] if metacopy else None  # else the index entry: in no layer
         if self.engine.tracer.on:
             res.trace.append(f"index=on: the lower file's handle names the index entry "
                              f"index/{safe(name)}: a hard-linked alias was copied up, and the "
@@ -552,9 +565,63 @@ class IndexLookup:
             "index-served", b"/" + b"/".join(res.path),
             f"{show_path(res.path)} is a hard link in {self.engine.label(stack[0].layer)} whose "
             f"alias was copied up with index=on: stat and read give the index entry "
-            f"work/index/{safe(name)} (the copied-up inode: its size {st.st_size}, its bytes), "
-            "not the lower file", [self.engine.json_index(stack[0].layer)]))
+            f"work/index/{safe(name)} (the copied-up inode: its size {st.st_size}, "
+            + ("its metadata; a metacopy: the bytes are still the lower file's)" if metacopy else
+               "its bytes), not the lower file"), [self.engine.json_index(stack[0].layer)]))
         return True
+
+    def check_dir(self, upper_path, ref) -> str | None:
+        """``ovl_lookup_index`` for a directory (nfs_export=on): its origin (``ref``, the first
+        lower) names an index entry that is not a directory (``bad index found``), that
+        belongs to an upper directory while this one has none (``suspected uncovered
+        redirected dir``), or whose ``overlay.upper`` names another upper directory
+        (``suspected multiply redirected dir``): the lookup fails with EIO (the log line)."""
+        key = self._lower_fh(ref.layer, ref.path)
+        if key is None:
+            return None
+        found = self._entry(key[0])
+        if found is None:
+            return None
+        name, st = found
+        index = f"index/{safe(name)}"
+        origin = lower_pd2(self.engine.layer(ref.layer).path, ref.path)
+        whiteout = _stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+        if whiteout or not _stat.S_ISDIR(st.st_mode):
+            return (f"overlayfs: bad index found (index={index}, ftype={_stat.S_IFMT(st.st_mode):x}, "
+                    f"origin ftype={_stat.S_IFDIR:x}).")
+        if upper_path is None:
+            return f"overlayfs: suspected uncovered redirected dir found (origin={origin}, index={index})."
+        if not self.dir_indexed(upper_path, ref):
+            upper = lower_pd2(self.engine.layer(0).path, upper_path) if upper_path else \
+                pd2_of_dir(self.engine.layer(0).path)
+            return (f"overlayfs: suspected multiply redirected dir found (upper={upper}, origin={origin}, "
+                    f"index={index}).")
+        return None
+
+    def dir_indexed(self, upper_path, ref) -> bool:
+        """Whether a merged directory's overlay inode is indexed (``OVL_INDEX``): with
+        nfs_export=on (``ovl_index_all``) the verified origin of an upper directory (its first
+        lower, ``ref``) names an index entry, a directory whose ``overlay.upper`` is the upper
+        directory's own handle (``ovl_verify_upper``).  The inode then keeps the lower's
+        st_ino; without the entry it gets the upper's."""
+        if not (self.engine.options.nfs_export and upper_path is not None and ref is not None):
+            return False
+        key = self._lower_fh(ref.layer, ref.path)
+        if key is None:
+            return False
+        found = self._entry(key[0])
+        if found is None or not _stat.S_ISDIR(found[1].st_mode):
+            return False
+        try:
+            raw = _getxattr_at(self.fd, found[0], self.prefix + b"upper")
+        except OSError:
+            return False
+        stored = decode_fh(raw)
+        upper = self.engine.layer(0)
+        with upper._lock:  # noqa: SLF001 - the layer's own descriptors, read-only
+            fd = upper._dirfd(upper_path[:-1]) if upper_path else upper._root  # noqa: SLF001
+            got = handle_at(fd, upper_path[-1] if upper_path else b"") if fd is not None else None
+        return isinstance(got, tuple) and stored.usable and (stored.type, stored.fid) == got
 
     def verify_lower(self, upper_path, ref, is_dir: bool) -> str | None:
         """``ovl_verify_origin`` of the first lower entry found by path under an upper one:
@@ -581,6 +648,16 @@ class IndexLookup:
         except OSError:
             ino = 0
         return f"overlayfs: failed to verify origin ({lower_pd2(layer.path, ref.path)}, ino={ino}, err=-116)"
+
+
+def _getxattr_at(dir_fd: int, name: bytes, attr: bytes) -> bytes:
+    """An xattr of ``name`` in ``dir_fd`` (an O_PATH descriptor), never following a symlink,
+    at most 4 KiB."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        return os.getxattr(f"/proc/self/fd/{fd}", attr)[:4096]
+    finally:
+        os.close(fd)
 
 
 def lower_pd2(layer_dir: str, path) -> str:

@@ -25,6 +25,7 @@ from ..rules.engine import Engine
 from ..model.stack import Stack
 from ..rules.catalogue import RULES, Finding
 from .causes import Cause, CheckResult
+from .state import layer_state
 from .view import layer_view
 
 # ---------------------------------------------------------------------------- lines and style
@@ -307,25 +308,29 @@ def layers_at(engine: Engine, res: Resolution) -> list[Line]:
             elif node.kind == "symlink":
                 what += f" -> {show(node.target)}"
             what += f" {node.mode:04o}"
-        rows.append((engine.label(li), show_path(path), what, role, node, path))
+        rows.append((engine.label(li), show_path(path), what, role, node, path, li))
     w = [max(_cell_width(r[i]) for r in rows) for i in range(4)]
 
     def pad(text: str, n: int) -> str:
         return text + " " * (n - _cell_width(text))
 
     out = []
-    for label, path, what, role, node, raw in rows:
+    for label, path, what, role, node, raw, li in rows:
         out.append(line("    ", ("label", pad(label, w[0])), f"  {pad(path, w[1])}  {pad(what, w[2])}  {role}",
                         hang=4 + w[0] + 4))
         if node is not None:
-            for x in decode_xattrs(node, engine.prefix, root=path == ()):
+            for x in decode_xattrs(node, engine.prefix, root=raw == ()):
                 note = f"  [{x.note}]" if x.note else ""
                 out.append(line(f"    {'':<{w[0]}}    {x.summary}{note}", hang=4 + w[0] + 6))
-                if x.handle is not None and x.key == "origin":
-                    where = engine.origin_text(x.handle, raw)
-                    if where:
-                        out.append(line(f"    {'':<{w[0]}}      → {where}", hang=4 + w[0] + 8))
+            # origin, index and impure state in words (the view's layer columns say the same)
+            for tone, text in layer_state(engine, res, li, raw, node):
+                out.append(line(f"    {'':<{w[0]}}      → ", (_STATE_TONE.get(tone, ""), text),
+                                hang=4 + w[0] + 8))
     return out
+
+
+#: the tone of a state line (report/state.py) in the text renderer
+_STATE_TONE = {"ok": "ok", "warning": "warning", "bad": "bad", "info": "dim"}
 
 
 def explain_text(engine: Engine, stack: Stack, results: Sequence[Resolution],

@@ -71,6 +71,9 @@ class Engine(Overlay):
         without an upper copy: its size, mode and data) or fails with ESTALE.  The prediction is
         the fresh-mount answer for this path looked up first.
         """
+        if res.upper is not None and not res.lowers and res.kind not in (None, "dir") \
+                and not self._alias_guard:
+            self._origin_alias(res)
         if res.upper is None or not res.lowers or self._alias_guard:
             return
         key = res.lowers[0]
@@ -95,6 +98,40 @@ class Engine(Overlay):
             f"the one looked up second {second}, and an impure parent's readdir then leaves that "
             "name out; this prediction assumes this path is looked up first",
             [self.json_index(key.layer)]))
+
+    def _origin_alias(self, res: Resolution) -> None:
+        """A copied-up file hashed by its origin (``ovl_hash_bylower``: one link below, or
+        indexed) whose origin is the lower file another merged path shows without an upper
+        (the lower object was moved or renamed since the copy-up): both paths key one overlay
+        inode, and the one looked up second gets the first one's (or ESTALE)."""
+        from ..kernel.inode import _indexed, origin_location
+
+        try:
+            loc = origin_location(self, res.upper)
+        except OSError:
+            return
+        if loc is None or loc[1] == res.path:
+            return
+        j, path, st = loc
+        indexed = _indexed(self, res.upper)
+        if (st.st_nlink > 1 and not indexed) or (self.options.nfs_export and not indexed):
+            return  # hashed by the upper inode: no alias
+        self._alias_guard = True
+        try:
+            other = self.resolve(path)
+        finally:
+            self._alias_guard = False
+        if other.errno is not None or other.upper is not None or other.lowers[:1] != [Ref(j, path)]:
+            return
+        here = b"/" + b"/".join(res.path)
+        res.findings.append(Finding(
+            "inode-alias", here,
+            f"{show(here)} was copied up from the lower file now at {show_path(path)} "
+            f"({self.where(Ref(j, path))}: moved or renamed in the lower layer since): both key one "
+            "overlay inode by that lower inode; on a fresh mount the one looked up second fails "
+            f"with ESTALE, or ({show_path(path)} second) shows this file's size, mode and data; "
+            "this prediction assumes this path is looked up first",
+            [self.json_index(0), self.json_index(j)]))
 
     def _namespace_findings(self, parent: Resolution, name: bytes, res: Resolution) -> None:
         """Overlay xattrs in the other namespace, or escaped, are ignored by this mount."""

@@ -28,7 +28,11 @@ from .render import esc, esc_str, path_text, size_text
 from .session import redirect_target
 from .style import Ink
 from .xattrs import Decoded, decode
+from ..report.state import layer_state
 from ..report.view import ROLE_HELP as _ROLE_HELP, Role, layer_view
+
+#: the style of a state line (report/state.py) in a layer column (``$names``: the theme's)
+STATE_STYLE = {"ok": "$text-success", "warning": "$text-warning", "bad": "bold $text-error", "info": "dim"}
 
 #: how each role is drawn (the roles and their one-line gloss: :mod:`ovlinspect.report.view`);
 #: ``$names`` are the theme's colours (:class:`.style.Ink`)
@@ -287,6 +291,10 @@ class LayerColumns(HorizontalScroll):
                     t.append("⤳ leads nowhere here", "dim")
         if not decoded and role != "absent":
             t.append("\nno overlay xattrs", "dim")
+        # origin, index and impure state in words (the CLI's layers table says the same)
+        for tone, text in layer_state(engine, res, k, p, node):
+            t.append("\n→ ", "dim")
+            t.append_text(esc_str(text, ink(STATE_STYLE.get(tone, ""))))
         return t
 
     def _show_raw(self, sel: Selection) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from ovlinspect.live.build import BuildError, BuiltStack, build_stack
+from ovlinspect.live.mountapi import KernelLog
 from ovlinspect.model.layers import join_path, split_path
 from ovlinspect.sources.stackfile import dump_stack, stack_from_dict
 
@@ -152,6 +153,21 @@ class Case:
     #: the first kernel the row's own claims (``expect``, ``mount_errno``) were checked on; on
     #: older kernels only the engine is compared with the kernel
     since: tuple[int, int] = (6, 16)
+    #: real operations done through a mount of the built layers before anything is predicted
+    #: or observed (upper state made by the kernel's own copy-ups): see :func:`apply_ops`
+    ops: list[tuple] = field(default_factory=list)
+    #: the options of that mount (default: ``options``; a different index=/xino= is a user
+    #: who changed them between two mounts)
+    ops_options: str | None = None
+    #: hard links made in the built lower layers first: (layer label, existing path, new path)
+    links: list[tuple[str, str, str]] = field(default_factory=list)
+    #: after the operations, the world changed the way users change it: "copy-lower" (the
+    #: first lower layer replaced by a ``cp -a`` copy of itself: a restore, a migration; every
+    #: origin handle into it goes stale), "copy-upper" (upper and workdir replaced by a copy),
+    #: "reextract-lower" (everything below the last lower's root re-created in place: the
+    #: root's handle still matches, every other one is stale), "swap-lower" (two files or two
+    #: directories of the last lower swap names: their handles decode to the other name)
+    after: str | None = None
 
     def __str__(self) -> str:
         return self.name
@@ -218,18 +234,225 @@ def paths_of_case(case: Case) -> list[str]:
                         add(v)
                     else:
                         add(os.path.dirname(raw) + b"/" + v)
+    for _label, _old, new in case.links:  # hard links made in a lower layer
+        add(os.fsencode(new))
+    for op in case.ops:  # what real operations through a mount touched
+        for a in op[1:]:
+            if isinstance(a, str):
+                add(os.fsencode(a))
     return sorted(seen, key=lambda p: (p.count("/") if p != "/" else 0, p))
 
 
 def build(case: Case, dest: str) -> BuiltStack:
-    return build_stack(case_stack(case), dest, exact=True)  # our own cases: every bit as described
+    built = build_stack(case_stack(case), dest, exact=True)  # our own cases: every bit as described
+    for label, old, new in case.links:
+        try:
+            os.link(built.dir_of(label) + old, built.dir_of(label) + new, follow_symlinks=False)
+        except OSError:
+            pass  # not a regular file there, or the new name exists: no link
+    built.op_results = apply_ops(built, case) if case.ops else []  # type: ignore[attr-defined]
+    return built
 
 
-def mount_errno(built: BuiltStack, target: str, api: str = "legacy") -> str | None:
+# ------------------------------------------------------------------ upper state by real ops
+
+
+def _parent_in_root(rootfd: int, path: str) -> tuple[int, str]:
+    """(O_PATH fd of the parent, resolved inside the merged root; last name)."""
+    parent, name = os.path.split(path.rstrip("/") or "/")
+    return openat2_in_root(rootfd, parent or "/", _O_PATH_DIR), name or "."
+
+
+def _rmtree_at(dfd: int, name: str) -> None:
+    """rm -r of ``name`` in ``dfd`` through the mount, never following a symlink."""
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if not _stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dfd)
+        return
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        for child in os.listdir(fd):
+            _rmtree_at(fd, child)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dfd)
+
+
+def _one_op(rootfd: int, op: tuple) -> None:
+    kind, path = op[0], op[1]
+    pfd, name = _parent_in_root(rootfd, path)
+    try:
+        if kind in ("rename", "link"):
+            qfd, qname = _parent_in_root(rootfd, op[2])
+            try:
+                if kind == "rename":
+                    os.rename(name, qname, src_dir_fd=pfd, dst_dir_fd=qfd)
+                else:
+                    os.link(name, qname, src_dir_fd=pfd, dst_dir_fd=qfd, follow_symlinks=False)
+            finally:
+                os.close(qfd)
+            return
+        if kind == "mkdir":
+            os.mkdir(name, 0o755, dir_fd=pfd)
+        elif kind == "create":
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=pfd)
+            os.write(fd, f"new:{path}\n".encode("utf-8", "surrogateescape"))
+            os.close(fd)
+        elif kind == "rm":
+            _rmtree_at(pfd, name)
+        elif kind == "opaque":  # rm -r and mkdir again: an opaque directory
+            _rmtree_at(pfd, name)
+            os.mkdir(name, 0o755, dir_fd=pfd)
+        else:  # chmod / write / truncate: only regular files and directories, never a symlink
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            if kind == "chmod":
+                if not (_stat.S_ISREG(st.st_mode) or _stat.S_ISDIR(st.st_mode)):
+                    raise OSError(_errno.ELOOP, "not a file or directory")
+                os.chmod(name, op[2], dir_fd=pfd)
+            else:
+                if not _stat.S_ISREG(st.st_mode):
+                    raise OSError(_errno.EISDIR, "not a regular file")
+                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                             | (os.O_APPEND if kind == "write" else os.O_TRUNC), dir_fd=pfd)
+                try:
+                    if kind == "write":
+                        os.write(fd, b"appended\n")
+                finally:
+                    os.close(fd)
+    finally:
+        os.close(pfd)
+
+
+def apply_ops(built: BuiltStack, case: Case) -> list[str]:
+    """Mount the built layers (with ``case.ops_options``), do ``case.ops`` through the mount,
+    unmount: the upper, work and index directories are left as the kernel's copy-ups leave
+    them.  Operations: ("chmod", path, mode) (a metacopy copy-up with metacopy=on),
+    ("write", path) and ("truncate", path) (a full copy-up), ("rename", src, dst) (redirects
+    for directories), ("link", src, dst), ("rm", path) (whiteouts), ("opaque", path) (rm -r and
+    mkdir), ("mkdir", path), ("create", path).  Paths are resolved inside the merged root.
+    Returns one outcome per operation ("ok" or the errno name; the mount's errno alone when
+    the kernel refuses it)."""
+    target = built.dest + "-ops"
+    opts = case.options if case.ops_options is None else case.ops_options
+    err = mount_errno(built, target, options=opts)
+    if err is not None:
+        return [f"mount {err}"]
+    out = []
+    try:
+        rootfd = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for op in case.ops:
+                try:
+                    _one_op(rootfd, op)
+                    out.append("ok")
+                except OSError as e:
+                    out.append(_ename(e))
+        finally:
+            os.close(rootfd)
+    finally:
+        built.umount_all()
+    built.op_state = upper_state(built)  # type: ignore[attr-defined]
+    if case.after == "copy-lower" and built.lowers:
+        _replace_by_copy(built.lowers[0])
+    elif case.after == "copy-upper" and built.upper and built.workdir:
+        _replace_by_copy(built.upper, built.workdir)
+    elif case.after == "reextract-lower" and built.lowers:
+        _reextract(built.lowers[-1])
+    elif case.after == "swap-lower" and built.lowers:
+        _swap(built.lowers[-1])
+    return out
+
+
+def _swap(layer: str) -> None:
+    """Swap the names of two regular files and of two directories of a layer (the first ones
+    in sorted order): the handles still decode, to the object now at the other name."""
+    kinds: dict[str, list[str]] = {"file": [], "dir": []}
+    for d, dirs, files in os.walk(layer):
+        dirs.sort()
+        for n in sorted(files):
+            if _stat.S_ISREG(os.lstat(os.path.join(d, n)).st_mode):
+                kinds["file"].append(os.path.join(d, n))
+        kinds["dir"] += [os.path.join(d, n) for n in dirs]
+    for found in kinds.values():
+        pair = next(((a, b) for i, a in enumerate(found) for b in found[i + 1:]
+                     if not (b + "/").startswith(a + "/")), None)
+        if pair is None:
+            continue
+        a, b = pair
+        tmp = os.path.join(layer, ".swap")
+        os.rename(a, tmp)
+        os.rename(b, a)
+        os.rename(tmp, b)
+        break  # one swap per layer: a second could undo what the first moved
+
+
+def _reextract(layer: str) -> None:
+    """Re-create everything below a layer's root in place (the root keeps its inode): a layer
+    unpacked again into the same directory; every object below gets a new inode and handle."""
+    import shutil
+    import subprocess
+
+    stage = layer.rstrip("/") + ".again"
+    os.mkdir(stage)
+    names = os.listdir(layer)
+    if names:
+        subprocess.run(["cp", "-a", *[os.path.join(layer, n) for n in names], stage], check=True)
+    for n in names:
+        p = os.path.join(layer, n)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)
+    if names:
+        subprocess.run(["cp", "-a", *[os.path.join(stage, n) for n in names], layer], check=True)
+    shutil.rmtree(stage)
+
+
+def _replace_by_copy(*dirs: str) -> None:
+    """Replace directories by ``cp -a`` copies of themselves (xattrs, whiteouts and hard links
+    within one copy kept; new inode numbers and handles), as a restore or a migration does."""
+    import shutil
+    import subprocess
+
+    parent = os.path.dirname(dirs[0])
+    stage = os.path.join(parent, ".copy")
+    os.mkdir(stage)
+    subprocess.run(["cp", "-a", *dirs, stage], check=True)
+    for d in dirs:
+        shutil.rmtree(d)
+        os.rename(os.path.join(stage, os.path.basename(d)), d)
+    os.rmdir(stage)
+
+
+def upper_state(built: BuiltStack) -> dict[str, int]:
+    """What a mount left: overlay xattrs and whiteouts in the upper, entries in work/index."""
+    counts: dict[str, int] = {}
+    for top, what in ((built.upper, "upper"), (os.path.join(built.workdir or "", "index"), "index")):
+        if not top or not os.path.isdir(top):
+            continue
+        for d, dirs, files in os.walk(top):
+            for n in dirs + files:
+                full = os.path.join(d, n)
+                if what == "index":
+                    counts["index entries"] = counts.get("index entries", 0) + 1
+                    continue
+                st = os.lstat(full)
+                keys = ["upper whiteout"] if _stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 else []
+                try:
+                    names = os.listxattr(full, follow_symlinks=False)
+                except OSError:
+                    names = []
+                keys += [f"upper {x.split('overlay.', 1)[1]}" for x in names if "overlay." in x]
+                for k in keys:
+                    counts[k] = counts.get(k, 0) + 1
+    return counts
+
+
+def mount_errno(built: BuiltStack, target: str, api: str = "legacy", options: str | None = None) -> str | None:
     """Mount; None on success, else the errno name."""
     os.makedirs(target, exist_ok=True)
     try:
-        built.mount(target, api=api)
+        built.mount(target, api=api, options=options)
     except OSError as e:
         return _errno.errorcode.get(e.errno, str(e.errno))
     return None
@@ -253,6 +476,9 @@ class Observation:
     readdir_errno: str | None = None
     #: listxattr names through the mount (checked against case expectations only).
     xattrs: list[str] | None = None
+    #: st_ino and st_dev of the lstat (compared where the prediction gives them, see compare)
+    ino: int | None = None
+    dev: int | None = None
 
 
 def _ename(e: OSError) -> str:
@@ -353,6 +579,7 @@ def _observe_one(rootfd: int, p: str) -> Observation:
         o.size = st.st_size
         o.mode = _stat.S_IMODE(st.st_mode)
         o.uid, o.gid = st.st_uid, st.st_gid
+        o.ino, o.dev = st.st_ino, st.st_dev
         try:
             o.xattrs = _listxattr_at(pfd, name)
         except OSError as e:
@@ -490,13 +717,17 @@ def _short(b: Any) -> Any:
 
 
 def compare(obs: dict[str, Observation], pred: dict, layer_dirs: list[str] | None = None,
-            aliased: set[str] = frozenset()) -> list[Disagreement]:
+            aliased: set[str] = frozenset(), inodes: bool = False,
+            workdir: str | None = None) -> list[Disagreement]:
     """Field-by-field differences between kernel observations and an explain document.
 
     ``layer_dirs`` are the layer directories indexed like the document's ``layers`` (default:
     the document's own layer paths); the predicted data source is read from there directly.
     ``aliased``: paths that gave ESTALE because of inode aliasing (access order); a listing
     may drop them (readdir looks entries up and hides the ones that fail), which is tolerated.
+    With ``inodes``, ``st_ino`` is compared where the prediction gives one (not for aliased
+    paths: an alias shows the inode of whichever path was looked up first), and ``st_dev`` as
+    a relation: "overlay" is the merged root's device, a pseudo device is another one.
     """
     if layer_dirs is None:
         layer_dirs = [l["path"] for l in pred.get("layers", [])]
@@ -524,13 +755,30 @@ def compare(obs: dict[str, Observation], pred: dict, layer_dirs: list[str] | Non
              oct(p["mode"]) if isinstance(p.get("mode"), int) else p.get("mode"))
         diff("uid", o.uid, p.get("uid"))
         diff("gid", o.gid, p.get("gid"))
+        ino = p.get("inode") if inodes and path not in aliased else None
+        if ino:
+            if ino.get("st_ino") is not None:
+                diff("st_ino", o.ino, ino["st_ino"])
+            root = obs.get("/")
+            if root is not None and root.dev is not None and path != "/":
+                diff("st_dev", "overlay" if o.dev == root.dev else "another device",
+                     "overlay" if ino.get("st_dev") == "overlay" else "another device")
         if o.type == "symlink":
             diff("target", o.target, p.get("target"))
         if o.type == "file":
             diff("open_errno", o.open_errno, p.get("open_errno"))
             if o.open_errno is None and p.get("open_errno") is None:
                 src = p.get("data")
-                if not src:
+                served = [f["message"] for f in p.get("findings", []) if f["rule"] == "index-served"]
+                if not src and served and workdir:
+                    # served from an index entry (the copied-up alias of a lower hard link): the
+                    # bytes are the entry's, which no layer path names
+                    name = served[0].split("work/index/", 1)[-1].split(" ", 1)[0]
+                    expected = _read_layer_file(os.path.join(workdir, "index"), "/" + name)
+                    if expected != o.data:
+                        out.append(Disagreement(path, f"data (from index entry {name})", _short(o.data),
+                                                _short(expected), trace))
+                elif not src:
                     out.append(Disagreement(path, "data", _short(o.data), None, trace))
                 else:
                     try:
@@ -579,6 +827,9 @@ class Result:
     #: The described-stack prediction (made before mounting), or why there is none.
     pred: dict | None = None
     unavailable: str | None = None
+    #: the overlay lines the kernel logged while mounting and observing (cases with ``ops``,
+    #: when /dev/kmsg can be read), else None
+    log: list[str] | None = None
 
 
 def run_kernel(case: Case, tmp: str, api: str = "legacy", with_prediction: bool = True) -> Result:
@@ -600,9 +851,21 @@ def run_kernel(case: Case, tmp: str, api: str = "legacy", with_prediction: bool 
         except PredictionUnavailable as e:
             unavailable = str(e)
     target = os.path.join(tmp, "merged")
-    err = mount_errno(built, target, api)
-    obs = observe(target, paths) if err is None else {}
-    return Result(case, built, target, paths, err, obs, set(), pred, unavailable)
+    klog = None
+    if case.ops:
+        try:
+            klog = KernelLog()
+            klog.new_lines()
+        except OSError:
+            klog = None
+    try:
+        err = mount_errno(built, target, api)
+        obs = observe(target, paths) if err is None else {}
+        log = [l for l in klog.new_lines() if l.startswith("overlay")] if klog is not None else None
+    finally:
+        if klog is not None:
+            klog.close()
+    return Result(case, built, target, paths, err, obs, set(), pred, unavailable, log)
 
 
 def _stale(obs: dict[str, Observation]) -> list[str]:
@@ -690,9 +953,49 @@ def prediction_disagreements(res: Result) -> list[Disagreement]:
     if pred.get("mount_errno") != res.mount_errno:
         dis.append(Disagreement("(mount)", "mount_errno", res.mount_errno, pred.get("mount_errno")))
     if res.mount_errno is None and pred.get("mount_errno") is None:
-        dis += compare(res.obs, pred, res.built.layer_dirs, res.aliased)
+        dis += compare(res.obs, pred, res.built.layer_dirs, res.aliased, inodes=bool(res.case.ops),
+                       workdir=res.built.workdir)
         dis = _alias_order(res, pred, dis)
+    if res.log is not None:
+        dis += log_disagreements(res, pred)
     return dis
+
+
+#: Lines overlayfs prints with ``pr_warn_ratelimited`` (10 per 5 s per call site): in a run of
+#: many stacks the kernel drops some, so their absence is no disagreement (``ovl_verify_origin_xattr``
+#: "failed to verify upper/origin (...)", ``ovl_verify_index`` "failed to verify index (...)",
+#: ``ovl_lookup_index`` and ``ovl_lookup`` warnings).
+RATELIMITED = ("overlayfs: failed to verify upper (", "overlayfs: failed to verify origin (",
+               "overlayfs: failed to verify index (", "overlayfs: suspected ", "overlayfs: bad index found",
+               "overlayfs: invalid redirect", "overlayfs: metacopy with no lower data found",
+               "overlayfs: failed to get inode", "overlayfs: orphan index entry", "overlayfs: cleanup of")
+
+
+#: Also report overlayfs lines the kernel logged that the engine did not predict.  The kernel
+#: log is the machine's: another process's overlay mounts (other test runs) log there too, so
+#: this is for ``bench/random_matrix.py --unpredicted-log`` on a quiet machine, not for CI.
+LOG_UNPREDICTED = os.environ.get("OVLK_LOG_UNPREDICTED") == "1"
+
+
+def log_disagreements(res: Result, pred: dict) -> list[Disagreement]:
+    """Every line the engine says the mount logs was logged (a rate-limited one may be
+    dropped); with :data:`LOG_UNPREDICTED`, also every overlayfs line the kernel logged while
+    mounting and observing is one the engine predicted (for the mount, a path, or an inode)."""
+    out = []
+    for line in pred.get("mount_log") or []:
+        if line not in res.log and not line.startswith(RATELIMITED):
+            out.append(Disagreement("(mount)", "mount_log", res.log, line))
+    said = set(pred.get("mount_log") or [])
+    if pred.get("xino") and pred["xino"].get("log"):
+        said.update(pred["xino"]["log"] if isinstance(pred["xino"]["log"], list) else [pred["xino"]["log"]])
+    for p in pred.get("paths", []):
+        for text in (p.get("kernel_log"), (p.get("inode") or {}).get("kernel_log")):
+            if text:
+                said.update(text.split("\n") if isinstance(text, str) else text)
+    for line in res.log if LOG_UNPREDICTED else []:
+        if line.startswith("overlayfs:") and line not in said and "callbacks suppressed" not in line:
+            out.append(Disagreement("(log)", "kernel_log", line, "not predicted"))
+    return out
 
 
 def _alias_order(res: Result, pred: dict, dis: list[Disagreement]) -> list[Disagreement]:
@@ -710,4 +1013,5 @@ def _alias_order(res: Result, pred: dict, dis: list[Disagreement]) -> list[Disag
         return dis
     _observe_alone(res, suspects, "alias")
     res.aliased.update(suspects)
-    return compare(res.obs, pred, res.built.layer_dirs, res.aliased)
+    return compare(res.obs, pred, res.built.layer_dirs, res.aliased, inodes=bool(res.case.ops),
+                       workdir=res.built.workdir)

@@ -162,7 +162,7 @@ def test_handles_and_uuid_are_those_the_kernel_records(tmpfs, klog):
         main(["explain", "--lowerdir", l, "--upperdir", u, "--workdir", w, "-o", "index=on", "/f"])
     text = out.getvalue()
     assert f"origin: fs uuid {str(__import__('uuid').UUID(bytes=uuid))}, handle type 0x{f.type:x}" in text
-    assert "→ matches lower 1 (l):/f\n" in text  # found again with open_by_handle_at
+    assert "→ origin: matches lower 1 (l):/f\n" in text  # found again with open_by_handle_at
 
 
 def test_clean_stack_remounts_and_has_no_errors(tmpfs, klog):
@@ -209,9 +209,9 @@ def test_lower_copied_to_another_filesystem(tmpfs, tmpfs2, klog):
         return next(x for x in out.getvalue().splitlines() if "→" in x)
 
     # the old lower is still there, on the upper's filesystem, outside every layer
-    assert origin_line().endswith((f"outside every layer ({l}/f)", f"outside every layer ({l}/hardlink)"))
+    assert any(f"outside every layer ({l}/{n})" in origin_line() for n in ("f", "hardlink"))
     shutil.rmtree(l)
-    assert "stale: no object with this handle" in origin_line()
+    assert "no object with this handle" in origin_line()
 
 
 def test_upper_and_work_restored_elsewhere(tmpfs, tmpfs2, klog):
