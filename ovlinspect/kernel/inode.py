@@ -74,6 +74,8 @@ class Xino:
     numfs: int
     #: what the kernel logs about it at mount
     log: list[str] = field(default_factory=list)
+    #: data-only layers (they share the "null fs" and do not count for samefs)
+    ndata: int = 0
 
     @property
     def same_fs(self) -> bool:
@@ -85,7 +87,9 @@ class Xino:
 
     def describe(self) -> str:
         if self.mode == 0:
-            return "all layers on one filesystem: real inode numbers, the overlay's st_dev"
+            where = ("the upper and regular lower layers on one filesystem (data-only layers do "
+                     "not count)" if self.ndata else "all layers on one filesystem")
+            return f"{where}: real inode numbers, the overlay's st_dev"
         if self.mode < 0:
             return (f"layers on {self.numfs - (1 if self.fsids and self.fsids[0] is None else 0)} "
                     "filesystems and xino off: non-directories show their filesystem's pseudo "
@@ -152,7 +156,7 @@ def _xino(engine) -> Xino | None:
         mode = (numfs - 1).bit_length() - 1 + 2
     if mode > 0:
         log.append(f'overlayfs: "xino" feature enabled using {mode} upper inode bits.')
-    return Xino(mode, fsids, numfs, log)
+    return Xino(mode, fsids, numfs, log, ndata=engine.ndata)
 
 
 @dataclass
@@ -410,7 +414,10 @@ def _inode_info(engine, res) -> InodeInfo | None:
                          "the root, then in lookup order) and the overlay's st_dev", real=real)
     if x.same_fs:
         return InodeInfo(real_ino, "overlay", source, real_ino, fsid,
-                         "; ".join(why) + "; all layers on one filesystem: the overlay's st_dev",
+                         "; ".join(why) + "; " + ("the upper and regular lower layers on one "
+                                                 "filesystem (data-only layers do not count)"
+                                                 if x.ndata else "all layers on one filesystem")
+                         + ": the overlay's st_dev",
                          real=real)
     if x.bits:
         shift = 64 - x.bits

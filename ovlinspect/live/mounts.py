@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import time
 
-from ..sources.mountinfo import _comm, find_overlay_mount, layer_path_problem, mount_namespaces, Namespace, NotOverlayError, overlay_mounts, read_mountinfo
+from ..sources.mountinfo import (Namespace, NotOverlayError, _comm, find_overlay_mount,
+                                 layer_path_problem, mount_namespaces, overlay_mounts,
+                                 read_mountinfo)
 from ..rules.catalogue import RULES
 from ..sources.containers import known_containers
 from ..sources.target import InputError, live_stack
@@ -48,7 +50,8 @@ def _container_names(want: bool) -> tuple[dict[int, str], dict[str, str]]:
 
 def list_mounts(pid: int | None = None, deep: bool = False, engines: bool = True,
                 check=None) -> list[dict]:
-    """One row per overlay mount (per mount namespace and mount id).
+    """One row per overlay mount: a mount seen at the same place in several mount namespaces
+    (copies of one namespace) is one row, the other namespaces in its ``also_in``.
 
     Without ``pid`` every mount namespace with a process in it is read (one process each);
     with ``pid`` only that process's.  health: ``ok`` (layers readable, no problem found),
@@ -88,6 +91,9 @@ def list_mounts(pid: int | None = None, deep: bool = False, engines: bool = True
             continue
     by_ns, by_upper = _container_names(engines and bool(found))
     rows = []
+    #: one row per mount as a program sees it: a namespace copied from another (unshare -m,
+    #: systemd's PrivateTmp) holds the same mount at the same place; it is named in also_in
+    seen: dict[tuple, dict] = {}
     health_of: dict[tuple, tuple[str, str, list]] = {}
     for space, m in found:
         here = space.ns == own and pid is None
@@ -107,6 +113,14 @@ def list_mounts(pid: int | None = None, deep: bool = False, engines: bool = True
             row["causes"] = [c.as_json() for c in causes]
         if row["health"] in ("unreadable", "unresolved") and _gone(m, space, here):
             continue
+        same = (m.major_minor, m.root, m.mountpoint)
+        if same in seen:
+            first = seen[same]
+            first["also_in"].append({"pid": space.pid, "comm": space.comm, "mnt_ns": space.ns})
+            first["container"] = first["container"] or row["container"]
+            continue
+        row["also_in"] = []
+        seen[same] = row
         rows.append(row)
     return rows
 

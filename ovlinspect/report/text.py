@@ -427,6 +427,8 @@ def mounts_text(rows: list[dict], deep: bool, quick_seconds: float, root: bool) 
     for r in rows:
         who = f"pid {r['pid']} ({show(r['comm'])}"
         who += f", {show(r['container'])})" if r["container"] else ")"
+        if r.get("also_in"):
+            who += f" and {count_text(len(r['also_in']), 'other mount namespace')}"
         out.append(line((HEALTH_TONE.get(r["health"], "bad"), f"{r['health']:<10}"), " ",
                         ("path", show(r["mountpoint"])),
                         f"  {who}  upper={'yes' if r['upper'] else 'no'} lower={r['lowers']} "

@@ -165,3 +165,38 @@ def test_build_mount_refused_by_the_kernel(tmpfs):
     # and the prediction agrees with the kernel
     rc, out, _ = run("explain", "--json", f, "/")
     assert json.loads(out)["mount_errno"] == "EINVAL"
+
+
+def test_a_mount_in_a_copied_namespace_is_one_row(tmpfs):
+    """A mount namespace copied from ours (unshare -m, systemd's PrivateTmp) holds the same
+    overlay at the same place: `mounts` lists it once and names the other namespace."""
+    import shutil
+    import subprocess
+    import time
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    low = _two_lowers(tmpfs)
+    mp = os.path.join(tmpfs, "merged")
+    os.mkdir(mp)
+    assert harness._mount(b"overlay", mp, b"overlay", 0, b"lowerdir=" + low.encode()) == 0
+    # a private copy of this namespace (the mount propagates no further: --propagation private)
+    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "60"])
+    try:
+        ns = f"/proc/{proc.pid}/ns/mnt"
+        deadline = time.monotonic() + 10
+        while os.stat(ns).st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+            assert time.monotonic() < deadline, "unshare did not make a namespace"
+            time.sleep(0.02)
+        with open(f"/proc/{proc.pid}/mountinfo") as f:
+            assert f" {mp} " in f.read()  # the kernel: the copy holds the mount at the same place
+        rc, out, err = run("mounts", "--json")
+        rows = [r for r in json.loads(out) if r["mountpoint"] == mp]
+        assert len(rows) == 1, rows
+        assert proc.pid in {a["pid"] for a in rows[0]["also_in"]} | {rows[0]["pid"]}
+        rc, out, err = run("mounts")
+        line = next(l for l in out.splitlines() if mp in l)
+        assert "other mount namespace" in line
+    finally:
+        proc.kill()
+        proc.wait()
