@@ -480,18 +480,11 @@ class IndexLookup:
         lid = self.ids[klayer]
         if lid is None:
             return None
-        with layer._lock:  # noqa: SLF001 - the layer's own descriptors, read-only
-            fd = layer._dirfd(path[:-1]) if path else layer._root  # noqa: SLF001
-            if fd is None:
-                return None
-            got = handle_at(fd, path[-1] if path else b"")
-            try:
-                mode = os.stat(path[-1], dir_fd=fd, follow_symlinks=False).st_mode if path \
-                    else os.fstat(fd).st_mode
-            except OSError:
-                return None
-        if not isinstance(got, tuple):
+        got = layer.at(path, handle_at)
+        st = layer.lstat(path)
+        if not isinstance(got, tuple) or st is None:
             return None
+        mode = st.st_mode
         uuid = (lid.uuid or NULL_UUID) if self.origin_uuid else None
         return encode_fh(got[0], got[1], uuid), _stat.S_IFMT(mode)
 

@@ -30,6 +30,8 @@ import re
 import stat as _stat
 from dataclasses import dataclass, field
 
+import xattr as _xattr
+
 from ..model.layers import Layer, MemoryLayer, Node, Path, iter_tree, join_path, layer_entries
 from ..kernel.params import join_lowerdir, split_options
 from ..model.stack import Stack
@@ -357,7 +359,9 @@ def _create(layer: Layer, path: Path, node: Node, where: bytes, copier: _Copier)
             raise
     for name, value in node.xattrs:
         try:
-            os.setxattr(where, name, value, follow_symlinks=False)
+            # the xattr package (a chosen dependency) where its API serves: set on the entry
+            # itself, never through a symlink; not a hot path (reads use os: layers.py says why)
+            _xattr.setxattr(where, name, value, options=_xattr.XATTR_NOFOLLOW)
         except OSError as e:
             hint = ""
             if e.errno == _errno.EPERM and name.startswith(b"trusted."):

@@ -25,7 +25,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-import xattr as _xattr
 
 Path = tuple[bytes, ...]
 
@@ -248,8 +247,8 @@ def _measure_verity(fd: int) -> tuple[int, bytes] | None:
     return algo, bytes(buf[4 : 4 + size])
 
 
-# Overlay xattrs are read with the standard library, not the ``xattr`` package (which stays for
-# the UI and the tools that want its API): ``os.listxattr``/``os.getxattr`` make one syscall
+# Overlay xattrs are read with the standard library, not the ``xattr`` package (which serves
+# where speed does not matter: ``build`` sets xattrs with it): ``os.listxattr``/``os.getxattr`` make one syscall
 # with a buffer on the stack, where ``xattr.listxattr``/``getxattr`` ask the size first and
 # then the data (two).  And the name is given relative to the current directory, moved there
 # with ``fchdir`` on the parent's descriptor, when one thread reads (see
@@ -688,20 +687,26 @@ class DiskLayer(Layer):
         finally:
             os.close(fd)
 
-    def lstat(self, path: Path) -> os.stat_result | None:
-        """``lstat`` of an entry (the root itself for ``()``), through the layer's own directory
-        descriptors; None when it is gone.  For inode numbers and devices, which nodes do not
-        keep."""
+    def at(self, path: Path, fn):
+        """``fn(dirfd, name)`` with the descriptor of ``path``'s directory and its last name
+        (for the root: its own descriptor and ``b""``), under the layer's lock: for the calls
+        that take a directory descriptor (file handles, stat).  None when the directory is gone."""
         with self._lock:
-            if not path:
-                return os.fstat(self._root)
-            fd = self._dirfd(path[:-1])
+            fd = self._dirfd(path[:-1]) if path else self._root
             if fd is None:
                 return None
+            return fn(fd, path[-1] if path else b"")
+
+    def lstat(self, path: Path) -> os.stat_result | None:
+        """``lstat`` of an entry (the root itself for ``()``); None when it is gone.  For inode
+        numbers and devices, which nodes do not keep."""
+        def stat(fd: int, name: bytes) -> os.stat_result | None:
             try:
-                return os.stat(path[-1], dir_fd=fd, follow_symlinks=False)
+                return os.stat(name, dir_fd=fd, follow_symlinks=False) if name else os.fstat(fd)
             except OSError:
                 return None
+
+        return self.at(path, stat)
 
     def reopen(self) -> "DiskLayer":
         if not self.path:

@@ -42,11 +42,7 @@ def _handle_of(layer, path: Path) -> tuple[int, bytes] | None:
     """The real file handle of an object in a disk layer (never following a symlink)."""
     if not isinstance(layer, DiskLayer):
         return None
-    with layer._lock:  # noqa: SLF001 - the layer's own descriptors, read-only
-        fd = layer._dirfd(path[:-1]) if path else layer._root  # noqa: SLF001
-        if fd is None:
-            return None
-        got = handle_at(fd, path[-1] if path else b"")
+    got = layer.at(path, handle_at)
     return got if isinstance(got, tuple) else None
 
 

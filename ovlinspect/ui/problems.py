@@ -114,6 +114,11 @@ class ProblemTree(Tree[ProblemRef]):
         label.truncate(room, overflow="ellipsis")
         return label
 
+    def watch_show_vertical_scrollbar(self, shown: bool) -> None:
+        # the labels are fitted to the width the scrollbar leaves (render_label): fit them again
+        self._clear_line_cache()
+        self.refresh()
+
     def _panel(self) -> "ProblemsPanel | None":
         panel = self.parent
         while panel is not None and not isinstance(panel, ProblemsPanel):

@@ -11,27 +11,16 @@ from __future__ import annotations
 import pytest
 from ui_helpers import screen_text, settle
 
-from ovlinspect.model.layers import MemoryLayer, Node
+from ovlinspect.model.layers import Node
 from ovlinspect.model.stack import Stack
 from ovlinspect.rules.engine import Engine
 from ovlinspect.ui.app import OvlInspectApp
-from ui_stacks import KERNEL, PARAMS, T
+from ui_stacks import KERNEL, PARAMS, T, filled_layer
 
 LAYERS = 25      # 24 regular lower layers and one data-only layer
 BIG = 20_000     # entries of /var, the last name at the root
 EIO = 79         # metacopy files whose redirect walks through lower 3 (base3):/ab
 CAUSE_LAYER = 3  # base3, kernel layer 4
-
-
-def _fill(label: str, entries: dict) -> MemoryLayer:
-    m = MemoryLayer(label=label)
-    kids: dict = {}
-    for path, node in entries.items():
-        m.nodes[path] = node
-        if path:
-            kids.setdefault(path[:-1], []).append(path[-1])
-    m.children = {k: list(dict.fromkeys(v)) for k, v in kids.items()}
-    return m
 
 
 def stack_3am() -> Stack:
@@ -45,13 +34,13 @@ def stack_3am() -> Stack:
         top[(b"bin", b"e%03d" % i)] = Node("file", 0o755, 7, xattrs=((T + b"metacopy", b""),
                                                                      (T + b"redirect", b"/ab/" + obj)))
         objects[(b"ab", obj)] = Node("file", 0o755, 7)
-    lowers = [_fill("top", top)]
+    lowers = [filled_layer("top", top)]
     for k in range(1, LAYERS - 1):
         entries = {(): d, (b"etc",): d, (b"etc", b"base%d" % k): Node("file", 0o644, 3)}
         if k == CAUSE_LAYER:
             entries[(b"ab",)] = d  # the one cause: a plain directory on the redirect path
-        lowers.append(_fill(f"base{k}", entries))
-    return Stack(lowers=lowers, data=[_fill("objects", objects)], options="metacopy=on",
+        lowers.append(filled_layer(f"base{k}", entries))
+    return Stack(lowers=lowers, data=[filled_layer("objects", objects)], options="metacopy=on",
                  params=PARAMS, source="test:3am")
 
 
@@ -76,12 +65,21 @@ def test_the_stack_is_what_it_says(stack):
 SIZES = [(80, 24), (120, 35), (200, 50)]
 
 
+async def _scanned(pilot) -> None:
+    """Until the background scan is over and its last results are on screen."""
+    for _ in range(400):
+        await settle(pilot)
+        if pilot.app.problems.done:
+            break
+    await settle(pilot)
+    assert pilot.app.problems.done
+
+
 @pytest.mark.parametrize("size", SIZES)
 async def test_the_first_screen_carries_the_cause_and_the_fix(stack, size):
     app = _app(stack, auto_jump=True)
     async with app.run_test(size=size) as pilot:
-        await settle(pilot)
-        await settle(pilot)
+        await _scanned(pilot)
         text = " ".join(screen_text(app).split())
         assert app.selection.path[:1] == (b"bin",) and app.res is not None and app.res.errno == "EIO"
         assert "base3" in text and "/ab" in text  # the layer and the path at fault
@@ -118,9 +116,7 @@ async def test_the_cursor_never_moves_after_a_key(stack, size):
     async with app.run_test(size=size) as pilot:
         await pilot.press("down")  # before the scan has found anything
         here = app.tree.cursor_node.data.path if app.tree.cursor_node.data else ()
-        await settle(pilot)
-        await settle(pilot)
-        assert app.problems.done
+        await _scanned(pilot)
         now = app.tree.cursor_node.data.path if app.tree.cursor_node.data else ()
         assert now == here  # the scan's first error did not take the cursor away
 

@@ -9,26 +9,14 @@ import pytest
 from ui_helpers import settle
 
 from ovlinspect.rules.engine import Engine
-from ovlinspect.model.layers import MemoryLayer, Node
+from ovlinspect.model.layers import Node
 from ovlinspect.model.stack import Stack
 from ovlinspect.ui.app import OvlInspectApp
-from ui_stacks import KERNEL, PARAMS, T
+from ui_stacks import KERNEL, PARAMS, T, filled_layer
 
 N = 5_000
 #: every FAIL-th entry is a metacopy whose redirect walks through B's plain /1e: EIO
 FAIL = 1_000
-
-
-def _fill(label: str, entries: dict) -> MemoryLayer:
-    """A memory layer filled directly (``MemoryLayer.add`` is quadratic in a directory's size)."""
-    m = MemoryLayer(label=label)
-    kids: dict = {}
-    for path, node in entries.items():
-        m.nodes[path] = node
-        if path:
-            kids.setdefault(path[:-1], []).append(path[-1])
-    m.children = {k: list(dict.fromkeys(v)) for k, v in kids.items()}
-    return m
 
 
 def big_stack() -> Stack:
@@ -45,7 +33,7 @@ def big_stack() -> Stack:
         else:
             a[(b"big", name)] = Node("file", 0o644, 1)
     b = {(): d, (b"1e",): d, (b"1e", b"unrelated"): Node("file", 0o644, 1)}
-    return Stack(lowers=[_fill("A", a), _fill("B", b)], data=[_fill("C", c)], options="metacopy=on",
+    return Stack(lowers=[filled_layer("A", a), filled_layer("B", b)], data=[filled_layer("C", c)], options="metacopy=on",
                  params=PARAMS, source="test:big")
 
 

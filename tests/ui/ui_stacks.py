@@ -94,3 +94,16 @@ def many_layers_stack(n: int) -> Stack:
                                  ("/ab/zz99", f(b"libx.so"), b"libx.so")])
     return Stack(lowers=lowers, data=[objects], options="metacopy=on,redirect_dir=on",
                  source=f"test:{n}-layers", params=PARAMS)
+
+
+def filled_layer(label: str, entries: dict) -> MemoryLayer:
+    """A memory layer filled directly from {path: node} (``MemoryLayer.add`` is quadratic in a
+    directory's size): for the big-directory stacks."""
+    m = MemoryLayer(label=label)
+    kids: dict = {}
+    for path, node in entries.items():
+        m.nodes[path] = node
+        if path:
+            kids.setdefault(path[:-1], []).append(path[-1])
+    m.children = {k: list(dict.fromkeys(v)) for k, v in kids.items()}
+    return m
