@@ -78,6 +78,11 @@ class Xino:
     ndata: int = 0
 
     @property
+    def samefs_text(self) -> str:
+        return ("the upper and regular lower layers on one filesystem (data-only layers do not "
+                "count)" if self.ndata else "all layers on one filesystem")
+
+    @property
     def same_fs(self) -> bool:
         return self.mode == 0
 
@@ -87,9 +92,7 @@ class Xino:
 
     def describe(self) -> str:
         if self.mode == 0:
-            where = ("the upper and regular lower layers on one filesystem (data-only layers do "
-                     "not count)" if self.ndata else "all layers on one filesystem")
-            return f"{where}: real inode numbers, the overlay's st_dev"
+            return f"{self.samefs_text}: real inode numbers, the overlay's st_dev"
         if self.mode < 0:
             return (f"layers on {self.numfs - (1 if self.fsids and self.fsids[0] is None else 0)} "
                     "filesystems and xino off: non-directories show their filesystem's pseudo "
@@ -188,17 +191,23 @@ def _lstat(layer, path) -> os.stat_result | None:
     return layer.lstat(path) if isinstance(layer, DiskLayer) else None
 
 
-def _origin(engine, upper_path) -> tuple[int, os.stat_result] | None:
-    """The lower object an upper non-directory's ``overlay.origin`` decodes to (any lower layer
-    whose filesystem matches the handle's uuid; anywhere on that filesystem), and its lstat."""
-    from .origin import _open_handle, layer_id, origin_uuid_used
-
+def _origin_fh(engine, upper_path):
+    """The upper entry's ``overlay.origin``, decoded, when it is a usable file handle."""
     node = engine.layer(0).node(upper_path)
     raw = node.xattr(engine.prefix + b"origin") if node is not None else None
     if raw is None:
         return None
     fh = decode_fh(raw)
-    if not fh.usable:
+    return fh if fh.usable else None
+
+
+def _origin(engine, upper_path) -> tuple[int, os.stat_result] | None:
+    """The lower object an upper non-directory's ``overlay.origin`` decodes to (any lower layer
+    whose filesystem matches the handle's uuid; anywhere on that filesystem), and its lstat."""
+    from .origin import _open_handle, layer_id, origin_uuid_used
+
+    fh = _origin_fh(engine, upper_path)
+    if fh is None:
         return None
     cached = getattr(engine, "_inode_ids", None)
     if cached is None:  # the layers' identities, read once per engine
@@ -263,12 +272,8 @@ def _indexed(engine, upper_path) -> bool:
     decodes in a lower layer, and work/index holds the hex of that handle."""
     if not engine.options.index or not engine.stack.workdir:
         return False
-    node = engine.layer(0).node(upper_path)
-    raw = node.xattr(engine.prefix + b"origin") if node is not None else None
-    if raw is None:
-        return False
-    fh = decode_fh(raw)
-    if not fh.usable:
+    fh = _origin_fh(engine, upper_path)
+    if fh is None:
         return False
     try:
         os.lstat(os.path.join(engine.stack.workdir, "index", fh.wire.hex()))
@@ -414,10 +419,7 @@ def _inode_info(engine, res) -> InodeInfo | None:
                          "the root, then in lookup order) and the overlay's st_dev", real=real)
     if x.same_fs:
         return InodeInfo(real_ino, "overlay", source, real_ino, fsid,
-                         "; ".join(why) + "; " + ("the upper and regular lower layers on one "
-                                                 "filesystem (data-only layers do not count)"
-                                                 if x.ndata else "all layers on one filesystem")
-                         + ": the overlay's st_dev",
+                         "; ".join(why) + f"; {x.samefs_text}: the overlay's st_dev",
                          real=real)
     if x.bits:
         shift = 64 - x.bits

@@ -271,6 +271,8 @@ class CheckResult:
     causes: list[Cause]
     paths_checked: int
     seconds: float = 0.0
+    #: the kernel refuses the mount itself: no path was looked up
+    refused: bool = False
 
 
 def check_causes(engine: Engine, progress: Callable[[int], None] | None = None,
@@ -298,7 +300,8 @@ def check_causes(engine: Engine, progress: Callable[[int], None] | None = None,
     for res, f in check_findings(engine, counted, cancel):
         findings.append(f)
         index.add(f, res)
-    return CheckResult(findings, index.causes(), count, time.monotonic() - start)
+    return CheckResult(findings, index.causes(), count, time.monotonic() - start,
+                       refused=engine.mount_errno is not None)
 
 
 __all__ = ["Cause", "CauseIndex", "CheckResult", "check_causes", "group_findings"]

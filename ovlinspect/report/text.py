@@ -376,15 +376,6 @@ def cause_lines(c: Cause, indent: int = 8, shown: int = PATHS_SHOWN) -> list[Lin
     return out
 
 
-def engine_refused(result: CheckResult) -> bool:
-    """No path checked because the kernel refuses the mount itself."""
-    return result.paths_checked == 0 and any(c.rule in _REFUSALS for c in result.causes)
-
-
-#: findings that mean the mount itself fails: no path is looked up
-_REFUSALS = frozenset({"mount-refused", "incompat-workdir", "stale-origin", "workdir-in-use"})
-
-
 def summary_text(result: CheckResult) -> str:
     """``3 causes (1 error, 2 warnings) behind 3 findings in 7 paths``, ``no problems in 7 paths``."""
     where = count_text(result.paths_checked, "path")
@@ -398,7 +389,7 @@ def summary_text(result: CheckResult) -> str:
     kinds = ", ".join(x for x in (count_text(n["error"], "error") if n["error"] else "",
                                   count_text(n["warning"], "warning") if n["warning"] else "",
                                   f"{n['info']} info" if n["info"] else "") if x)
-    if engine_refused(result):
+    if result.refused:
         return f"{count_text(len(result.causes), 'cause')} ({kinds}): the mount itself is refused, so no path is looked up"
     return (f"{count_text(len(result.causes), 'cause')} ({kinds}) behind "
             f"{count_text(len(result.findings), 'finding')} in {where}")

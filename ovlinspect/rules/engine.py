@@ -294,17 +294,21 @@ class Engine(Overlay):
         return out
 
     def check_findings(self, progress: Callable[[int], None] | None = None,
-                       cancel: Callable[[], bool] | None = None
+                       cancel: Callable[[], bool] | None = None,
+                       walk: Callable[..., Iterator[Resolution]] | None = None
                        ) -> Iterator[tuple[Resolution | None, Finding]]:
         """Every finding of :meth:`check`, in order, with the resolution of the path it is
-        about (None for the stack's own findings, and for those about several paths)."""
+        about (None for the stack's own findings, and for those about several paths).
+
+        ``walk(progress, cancel)`` gives the resolutions to check: :meth:`walk` by default;
+        :mod:`.scan` gives a lean one that leaves out the names it proves clean."""
         for f in self.stack_findings():
             yield None, f
         if self.options.mount_errno:
             return
         # st_ino/st_dev reported twice (kernel/inode.py); what fsck.overlay would repair
         inodes, fsck = Collisions(self), Fsck(self)
-        for res in self.walk(progress, cancel):
+        for res in (walk or self.walk)(progress, cancel):
             for f in res.findings:
                 yield res, f
             inodes.add(res)

@@ -34,12 +34,10 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 from ..kernel.entry import NAME_MAX, Ref, Resolution
-from ..kernel.inode import Collisions
 from ..model.layers import Node, exclusive_reads
 from ..model.xattrs import METACOPY_MAX, METACOPY_MIN, decode_metacopy
 from .catalogue import Finding
 from .engine import Engine
-from .fsck import Fsck
 
 _ESCAPED = b"trusted.overlay.overlay."
 
@@ -147,27 +145,20 @@ def check_findings(engine: Engine, progress: Callable[[int], None] | None = None
                    cancel: Callable[[], bool] | None = None
                    ) -> Iterator[tuple[Resolution | None, Finding]]:
     """:meth:`Engine.check_findings`: every finding, in order, with the resolution of its path
-    (None for the stack's own findings and those about several paths)."""
+    (None for the stack's own findings and those about several paths), over the lean walk."""
     with exclusive_reads():
-        yield from _check_findings(engine, progress, cancel)
+        yield from engine.check_findings(progress, cancel,
+                                         walk=lambda p, c: _walk(engine, p, c))
 
 
-def _check_findings(engine: Engine, progress, cancel) -> Iterator[tuple[Resolution | None, Finding]]:
-    for f in engine.stack_findings():
-        yield None, f
-    if engine.options.mount_errno:
-        return
+def _walk(engine: Engine, progress, cancel) -> Iterator[Resolution]:
+    """:meth:`Engine.walk` without the names the fast paths prove clean (no finding, no upper
+    entry: nothing :class:`Collisions` or :class:`Fsck` look at either)."""
     # a clone without a trace, with its own caches, as Engine.walk uses
     e = engine.clone(tracing=False)
     fast = _Fast(e)
-    # inode numbers reported twice, what fsck.overlay would repair: both look at entries with
-    # an upper only, which the fast paths never take
-    inodes, fsck = Collisions(engine), Fsck(engine)
     root = e.resolve(())
-    for f in root.findings:
-        yield root, f
-    inodes.add(root)
-    fsck.add(root)
+    yield root
     count = 0
     stack: list[Resolution] = [root]
     while stack:
@@ -188,21 +179,12 @@ def _check_findings(engine: Engine, progress, cancel) -> Iterator[tuple[Resoluti
             # the lookup of one name in its parent, as Engine.walk does it (resolve() would
             # walk down from the root: quadratic in the depth, cubic over a deep tree)
             child = e.lookup_child(dirres, name)
-            for f in child.findings:
-                yield child, f
             if child.errno == "ENOENT" and (listed_set is None or name in listed_set):
-                phantom = e.phantom(dirres, name, child)
-                child.findings.append(phantom)
-                yield child, phantom
-            inodes.add(child)
-            fsck.add(child)
+                child.findings.append(e.phantom(dirres, name, child))
+            yield child
             if child.is_dir:
                 stack.append(child)
         dirres._entries = None
         dirres.unlisted_failures = None
         if progress is not None:
             progress(count)
-    for f in inodes.findings():
-        yield None, f
-    for f in fsck.findings():
-        yield None, f
