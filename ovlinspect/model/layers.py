@@ -351,6 +351,12 @@ def _xattrs_of(where: bytes, follow: bool) -> tuple[tuple[bytes, bytes], ...]:
         if e.errno in (_errno.ENOTSUP, _errno.ENODATA, _errno.ENOENT):
             return ()
         raise
+    return _overlay_values(where, names, follow)
+
+
+def _overlay_values(where: bytes, names: list[str], follow: bool = False
+                    ) -> tuple[tuple[bytes, bytes], ...]:
+    """The values of the overlay names among ``names`` (listed at ``where``)."""
     result = []
     for key in names:
         if not key.startswith(_STR_PREFIXES):
@@ -667,23 +673,30 @@ class DiskLayer(Layer):
         # xattr path is one concatenation; an error message is built only on an error).
         want_x, lean = self.want_xattrs, not self.want_verity
         prefix = None if _cwd_at(dirfd) else b"/proc/self/fd/%d/" % dirfd
-        isreg = _stat.S_ISREG
+        isreg, listxattr = _stat.S_ISREG, os.listxattr
         try:
             for entry in os.scandir(fd):
                 name = entry.name.encode(*_FS)
                 try:
-                    kind = ("dir" if entry.is_dir(follow_symlinks=False) else
-                            "file" if entry.is_file(follow_symlinks=False) else
+                    kind = ("file" if entry.is_file(follow_symlinks=False) else
+                            "dir" if entry.is_dir(follow_symlinks=False) else
                             "symlink" if entry.is_symlink() else None)
                 except FileNotFoundError:
                     continue
-                if want_x:
+                xattrs = ()
+                if want_x:  # _xattrs_of, inline
+                    where = name if prefix is None else prefix + name
                     try:
-                        xattrs = _xattrs_of(name if prefix is None else prefix + name, False)
+                        keys = listxattr(where, follow_symlinks=False)
                     except OSError as e:
-                        raise self._xattr_error(path + (name,), e) from None
-                else:
-                    xattrs = ()
+                        if e.errno not in (_errno.ENOTSUP, _errno.ENODATA, _errno.ENOENT):
+                            raise self._xattr_error(path + (name,), e) from None
+                        keys = None
+                    if keys:
+                        try:
+                            xattrs = _overlay_values(where, keys)
+                        except OSError as e:
+                            raise self._xattr_error(path + (name,), e) from None
                 # (a regular file's size is kept as the scan saw it: an export compares it
                 # with what it reads later, to flag a file that changed meanwhile)
                 if kind is not None and kind != "file" and lean and not xattrs:

@@ -114,20 +114,17 @@ class _Fast:
             return False
         path = tuple(comps[1:])
         if self.verity == "off":
-            # only the data file's type and size matter: no node is made for it
-            return self._data_size(path) == node.size
+            # only the data file's type and size matter: no node is made for it (this
+            # runs once per file of a composefs image)
+            for layer in self.data:
+                size = layer.file_size(path)
+                if size is not None:
+                    return size == node.size
+            return False
         dnode = self._data(path)
         if dnode is None or dnode.size != node.size:
             return False
         return self._verity_ok(mc, dnode)
-
-    def _data_size(self, path: tuple) -> int | None:
-        """:meth:`_data`'s file size (None: no data file found)."""
-        for layer in self.data:
-            size = layer.file_size(path)
-            if size is not None:
-                return size
-        return None
 
     def _data(self, path: tuple) -> Node | None:
         """The data file ``DataLookup.data_lookup`` finds for a redirect without ``.`` or
