@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from ..kernel.entry import Ref, Resolution, show
 from ..rules.engine import Engine
-from ..rules.catalogue import Finding, Severity
+from ..rules.catalogue import RULES, Finding, Severity
 
 #: rules whose cause is the mount itself (its options), whatever entry meets it
 _MOUNT_WIDE = {
@@ -89,7 +89,7 @@ class Cause:
     @property
     def message(self) -> str:
         """What is wrong, one line: the summary, or for a single finding its own message."""
-        if len(self.findings) == 1 and not self.fixed:
+        if len(self.paths) == 1 and self.findings and not self.fixed:
             return split_fix(self.findings[0].message)[0]
         return self.summary
 
@@ -274,6 +274,14 @@ class CheckResult:
     #: the kernel refuses the mount itself: no path was looked up
     refused: bool = False
 
+    @property
+    def finding_count(self) -> int:
+        return len(self.findings)
+
+    def cause_severities(self) -> Counter:
+        """How many causes of each severity."""
+        return Counter(c.severity for c in self.causes)
+
 
 def check_causes(engine: Engine, progress: Callable[[int], None] | None = None,
                  cancel: Callable[[], bool] | None = None) -> CheckResult:
@@ -304,4 +312,186 @@ def check_causes(engine: Engine, progress: Callable[[int], None] | None = None,
                        refused=engine.mount_errno is not None)
 
 
-__all__ = ["Cause", "CauseIndex", "CheckResult", "check_causes", "group_findings"]
+# ------------------------------------------------------------------ check, in bounded memory
+
+
+class _Lean:
+    """What :class:`LeanCauseIndex` keeps of one cause: the first path and how its message
+    differs from the cause's summary, the count, the other paths, the effects (no Finding,
+    no Resolution, no Counter for a cause of one effect)."""
+
+    __slots__ = ("how", "what", "path", "msg", "whole", "n", "more", "eff")
+
+    def __init__(self, how: str, what, path: bytes, msg: str, whole: bool, eff: str | None):
+        self.how, self.what, self.path, self.msg, self.whole = how, what, path, msg, whole
+        self.n = 1
+        #: the paths after the first (None while there is one)
+        self.more: list[bytes] | None = None
+        #: None (no effect yet), one effect every finding so far had, or a Counter
+        self.eff: str | Counter | None = eff
+
+
+class LeanCauseIndex(CauseIndex):
+    """:class:`CauseIndex` for ``check`` of a whole stack: findings are not kept, and a cause
+    keeps its paths, its count, its effects and what it needs to word its message again
+    (a cause of one finding whose message is the cause's summary behind a prefix -- "open
+    fails with ENOENT: '/ab/cd' is not a regular file ..." -- keeps only the shared prefix).
+    :meth:`iter_causes` gives the same :class:`Cause` objects, in the same order, as
+    :meth:`CauseIndex.causes` would, built one at a time."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._lean: dict[tuple, _Lean] = {}
+        self._texts: dict[str, str] = {}  # interned prefixes and effects
+
+    def _intern(self, text: str) -> str:
+        return self._texts.setdefault(text, text)
+
+    def add(self, f: Finding, res: Resolution | None = None) -> None:  # type: ignore[override]
+        if res is None:  # a stack finding given twice (a rescan) counts once
+            dup = (f.rule, f.path, f.message)
+            if dup in self._seen:
+                return
+            self._seen.add(dup)
+        key, how, what = self._key(f, res)
+        effect = _effect(f, res)
+        if effect is not None:
+            effect = self._intern(effect)
+        lean = self._lean.get(key)
+        if lean is None:
+            summary = self._new(f, how, what).summary
+            if how != "own" and f.message.endswith(summary):
+                msg, whole = self._intern(f.message[:len(f.message) - len(summary)]), False
+            else:
+                msg, whole = f.message, True
+            self._lean[key] = _Lean(how, what, f.path, msg, whole, effect)
+            return
+        lean.n += 1
+        if lean.more is None:
+            lean.more = [f.path]
+        else:
+            lean.more.append(f.path)
+        eff = lean.eff
+        if isinstance(eff, Counter):
+            if effect is not None:
+                eff[effect] += 1
+        elif eff is None or effect != eff:  # the first findings all had the effect ``eff``
+            counter = Counter()
+            if eff is not None:
+                counter[eff] = lean.n - 1
+            if effect is not None:
+                counter[effect] += 1
+            lean.eff = counter
+
+    def _cause(self, key: tuple, lean: _Lean) -> Cause:
+        rule = key[0]
+        first = Finding(rule, lean.path, lean.msg if lean.whole else
+                        lean.msg + self._new(Finding(rule, lean.path, ""), lean.how, lean.what).summary)
+        cause = self._new(first, lean.how, lean.what)
+        if lean.n == 1:
+            cause.findings = [first]
+        cause.paths = [lean.path] if lean.more is None else sorted([lean.path, *lean.more])
+        if isinstance(lean.eff, Counter):
+            cause.effects = lean.eff
+        elif lean.eff is not None:
+            cause.effects = Counter({lean.eff: lean.n})
+        return cause
+
+    def _order(self) -> list[tuple]:
+        e = self.engine
+        keys = []
+        for key, lean in self._lean.items():
+            where = None
+            if lean.how == "layer":
+                where = e.label(e.kernel_index(lean.what))
+            elif lean.how in ("entry", "own") and lean.what is not None:
+                where = e.where(lean.what)
+            first = lean.path if lean.more is None else min(lean.path, min(lean.more))
+            keys.append((Severity(RULES[key[0]].severity).rank, -lean.n, key[0], where or "", first, key))
+        keys.sort(key=lambda k: k[:5])
+        return keys
+
+    def iter_causes(self) -> Iterator[Cause]:
+        """The causes, the one to fix first first (as :meth:`CauseIndex.causes`), each made
+        when it is reached."""
+        for k in self._order():
+            yield self._cause(k[5], self._lean[k[5]])
+
+    def causes(self) -> list[Cause]:
+        return list(self.iter_causes())
+
+    def severities(self) -> Counter:
+        return Counter(RULES[key[0]].severity for key in self._lean)
+
+    def __len__(self) -> int:
+        return len(self._lean)
+
+
+class _Causes:
+    """The causes of a streamed check: their number, and each made when iterated."""
+
+    def __init__(self, index: LeanCauseIndex) -> None:
+        self._index = index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __iter__(self) -> Iterator[Cause]:
+        return self._index.iter_causes()
+
+
+@dataclass
+class StreamedCheck:
+    """What :func:`check_stream` found: counts, and the causes made one at a time."""
+
+    index: LeanCauseIndex
+    paths_checked: int
+    #: findings by severity
+    counts: Counter
+    seconds: float = 0.0
+    refused: bool = False
+
+    @property
+    def causes(self) -> _Causes:
+        return _Causes(self.index)
+
+    @property
+    def finding_count(self) -> int:
+        return sum(self.counts.values())
+
+    def cause_severities(self) -> Counter:
+        return self.index.severities()
+
+
+def check_stream(engine: Engine, on_finding: Callable[[Finding], None] | None = None,
+                 progress: Callable[[int], None] | None = None,
+                 cancel: Callable[[], bool] | None = None) -> StreamedCheck:
+    """:func:`check_causes` in bounded memory: each finding goes to ``on_finding`` as the
+    walk meets it (in :func:`check_causes`'s order) and is not kept; the causes keep what
+    :class:`LeanCauseIndex` says."""
+    import time
+
+    start = time.monotonic()
+    index = LeanCauseIndex(engine)
+    counts: Counter = Counter()
+    count = 0
+
+    def counted(n: int) -> None:
+        nonlocal count
+        count = n
+        if progress is not None:
+            progress(n)
+
+    from ..rules.scan import check_findings
+
+    for res, f in check_findings(engine, counted, cancel):
+        counts[f.severity] += 1
+        if on_finding is not None:
+            on_finding(f)
+        index.add(f, res)
+    return StreamedCheck(index, count, counts, time.monotonic() - start,
+                         refused=engine.mount_errno is not None)
+
+
+__all__ = ["Cause", "CauseIndex", "CheckResult", "LeanCauseIndex", "StreamedCheck", "check_causes",
+           "check_stream", "group_findings"]
