@@ -315,37 +315,86 @@ def check_causes(engine: Engine, progress: Callable[[int], None] | None = None,
 # ------------------------------------------------------------------ check, in bounded memory
 
 
-class _Lean:
-    """What :class:`LeanCauseIndex` keeps of one cause: the first path and how its message
-    differs from the cause's summary, the count, the other paths, the effects (no Finding,
-    no Resolution, no Counter for a cause of one effect)."""
+class _Runs:
+    """Records sorted in runs of a bounded size, each run in an unlinked temporary file
+    (marshal), merged back in order: the external sort ``sort(1)`` does, so that memory stays
+    bounded whatever the number of records."""
 
-    __slots__ = ("how", "what", "path", "msg", "whole", "n", "more", "eff")
+    def __init__(self, key: Callable, limit: int) -> None:
+        self.key, self.limit = key, limit
+        self.buf: list = []
+        self.size = 0
+        self.files: list = []
 
-    def __init__(self, how: str, what, path: bytes, msg: str, whole: bool, eff: str | None):
-        self.how, self.what, self.path, self.msg, self.whole = how, what, path, msg, whole
-        self.n = 1
-        #: the paths after the first (None while there is one)
-        self.more: list[bytes] | None = None
-        #: None (no effect yet), one effect every finding so far had, or a Counter
-        self.eff: str | Counter | None = eff
+    def add(self, record, size: int = 1) -> None:
+        self.buf.append(record)
+        self.size += size
+        if self.size >= self.limit:
+            self._spill()
+
+    def _spill(self) -> None:
+        import marshal
+        import tempfile
+
+        f = tempfile.TemporaryFile(prefix="ovlinspect-check-")
+        self.buf.sort(key=self.key)
+        for r in self.buf:
+            marshal.dump(r, f)
+        self.buf, self.size = [], 0
+        self.files.append(f)
+
+    @staticmethod
+    def _read(f) -> Iterator:
+        import marshal
+
+        f.seek(0)
+        while True:
+            try:
+                yield marshal.load(f)
+            except EOFError:
+                f.close()
+                return
+
+    def __iter__(self) -> Iterator:
+        import heapq
+
+        if not self.files:
+            self.buf.sort(key=self.key)
+            buf, self.buf = self.buf, []
+            return iter(buf)
+        if self.buf:
+            self._spill()
+        files, self.files = self.files, []
+        return heapq.merge(*(self._read(f) for f in files), key=self.key)
 
 
-class LeanCauseIndex(CauseIndex):
-    """:class:`CauseIndex` for ``check`` of a whole stack: findings are not kept, and a cause
-    keeps its paths, its count, its effects and what it needs to word its message again
-    (a cause of one finding whose message is the cause's summary behind a prefix -- "open
-    fails with ENOENT: '/ab/cd' is not a regular file ..." -- keeps only the shared prefix).
-    :meth:`iter_causes` gives the same :class:`Cause` objects, in the same order, as
-    :meth:`CauseIndex.causes` would, built one at a time."""
+def _enc(what):
+    """A cause's place (None, a layer number, a redirect, a layer entry) for marshal."""
+    return ("ref", what.layer, what.path) if isinstance(what, Ref) else what
+
+
+def _dec(what):
+    return Ref(what[1], what[2]) if isinstance(what, tuple) else what
+
+
+class SpillCauseIndex(CauseIndex):
+    """:class:`CauseIndex` for ``check`` of a whole stack, in bounded memory: nothing is
+    kept per finding or per cause.  Each finding becomes a record (its cause's key, its
+    order, its path, message and effect) in :class:`_Runs`; :meth:`finish` merges them cause
+    by cause into one record per cause (sorted the way :meth:`CauseIndex.causes` sorts),
+    and :meth:`iter_causes` makes each :class:`Cause` when it is reached: the same causes,
+    in the same order, with the same texts."""
+
+    #: records kept before a run is written (findings; paths of causes)
+    RUN = 4096
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
-        self._lean: dict[tuple, _Lean] = {}
-        self._texts: dict[str, str] = {}  # interned prefixes and effects
-
-    def _intern(self, text: str) -> str:
-        return self._texts.setdefault(text, text)
+        self._found = _Runs(key=lambda r: (r[0], r[1]), limit=self.RUN)
+        self._seq = 0
+        self._causes: _Runs | None = None
+        self._count = 0
+        self._severities: Counter = Counter()
 
     def add(self, f: Finding, res: Resolution | None = None) -> None:  # type: ignore[override]
         if res is None:  # a stack finding given twice (a rescan) counts once
@@ -354,83 +403,77 @@ class LeanCauseIndex(CauseIndex):
                 return
             self._seen.add(dup)
         key, how, what = self._key(f, res)
-        effect = _effect(f, res)
-        if effect is not None:
-            effect = self._intern(effect)
-        lean = self._lean.get(key)
-        if lean is None:
-            summary = self._new(f, how, what).summary
-            if how != "own" and f.message.endswith(summary):
-                msg, whole = self._intern(f.message[:len(f.message) - len(summary)]), False
-            else:
-                msg, whole = f.message, True
-            self._lean[key] = _Lean(how, what, f.path, msg, whole, effect)
-            return
-        lean.n += 1
-        if lean.more is None:
-            lean.more = [f.path]
-        else:
-            lean.more.append(f.path)
-        eff = lean.eff
-        if isinstance(eff, Counter):
-            if effect is not None:
-                eff[effect] += 1
-        elif eff is None or effect != eff:  # the first findings all had the effect ``eff``
-            counter = Counter()
-            if eff is not None:
-                counter[eff] = lean.n - 1
-            if effect is not None:
-                counter[effect] += 1
-            lean.eff = counter
+        # the rule, then how it is grouped: keys of one shape are compared with each other only
+        k = (key[0], how) + key[1:]
+        self._found.add((k, self._seq, _enc(what), f.path, f.message, _effect(f, res)))
+        self._seq += 1
 
-    def _cause(self, key: tuple, lean: _Lean) -> Cause:
-        rule = key[0]
-        first = Finding(rule, lean.path, lean.msg if lean.whole else
-                        lean.msg + self._new(Finding(rule, lean.path, ""), lean.how, lean.what).summary)
-        cause = self._new(first, lean.how, lean.what)
-        if lean.n == 1:
-            cause.findings = [first]
-        cause.paths = [lean.path] if lean.more is None else sorted([lean.path, *lean.more])
-        if isinstance(lean.eff, Counter):
-            cause.effects = lean.eff
-        elif lean.eff is not None:
-            cause.effects = Counter({lean.eff: lean.n})
-        return cause
-
-    def _order(self) -> list[tuple]:
+    def finish(self) -> None:
+        """Group the findings into causes (once, after the last :meth:`add`)."""
         e = self.engine
-        keys = []
-        for key, lean in self._lean.items():
-            where = None
-            if lean.how == "layer":
-                where = e.label(e.kernel_index(lean.what))
-            elif lean.how in ("entry", "own") and lean.what is not None:
-                where = e.where(lean.what)
-            first = lean.path if lean.more is None else min(lean.path, min(lean.more))
-            keys.append((Severity(RULES[key[0]].severity).rank, -lean.n, key[0], where or "", first, key))
-        keys.sort(key=lambda k: k[:5])
-        return keys
+        causes = self._causes = _Runs(key=lambda r: r[0], limit=self.RUN)
+        group: list = []
+        for r in self._found:
+            if group and r[0] != group[0][0]:
+                self._group(e, group, causes)
+                group = []
+            group.append(r)
+        if group:
+            self._group(e, group, causes)
+
+    def _group(self, e: Engine, group: list, out: _Runs) -> None:
+        k, seq, what, path, message, _ = group[0]
+        rule, how = k[0], k[1]
+        what = _dec(what)
+        where = None
+        if how == "layer":
+            where = e.label(e.kernel_index(what))
+        elif how in ("entry", "own") and what is not None:
+            where = e.where(what)
+        paths = sorted(r[3] for r in group)
+        effects: dict[str, int] = {}
+        for r in group:
+            if r[5] is not None:
+                effects[r[5]] = effects.get(r[5], 0) + 1
+        severity = RULES[rule].severity
+        self._count += 1
+        self._severities[severity] += 1
+        order = (Severity(severity).rank, -len(group), rule, where or "", paths[0], seq)
+        out.add((order, how, _enc(what), message, paths, effects), len(paths))
 
     def iter_causes(self) -> Iterator[Cause]:
         """The causes, the one to fix first first (as :meth:`CauseIndex.causes`), each made
-        when it is reached."""
-        for k in self._order():
-            yield self._cause(k[5], self._lean[k[5]])
+        when it is reached (once: the runs are read as they are merged)."""
+        if self._causes is None:
+            self.finish()
+        for order, how, what, message, paths, effects in self._causes:
+            rule = order[2]
+            first = Finding(rule, paths[0] if len(paths) == 1 else b"", message)
+            cause = self._new(first, how, _dec(what))
+            if len(paths) == 1:
+                cause.findings = [first]
+            cause.paths = paths
+            cause.effects = Counter(effects)
+            yield cause
 
     def causes(self) -> list[Cause]:
         return list(self.iter_causes())
 
     def severities(self) -> Counter:
-        return Counter(RULES[key[0]].severity for key in self._lean)
+        if self._causes is None:
+            self.finish()
+        return self._severities
 
     def __len__(self) -> int:
-        return len(self._lean)
+        if self._causes is None:
+            self.finish()
+        return self._count
 
 
 class _Causes:
-    """The causes of a streamed check: their number, and each made when iterated."""
+    """The causes of a streamed check: their number, and each made when iterated (once)."""
 
-    def __init__(self, index: LeanCauseIndex) -> None:
+    def __init__(self, index: SpillCauseIndex) -> None:
         self._index = index
 
     def __len__(self) -> int:
@@ -444,16 +487,15 @@ class _Causes:
 class StreamedCheck:
     """What :func:`check_stream` found: counts, and the causes made one at a time."""
 
-    index: LeanCauseIndex
+    index: SpillCauseIndex
     paths_checked: int
     #: findings by severity
     counts: Counter
     seconds: float = 0.0
     refused: bool = False
 
-    @property
-    def causes(self) -> _Causes:
-        return _Causes(self.index)
+    def __post_init__(self) -> None:
+        self.causes = _Causes(self.index)
 
     @property
     def finding_count(self) -> int:
@@ -472,7 +514,7 @@ def check_stream(engine: Engine, on_finding: Callable[[Finding], None] | None = 
     import time
 
     start = time.monotonic()
-    index = LeanCauseIndex(engine)
+    index = SpillCauseIndex(engine)
     counts: Counter = Counter()
     count = 0
 
@@ -489,9 +531,10 @@ def check_stream(engine: Engine, on_finding: Callable[[Finding], None] | None = 
         if on_finding is not None:
             on_finding(f)
         index.add(f, res)
+    index.finish()
     return StreamedCheck(index, count, counts, time.monotonic() - start,
                          refused=engine.mount_errno is not None)
 
 
-__all__ = ["Cause", "CauseIndex", "CheckResult", "LeanCauseIndex", "StreamedCheck", "check_causes",
+__all__ = ["Cause", "CauseIndex", "CheckResult", "SpillCauseIndex", "StreamedCheck", "check_causes",
            "check_stream", "group_findings"]

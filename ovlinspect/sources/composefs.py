@@ -534,8 +534,12 @@ class DumpIndex:
         modes: dict[bytes, int] = {}  # MODE field -> its flag (-1: for the full parser)
         #: directory path -> (its index, its children)
         dirs: dict[bytes, tuple[int, array]] = {}
-        seen: set[int] = set()
-        add_seen = seen.add
+        # the hash of every path so far, in an open-addressing table of 8-byte slots (a set of
+        # ints would take ten times that: 80 bytes a line at the peak of every command)
+        bits = max(10, (2 * (data.count(b"\n") + 1)).bit_length())
+        table = array("q", bytes(8 << bits))
+        mask = (1 << bits) - 1
+        self._paths = (table, mask)
         links: list[int] = []
         link_keys: set[int] = set()
         pos, lineno, size, idx = 0, 0, len(data), 0
@@ -575,8 +579,17 @@ class DumpIndex:
                 else:
                     flag = _F_DIR if e.kind == "dir" else _F_WHITEOUT if e.is_whiteout else 0
             if idx:
-                h = hash(key)
-                if h in seen:  # every path so far is in seen (directories too)
+                h = hash(key) or 1
+                i = h & mask
+                while True:
+                    v = table[i]
+                    if not v:
+                        table[i] = h
+                        break
+                    if v == h:
+                        break
+                    i = (i + 1) & mask
+                if v == h:  # a path hashed like this one before (directories too)
                     if key == b"/":
                         raise DumpError(lineno, f"root / is defined again (first on line {self.lineno(0)})")
                     first = self._find(key, idx)
@@ -587,7 +600,6 @@ class DumpIndex:
                 parent = dirs.get(key[:cut] if cut else b"/")
                 if parent is None:
                     self._bad_parent(key[:cut] if cut else b"/", key, idx, lineno)
-                add_seen(h)
                 parent[1].append(idx)
                 if flag == _F_WHITEOUT:
                     self.whiteout_parents.add(parent[0])
@@ -596,7 +608,8 @@ class DumpIndex:
                     raise DumpError(lineno, f"the first entry must be the root /, not {_show(_key_path(key))}")
                 if flag != _F_DIR:
                     raise DumpError(lineno, "root / must be a directory")
-                add_seen(hash(key))
+                h = hash(key) or 1
+                table[h & mask] = h
             if flag == _F_DIR:
                 kids_of = array("I")
                 dirs[key] = (idx, kids_of)
@@ -614,17 +627,29 @@ class DumpIndex:
         # Hard links may point forward; check their targets now that every path is known.  A
         # target that is a directory, or whose path hashes like no line's, or like a hard link's,
         # is looked up for real; the others are lines that are neither (the hash of every path
-        # is in ``seen``).
+        # is in the table).
         tables = functools.lru_cache(maxsize=64)(self.names)
         for idx in links:
             tkey = b"/" + b"/".join(self._link_target(idx))
-            h = hash(tkey)
-            if tkey not in dirs and h in seen and h not in link_keys:
+            if tkey not in dirs and self._known(hash(tkey) or 1) and hash(tkey) not in link_keys:
                 continue
             if self.is_dir(self.resolve(idx, tables)):
                 e = self.entry_at(idx)
                 raise DumpError(e.line, f"hard link {_show(e.path)} points to directory "
                                         f"{_show(self.entry_at(self.resolve(idx)).path)}")
+        del self._paths
+
+    def _known(self, h: int) -> bool:
+        """Whether a line's path hashes to ``h`` (while building)."""
+        table, mask = self._paths
+        i = h & mask
+        while True:
+            v = table[i]
+            if v == h:
+                return True
+            if not v:
+                return False
+            i = (i + 1) & mask
 
     def _find(self, key: bytes, before: int) -> int | None:
         """The first line before ``before`` whose path is ``key`` (slow: errors only)."""
