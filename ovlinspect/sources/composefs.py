@@ -543,6 +543,8 @@ class DumpIndex:
         links: list[int] = []
         link_keys: set[int] = set()
         pos, lineno, size, idx = 0, 0, len(data), 0
+        last_pkey, last_kids, parent = None, None, None
+        F_DIR, F_REG, F_WHITEOUT = _F_DIR, _F_REG, _F_WHITEOUT
         while pos < size:
             end = find(b"\n", pos)
             if end < 0:
@@ -565,10 +567,8 @@ class DumpIndex:
                         flag = _F_LINK
                         links.append(idx)
                         link_keys.add(hash(key))
-                elif content != b"-" and flag == _F_REG and _unescaped_len(content) != int(m.group(2)):
-                    flag = -1
-                elif flag == _F_REG:
-                    flag = 0
+                elif flag == F_REG:
+                    flag = 0 if content == b"-" or _unescaped_len(content) == int(m.group(2)) else -1
             if flag < 0:
                 e = _parse_line(data[pos:end], lineno)
                 key = b"/" + b"/".join(e.path)
@@ -581,27 +581,27 @@ class DumpIndex:
             if idx:
                 h = hash(key) or 1
                 i = h & mask
-                while True:
-                    v = table[i]
-                    if not v:
-                        table[i] = h
-                        break
-                    if v == h:
-                        break
+                v = table[i]
+                while v and v != h:  # open addressing, linear probing
                     i = (i + 1) & mask
-                if v == h:  # a path hashed like this one before (directories too)
+                    v = table[i]
+                if not v:
+                    table[i] = h
+                else:  # a path hashed like this one before (directories too)
                     if key == b"/":
                         raise DumpError(lineno, f"root / is defined again (first on line {self.lineno(0)})")
                     first = self._find(key, idx)
                     if first is not None:
                         raise DumpError(lineno, f"{_show(_key_path(key))} is already defined on line "
                                                 f"{self.lineno(first)}")
-                cut = key.rfind(b"/")
-                parent = dirs.get(key[:cut] if cut else b"/")
-                if parent is None:
-                    self._bad_parent(key[:cut] if cut else b"/", key, idx, lineno)
-                parent[1].append(idx)
-                if flag == _F_WHITEOUT:
+                pkey = key[:key.rfind(b"/")] or b"/"
+                if pkey != last_pkey:  # a dump lists a directory's entries together
+                    parent = dirs.get(pkey)
+                    if parent is None:
+                        self._bad_parent(pkey, key, idx, lineno)
+                    last_pkey, last_kids = pkey, parent[1].append
+                last_kids(idx)
+                if flag == F_WHITEOUT:
                     self.whiteout_parents.add(parent[0])
             else:
                 if key != b"/":
@@ -610,7 +610,7 @@ class DumpIndex:
                     raise DumpError(lineno, "root / must be a directory")
                 h = hash(key) or 1
                 table[h & mask] = h
-            if flag == _F_DIR:
+            if flag == F_DIR:
                 kids_of = array("I")
                 dirs[key] = (idx, kids_of)
                 kids[idx] = kids_of
