@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import functools
 import io
+from itertools import accumulate
 import os
 import re
 import stat as _stat
@@ -504,8 +505,11 @@ class DumpIndex:
         #: entry ``i`` is on line ``i + 1``)
         self._linenos: array | None = None
         self.flags = bytearray()
-        #: directory index -> its children's indexes, in dump order
-        self.kids: dict[int, array] = {}
+        #: every directory's children's indexes (in dump order), one directory after the
+        #: other, and where each line's children start in it (``_kid_off[i]`` to
+        #: ``_kid_off[i + 1]``): 8 bytes a line, no object per directory
+        self._kids = array("I")
+        self._kid_off = array("I")
         #: directories holding a (non-hard-link) whiteout
         self.whiteout_parents: set[int] = set()
         self._build()
@@ -527,7 +531,8 @@ class DumpIndex:
         data = self.data
         fast = _FAST_LINE.fullmatch
         find = data.find
-        starts, flags, kids = self.starts, self.flags, self.kids
+        starts, flags = self.starts, self.flags
+        kids: dict[int, array] = {}  # while building: directory index -> its children
         blanks = data.startswith(b"\n") or b"\n\n" in data
         linenos = self._linenos = array("I") if blanks else None
         add_start, add_flag = starts.append, flags.append
@@ -620,8 +625,13 @@ class DumpIndex:
             add_flag(flag)
             idx += 1
             pos = end + 1
-        for k in [k for k, v in kids.items() if not v]:  # childless directories keep no array
-            del kids[k]
+        counts = array("I", bytes(4 * len(starts)))
+        for d, arr in kids.items():  # in line order
+            counts[d] = len(arr)
+            self._kids.extend(arr)
+        kids.clear()
+        self._kid_off = array("I", accumulate(counts, initial=0))
+        del counts
         if not starts:
             raise DumpError(0, "no entries (a dump starts with the root /)")
         # Hard links may point forward; check their targets now that every path is known.  A
@@ -696,7 +706,8 @@ class DumpIndex:
         return bool(self.flags[idx] & _F_DIR)
 
     def children(self, idx: int) -> array:
-        return self.kids.get(idx, _EMPTY)
+        off = self._kid_off
+        return self._kids[off[idx]:off[idx + 1]]
 
     def resolve(self, idx: int, names=None) -> int:
         """The index a hard link line finally points to (``idx`` itself for other lines)."""
@@ -742,7 +753,6 @@ class DumpIndex:
         return {self.name_at(k): k for k in self.children(idx)}
 
 
-_EMPTY = array("I")
 
 
 # -------------------------------------------------------------------------------- mapping
