@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -78,16 +79,22 @@ walk, lowerdir = sys.argv[2], sys.argv[3]
 stack = stack_from_args(lowerdir, options="metacopy=on")
 engine = Engine(stack)
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 if walk == "lean":
     from ovlinspect.rules.scan import check
     findings = check(engine)
 else:
     findings = engine.check()
-dt = time.perf_counter() - t
+dt, dc = time.perf_counter() - t, time.process_time() - c
 rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(dt, len(findings), (rss1 - rss0) * 1024)
+print(dt, len(findings), (rss1 - rss0) * 1024, dc)
 """
+
+
+def _children_cpu() -> float:
+    """CPU time (user + system) of the finished children so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _median(xs: list[float]) -> float:
@@ -101,25 +108,30 @@ def measure(meta: str, base: str, objects: str, entries: int, rounds: int,
     """A B C A B C...: getfattr and every (label, source tree, walk) variant in turn."""
     lowerdir = f"{meta}:{base}::{objects}"
     times: dict[str, list[float]] = {"getfattr": []}
+    cpu: dict[str, list[float]] = {"getfattr": []}
     rss: dict[str, list[int]] = {}
     found: dict[str, int] = {}
     for _ in range(rounds):
+        c = _children_cpu()
         t = time.perf_counter()
         subprocess.run(["getfattr", "-R", "-d", "-m", "-", meta, base],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         times["getfattr"].append(time.perf_counter() - t)
+        cpu["getfattr"].append(_children_cpu() - c)
         for label, tree, walk in variants:
             out = subprocess.run([sys.executable, "-c", CHILD, tree, walk, lowerdir],
                                  capture_output=True, text=True, check=True).stdout.split()
             times.setdefault(label, []).append(float(out[0]))
             found[label] = int(out[1])
             rss.setdefault(label, []).append(int(out[2]))
-    g = _median(times["getfattr"])
-    print(f"  getfattr -R -d -m - (regular layers)  {g:6.2f}s  "
+            cpu.setdefault(label, []).append(float(out[3]))
+    g, gc = _median(times["getfattr"]), _median(cpu["getfattr"])
+    print(f"  getfattr -R -d -m - (regular layers)  {g:6.2f}s  cpu {gc:6.2f}s "
           f"({g / entries * 1e6:.1f} us/entry; runs {', '.join(f'{x:.2f}' for x in times['getfattr'])})")
     for label, _, _ in variants:
-        m = _median(times[label])
-        print(f"  {label:<37} {m:6.2f}s  = {m / g:.2f}x getfattr, {found[label]} findings, "
+        m, mc = _median(times[label]), _median(cpu[label])
+        print(f"  {label:<37} {m:6.2f}s  cpu {mc:6.2f}s  = {m / g:.2f}x getfattr "
+              f"({mc / gc:.2f}x in CPU time), {found[label]} findings, "
               f"peak RSS +{max(rss[label]) / entries:.0f} B/entry "
               f"(runs {', '.join(f'{x:.2f}' for x in times[label])})")
 
