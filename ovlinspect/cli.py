@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import difflib
 import errno as _errno
 import json
@@ -651,9 +652,10 @@ class _JsonSpool:
         self.parts.append(self.z.flush())
         write("[")
         d = zlib.decompressobj()
+        text = codecs.getincrementaldecoder("utf-8")()  # a piece may end inside a character
         while self.parts:
-            write(d.decompress(self.parts.pop(0)).decode("utf-8", "surrogatepass"))
-        write("\n  ]")
+            write(text.decode(d.decompress(self.parts.pop(0))))
+        write(text.decode(b"", final=True) + "\n  ]")
 
 
 def _json_item(item, i: int) -> str:
@@ -664,12 +666,18 @@ def _json_item(item, i: int) -> str:
 
 
 def _write_json_list(items, write) -> None:
-    """A list one level down, item by item as they come."""
-    n = 0
+    """A list one level down, item by item as they come (written about 64 KiB at a time)."""
+    n, out, size = 0, [], 0
     for item in items:
-        write(("[" if not n else "") + _json_item(item, n))
+        piece = ("[" if not n else "") + _json_item(item, n)
+        out.append(piece)
+        size += len(piece)
         n += 1
-    write("\n  ]" if n else "[]")
+        if size > 65536:
+            write("".join(out))
+            out, size = [], 0
+    out.append("\n  ]" if n else "[]")
+    write("".join(out))
 
 
 def _json_text(text: str) -> str:

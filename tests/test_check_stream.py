@@ -136,6 +136,21 @@ def test_cause_paths_from_many_directories(capsysbinary, monkeypatch, tmp_path):
     assert findings.index(b'"/d/y"') < findings.index(b'"/a/x"')  # the walk's order
 
 
+def test_names_not_ascii(capsysbinary, tmp_path):
+    """Names in UTF-8 (kept raw in the JSON) and not (escaped): the spooled findings come
+    back whole whatever piece of the compressed stream a character falls in."""
+    lines = ["/ 4096 40755 2 0 0 0 1.0 - - -", "/d\\xc3\\xa9 4096 40755 2 0 0 0 1.0 - - -"]
+    for i in range(700):
+        name = "\\xe6\\x97\\xa5\\xe6\\x9c\\xac" * (1 + i % 5) + ("\\xff" if i % 3 == 0 else "") + f"-{i}"
+        lines.append(f"/d\\xc3\\xa9/{name} 10 100644 1 0 0 0 1.0 o/{i:04d} - -")
+    (tmp_path / "image.dump").write_text("\n".join(lines) + "\n")
+    (tmp_path / "objects").mkdir()
+    for json_flag in ([], ["--json"]):
+        out = _same(capsysbinary, ["check", *json_flag, "--lowerdir",
+                                   f"{tmp_path}/image.dump::{tmp_path}/objects"])
+    assert "/dé/日本日本-1".encode() in out and b"\\udcff" in out
+
+
 def test_spilled_runs_are_merged_and_closed(monkeypatch, dump):
     """Findings go to temporary files in runs (none kept in memory past a run), and every
     run file is closed once read."""
