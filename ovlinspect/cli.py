@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-import zlib
 from typing import Sequence
 
 from .kernel.entry import Resolution, show
@@ -624,38 +623,40 @@ def cmd_check(ns: argparse.Namespace) -> int:
 
 class _JsonSpool:
     """The items of a JSON list as ``json.dumps(doc, indent=2)`` writes them one level down,
-    kept zlib-compressed until written (findings compress about tenfold)."""
+    kept in an unlinked temporary file until written (as the causes' runs are: memory stays
+    bounded whatever the number of findings)."""
 
     PAD = "\n    "
 
     def __init__(self) -> None:
+        import tempfile
+
         self.n = 0
-        self.z = zlib.compressobj(1)
-        self.parts: list[bytes] = []
+        self.file = tempfile.TemporaryFile(prefix="ovlinspect-check-")
         self._pending: list[str] = []
 
     def add(self, finding) -> None:
         self._pending.append(_json_item(finding.as_json(), self.n))
         self.n += 1
         if len(self._pending) >= 256:
-            self._squeeze()
+            self._flush()
 
-    def _squeeze(self) -> None:
-        self.parts.append(self.z.compress("".join(self._pending).encode("utf-8", "surrogatepass")))
+    def _flush(self) -> None:
+        self.file.write("".join(self._pending).encode("utf-8", "surrogatepass"))
         self._pending = []
 
     def write_list(self, write) -> None:
-        if not self.n:
-            write("[]")
-            return
-        self._squeeze()
-        self.parts.append(self.z.flush())
-        write("[")
-        d = zlib.decompressobj()
-        text = codecs.getincrementaldecoder("utf-8")()  # a piece may end inside a character
-        while self.parts:
-            write(text.decode(d.decompress(self.parts.pop(0))))
-        write(text.decode(b"", final=True) + "\n  ]")
+        with self.file:
+            if not self.n:
+                write("[]")
+                return
+            self._flush()
+            self.file.seek(0)
+            write("[")
+            text = codecs.getincrementaldecoder("utf-8")()  # a block may end inside a character
+            while block := self.file.read(1 << 16):
+                write(text.decode(block))
+            write(text.decode(b"", final=True) + "\n  ]")
 
 
 def _json_item(item, i: int) -> str:
