@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import difflib
 import errno as _errno
 import json
@@ -26,7 +27,7 @@ from .live.probe import probed_profile
 from .model.layers import LayerError
 from .model.stack import Stack
 from .report import text as txt
-from .report.causes import check_causes
+from .report.causes import check_causes, check_stream
 from .report.document import document
 from .rules.engine import Engine
 from .sources.containers import ENGINES, merged_root
@@ -573,14 +574,19 @@ def cmd_check(ns: argparse.Namespace) -> int:
             shown = time.monotonic()
             print(f"\rchecked {txt.count_text(n, 'path')}...", end="", file=sys.stderr, flush=True)
 
-    result = check_causes(engine, progress)
+    if ns.json:
+        spool = _JsonSpool()
+        result = check_stream(engine, spool.add, progress)
+    else:
+        result = check_stream(engine, None, progress)
     if tty and count:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
-    findings = result.findings
-    errors = sum(1 for f in findings if f.severity == "error")
-    warnings = sum(1 for f in findings if f.severity == "warning")
+    errors = result.counts["error"]
     if ns.json:
-        _print_json({
+        # the document json.dumps(..., indent=2) would write, its findings (spooled as they
+        # came) and causes written one at a time, so that no list of them is ever held
+        mark = f"\0{os.urandom(8).hex()}"
+        head = _json_text(json.dumps({
             "version": 1,
             "kernel": engine.kernel,
             "source": stack.source,
@@ -588,15 +594,98 @@ def cmd_check(ns: argparse.Namespace) -> int:
             "mount_errno": engine.mount_errno,
             "paths_checked": result.paths_checked,
             "options_guessed": stack.options_guessed,
-            "summary": {"error": errors, "warning": warnings,
-                        "info": len(findings) - errors - warnings},
-            "findings": [f.as_json() for f in findings],
+            "summary": {"error": errors, "warning": result.counts["warning"],
+                        "info": result.finding_count - errors - result.counts["warning"]},
+            "findings": mark + "f",
             # the findings grouped by what to fix, the one to fix first first
-            "causes": [c.as_json() for c in result.causes],
-        })
+            "causes": mark + "c",
+        }, indent=2, ensure_ascii=False))
+        before, after = head.split(json.dumps(mark + "f"))
+        between, after = after.split(json.dumps(mark + "c"))
+        _write(before)
+        spool.write_list(_write)
+        _write(between)
+        _write_json_list((c.as_json() for c in result.causes), _write)
+        _write(after + "\n")
     else:
-        _print_lines(txt.check_text(engine, stack, result), ns)
+        style = _style(ns)
+        _write(txt.render(txt.stack_text(engine, stack) + [txt.line()], style))
+        chunk: list = []
+        for c in result.causes:
+            chunk += txt.cause_lines(c)
+            if len(chunk) > 2000:
+                _write(txt.render(chunk, style))
+                chunk = []
+        chunk.append(txt.line(("head", txt.summary_text(result))))
+        _write(txt.render(chunk, style))
     return 1 if errors else 0
+
+
+class _JsonSpool:
+    """The items of a JSON list as ``json.dumps(doc, indent=2)`` writes them one level down,
+    kept in an unlinked temporary file until written (as the causes' runs are: memory stays
+    bounded whatever the number of findings)."""
+
+    PAD = "\n    "
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.n = 0
+        self.file = tempfile.TemporaryFile(prefix="ovlinspect-check-")
+        self._pending: list[str] = []
+
+    def add(self, finding) -> None:
+        self._pending.append(_json_item(finding.as_json(), self.n))
+        self.n += 1
+        if len(self._pending) >= 256:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.file.write("".join(self._pending).encode("utf-8", "surrogatepass"))
+        self._pending = []
+
+    def write_list(self, write) -> None:
+        with self.file:
+            if not self.n:
+                write("[]")
+                return
+            self._flush()
+            self.file.seek(0)
+            write("[")
+            text = codecs.getincrementaldecoder("utf-8")()  # a block may end inside a character
+            while block := self.file.read(1 << 16):
+                write(text.decode(block))
+            write(text.decode(b"", final=True) + "\n  ]")
+
+
+def _json_item(item, i: int) -> str:
+    """One item of a list one level down in ``json.dumps(doc, indent=2)``'s text, with the
+    comma before it when it is not the first."""
+    text = _json_text(json.dumps(item, indent=2, ensure_ascii=False)).replace("\n", _JsonSpool.PAD)
+    return ("," if i else "") + _JsonSpool.PAD + text
+
+
+def _write_json_list(items, write) -> None:
+    """A list one level down, item by item as they come (written about 64 KiB at a time)."""
+    n, out, size = 0, [], 0
+    for item in items:
+        piece = ("[" if not n else "") + _json_item(item, n)
+        out.append(piece)
+        size += len(piece)
+        n += 1
+        if size > 65536:
+            write("".join(out))
+            out, size = [], 0
+    out.append("\n  ]" if n else "[]")
+    write("".join(out))
+
+
+def _json_text(text: str) -> str:
+    """JSON text valid in any locale (see :func:`_print_json`)."""
+    if not text.replace("\n", "").isprintable():
+        text = "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
+    return text
 
 
 def cmd_rules(ns: argparse.Namespace) -> int:

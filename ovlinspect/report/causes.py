@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from ..kernel.entry import Ref, Resolution, show
 from ..rules.engine import Engine
-from ..rules.catalogue import Finding, Severity
+from ..rules.catalogue import RULES, Finding, Severity
 
 #: rules whose cause is the mount itself (its options), whatever entry meets it
 _MOUNT_WIDE = {
@@ -89,7 +89,7 @@ class Cause:
     @property
     def message(self) -> str:
         """What is wrong, one line: the summary, or for a single finding its own message."""
-        if len(self.findings) == 1 and not self.fixed:
+        if len(self.paths) == 1 and self.findings and not self.fixed:
             return split_fix(self.findings[0].message)[0]
         return self.summary
 
@@ -274,6 +274,14 @@ class CheckResult:
     #: the kernel refuses the mount itself: no path was looked up
     refused: bool = False
 
+    @property
+    def finding_count(self) -> int:
+        return len(self.findings)
+
+    def cause_severities(self) -> Counter:
+        """How many causes of each severity."""
+        return Counter(c.severity for c in self.causes)
+
 
 def check_causes(engine: Engine, progress: Callable[[int], None] | None = None,
                  cancel: Callable[[], bool] | None = None) -> CheckResult:
@@ -304,4 +312,229 @@ def check_causes(engine: Engine, progress: Callable[[int], None] | None = None,
                        refused=engine.mount_errno is not None)
 
 
-__all__ = ["Cause", "CauseIndex", "CheckResult", "check_causes", "group_findings"]
+# ------------------------------------------------------------------ check, in bounded memory
+
+
+class _Runs:
+    """Records sorted in runs of a bounded size, each run in an unlinked temporary file
+    (marshal), merged back in order: the external sort ``sort(1)`` does, so that memory stays
+    bounded whatever the number of records."""
+
+    def __init__(self, key: Callable, limit: int) -> None:
+        self.key, self.limit = key, limit
+        self.buf: list = []
+        self.size = 0
+        self.files: list = []
+
+    def add(self, record, size: int = 1) -> None:
+        self.buf.append(record)
+        self.size += size
+        if self.size >= self.limit:
+            self._spill()
+
+    def _spill(self) -> None:
+        import marshal
+        import tempfile
+
+        f = tempfile.TemporaryFile(prefix="ovlinspect-check-")
+        self.buf.sort(key=self.key)
+        for r in self.buf:
+            marshal.dump(r, f)
+        self.buf, self.size = [], 0
+        self.files.append(f)
+
+    @staticmethod
+    def _read(f) -> Iterator:
+        import marshal
+
+        f.seek(0)
+        while True:
+            try:
+                yield marshal.load(f)
+            except EOFError:
+                f.close()
+                return
+
+    def __iter__(self) -> Iterator:
+        import heapq
+
+        if not self.files:
+            self.buf.sort(key=self.key)
+            buf, self.buf = self.buf, []
+            return iter(buf)
+        if self.buf:
+            self._spill()
+        files, self.files = self.files, []
+        return heapq.merge(*(self._read(f) for f in files), key=self.key)
+
+
+def _enc(what):
+    """A cause's place (None, a layer number, a redirect, a layer entry) for marshal."""
+    return ("ref", what.layer, what.path) if isinstance(what, Ref) else what
+
+
+def _dec(what):
+    return Ref(what[1], what[2]) if isinstance(what, tuple) else what
+
+
+class SpillCauseIndex(CauseIndex):
+    """:class:`CauseIndex` for ``check`` of a whole stack, in bounded memory: nothing is
+    kept per finding or per cause.  Each finding becomes a record (its cause's key, its
+    order, its path, message and effect) in :class:`_Runs`; :meth:`finish` merges them cause
+    by cause into one record per cause (sorted the way :meth:`CauseIndex.causes` sorts),
+    and :meth:`iter_causes` makes each :class:`Cause` when it is reached: the same causes,
+    in the same order, with the same texts."""
+
+    #: records kept before a run is written (findings; paths of causes)
+    RUN = 4096
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._found = _Runs(key=lambda r: (r[0], r[1]), limit=self.RUN)
+        self._seq = 0
+        self._causes: _Runs | None = None
+        self._count = 0
+        self._severities: Counter = Counter()
+
+    def add(self, f: Finding, res: Resolution | None = None) -> None:  # type: ignore[override]
+        if res is None:  # a stack finding given twice (a rescan) counts once
+            dup = (f.rule, f.path, f.message)
+            if dup in self._seen:
+                return
+            self._seen.add(dup)
+        key, how, what = self._key(f, res)
+        # the rule, then how it is grouped: keys of one shape are compared with each other only
+        k = (key[0], how) + key[1:]
+        self._found.add((k, self._seq, _enc(what), f.path, f.message, _effect(f, res)))
+        self._seq += 1
+
+    def finish(self) -> None:
+        """Group the findings into causes (once, after the last :meth:`add`)."""
+        e = self.engine
+        causes = self._causes = _Runs(key=lambda r: r[0], limit=self.RUN)
+        group: list = []
+        for r in self._found:
+            if group and r[0] != group[0][0]:
+                self._group(e, group, causes)
+                group = []
+            group.append(r)
+        if group:
+            self._group(e, group, causes)
+
+    def _group(self, e: Engine, group: list, out: _Runs) -> None:
+        k, seq, what, path, message, _ = group[0]
+        rule, how = k[0], k[1]
+        what = _dec(what)
+        where = None
+        if how == "layer":
+            where = e.label(e.kernel_index(what))
+        elif how in ("entry", "own") and what is not None:
+            where = e.where(what)
+        paths = sorted(r[3] for r in group)
+        effects: dict[str, int] = {}
+        for r in group:
+            if r[5] is not None:
+                effects[r[5]] = effects.get(r[5], 0) + 1
+        severity = RULES[rule].severity
+        self._count += 1
+        self._severities[severity] += 1
+        order = (Severity(severity).rank, -len(group), rule, where or "", paths[0], seq)
+        out.add((order, how, _enc(what), message, paths, effects), len(paths))
+
+    def iter_causes(self) -> Iterator[Cause]:
+        """The causes, the one to fix first first (as :meth:`CauseIndex.causes`), each made
+        when it is reached (once: the runs are read as they are merged)."""
+        if self._causes is None:
+            self.finish()
+        for order, how, what, message, paths, effects in self._causes:
+            rule = order[2]
+            first = Finding(rule, paths[0] if len(paths) == 1 else b"", message)
+            cause = self._new(first, how, _dec(what))
+            if len(paths) == 1:
+                cause.findings = [first]
+            cause.paths = paths
+            cause.effects = Counter(effects)
+            yield cause
+
+    def causes(self) -> list[Cause]:
+        return list(self.iter_causes())
+
+    def severities(self) -> Counter:
+        if self._causes is None:
+            self.finish()
+        return self._severities
+
+    def __len__(self) -> int:
+        if self._causes is None:
+            self.finish()
+        return self._count
+
+
+class _Causes:
+    """The causes of a streamed check: their number, and each made when iterated (once)."""
+
+    def __init__(self, index: SpillCauseIndex) -> None:
+        self._index = index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __iter__(self) -> Iterator[Cause]:
+        return self._index.iter_causes()
+
+
+@dataclass
+class StreamedCheck:
+    """What :func:`check_stream` found: counts, and the causes made one at a time."""
+
+    index: SpillCauseIndex
+    paths_checked: int
+    #: findings by severity
+    counts: Counter
+    seconds: float = 0.0
+    refused: bool = False
+
+    def __post_init__(self) -> None:
+        self.causes = _Causes(self.index)
+
+    @property
+    def finding_count(self) -> int:
+        return sum(self.counts.values())
+
+    def cause_severities(self) -> Counter:
+        return self.index.severities()
+
+
+def check_stream(engine: Engine, on_finding: Callable[[Finding], None] | None = None,
+                 progress: Callable[[int], None] | None = None,
+                 cancel: Callable[[], bool] | None = None) -> StreamedCheck:
+    """:func:`check_causes` in bounded memory: each finding goes to ``on_finding`` as the
+    walk meets it (in :func:`check_causes`'s order) and is not kept; the causes keep what
+    :class:`LeanCauseIndex` says."""
+    import time
+
+    start = time.monotonic()
+    index = SpillCauseIndex(engine)
+    counts: Counter = Counter()
+    count = 0
+
+    def counted(n: int) -> None:
+        nonlocal count
+        count = n
+        if progress is not None:
+            progress(n)
+
+    from ..rules.scan import check_findings
+
+    for res, f in check_findings(engine, counted, cancel):
+        counts[f.severity] += 1
+        if on_finding is not None:
+            on_finding(f)
+        index.add(f, res)
+    index.finish()
+    return StreamedCheck(index, count, counts, time.monotonic() - start,
+                         refused=engine.mount_errno is not None)
+
+
+__all__ = ["Cause", "CauseIndex", "CheckResult", "SpillCauseIndex", "StreamedCheck", "check_causes",
+           "check_stream", "group_findings"]

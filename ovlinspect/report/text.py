@@ -384,15 +384,14 @@ def summary_text(result: CheckResult) -> str:
     if not result.causes:
         return f"no problems in {where}"
     n = {"error": 0, "warning": 0, "info": 0}
-    for c in result.causes:
-        n[c.severity] = n.get(c.severity, 0) + 1
+    n.update(result.cause_severities())
     kinds = ", ".join(x for x in (count_text(n["error"], "error") if n["error"] else "",
                                   count_text(n["warning"], "warning") if n["warning"] else "",
                                   f"{n['info']} info" if n["info"] else "") if x)
     if result.refused:
         return f"{count_text(len(result.causes), 'cause')} ({kinds}): the mount itself is refused, so no path is looked up"
     return (f"{count_text(len(result.causes), 'cause')} ({kinds}) behind "
-            f"{count_text(len(result.findings), 'finding')} in {where}")
+            f"{count_text(result.finding_count, 'finding')} in {where}")
 
 
 def check_text(engine: Engine, stack: Stack, result: CheckResult) -> list[Line]:

@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import functools
 import io
+from itertools import accumulate
 import os
 import re
 import stat as _stat
@@ -442,6 +443,34 @@ _FAST_MODES = frozenset(_TYPES)
 _F_DIR = 1
 _F_LINK = 2
 _F_WHITEOUT = 4  # a (non-hard-link) whiteout line
+_F_REG = 8  # only while building: a regular file (its CONTENT is checked against SIZE)
+
+
+def _mode_flag(mode_raw: bytes) -> int:
+    """The index flag of a MODE field the line expression accepted (-1: the full parser
+    decides, and words the error)."""
+    mode = int(mode_raw, 8)
+    fmt = mode & 0o170000
+    if mode > MAX_MODE or fmt not in _FAST_MODES:
+        return -1
+    return {_stat.S_IFDIR: _F_DIR, _stat.S_IFCHR: _F_WHITEOUT, _stat.S_IFREG: _F_REG}.get(fmt, 0)
+
+
+class _Lines:
+    """The line numbers of a dump without blank lines: entry ``i`` is on line ``i + 1``."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, idx: int) -> int:
+        if not -self.n <= idx < self.n:
+            raise IndexError(idx)
+        return idx % self.n + 1
 
 
 def _unescaped_len(raw: bytes) -> int:
@@ -470,11 +499,17 @@ class DumpIndex:
 
     def __init__(self, data: bytes):
         self.data = data
-        self.starts = array("q")
-        self.linenos = array("q")
+        #: where each line starts (4 bytes a line: a dump is at most MAX_DUMP bytes)
+        self.starts = array("I" if len(data) < 2**32 else "Q")
+        #: the line number of each entry, kept only when the dump has blank lines (else
+        #: entry ``i`` is on line ``i + 1``)
+        self._linenos: array | None = None
         self.flags = bytearray()
-        #: directory index -> its children's indexes, in dump order
-        self.kids: dict[int, array] = {}
+        #: every directory's children's indexes (in dump order), one directory after the
+        #: other, and where each line's children start in it (``_kid_off[i]`` to
+        #: ``_kid_off[i + 1]``): 8 bytes a line, no object per directory
+        self._kids = array("I")
+        self._kid_off = array("I")
         #: directories holding a (non-hard-link) whiteout
         self.whiteout_parents: set[int] = set()
         self._build()
@@ -482,19 +517,39 @@ class DumpIndex:
     def __len__(self) -> int:
         return len(self.starts)
 
+    @property
+    def linenos(self) -> "array | _Lines":
+        return self._linenos if self._linenos is not None else _Lines(len(self.starts))
+
+    def lineno(self, idx: int) -> int:
+        return self._linenos[idx] if self._linenos is not None else idx + 1
+
     # -- the checking pass
     def _build(self) -> None:
+        # the loop is the cost of every command on a dump: one regular expression per line
+        # and a handful of operations; anything rarer (an error, an unusual line) leaves it
         data = self.data
         fast = _FAST_LINE.fullmatch
         find = data.find
-        starts, linenos, flags, kids = self.starts, self.linenos, self.flags, self.kids
-        add_start, add_lineno, add_flag = starts.append, linenos.append, flags.append
-        is_fast_mode = _FAST_MODES.__contains__
-        dirs: dict[bytes, int] = {}
-        seen: set[int] = set()
+        starts, flags = self.starts, self.flags
+        kids: dict[int, array] = {}  # while building: directory index -> its children
+        blanks = data.startswith(b"\n") or b"\n\n" in data
+        linenos = self._linenos = array("I") if blanks else None
+        add_start, add_flag = starts.append, flags.append
+        modes: dict[bytes, int] = {}  # MODE field -> its flag (-1: for the full parser)
+        #: directory path -> (its index, its children)
+        dirs: dict[bytes, tuple[int, array]] = {}
+        # the hash of every path so far, in an open-addressing table of 8-byte slots (a set of
+        # ints would take ten times that: 80 bytes a line at the peak of every command)
+        bits = max(10, (2 * (data.count(b"\n") + 1)).bit_length())
+        table = array("q", bytes(8 << bits))
+        mask = (1 << bits) - 1
+        self._paths = (table, mask)
         links: list[int] = []
         link_keys: set[int] = set()
-        pos, lineno, size = 0, 0, len(data)
+        pos, lineno, size, idx = 0, 0, len(data), 0
+        last_pkey, last_kids, parent = None, None, None
+        F_DIR, F_REG, F_WHITEOUT = _F_DIR, _F_REG, _F_WHITEOUT
         while pos < size:
             end = find(b"\n", pos)
             if end < 0:
@@ -504,82 +559,107 @@ class DumpIndex:
                 pos = end + 1
                 continue
             m = fast(data, pos, end)
-            mode = -1
+            flag = -1
             if m is not None:
-                key, size_raw, at, mode_raw, payload, content = m.groups()
-                mode = int(mode_raw, 8)
-                fmt = mode & 0o170000
-                if mode > MAX_MODE or not is_fast_mode(fmt):
-                    mode = -1  # the full parser words the error
-                elif at:
-                    if fmt == _stat.S_IFDIR or payload == b"-" or b"\\" in payload:
-                        mode = -1
+                key, at, mode_raw, content = m.group(1, 3, 4, 6)
+                flag = modes.get(mode_raw)
+                if flag is None:
+                    flag = modes[mode_raw] = _mode_flag(mode_raw)
+                if at:
+                    if flag == _F_DIR or flag < 0 or m.group(5) == b"-" or b"\\" in m.group(5):
+                        flag = -1
                     else:
                         flag = _F_LINK
-                        links.append(len(starts))
+                        links.append(idx)
                         link_keys.add(hash(key))
-                elif content != b"-" and fmt == _stat.S_IFREG and _unescaped_len(content) != int(size_raw):
-                    mode = -1
-                else:
-                    flag = _F_DIR if fmt == _stat.S_IFDIR else _F_WHITEOUT if fmt == _stat.S_IFCHR else 0
-            if mode < 0:
+                elif flag == F_REG:
+                    flag = 0 if content == b"-" or _unescaped_len(content) == int(m.group(2)) else -1
+            if flag < 0:
                 e = _parse_line(data[pos:end], lineno)
                 key = b"/" + b"/".join(e.path)
                 if e.hardlink is not None:
                     flag = _F_LINK
-                    links.append(len(starts))
+                    links.append(idx)
                     link_keys.add(hash(key))
                 else:
                     flag = _F_DIR if e.kind == "dir" else _F_WHITEOUT if e.is_whiteout else 0
-            idx = len(starts)
-            if idx == 0:
+            if idx:
+                h = hash(key) or 1
+                i = h & mask
+                v = table[i]
+                while v and v != h:  # open addressing, linear probing
+                    i = (i + 1) & mask
+                    v = table[i]
+                if not v:
+                    table[i] = h
+                else:  # a path hashed like this one before (directories too)
+                    if key == b"/":
+                        raise DumpError(lineno, f"root / is defined again (first on line {self.lineno(0)})")
+                    first = self._find(key, idx)
+                    if first is not None:
+                        raise DumpError(lineno, f"{_show(_key_path(key))} is already defined on line "
+                                                f"{self.lineno(first)}")
+                pkey = key[:key.rfind(b"/")] or b"/"
+                if pkey != last_pkey:  # a dump lists a directory's entries together
+                    parent = dirs.get(pkey)
+                    if parent is None:
+                        self._bad_parent(pkey, key, idx, lineno)
+                    last_pkey, last_kids = pkey, parent[1].append
+                last_kids(idx)
+                if flag == F_WHITEOUT:
+                    self.whiteout_parents.add(parent[0])
+            else:
                 if key != b"/":
                     raise DumpError(lineno, f"the first entry must be the root /, not {_show(_key_path(key))}")
                 if flag != _F_DIR:
                     raise DumpError(lineno, "root / must be a directory")
-                pidx = -1
-            else:
-                if key == b"/":
-                    raise DumpError(lineno, f"root / is defined again (first on line {linenos[0]})")
-                h = hash(key)
-                if h in seen:  # every path so far is in seen (directories too)
-                    first = self._find(key, idx)
-                    if first is not None:
-                        raise DumpError(lineno, f"{_show(_key_path(key))} is already defined on line {linenos[first]}")
-                cut = key.rfind(b"/")
-                pkey = key[:cut] if cut else b"/"
-                pidx = dirs.get(pkey, -1)
-                if pidx < 0:
-                    self._bad_parent(pkey, key, idx, lineno)
-                seen.add(h)
-                kids_of = kids.get(pidx)
-                if kids_of is None:
-                    kids_of = kids[pidx] = array("q")
-                kids_of.append(idx)
-                if flag == _F_WHITEOUT:
-                    self.whiteout_parents.add(pidx)
-            if flag == _F_DIR:
-                dirs[key] = idx
+                h = hash(key) or 1
+                table[h & mask] = h
+            if flag == F_DIR:
+                kids_of = array("I")
+                dirs[key] = (idx, kids_of)
+                kids[idx] = kids_of
             add_start(pos)
-            add_lineno(lineno)
+            if linenos is not None:
+                linenos.append(lineno)
             add_flag(flag)
+            idx += 1
             pos = end + 1
+        counts = array("I", bytes(4 * len(starts)))
+        for d, arr in kids.items():  # in line order
+            counts[d] = len(arr)
+            self._kids.extend(arr)
+        kids.clear()
+        self._kid_off = array("I", accumulate(counts, initial=0))
+        del counts
         if not starts:
             raise DumpError(0, "no entries (a dump starts with the root /)")
         # Hard links may point forward; check their targets now that every path is known.  A
         # target that is a directory, or whose path hashes like no line's, or like a hard link's,
         # is looked up for real; the others are lines that are neither (the hash of every path
-        # is in ``seen``).
+        # is in the table).
         tables = functools.lru_cache(maxsize=64)(self.names)
         for idx in links:
             tkey = b"/" + b"/".join(self._link_target(idx))
-            h = hash(tkey)
-            if tkey not in dirs and h in seen and h not in link_keys:
+            if tkey not in dirs and self._known(hash(tkey) or 1) and hash(tkey) not in link_keys:
                 continue
             if self.is_dir(self.resolve(idx, tables)):
                 e = self.entry_at(idx)
                 raise DumpError(e.line, f"hard link {_show(e.path)} points to directory "
                                         f"{_show(self.entry_at(self.resolve(idx)).path)}")
+        del self._paths
+
+    def _known(self, h: int) -> bool:
+        """Whether a line's path hashes to ``h`` (while building)."""
+        table, mask = self._paths
+        i = h & mask
+        while True:
+            v = table[i]
+            if v == h:
+                return True
+            if not v:
+                return False
+            i = (i + 1) & mask
 
     def _find(self, key: bytes, before: int) -> int | None:
         """The first line before ``before`` whose path is ``key`` (slow: errors only)."""
@@ -595,7 +675,7 @@ class DumpIndex:
         if first is None:
             raise DumpError(lineno, f"parent {_show(parent)} of {_show(path)} is not defined before it")
         raise DumpError(lineno, f"parent {_show(parent)} of {_show(path)} is a {self.kind_at(first)}, "
-                                f"not a directory (line {self.linenos[first]})")
+                                f"not a directory (line {self.lineno(first)})")
 
     # -- reading lines
     def raw(self, idx: int) -> bytes:
@@ -604,13 +684,13 @@ class DumpIndex:
         return self.data[start:end if end >= 0 else len(self.data)]
 
     def entry_at(self, idx: int) -> DumpEntry:
-        return _parse_line(self.raw(idx), self.linenos[idx])
+        return _parse_line(self.raw(idx), self.lineno(idx))
 
     def path_at(self, idx: int) -> Path:
         start = self.starts[idx]
         raw = self.data[start:self.data.find(b" ", start)]
         if b"\\" in raw or b"//" in raw or raw.endswith(b"/") and raw != b"/":
-            return _path(raw, self.linenos[idx])
+            return _path(raw, self.lineno(idx))
         return tuple(raw.split(b"/")[1:]) if raw != b"/" else ()
 
     def name_at(self, idx: int) -> bytes:
@@ -626,7 +706,8 @@ class DumpIndex:
         return bool(self.flags[idx] & _F_DIR)
 
     def children(self, idx: int) -> array:
-        return self.kids.get(idx, _EMPTY)
+        off = self._kid_off
+        return self._kids[off[idx]:off[idx + 1]]
 
     def resolve(self, idx: int, names=None) -> int:
         """The index a hard link line finally points to (``idx`` itself for other lines)."""
@@ -652,7 +733,7 @@ class DumpIndex:
     def _link_target(self, idx: int) -> Path:
         """The path a hard link line names (its PAYLOAD), as :func:`_parse_line` reads it."""
         payload = self.raw(idx).split(b" ", 9)[8]
-        return tuple(c for c in _unescape(payload, self.linenos[idx], "PAYLOAD").split(b"/") if c)
+        return tuple(c for c in _unescape(payload, self.lineno(idx), "PAYLOAD").split(b"/") if c)
 
     def lookup(self, path: Path, names=None) -> int | None:
         """The index of the line of ``path``, or None (``names(idx)`` gives a directory's
@@ -672,7 +753,6 @@ class DumpIndex:
         return {self.name_at(k): k for k in self.children(idx)}
 
 
-_EMPTY = array("q")
 
 
 # -------------------------------------------------------------------------------- mapping
