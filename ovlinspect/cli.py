@@ -629,10 +629,10 @@ class _JsonSpool:
     PAD = "\n    "
 
     def __init__(self) -> None:
-        import tempfile
+        from .report.causes import spool_file
 
         self.n = 0
-        self.file = tempfile.TemporaryFile(prefix="ovlinspect-check-")
+        self.file = spool_file()
         self._pending: list[str] = []
 
     def add(self, finding) -> None:

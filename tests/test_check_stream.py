@@ -191,3 +191,17 @@ def test_check_memory_far_below_holding_every_finding(tmp_path):
     assert rc == 1
     per_line = (rss - floor) * 1048576 / 20000
     assert per_line < 1500, (rss, floor, per_line)
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_no_writable_temporary_directory(capsysbinary, monkeypatch, json_flag):
+    """On a read-only system (no temporary directory can be written), check spills in memory:
+    the same bytes, no traceback."""
+    import tempfile
+
+    def refuse(*a, **kw):
+        raise FileNotFoundError(2, "No usable temporary directory found")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(causes_mod.SpillCauseIndex, "RUN", 2)  # spill at once
+    _same(capsysbinary, ["check", *json_flag, "demo:one-cause"])

@@ -57,6 +57,19 @@ def split_fix(message: str) -> tuple[str, str | None]:
     return what + ".", fix
 
 
+def spool_file():
+    """An unlinked temporary file for what ``check`` spills (records of causes, JSON items).
+    Where no temporary directory is writable (a read-only system), a file in memory: memory is
+    then unbounded, but the answer is given."""
+    import io
+    import tempfile
+
+    try:
+        return tempfile.TemporaryFile(prefix="ovlinspect-check-")
+    except OSError:
+        return io.BytesIO()
+
+
 @dataclass
 class Cause:
     """One thing to fix, and every merged path it breaks."""
@@ -334,9 +347,8 @@ class _Runs:
 
     def _spill(self) -> None:
         import marshal
-        import tempfile
 
-        f = tempfile.TemporaryFile(prefix="ovlinspect-check-")
+        f = spool_file()
         self.buf.sort(key=self.key)
         for r in self.buf:
             marshal.dump(r, f)
