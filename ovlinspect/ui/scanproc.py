@@ -41,6 +41,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Iterator
 
@@ -209,11 +210,16 @@ class ChildScan:
 
     def __init__(self, engine: Engine):
         what, fds = moved_stack(engine)
+        # its stderr (a traceback if it dies) in an unnamed file: a pipe could fill and block it
+        self.errors = tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(
                 child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, pass_fds=fds, cwd="/", close_fds=True,
+                stderr=self.errors, pass_fds=fds, cwd="/", close_fds=True,
                 start_new_session=True)  # the terminal's ^C goes to the app, not to the scan
+        except BaseException:
+            self.errors.close()
+            raise
         finally:
             _close_all(fds)
         self._what: tuple | None = what
@@ -261,8 +267,11 @@ class ChildScan:
                         return
             # the pipe closed without a last frame: the child died
             proc.wait()
-            err = proc.stderr.read(4096).decode("utf-8", "replace").strip() if proc.stderr else ""
-            last = err.splitlines()[-1] if err else f"exit status {proc.returncode}"
+            # its last words: the end of what it wrote (a traceback ends with the error)
+            size = self.errors.seek(0, os.SEEK_END)
+            self.errors.seek(max(0, size - 4096))
+            err = self.errors.read(4096).decode("utf-8", "replace").strip()
+            last = err.splitlines()[-1][-300:] if err else f"exit status {proc.returncode}"
             yield ("error", 0, f"the scan's process ended: {last}")
         finally:
             self.stop()
@@ -273,7 +282,7 @@ class ChildScan:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        for f in (proc.stdin, proc.stdout, proc.stderr):
+        for f in (proc.stdin, proc.stdout, self.errors):
             if f is not None:
                 try:
                     f.close()
@@ -316,6 +325,7 @@ def child() -> None:
     # the frames go to our own copy of stdout; anything printed by mistake goes to stderr
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
+    sys.stdout = sys.stderr
     count = 0
 
     def send(frame: tuple) -> None:

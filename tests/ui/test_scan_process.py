@@ -191,3 +191,18 @@ def test_a_view_that_dies_hard_leaves_no_scan_behind(tmp_path):
     assert out.returncode == -9, out.stderr
     pid = int(out.stdout.split()[0])
     assert _gone_within(pid, 2.0) is not None, "the scan's child outlived the view"
+
+
+def test_a_child_that_dies_at_start_is_reported_with_its_last_words(monkeypatch):
+    """The child's stderr goes to a file (a pipe could fill and block it); a death before the
+    last frame is one line for the status bar, not a hang."""
+    import ovlinspect.ui.scanproc as scanproc
+
+    monkeypatch.setattr(scanproc, "child_command",
+                        lambda: [sys.executable, "-c", "import sys; sys.stdin.buffer.read();"
+                                 " sys.stderr.write('x' * 200000 + '\\nboom: the layer went away\\n');"
+                                 " sys.exit(3)"])
+    scan = scanproc.ChildScan(_engine(_problems_stack("metacopy=on", False)))
+    frames = list(scan.frames(lambda: False))
+    assert frames == [("error", 0, "the scan's process ended: boom: the layer went away")]
+    assert not _alive(scan.pid)
