@@ -416,6 +416,7 @@ def main() -> int:
             import shutil
             import subprocess
 
+            stack.close()  # our descriptors on the layers (the view's clones are closed)
             if subprocess.run(["umount", root]).returncode:
                 subprocess.run(["umount", "-l", root])
             shutil.rmtree(root, ignore_errors=True)
