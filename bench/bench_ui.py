@@ -323,7 +323,7 @@ def serve(stack: Stack) -> int:
     return run_app(Engine(stack, kernel="6.18.0"))
 
 
-def tmux_latency(args) -> None:
+def tmux_latency(args, lowerdir: str = "") -> None:
     """Key latency in a real terminal: send-keys, then poll capture-pane until the screen changes."""
     import shutil
     import subprocess
@@ -340,6 +340,7 @@ def tmux_latency(args) -> None:
     cols, _, lines = args.size.partition("x")
     cmd = (f"env -u COLUMNS -u LINES TERM=tmux-256color OVLINSPECT_SCAN={os.environ.get('OVLINSPECT_SCAN', '')}"
            f" {sys.executable} {os.path.abspath(__file__)} --serve"
+           + (f" --lowerdir {lowerdir}" if lowerdir else "") +
            f" --entries {args.entries} --flat {args.flat}")
     t0 = time.perf_counter()
     tmux("new-session", "-d", "-s", "b", "-x", cols, "-y", lines, cmd)
@@ -385,10 +386,16 @@ def main() -> int:
     ap.add_argument("--scan", choices=("process", "thread", "both"), default="both",
                     help="where the view's scan runs (OVLINSPECT_SCAN)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--lowerdir", help=argparse.SUPPRESS)  # --serve of a --disk stack
     args = ap.parse_args()
     t = time.perf_counter()
     stack, merged = build(args.entries, args.flat)
     if args.serve:
+        if args.lowerdir:
+            from ovlinspect.sources.target import stack_from_args
+
+            stack = stack_from_args(args.lowerdir, options="metacopy=on")
+            stack.params = dict(PARAMS)
         return serve(stack)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"generated {merged:,} merged entries in {time.perf_counter() - t:.1f} s (max RSS {rss:.0f} MiB)")
@@ -432,7 +439,7 @@ def _measure(args, stack: Stack, lowerdir: str, size: tuple[int, int]) -> int:
         if args.full_scan:
             rates[how] = asyncio.run(scan_only(stack))
         if args.tmux:
-            tmux_latency(args)
+            tmux_latency(args, lowerdir)
     if rates:
         print()
         ref = check_rate(args, lowerdir)
