@@ -1,17 +1,21 @@
 """The problems scan in a child process (no Textual here: plain Python, also the child's code).
 
-Why a process and not a thread (measured with ``bench/bench_ui.py --entries 200000 --flat
-20000``, 2 cores, on the same generated 240,218-path stack; see the README's figures):
+Why a process and not a thread (``bench/bench_ui.py``, 2 cores shared with other jobs):
 
 * in a thread, the scan and Textual share the GIL: each time the UI thread wants it back (many
-  times per key: every await, every write to the terminal) it waits up to the switch interval
-  for the CPU-bound scan thread to let go.  Key latency while the scan ran: ``down`` median
-  63 ms, p90 124 ms; the scan itself crawled at 39,000 paths/s in the view (its thread got
-  2.0 s of CPU in 6.9 s of wall time), against 170,000 paths/s for ``check``'s walk alone;
-* in a child process the scan runs on the other core with no lock to share, and at ``check``'s
+  times per key) it waits up to the switch interval for the CPU-bound scan thread to let go,
+  and the scan gets what the UI leaves.  On 350,318 paths on disk (``--disk --entries
+  300000``): the scan took 28.8-33.7 s in a thread against 12.9-13.5 s for ``check``; ``Down``
+  in a real terminal (tmux, key to changed screen) median 49-51 ms, p90 155-163 ms;
+* in a child process the scan runs on the other core with no lock to share, at ``check``'s
   own pace (it IS ``check``'s walk, :func:`ovlinspect.rules.scan.check_findings`, with
-  :func:`~ovlinspect.model.layers.exclusive_reads` in effect since the child has one thread);
-  the UI thread only unpickles a batch every quarter second.
+  :func:`~ovlinspect.model.layers.exclusive_reads` in effect since the child has one
+  thread): 10.3-10.8 s on the same stack; ``Down`` median 36-37 ms, p90 51-64 ms.  The UI
+  thread only unpickles a batch every quarter second.
+
+A memory stack is handed over as a pickle of every entry (1.9 s in the view and 1.3 s in the
+child for the 1.2-million-entry bench stack); a small one (:data:`THREAD_BELOW`) is scanned in
+a thread, where a child would take longer to start than the scan.
 
 The child is started with ``subprocess`` (exec'd at once: nothing of the parent's threads is
 forked), as ``python -P -c`` with the directory of this very ``ovlinspect`` package first on
