@@ -12,18 +12,24 @@ a fresh interpreter, timed in-process, with its peak RSS growth per entry.
 
     python bench/bench_check.py [--entries 300000] [--rounds 3] [--before TREE] [--ext4]
 
-Measured 2026-12-04 (2 cores shared with other jobs, load 4-14, kernel 6.18, tmpfs, 330,000
-entries; --before = the tree before the lean reader and walk, commit 696da04):
-  getfattr -R -d -m -            7.17 s  (runs 7.17, 5.96, 7.71)
-  check (lean walk)             15.07 s  = 2.10x getfattr (runs 24.11, 13.65, 15.07), +46 B/entry
-  engine.check (general walk)   29.74 s  = 4.15x (the lean reader alone)
-  engine.check before           38.58 s  = 5.38x (runs 33.63, 38.58, 57.79), +42 B/entry
-With --entries 100000 --ext4 (load about 4): tmpfs getfattr 1.46 s, lean check 2.53 s =
-1.73x, general walk 3.80x; ext4 on a loop image getfattr 2.20 s, lean check 3.29 s = 1.49x,
-general walk 3.22x; peak RSS +81 B/entry.  On a quieter 33,000-entry run: getfattr 0.58-0.83 s,
-lean check 1.3-1.6 s.  The issue's
-target (1.5x) is not reached: what is left is CPython per entry (a Node, the scan dict,
-the readdir merge, the fast-path tests) on top of the syscalls getfattr makes too.
+Each check also reports its CPU time (user + system, `time.process_time` in the child; for
+getfattr from RUSAGE_CHILDREN): on a shared machine it is the steadier figure.
+
+Measured 2026-12-05 (2 cores shared with other jobs, kernel 6.18, 330,000 regular-layer
+entries), two runs of --entries 300000 (the second with --ext4):
+  tmpfs  getfattr 3.99 s / 5.08 s wall, 3.70 / 3.73 s CPU
+         check (lean walk)  5.29 / 5.43 s wall = 1.33x / 1.07x, CPU 1.42x / 1.41x, +43 B/entry
+         engine.check (general walk) 4.00x / 4.07x
+  ext4   getfattr 6.89 s wall, 5.37 s CPU (a sparse image on a loop device)
+         check (lean walk)  8.87 s wall = 1.29x, CPU 1.28x, +43 B/entry; general walk 3.24x
+The session before measured 2.10x on tmpfs (1.77x on a quiet machine).  What took it to
+about 1.4x: the size of a composefs data file by one fstatat (no Node, no cache); whether a
+regular layer intercepts a redirect asked once per first name (256 for an object store);
+a directory's listing taken from the scan just made; regular files' nodes made in the scan
+loop; Node no longer a frozen dataclass (its __init__ was 8% of the walk).  Where the rest
+goes (py-spy): about three quarters in the five syscalls per entry (llistxattr, two
+lgetxattr, the entry's lstat, the data file's stat, which getfattr does not make) and their
+CPython wrappers, a quarter in the walk's own Python.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -78,16 +85,22 @@ walk, lowerdir = sys.argv[2], sys.argv[3]
 stack = stack_from_args(lowerdir, options="metacopy=on")
 engine = Engine(stack)
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 if walk == "lean":
     from ovlinspect.rules.scan import check
     findings = check(engine)
 else:
     findings = engine.check()
-dt = time.perf_counter() - t
+dt, dc = time.perf_counter() - t, time.process_time() - c
 rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(dt, len(findings), (rss1 - rss0) * 1024)
+print(dt, len(findings), (rss1 - rss0) * 1024, dc)
 """
+
+
+def _children_cpu() -> float:
+    """CPU time (user + system) of the finished children so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _median(xs: list[float]) -> float:
@@ -101,25 +114,30 @@ def measure(meta: str, base: str, objects: str, entries: int, rounds: int,
     """A B C A B C...: getfattr and every (label, source tree, walk) variant in turn."""
     lowerdir = f"{meta}:{base}::{objects}"
     times: dict[str, list[float]] = {"getfattr": []}
+    cpu: dict[str, list[float]] = {"getfattr": []}
     rss: dict[str, list[int]] = {}
     found: dict[str, int] = {}
     for _ in range(rounds):
+        c = _children_cpu()
         t = time.perf_counter()
         subprocess.run(["getfattr", "-R", "-d", "-m", "-", meta, base],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         times["getfattr"].append(time.perf_counter() - t)
+        cpu["getfattr"].append(_children_cpu() - c)
         for label, tree, walk in variants:
             out = subprocess.run([sys.executable, "-c", CHILD, tree, walk, lowerdir],
                                  capture_output=True, text=True, check=True).stdout.split()
             times.setdefault(label, []).append(float(out[0]))
             found[label] = int(out[1])
             rss.setdefault(label, []).append(int(out[2]))
-    g = _median(times["getfattr"])
-    print(f"  getfattr -R -d -m - (regular layers)  {g:6.2f}s  "
+            cpu.setdefault(label, []).append(float(out[3]))
+    g, gc = _median(times["getfattr"]), _median(cpu["getfattr"])
+    print(f"  getfattr -R -d -m - (regular layers)  {g:6.2f}s  cpu {gc:6.2f}s "
           f"({g / entries * 1e6:.1f} us/entry; runs {', '.join(f'{x:.2f}' for x in times['getfattr'])})")
     for label, _, _ in variants:
-        m = _median(times[label])
-        print(f"  {label:<37} {m:6.2f}s  = {m / g:.2f}x getfattr, {found[label]} findings, "
+        m, mc = _median(times[label]), _median(cpu[label])
+        print(f"  {label:<37} {m:6.2f}s  cpu {mc:6.2f}s  = {m / g:.2f}x getfattr "
+              f"({mc / gc:.2f}x in CPU time), {found[label]} findings, "
               f"peak RSS +{max(rss[label]) / entries:.0f} B/entry "
               f"(runs {', '.join(f'{x:.2f}' for x in times[label])})")
 

@@ -134,6 +134,34 @@ def layer_id(layer: Layer) -> LayerId | None:
         return LayerId(st.st_dev, st.st_ino, fs_uuid(fd), handle_at(fd))
 
 
+def layer_ids(engine) -> list[LayerId | None]:
+    """:func:`layer_id` of every kernel layer (index 0: the upper; None where not on disk).
+
+    Where the kernel does not tell a filesystem's UUID (``FS_IOC_GETFSUUID`` came with 6.7: a
+    6.1 or 6.6 kernel), it is taken from the upper root's ``overlay.origin`` when that names
+    the first lower root (its handle is that root's): the kernel wrote that UUID from the
+    lower filesystem's superblock at the first mount with index=on.  Every layer on the same
+    filesystem gets it.  Without it, every origin on such a kernel would look stale.
+    """
+    cached = getattr(engine, "_layer_ids", None)
+    if cached is not None:
+        return cached
+    ids = [layer_id(l) if l is not None else None for l in engine.klayers]
+    first = ids[1] if len(ids) > 1 else None
+    upper = engine.stack.upper
+    if first is not None and first.uuid is None and first.has_handles and upper is not None:
+        root = upper.node(())
+        raw = root.xattr(engine.prefix + b"origin") if root is not None else None
+        fh = decode_fh(raw) if raw is not None else None
+        if fh is not None and fh.usable and fh.uuid != NULL_UUID and \
+                (fh.type, fh.fid) == first.handle:
+            for i in ids:
+                if i is not None and i.uuid is None and i.dev == first.dev:
+                    i.uuid = fh.uuid
+    engine._layer_ids = ids  # noqa: SLF001 - a cache on the engine, as inode.py keeps one
+    return ids
+
+
 def pd2_of_dir(path: str) -> str:
     """The kernel's ``%pd2`` of a directory given by path: its last two components inside its
     filesystem (``/u`` right under the root of a mount, ``/`` for a filesystem root)."""
@@ -264,7 +292,7 @@ def mount_state(engine) -> MountState:
             "merged tree depends on them", [engine.json_index(0)]))
     if not opts.index:
         return st
-    ids: list[LayerId | None] = [layer_id(l) if l is not None else None for l in engine.klayers]
+    ids: list[LayerId | None] = layer_ids(engine)
     upper_id = ids[0]
     if upper_id is None:
         st.unchecked.append("the upper layer is not a directory on disk")
@@ -441,7 +469,7 @@ class IndexLookup:
         self.engine = engine
         opts = engine.options
         self.index_dir = os.path.join(engine.stack.workdir, "index")
-        self.ids = [layer_id(l) if l is not None else None for l in engine.klayers]
+        self.ids = layer_ids(engine)
         same_fs = len({i.dev for i in self.ids[: engine.nlower + 1] if i is not None}) == 1
         self.origin_uuid = origin_uuid_used(opts, engine.profile, same_fs)
         self.prefix = engine.prefix
@@ -690,7 +718,7 @@ def where_origin(engine, fh: FileHandle, prefer=None) -> str:
     if not fh.usable or len(fh.fid) > MAX_HANDLE_SZ:
         return ""
 
-    ids = [layer_id(l) if l is not None else None for l in engine.klayers]
+    ids = layer_ids(engine)
     same_uuid = [k for k, i in enumerate(ids) if i is not None and i.uuid is not None
                  and (fh.uuid == i.uuid or fh.uuid == NULL_UUID)]
     if not same_uuid:

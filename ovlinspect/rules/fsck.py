@@ -148,10 +148,10 @@ class Fsck:
 
     def _origin_checkable(self, fh) -> bool:
         """Whether a failed decode means stale (not: no CAP_DAC_READ_SEARCH, unreadable uuid)."""
-        from ..kernel.origin import layer_id
+        from ..kernel.origin import layer_ids
 
         if not hasattr(self, "_ids"):
-            self._ids = [layer_id(self.engine.layer(k)) for k in range(1, self.engine.nlower + 1)]
+            self._ids = layer_ids(self.engine)[1:self.engine.nlower + 1]
         ids = self._ids
         return all(i is not None and i.uuid is not None for i in ids) and fh.uuid != NULL_UUID \
             or all(i is not None for i in ids) and fh.uuid == NULL_UUID
@@ -179,7 +179,7 @@ class Fsck:
         st = e.stack
         if not (e.options.index and st.workdir and e.has_upper):
             return
-        from ..kernel.origin import MAX_INDEX_ENTRIES, _open_handle, layer_id
+        from ..kernel.origin import MAX_INDEX_ENTRIES, _open_handle, layer_ids
         from ..kernel.workdir import _valid_index_name
 
         index = os.path.join(st.workdir, "index")
@@ -192,7 +192,7 @@ class Fsck:
                         break
         except OSError:
             return
-        ids = [layer_id(e.layer(k)) for k in range(1, e.nlower + 1)]
+        ids = layer_ids(e)[1:e.nlower + 1]
         if any(i is None or i.uuid is None for i in ids):
             return  # the uuid cannot be read: a failed decode would prove nothing
         for name in sorted(names):

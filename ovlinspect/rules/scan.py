@@ -60,6 +60,9 @@ class _Fast:
         self.nlower = e.nlower
         self.regular = [e.layer(li) for li in range(1, e.nlower + 1)]  # kernel layer li at li-1
         self.data = [e.layer(li) for li in range(e.nlower + 1, e.nlower + e.ndata + 1)]
+        #: (layer, a redirect's first name): whether a regular lower layer from that layer down
+        #: holds the name (an object store has 256 of them: each asked once)
+        self._below: dict[tuple[int, bytes], bool] = {}
 
     # ------------------------------------------------------------------ the fast paths
     def clean(self, scans: list[tuple[Ref, dict[bytes, Node]]], name: bytes) -> bool:
@@ -71,7 +74,8 @@ class _Fast:
             node = scan.get(name)
             if node is None:
                 continue
-            if node.kind == "dir" or node.is_whiteout_dev:
+            kind = node.kind
+            if kind == "dir" or (kind == "chardev" and node.rdev == (0, 0)):  # a whiteout
                 return False
             if not node.xattrs:
                 # not in the upper layer: an upper entry's inode number and its fsck are judged
@@ -93,15 +97,31 @@ class _Fast:
                 return False
         if mc is None or red is None or (0 < len(mc) < METACOPY_MIN):
             return False
-        comps = red.split(b"/")
-        if comps[0] or b"\0" in red or not all(c not in (b"", b".", b"..") for c in comps[1:]):
+        # absolute, no empty component and none starting with a dot (so no "." or ".."):
+        # stricter than the kernel, which is fine for a fast path
+        if (red[:1] != b"/" or red[-1:] == b"/" or b"//" in red or b"/." in red
+                or b"\0" in red):
             return False
-        first = (comps[1],)
+        comps = red.split(b"/")
         # the redirect is walked from the root of every regular lower layer below this one
-        for layer in self.regular[ref.layer:]:
-            if layer.node(first) is not None:
-                return False
-        dnode = self._data(tuple(comps[1:]))
+        key = (ref.layer, comps[1])
+        held = self._below.get(key)
+        if held is None:
+            first = (comps[1],)
+            held = self._below[key] = any(layer.node(first) is not None
+                                          for layer in self.regular[ref.layer:])
+        if held:
+            return False
+        path = tuple(comps[1:])
+        if self.verity == "off":
+            # only the data file's type and size matter: no node is made for it (this
+            # runs once per file of a composefs image)
+            for layer in self.data:
+                size = layer.file_size(path)
+                if size is not None:
+                    return size == node.size
+            return False
+        dnode = self._data(path)
         if dnode is None or dnode.size != node.size:
             return False
         return self._verity_ok(mc, dnode)
@@ -165,11 +185,12 @@ def _walk(engine: Engine, progress, cancel) -> Iterator[Resolution]:
         if cancel is not None and cancel():
             break
         dirres = stack.pop()
-        listed = e.entries(dirres)
-        unlisted = dirres.unlisted_failures or []
-        # this directory's copies, top first: the layers the lookup of a child consults
+        # this directory's copies, top first: the layers the lookup of a child consults (read
+        # before its listing, which then reuses the layers' scans)
         refs = ([Ref(0, dirres.upper)] if dirres.upper is not None else []) + list(dirres.lowers)
         scans = [(ref, e.layer(ref.layer).scan(ref.path)) for ref in refs]
+        listed = e.entries(dirres)
+        unlisted = dirres.unlisted_failures or []
         names = sorted(set(listed) | set(unlisted)) if unlisted else listed
         listed_set = set(listed) if unlisted else None
         for name in names:

@@ -200,3 +200,24 @@ def test_two_ext4_filesystems_use_32_xino_bits(tmpfs, klog):
                 assert h.st_ino == os.lstat(os.path.join(l, "h")).st_ino | (1 << 33)
             else:
                 assert x.mode == -1 and got["predicted"]["/h"].st_dev == "pseudo:1"
+
+
+@pytest.mark.parametrize("options", ["index=on", "index=on,nfs_export=on"])
+def test_fs_uuid_unreadable_before_6_7(tmpfs, klog, monkeypatch, options):
+    """Before 6.7 the kernel does not tell a filesystem's UUID (no FS_IOC_GETFSUUID: Debian's
+    6.1, found by the random upper-state stacks in its VM).  It is then taken from the upper
+    root's origin, which names the first lower root: without it every origin looks stale
+    (a copied-up directory not merged with nfs_export=on, its st_ino the upper's)."""
+    import ovlinspect.kernel.origin as origin
+
+    l, u, w, m = (os.path.join(tmpfs, n) for n in ("l", "u", "w", "m"))
+    for d in (u, w, m):
+        os.mkdir(d)
+    _lower(l)
+    _use(l, u, w, m, options)
+    monkeypatch.setattr(origin, "fs_uuid", lambda fd: None)
+    got = _compare(l, u, w, m, options, klog)
+    assert got["predicted"]["/d"].st_ino == os.lstat(os.path.join(l, "d")).st_ino
+    res = got["engine"].explain("/d")
+    assert res.errno is None and len(res.lowers) == 1  # merged with its lower
+    assert not [f for f in res.findings if f.rule.startswith("stale-origin")]
