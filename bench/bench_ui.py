@@ -12,7 +12,13 @@ layer that shadows some objects.  Then, headless:
   show it), a what-if toggle (new engine, tree rebuilt), typing in the search box;
 * a flat directory of ``--flat`` entries: ``right`` to list it (whole, at once), ``End`` to its
   last entry, ``up`` inside it;
-* the scan's progress (paths per second) while keys are being pressed.
+* the scan's progress (paths per second) while keys are being pressed, and every key's
+  latency pooled (median, p90) with whether the scan was still running when the keys ended;
+* with ``--full-scan``: the whole problems scan in the view (nothing else happening) against
+  ``check``'s own walk on the same stack (``rules.scan.check`` on a fresh engine), paths/s.
+
+``--scan process|thread|both`` runs the view with its scan in a child process (the default
+for a stack this size), in a thread (``OVLINSPECT_SCAN=thread``), or each in turn.
 
 Each latency is the time from the key event to its effect in the app (the cursor moved and the
 detail panels filled, the directory listed in its worker and shown, ...), polled every 0.5 ms;
@@ -21,6 +27,7 @@ app also runs in a real terminal and the latency is measured from ``send-keys`` 
 ``capture-pane`` output.
 
     python bench/bench_ui.py [--entries 1000000] [--flat 100000] [--keys 30] [--tmux] [--full-scan]
+                             [--scan process|thread|both]
 """
 
 from __future__ import annotations
@@ -111,12 +118,12 @@ def show(name: str, xs: list[float]) -> None:
           f"   max {max(ms):7.1f} ms")
 
 
-async def until(cond, timeout: float = 30.0) -> None:
+async def until(cond, timeout: float = 30.0, poll: float = 0.0005) -> None:
     deadline = time.perf_counter() + timeout
     while not cond():
         if time.perf_counter() > deadline:
             raise TimeoutError
-        await asyncio.sleep(0.0005)
+        await asyncio.sleep(poll)
 
 
 async def key(app, k: str, effect) -> float:
@@ -200,6 +207,7 @@ async def run(stack: Stack, keys: int, size: tuple[int, int]) -> None:
         await key(app, "escape", lambda: app.focused is tree)
         del search
         scanned_meanwhile = app.problems.scanned - scanned0
+        still = not app.problems.done
         # what-if: a new engine, the header, tree, scan and comparison restarted
         base = app.engine
         t_whatif = await key(app, "V", lambda: app.engine is not base and app.tree.root.data.loaded)
@@ -217,23 +225,95 @@ async def run(stack: Stack, keys: int, size: tuple[int, int]) -> None:
         print(f"  {'what-if toggle V / reset W':<30} {t_whatif * 1000:7.1f} ms / {t_back * 1000:.1f} ms"
               " (tree rebuilt and root listed)")
         show("event loop stalls", stalls)
+        every = [x for xs in lat.values() for x in xs] + [t_flat, t_end] + in_flat
+        show("every key above, pooled", every)
         print(f"scan meanwhile: {scanned_meanwhile:,} paths while the keys above were pressed"
-              f" ({elapsed:.1f} s in all)")
+              f" ({elapsed:.1f} s in all); the scan was {'still running' if still else 'over'}"
+              " when the keys (but the what-if) ended")
         app.exit()
 
 
-async def scan_only(stack: Stack) -> None:
-    """The time the full problems scan takes in the app (nothing else happening)."""
+async def scan_only(stack: Stack) -> float:
+    """The time the full problems scan takes in the app (nothing else happening): from the
+    app's start (the scan starts with it) to the panel's last batch; paths/s."""
     from ovlinspect.ui.app import OvlInspectApp
 
+    t = time.perf_counter()
     app = OvlInspectApp(Engine(stack, kernel="6.18.0"), auto_jump=False)
     async with app.run_test(size=(130, 40)):
-        t = time.perf_counter()
-        await until(lambda: app.problems.done, timeout=3600)
+        # polled every 10 ms (a 0.5 ms poll would take the GIL from a scan thread)
+        await until(lambda: app.problems.done, timeout=3600, poll=0.01)
         dt = time.perf_counter() - t
-        print(f"full scan in the app: {app.problems.scanned:,} paths in {dt:.1f} s "
-              f"({app.problems.scanned / dt:,.0f} paths/s), {len(app.problems.findings):,} findings")
+        own = app.problems.elapsed or dt
+        rate = app.problems.scanned / own
+        where = "a child process" if app.problems.child_pid else "a thread"
+        print(f"full scan in the view ({where}): {app.problems.scanned:,} paths in {own:.2f} s from the"
+              f" scan's start, child start-up and stack hand-over included ({rate:,.0f} paths/s;"
+              f" {dt:.2f} s from the app's creation), {len(app.problems.findings):,} findings")
         app.exit()
+    return rate
+
+
+#: ``check`` as the CLI runs it, in a fresh interpreter (cold caches, as the view's child
+#: has them): the stack built there the same way, then one timed ``check``.
+CHECK = r"""
+import sys, time
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+from bench_ui import build
+from ovlinspect.rules.engine import Engine
+from ovlinspect.rules.scan import check
+from ovlinspect.sources.target import stack_from_args
+entries, flat, lowerdir = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+if lowerdir:
+    stack = stack_from_args(lowerdir, options="metacopy=on")
+    stack.params = dict(__import__("bench_ui").PARAMS)
+else:
+    stack = build(entries, flat)[0]
+count = [0]
+t = time.perf_counter()
+findings = check(Engine(stack, kernel="6.18.0"), lambda n: count.__setitem__(0, n))
+print(count[0], time.perf_counter() - t, len(findings))
+"""
+
+
+def check_rate(args, lowerdir: str) -> float:
+    """``check``'s own walk on the same stack in a fresh process, paths/s (median of 3)."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    runs = []
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", CHECK, os.path.dirname(here), here, str(args.entries),
+                              str(args.flat), lowerdir], capture_output=True, text=True, check=True)
+        count, dt, nf = out.stdout.split()
+        runs.append((float(dt), int(count), int(nf)))
+    dt, count, nf = sorted(runs)[1]
+    print(f"check's walk (a fresh process, median of 3): {count:,} paths in {dt:.2f} s"
+          f" ({count / dt:,.0f} paths/s), {nf:,} findings")
+    return count / dt
+
+
+def materialize(stack: Stack, root: str) -> str:
+    """The generated stack as layer directories under ``root`` (a tmpfs of ours): the same
+    names, sizes and overlay xattrs; the ``lowerdir=`` string."""
+    dirs = []
+    for role, layer in stack.layers:
+        top = os.path.join(root, layer.label)
+        os.mkdir(top)
+        for path in sorted(p for p in layer.nodes if p):
+            node = layer.nodes[path]
+            where = os.path.join(top, *(c.decode() for c in path))
+            if node.kind == "dir":
+                os.mkdir(where)
+                continue
+            with open(where, "wb") as fh:
+                fh.truncate(node.size)
+            for key, value in node.xattrs:
+                os.setxattr(where, key, value)
+        dirs.append((role, top))
+    lowers = [d for role, d in dirs if role == "lower"]
+    data = [d for role, d in dirs if role == "data"]
+    return ":".join(lowers) + "::" + "::".join(data)
 
 
 def serve(stack: Stack) -> int:
@@ -243,7 +323,7 @@ def serve(stack: Stack) -> int:
     return run_app(Engine(stack, kernel="6.18.0"))
 
 
-def tmux_latency(args) -> None:
+def tmux_latency(args, lowerdir: str = "") -> None:
     """Key latency in a real terminal: send-keys, then poll capture-pane until the screen changes."""
     import shutil
     import subprocess
@@ -258,7 +338,9 @@ def tmux_latency(args) -> None:
                               text=True).stdout
 
     cols, _, lines = args.size.partition("x")
-    cmd = (f"env -u COLUMNS -u LINES TERM=tmux-256color {sys.executable} {os.path.abspath(__file__)} --serve"
+    cmd = (f"env -u COLUMNS -u LINES TERM=tmux-256color OVLINSPECT_SCAN={os.environ.get('OVLINSPECT_SCAN', '')}"
+           f" {sys.executable} {os.path.abspath(__file__)} --serve"
+           + (f" --lowerdir {lowerdir}" if lowerdir else "") +
            f" --entries {args.entries} --flat {args.flat}")
     t0 = time.perf_counter()
     tmux("new-session", "-d", "-s", "b", "-x", cols, "-y", lines, cmd)
@@ -299,20 +381,71 @@ def main() -> int:
     ap.add_argument("--size", default="130x40")
     ap.add_argument("--tmux", action="store_true", help="also measure in a real terminal (tmux)")
     ap.add_argument("--full-scan", action="store_true", help="also time the whole problems scan")
+    ap.add_argument("--disk", action="store_true",
+                    help="build the stack as layer directories on a tmpfs of ours (root) and view those")
+    ap.add_argument("--scan", choices=("process", "thread", "both"), default="both",
+                    help="where the view's scan runs (OVLINSPECT_SCAN)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--lowerdir", help=argparse.SUPPRESS)  # --serve of a --disk stack
     args = ap.parse_args()
     t = time.perf_counter()
     stack, merged = build(args.entries, args.flat)
     if args.serve:
+        if args.lowerdir:
+            from ovlinspect.sources.target import stack_from_args
+
+            stack = stack_from_args(args.lowerdir, options="metacopy=on")
+            stack.params = dict(PARAMS)
         return serve(stack)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"generated {merged:,} merged entries in {time.perf_counter() - t:.1f} s (max RSS {rss:.0f} MiB)")
     cols, _, lines = args.size.partition("x")
-    asyncio.run(run(stack, args.keys, (int(cols), int(lines))))
-    if args.full_scan:
-        asyncio.run(scan_only(stack))
-    if args.tmux:
-        tmux_latency(args)
+    lowerdir = ""
+    root = None
+    if args.disk:
+        import subprocess
+        import tempfile
+
+        from ovlinspect.sources.target import stack_from_args
+
+        root = tempfile.mkdtemp(prefix="ovlbench-ui-")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g", "tmpfs", root], check=True)
+    try:
+        if root is not None:
+            t = time.perf_counter()
+            lowerdir = materialize(stack, root)
+            stack = stack_from_args(lowerdir, options="metacopy=on")
+            stack.params = dict(PARAMS)
+            print(f"built on a tmpfs in {time.perf_counter() - t:.1f} s: lowerdir={lowerdir}")
+        return _measure(args, stack, lowerdir, (int(cols), int(lines)))
+    finally:
+        if root is not None:
+            import shutil
+            import subprocess
+
+            stack.close()  # our descriptors on the layers (the view's clones are closed)
+            if subprocess.run(["umount", root]).returncode:
+                subprocess.run(["umount", "-l", root])
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _measure(args, stack: Stack, lowerdir: str, size: tuple[int, int]) -> int:
+    rates = {}
+    for how in (("process", "thread") if args.scan == "both" else (args.scan,)):
+        os.environ["OVLINSPECT_SCAN"] = how
+        print(f"\n== the scan in {'a child process' if how == 'process' else 'a thread'}"
+              f" (OVLINSPECT_SCAN={how})")
+        asyncio.run(run(stack, args.keys, size))
+        if args.full_scan:
+            rates[how] = asyncio.run(scan_only(stack))
+        if args.tmux:
+            tmux_latency(args, lowerdir)
+    if rates:
+        print()
+        ref = check_rate(args, lowerdir)
+        for how, rate in rates.items():
+            print(f"  the view's scan in a {'child process' if how == 'process' else 'thread'}:"
+                  f" {rate / ref:.2f}x check's pace")
     return 0
 
 

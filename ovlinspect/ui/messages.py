@@ -30,7 +30,8 @@ class ScanUpdate(Message):
     elapsed: float = 0.0
     error: str | None = None
     #: the resolution each finding came from (None for the stack's own findings), in step with
-    #: ``findings``: the panel groups findings by cause with it
+    #: ``findings``: the panel groups findings by cause with it (from the scan's child process:
+    #: a copy without its trace and listings, see :mod:`.scanproc`)
     resolutions: list[Resolution | None] = field(default_factory=list)
 
 

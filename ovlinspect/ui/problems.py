@@ -10,6 +10,8 @@ order: by severity, then by how many paths they break.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -28,11 +30,13 @@ from humanize import intcomma, precisedelta
 from ..kernel.entry import Resolution
 from ..report.causes import Cause, CauseIndex
 from ..rules.engine import Engine
+from ..rules.scan import check_findings
 from ..rules.catalogue import Finding, Severity
 from .messages import ScanUpdate
 from .merged_tree import SEVERITY_MARK
 from .palette import LayerPalette
 from .render import esc, esc_str
+from .scanproc import CannotMove, ChildScan, in_thread
 from .session import EngineClone, Pacer
 from .style import themed
 
@@ -180,6 +184,8 @@ class ProblemsPanel(Vertical):
         self.note = ""
         #: the current scan: messages of an earlier one are dropped
         self.gen = 0
+        #: the process running the current scan (None: a thread of ours)
+        self.child_pid: int | None = None
 
     # ------------------------------------------------------------------ the scan
     def scan(self, engine: Engine, palette: LayerPalette, note: str = "") -> None:
@@ -195,26 +201,67 @@ class ProblemsPanel(Vertical):
 
     @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
     def _scan(self, engine: Engine, gen: int) -> None:
+        """The scan in a child process (:mod:`.scanproc` says why, with the figures); in this
+        thread for a small memory stack, when the stack cannot be handed over, or with
+        ``OVLINSPECT_SCAN=thread`` (``=process``: a child whatever the size)."""
         worker = get_current_worker()
-        pacer = Pacer()
-        t0 = pacer.last
-        clone = EngineClone(engine)
+        t0 = time.monotonic()
+        how = os.environ.get("OVLINSPECT_SCAN", "")
+        child = None
+        if how == "process" or (how != "thread" and not in_thread(engine)):
+            try:
+                child = ChildScan(engine)
+            except (CannotMove, OSError):
+                child = None  # a layer kind that does not move, no fork possible: the thread
+        self.child_pid = child.pid if child is not None else None
+        if child is None:
+            self._scan_here(engine, gen, worker, t0)
+            return
         count = 0
         try:
-            e = clone.engine
-            batch: list[Finding] = list(e.stack_findings())
-            sources: list[Resolution | None] = [None] * len(batch)
-            if not e.mount_errno:
-                for res in e.walk(cancel=lambda: worker.is_cancelled):
-                    if worker.is_cancelled:
-                        return
-                    count += 1
-                    if res.findings:
-                        batch.extend(res.findings)
-                        sources.extend([res] * len(res.findings))
-                    if pacer.due():
-                        self.post_message(ScanUpdate(gen, batch, count, resolutions=sources))
-                        batch, sources = [], []
+            frames = child.frames(lambda: worker.is_cancelled)
+            first = next(frames, None)
+        except CannotMove:  # a field of the stack does not pickle: it was killed; the thread
+            self.child_pid = None
+            self._scan_here(engine, gen, worker, t0)
+            return
+        if first is None:
+            return  # cancelled before the first frame
+        for kind, count, data in itertools.chain([first], frames):
+            if kind == "batch":
+                self.post_message(ScanUpdate(gen, [f for _, f in data], count,
+                                             resolutions=[r for r, _ in data]))
+            elif kind == "done":
+                self.post_message(ScanUpdate(gen, [], count, done=True, elapsed=time.monotonic() - t0))
+            else:
+                self.post_message(ScanUpdate(gen, [], count, done=True, elapsed=time.monotonic() - t0,
+                                             error=data))
+
+    def _scan_here(self, engine: Engine, gen: int, worker, t0: float) -> None:
+        """The scan in this thread: check's lean walk over a clone with its own layers."""
+        pacer = Pacer()
+        clone = EngineClone(engine)
+        count = 0
+        batch: list[Finding] = []
+        sources: list[Resolution | None] = []
+
+        def progress(n: int) -> None:  # once per directory: the count shows without findings too
+            nonlocal count, batch, sources
+            count = n
+            if pacer.due():
+                self.post_message(ScanUpdate(gen, batch, count, resolutions=sources))
+                batch, sources = [], []
+
+        try:
+            # check's own lean walk (rules/scan.py): the same findings as `ovlinspect check`
+            for res, f in check_findings(clone.engine, progress, lambda: worker.is_cancelled):
+                batch.append(f)
+                sources.append(res)
+                if pacer.due():
+                    self.post_message(ScanUpdate(gen, batch, count, resolutions=sources))
+                    batch, sources = [], []
+            if worker.is_cancelled:
+                return
             self.post_message(ScanUpdate(gen, batch, count, done=True, elapsed=time.monotonic() - t0,
                                          resolutions=sources))
         except Exception as err:  # a layer vanished, a permission changed: report, don't crash

@@ -1,7 +1,8 @@
 """Engine plumbing for the interactive view (no Textual here: plain, testable Python).
 
 The screen reads one engine from the UI thread.  Work that may be slow (listing a large
-directory, the problems scan, search, the what-if comparison) runs in threads, and each thread
+directory, search, the what-if comparison; the problems scan when it does not run in a child
+process, see :mod:`.scanproc`) runs in threads, and each thread
 gets its **own** engine over freshly opened layers (:func:`clone_engine`): an :class:`Engine`
 keeps caches, and a :class:`~ovlinspect.model.layers.DiskLayer` an LRU of directory descriptors,
 neither of which is safe to share between threads.  Memory layers are immutable once loaded

@@ -150,24 +150,40 @@ async def test_n_reaches_the_one_shadowed_file_among_79_eio_in_one_key():
         assert {p for p in _redirected_through(app.engine.stack, b"/ab/")} <= seen
 
 
-async def test_the_scan_walks_the_stack_once(monkeypatch):
+@pytest.mark.parametrize("how", ["process", "thread"])
+async def test_the_scan_walks_the_stack_once(monkeypatch, how):
+    """One walk for the findings and their causes (check's own), in the child process or,
+    where the stack cannot move, in a thread; the view's general walk is not used."""
+    import ovlinspect.ui.problems as problems
+
+    monkeypatch.setenv("OVLINSPECT_SCAN", how)
     walks = []
-    real = Engine.walk
+    real_walk, real_check, real_child = Engine.walk, problems.check_findings, problems.ChildScan
 
     def counted(self, *a, **kw):
         import sys
 
         caller = sys._getframe(1).f_code.co_filename
         if "ovlinspect/rules/" not in caller and "ovlinspect/kernel/" not in caller:
-            walks.append(caller)  # a walk started by the view (the engine's own layers chain)
-        return real(self, *a, **kw)
+            walks.append(("Engine.walk", caller))  # a walk started by the view
+        return real_walk(self, *a, **kw)
+
+    def checked(*a, **kw):
+        walks.append(("check_findings", "thread"))
+        return real_check(*a, **kw)
+
+    def child(*a, **kw):
+        walks.append(("check_findings", "process"))
+        return real_child(*a, **kw)
 
     monkeypatch.setattr(Engine, "walk", counted)
+    monkeypatch.setattr(problems, "check_findings", checked)
+    monkeypatch.setattr(problems, "ChildScan", child)
     app = demo_app("one-cause", auto_jump=False)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         assert app.problems.done and len(app.problems.causes()) == 4
-        assert len(walks) == 1, walks
+        assert walks == [("check_findings", how)], walks
 
 
 # ------------------------------------------------------------------------- 80x24

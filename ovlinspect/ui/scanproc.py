@@ -1,0 +1,370 @@
+"""The problems scan in a child process (no Textual here: plain Python, also the child's code).
+
+Why a process and not a thread (``bench/bench_ui.py``, 2 cores shared with other jobs):
+
+* in a thread, the scan and Textual share the GIL: each time the UI thread wants it back (many
+  times per key) it waits up to the switch interval for the CPU-bound scan thread to let go,
+  and the scan gets what the UI leaves.  On 350,318 paths on disk (``--disk --entries
+  300000``): the scan took 28.8-33.7 s in a thread against 12.9-13.5 s for ``check``; ``Down``
+  in a real terminal (tmux, key to changed screen) median 49-51 ms, p90 155-163 ms;
+* in a child process the scan runs on the other core with no lock to share, at ``check``'s
+  own pace (it IS ``check``'s walk, :func:`ovlinspect.rules.scan.check_findings`, with
+  :func:`~ovlinspect.model.layers.exclusive_reads` in effect since the child has one
+  thread): 10.3-10.8 s on the same stack; ``Down`` median 36-37 ms, p90 51-64 ms.  The UI
+  thread only unpickles a batch every quarter second.
+
+A memory stack is handed over as a pickle of every entry (1.9 s in the view and 1.3 s in the
+child for the 1.2-million-entry bench stack); a small one (:data:`THREAD_BELOW`) is scanned in
+a thread, where a child would take longer to start than the scan.
+
+The child is started with ``subprocess`` (exec'd at once: nothing of the parent's threads is
+forked), as ``python -P -c`` with the directory of this very ``ovlinspect`` package first on
+its path (never the working directory: a layer could hold a package of that name), in ``/``.
+It gets on stdin the stack (:func:`moved_stack`): memory layers pickled, disk layers as the
+descriptor of their root (passed with ``pass_fds`` and opened through ``/proc/self/fd/N``: the
+child reads the very directory the parent has open, whatever became of its path), the
+effective options, kernel and profile.  It answers on stdout with length-prefixed pickled
+frames: ``("batch", scanned, [(resolution | None, finding), ...])`` every
+:data:`~ovlinspect.ui.session.BATCH_SECONDS`, then ``("done", scanned, seconds)`` or
+``("error", scanned, text)``.  The resolutions are the engine's own, without their trace and
+listings (what :class:`~ovlinspect.report.causes.CauseIndex` groups by is kept whole).
+
+No orphan: the child dies with the thread that started it (``PR_SET_PDEATHSIG``), stops when
+its parent is gone (checked at every directory), and the parent kills and reaps it when the
+scan is cancelled (a new what-if, a rescan, quitting).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Iterator
+
+from ..kernel.entry import Resolution
+from ..model.layers import DiskLayer, Layer, MemoryLayer
+from ..rules.catalogue import Finding
+from ..rules.engine import Engine
+
+_HEADER = struct.Struct("<Q")
+#: seconds between two looks at the cancel flag while the child works
+POLL = 0.05
+
+
+class CannotMove(Exception):
+    """The stack cannot be handed to a child process (a layer kind it does not know)."""
+
+
+# ------------------------------------------------------------------------------ the stack
+
+
+def _open_disk(fd: int, path: str | None, label: str, want_verity: bool, want_xattrs: bool) -> DiskLayer:
+    """In the child: the disk layer whose root the parent passed as descriptor ``fd``."""
+    try:
+        layer = DiskLayer(f"/proc/self/fd/{fd}", label, want_verity=want_verity,
+                          want_xattrs=want_xattrs)
+    finally:
+        os.close(fd)
+    layer.path = path  # the name the findings and labels use, as in the parent
+    return layer
+
+
+@dataclasses.dataclass
+class _DiskRef:
+    """A disk layer on its way to the child: its root descriptor (a dup, passed) and fields."""
+
+    fd: int
+    path: str | None
+    label: str
+    want_verity: bool
+    want_xattrs: bool
+
+    def __reduce__(self):
+        return (_open_disk, (self.fd, self.path, self.label, self.want_verity, self.want_xattrs))
+
+
+def _layer_ref(layer: Layer, fds: list[int]) -> object:
+    # DiskLayer subclasses (an EROFS image's ImageLayer) read through DiskLayer's own methods
+    # from their root; only how the root was opened differs, and the child gets the root open
+    if isinstance(layer, DiskLayer):
+        root = getattr(layer, "_root", -1)
+        if root < 0:
+            raise CannotMove(f"layer {layer.label} is closed")
+        fd = os.dup(root)
+        fds.append(fd)
+        return _DiskRef(fd, layer.path, layer.label, layer.want_verity, layer.want_xattrs)
+    from ..sources.composefs import DumpLayer
+
+    if type(layer) is DumpLayer:
+        # its caches hold a lock: the dump's bytes and index go, the layer is made again
+        return _DumpRef(layer.index, layer.label, layer.source)
+    if isinstance(layer, MemoryLayer):
+        return _MemRef(layer)  # pickled whole (a stack file, a demo), but its lookup cache
+    raise CannotMove(f"layer {layer.label}: {type(layer).__name__}")
+
+
+def _restore(cls: type, state: dict) -> MemoryLayer:
+    layer = cls.__new__(cls)
+    layer.__dict__.update(state)
+    return layer
+
+
+class _MemRef:
+    """A memory layer, less the lookup cache other threads fill while it is pickled (a dict
+    that changes size under the pickler: "dictionary changed size during iteration")."""
+
+    def __init__(self, layer: MemoryLayer):
+        self.layer = layer
+
+    def __reduce__(self):
+        state = dict(vars(self.layer))
+        if "_reach" in state:
+            state["_reach"], state["_reach_size"] = {}, -1
+        return (_restore, (type(self.layer), state))
+
+
+@dataclasses.dataclass
+class _DumpRef:
+    index: object
+    label: str
+    source: str | None
+
+    def __reduce__(self):
+        from ..sources.composefs import DumpLayer
+
+        return (DumpLayer, (self.index, self.label, self.source))
+
+
+def moved_stack(engine: Engine) -> tuple[tuple, list[int]]:
+    """What the child gets (the stack with its layers made movable, the options, kernel and
+    profile) and the descriptors to pass it (closed by the caller once the child is
+    started).  CannotMove when a layer is of a kind that does not move."""
+    stack = engine.stack
+    fds: list[int] = []
+    try:
+        moved = dataclasses.replace(
+            stack, lowers=[_layer_ref(l, fds) for l in stack.lowers],
+            data=[_layer_ref(l, fds) for l in stack.data],
+            upper=_layer_ref(stack.upper, fds) if stack.upper is not None else None,
+            observe_fd=None)  # --observe's detached mount: the scan never reads it
+    except BaseException:
+        _close_all(fds)
+        raise
+    return (os.getpid(), moved, engine.options, engine.kernel, engine.profile), fds
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+# ------------------------------------------------------------------------------ the parent
+
+
+#: below this many entries in all (memory layers only), the scan stays in a thread: a child
+#: takes about 0.16 s to start and to get the stack (python, imports, the pickle), in which the
+#: lean walk does about 20,000 names on its own (a demo's scan: 3 ms in a thread, 160 ms in a
+#: child)
+THREAD_BELOW = 20_000
+
+
+def in_thread(engine: Engine) -> bool:
+    """Whether the scan of ``engine`` is better done in a thread (a small memory stack); disk
+    layers, whose size is unknown until walked, go to a child."""
+    from ..sources.composefs import DumpLayer
+
+    total = 0
+    for _, layer in engine.stack.layers:
+        if type(layer) is DumpLayer:
+            total += len(layer.index)
+        elif isinstance(layer, MemoryLayer):
+            total += len(layer.nodes)
+        else:
+            return False
+    return total < THREAD_BELOW
+
+
+
+
+def child_command() -> list[str]:
+    """``python -P -c ...`` importing this copy of ovlinspect (never one in the cwd)."""
+    import ovlinspect
+
+    top = os.path.dirname(os.path.dirname(os.path.abspath(ovlinspect.__file__)))
+    code = f"import sys; sys.path.insert(0, {top!r}); from ovlinspect.ui.scanproc import child; child()"
+    return [sys.executable, "-P", "-c", code]
+
+
+class ChildScan:
+    """One scan in a child process; :meth:`frames` yields its frames as they come.
+
+    ``cancel()`` is polled every :data:`POLL` seconds; once it is true (or the caller stops
+    iterating, or anything fails) the child is killed and reaped."""
+
+    def __init__(self, engine: Engine):
+        what, fds = moved_stack(engine)
+        # its stderr (a traceback if it dies) in an unnamed file: a pipe could fill and block it
+        self.errors = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(
+                child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=self.errors, pass_fds=fds, cwd="/", close_fds=True,
+                start_new_session=True)  # the terminal's ^C goes to the app, not to the scan
+        except BaseException:
+            self.errors.close()
+            raise
+        finally:
+            _close_all(fds)
+        self._what: tuple | None = what
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def frames(self, cancel: Callable[[], bool]) -> Iterator[tuple]:
+        proc = self.proc
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            # pickled straight into the pipe, in this (worker) thread: each 64 KiB frame is a
+            # write that lets the UI thread have the GIL (a big memory stack pickles for a
+            # few tenths of a second)
+            try:
+                pickle.Pickler(proc.stdin, protocol=pickle.HIGHEST_PROTOCOL).dump(self._what)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # it died at start: its stderr says why (below)
+            except Exception as err:  # a field that does not pickle (a closure, a lock, ...)
+                raise CannotMove(f"{type(err).__name__}: {err}") from None
+            finally:
+                self._what = None
+            out = proc.stdout.fileno()
+            buf = bytearray()
+            while True:
+                if cancel():
+                    return
+                ready, _, _ = select.select([out], [], [], POLL)
+                if not ready:
+                    continue
+                chunk = os.read(out, 1 << 20)
+                if not chunk:
+                    break
+                buf += chunk
+                while len(buf) >= _HEADER.size:
+                    (n,) = _HEADER.unpack_from(buf)
+                    if len(buf) < _HEADER.size + n:
+                        break
+                    frame = pickle.loads(bytes(buf[_HEADER.size:_HEADER.size + n]))
+                    del buf[:_HEADER.size + n]
+                    yield frame
+                    if frame[0] in ("done", "error"):
+                        return
+            # the pipe closed without a last frame: the child died
+            proc.wait()
+            # its last words: the end of what it wrote (a traceback ends with the error)
+            size = self.errors.seek(0, os.SEEK_END)
+            self.errors.seek(max(0, size - 4096))
+            err = self.errors.read(4096).decode("utf-8", "replace").strip()
+            last = err.splitlines()[-1][-300:] if err else f"exit status {proc.returncode}"
+            yield ("error", 0, f"the scan's process ended: {last}")
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Kill the child (if still running) and reap it."""
+        proc = self.proc
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for f in (proc.stdin, proc.stdout, self.errors):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+
+# ------------------------------------------------------------------------------ the child
+
+
+def _light(res: Resolution | None) -> Resolution | None:
+    """The resolution without what the panel never reads (its trace and listings)."""
+    if res is None:
+        return None
+    out = copy.copy(res)
+    out.trace = []
+    out._entries = None
+    out._hidden = None
+    out.unlisted_failures = None
+    return out
+
+
+def _die_with_parent() -> None:
+    """SIGKILL when the thread that started us ends (Linux; best effort elsewhere)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def child() -> None:
+    """The child's main: read the stack, run check's walk, write the frames."""
+    from ..rules.scan import check_findings
+    from .session import BATCH_SECONDS
+
+    _die_with_parent()
+    # the frames go to our own copy of stdout; anything printed by mistake goes to stderr
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    count = 0
+
+    def send(frame: tuple) -> None:
+        data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+        out.write(_HEADER.pack(len(data)))
+        out.write(data)
+        out.flush()
+
+    try:
+        parent, stack, options, kernel, profile = pickle.load(sys.stdin.buffer)
+        if os.getppid() != parent:
+            return  # the parent is gone already
+        engine = Engine(stack, options=options, kernel=kernel, profile=profile)
+        t0 = last = time.monotonic()
+        batch: list[tuple[Resolution | None, Finding]] = []
+
+        def progress(n: int) -> None:  # once per directory: the count goes out even without findings
+            nonlocal count, batch, last
+            count = n
+            now = time.monotonic()
+            if now - last >= BATCH_SECONDS:
+                send(("batch", count, batch))
+                batch, last = [], now
+
+        for res, f in check_findings(engine, progress, lambda: os.getppid() != parent):
+            batch.append((_light(res), f))
+        if os.getppid() != parent:
+            return
+        if batch:
+            send(("batch", count, batch))
+        send(("done", count, time.monotonic() - t0))
+    except BrokenPipeError:
+        return  # the parent stopped listening
+    except Exception as err:  # a layer vanished, a permission changed: reported as the thread did
+        try:
+            send(("error", count, f"{type(err).__name__}: {err}"))
+        except BrokenPipeError:
+            pass

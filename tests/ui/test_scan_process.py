@@ -1,0 +1,208 @@
+"""The view's problems scan (ovlinspect/ui/scanproc.py, ProblemsPanel._scan): the same findings
+and causes as ``check``, in a child process and in a thread; cancelled promptly when the user
+switches what-if or quits; never a child left behind, even when the view dies hard.
+
+The reference is ``check``'s own result (report.causes.check_causes, what ``ovlinspect check``
+prints) on a fresh engine of the same stack: the stack with every kind of problem of
+tests/test_scan.py (memory layers, and the same built on disk as root)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from ui_helpers import settle
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "kernel"))
+
+from test_scan import _problems_stack  # noqa: E402
+
+from ovlinspect.kernel.profile import parse_version, profile_for  # noqa: E402
+from ovlinspect.model.layers import MemoryLayer, Node  # noqa: E402
+from ovlinspect.model.stack import Stack  # noqa: E402
+from ovlinspect.report.causes import check_causes  # noqa: E402
+from ovlinspect.rules.engine import Engine  # noqa: E402
+from ovlinspect.ui.app import OvlInspectApp  # noqa: E402
+from ui_stacks import PARAMS, T  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+def _engine(stack: Stack) -> Engine:
+    return Engine(stack, profile=profile_for(parse_version("6.18"), chosen_by="test"))
+
+
+def _causes(causes) -> list[tuple]:
+    return [(c.severity, c.rule, c.where, c.message, c.fix, sorted(c.paths), dict(c.effects))
+            for c in causes]
+
+
+def _findings(findings) -> list[tuple]:
+    return [(f.rule, f.path, f.message, list(f.layers)) for f in findings]
+
+
+async def _view_scan(stack: Stack, how: str, monkeypatch) -> tuple[list, list, int, int | None]:
+    monkeypatch.setenv("OVLINSPECT_SCAN", how)
+    app = OvlInspectApp(_engine(stack), auto_jump=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        p = app.problems
+        assert p.done and "scan failed" not in p.note, p.note
+        return _findings(p.findings), _causes(p.causes()), p.scanned, p.child_pid
+
+
+def _expected(make) -> tuple[list, list, int]:
+    result = check_causes(_engine(make()))
+    return _findings(result.findings), _causes(result.causes), result.paths_checked
+
+
+@pytest.mark.parametrize("how", ["process", "thread"])
+@pytest.mark.parametrize("options,upper", [("metacopy=on,verity=on", True),
+                                           ("metacopy=on,redirect_dir=on", False)])
+async def test_the_view_finds_what_check_finds(how, options, upper, monkeypatch):
+    make = lambda: _problems_stack(options, upper)  # noqa: E731
+    findings, causes, count = _expected(make)
+    assert len(causes) >= 10 and count > 40  # the stack's problems were met
+    got = await _view_scan(make(), how, monkeypatch)
+    assert got[:3] == (findings, causes, count)
+    assert (got[3] is not None) == (how == "process")
+
+
+@pytest.mark.kernel
+def test_on_disk_the_child_finds_what_check_finds(tmp_path, monkeypatch):
+    """Disk layers go to the child as descriptors of their roots (opened there through
+    /proc/self/fd): the same findings, the same words (layer paths included)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: trusted.overlay.* xattrs and 0/0 whiteouts in the built layers")
+    import asyncio
+
+    from ovlinspect.live.build import build_stack
+    from ovlinspect.sources.target import stack_from_args
+
+    options = "metacopy=on,verity=on"
+    built = build_stack(_problems_stack(options, True), str(tmp_path / "s"), exact=True)
+
+    def make() -> Stack:
+        stack = stack_from_args(built.lowerdir_string(), built.upper, built.workdir, options)
+        stack.params = dict(PARAMS)
+        return stack
+
+    findings, causes, count = _expected(make)
+    assert len(causes) >= 10
+    # no scan of ours may fall back to a thread here: every disk layer moves
+    got = asyncio.run(_view_scan(make(), "", monkeypatch))
+    assert got[:3] == (findings, causes, count)
+    assert got[3] is not None
+
+
+# ------------------------------------------------------------------------- cancel, no orphan
+
+
+def big_stack(n: int) -> Stack:
+    """n composefs metacopy files in directories of 1000 redirected into the data-only layer,
+    one in 1000 to an object a regular layer intercepts: a scan of a second or two."""
+    meta, objects, base = (MemoryLayer(label=x) for x in ("meta", "objects", "base"))
+    dir_node = Node("dir", 0o755)
+    ok, bad = (Node("file", 0o644, 16, xattrs=((T + b"metacopy", b""), (T + b"redirect", red)))
+               for red in (b"/ob/x", b"/ib/x"))
+    for d in (b"ob", b"ib"):
+        objects.nodes[(d,)] = dir_node
+        objects.nodes[(d, b"x")] = Node("file", 0o644, 16)
+    objects.children = {(): [b"ob", b"ib"], (b"ob",): [b"x"], (b"ib",): [b"x"]}
+    base.nodes[(b"ib",)] = dir_node
+    base.nodes[(b"ib", b"x")] = Node("file", 0o644, 99)
+    base.children = {(): [b"ib"], (b"ib",): [b"x"]}
+    kids: dict = {(): []}
+    for i in range(n):
+        d = b"d%04d" % (i // 1000)
+        if i % 1000 == 0:
+            meta.nodes[(d,)] = dir_node
+            kids[()].append(d)
+            kids[(d,)] = []
+        meta.nodes[(d, b"f%06d" % i)] = bad if i % 1000 == 999 else ok
+        kids[(d,)].append(b"f%06d" % i)
+    meta.children = kids
+    return Stack(lowers=[meta, base], data=[objects], options="metacopy=on", params=PARAMS)
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie waiting for a reaper that is not us counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _gone_within(pid: int, seconds: float) -> float | None:
+    t = time.monotonic()
+    while time.monotonic() - t < seconds:
+        if not _alive(pid):
+            return time.monotonic() - t
+        time.sleep(0.01)
+    return None
+
+
+async def _running_child(app, pilot, other: int | None = None) -> int:
+    """The pid of the scan's child once it is started (another than ``other``)."""
+    deadline = time.monotonic() + 30
+    while not (app.problems.child_pid and app.problems.child_pid != other):
+        assert time.monotonic() < deadline, "no child for the scan"
+        await pilot.pause(0.02)
+    return app.problems.child_pid
+
+
+async def test_a_what_if_and_quitting_stop_the_scans_child_at_once():
+    stack = big_stack(300_000)
+    app = OvlInspectApp(_engine(stack), auto_jump=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        first = await _running_child(app, pilot)
+        while not app.problems.scanned:  # under way: the stack went over, the walk reports
+            await pilot.pause(0.02)
+        assert not app.problems.done  # still scanning: the test cancels a running scan
+        await pilot.press("V")  # a what-if: the scan starts over on the new engine
+        took = _gone_within(first, 2.0)
+        assert took is not None, "the first scan's child outlived its scan"
+        assert took < 0.5  # the cancel flag is polled every 50 ms: prompt
+        second = await _running_child(app, pilot, other=first)
+    # quit (while it scans, or just after): no child left
+    assert _gone_within(second, 2.0) is not None
+
+
+def test_a_view_that_dies_hard_leaves_no_scan_behind(tmp_path):
+    """The process that started the child is killed (no chance to clean up): the child goes
+    with it (PR_SET_PDEATHSIG, and its own look at its parent)."""
+    script = tmp_path / "dies.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path[:0] = [{os.path.abspath(os.path.dirname(__file__))!r}, {os.path.abspath(ROOT)!r}]\n"
+        "from test_scan_process import big_stack, _engine\n"
+        "from ovlinspect.ui.scanproc import ChildScan\n"
+        "scan = ChildScan(_engine(big_stack(300_000)))\n"
+        "frames = scan.frames(lambda: False)\n"
+        "next(frames)\n"
+        "print(scan.pid, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == -9, out.stderr
+    pid = int(out.stdout.split()[0])
+    assert _gone_within(pid, 2.0) is not None, "the scan's child outlived the view"
+
+
+def test_a_child_that_dies_at_start_is_reported_with_its_last_words(monkeypatch):
+    """The child's stderr goes to a file (a pipe could fill and block it); a death before the
+    last frame is one line for the status bar, not a hang."""
+    import ovlinspect.ui.scanproc as scanproc
+
+    monkeypatch.setattr(scanproc, "child_command",
+                        lambda: [sys.executable, "-c", "import sys; sys.stdin.buffer.read();"
+                                 " sys.stderr.write('x' * 200000 + '\\nboom: the layer went away\\n');"
+                                 " sys.exit(3)"])
+    scan = scanproc.ChildScan(_engine(_problems_stack("metacopy=on", False)))
+    frames = list(scan.frames(lambda: False))
+    assert frames == [("error", 0, "the scan's process ended: boom: the layer went away")]
+    assert not _alive(scan.pid)
