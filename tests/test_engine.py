@@ -408,3 +408,39 @@ def test_fsck_rules_on_described_layers():
     assert ("fsck-redirect-duplicate", b"/c") in found  # /src was not whited out
     assert not {r for r, _ in found} & {"fsck-impure-missing", "fsck-impure-stale",
                                          "fsck-origin-stale", "fsck-index-stale"}
+
+
+def test_shadowing_hazard_only_where_a_redirect_above_walks():
+    """A regular directory named like a data layer's top-level one is a hazard only below a
+    layer holding a redirect into it."""
+    a = layer("A", {"/foo": metacopy(b"/1e/abcdef")})
+    b = layer("B", {"/1e": "dir", "/2f": "dir", "/bar": metacopy(b"/2f/ghij")})
+    d = layer("D", {"/2f": "dir", "/1e": "dir"})
+    c = layer("C", {"/1e": "dir", "/1e/abcdef": DATA, "/2f": "dir", "/2f/ghij": DATA})
+    e = engine([a, b, d], [c], options="metacopy=on")
+    got = sorted((f.path, f.message.split(" is a directory")[0]) for f in e.stack_findings()
+                 if f.rule == "shadowing-hazard")
+    # /1e: redirected into from A, so B's and D's /1e are walked; /2f: from B, so only D's
+    assert got == [(b"/1e", "lower 1 (B):/1e"), (b"/1e", "lower 2 (D):/1e"),
+                   (b"/2f", "lower 2 (D):/2f")]
+
+
+def test_shadowing_hazard_reads_the_layers_above_only_as_far_as_needed():
+    """A composefs metadata layer answers at its first redirect into the directory: the rest
+    of it is not read before the walk (reading it whole doubled a check)."""
+    a = layer("A", {"/foo": metacopy(b"/1e/abcdef"), **{f"/m/f{i}": b"x" for i in range(50)}})
+    b = layer("B", {"/1e": "dir"})
+    c = layer("C", {"/1e": "dir", "/1e/abcdef": DATA})
+    e = engine([a, b], [c], options="metacopy=on")
+    scanned = []
+    real_scan = a.scan
+    a.scan = lambda p: scanned.append(p) or real_scan(p)
+    assert [f.rule for f in e.stack_findings()] == ["shadowing-hazard"]
+    assert (b"m",) not in scanned and () in scanned
+    # with no redirect into the directory, every layer above is read (to prove there is none)
+    b2 = layer("B", {"/2f": "dir"})
+    c2 = layer("C", {"/2f": "dir"})
+    e = engine([a, b2], [c2], options="metacopy=on")
+    scanned.clear()
+    assert e.stack_findings() == []
+    assert (b"m",) in scanned

@@ -332,33 +332,50 @@ class Engine(Overlay):
 
 class _RedirectReach:
     """Which regular layers an absolute metacopy redirect into a top-level directory walks:
-    only those below the layer holding it (the lookup goes on downwards from there)."""
+    only those below the layer holding it (the lookup goes on downwards from there).
+
+    The layers above are read only as far as the answer needs: a composefs metadata layer
+    with redirects into every top-level directory of the object store answers after a few
+    hundred files, where reading it whole doubled a check (4.5 s of 7 on 240,000 entries).
+    """
 
     def __init__(self, engine: "Engine", regular: list[int]):
         self.engine = engine
         self.regular = regular
-        #: top-level name -> (highest layer holding such a redirect, its path), found lazily
-        self._first: dict[bytes, tuple[int, Path] | None] = {}
-        self._scanned = -1
+        #: top-level name -> the highest layer holding such a redirect, as found so far
+        self._first: dict[bytes, int] = {}
+        #: every regular layer up to this one has been read whole
+        self._complete = -1
+        self._events = self._redirects()
 
-    def _scan_until(self, limit: int) -> None:
-
+    def _redirects(self) -> Iterator[tuple[int, bytes | None]]:
+        """(layer, top-level name) of each absolute metacopy redirect, layer after layer, top
+        first; (layer, None) once a layer has been read whole."""
         e = self.engine
         for li in self.regular:
-            if li <= self._scanned or li >= limit:
-                continue
-            for path, node in iter_tree(e.layer(li)):
+            for _, node in iter_tree(e.layer(li)):
                 if not node.is_reg:
                     continue
                 red = e._x(node, b"redirect")
                 if red is None or not red.startswith(b"/") or e._x(node, b"metacopy") is None:
                     continue
                 top = split_path(red)[:1]
-                if top and self._first.get(top[0]) is None:
-                    self._first[top[0]] = (li, path)
-            self._scanned = li
+                if top:
+                    yield li, top[0]
+            yield li, None
 
     def walked(self, li: int, name: bytes) -> bool:
-        self._scan_until(li)
-        first = self._first.get(name)
-        return first is not None and first[0] < li
+        while True:
+            first = self._first.get(name)
+            if first is not None and first < li:
+                return True
+            if not any(self._complete < r < li for r in self.regular):
+                return False  # every layer above li is read: none holds such a redirect
+            event = next(self._events, None)
+            if event is None:
+                return False
+            lj, top = event
+            if top is None:
+                self._complete = lj
+            else:
+                self._first.setdefault(top, lj)
