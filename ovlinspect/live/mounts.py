@@ -98,7 +98,7 @@ def list_mounts(pid: int | None = None, deep: bool = False, engines: bool = True
     for space, m in found:
         here = space.ns == own and pid is None
         row = {"mountpoint": m.mountpoint, "pid": space.pid, "comm": space.comm,
-               "mnt_ns": space.ns, "mount_id": m.mount_id,
+               "mnt_ns": space.ns, "own_namespace": space.ns == own, "mount_id": m.mount_id,
                "container": by_ns.get(space.ns) or by_upper.get(m.upperdir or "") or None,
                "upper": m.upperdir is not None, "lowers": len(m.lowers), "datas": len(m.datas),
                "health": "ok", "detail": ""}

@@ -415,8 +415,11 @@ def mounts_text(rows: list[dict], deep: bool, quick_seconds: float, root: bool) 
         return [line("no overlay mounts")]
     out = []
     for r in rows:
-        who = f"pid {r['pid']} ({show(r['comm'])}"
-        who += f", {show(r['container'])})" if r["container"] else ")"
+        if r.get("own_namespace"):  # not "pid 2 (kthreadd)": the process that stood for it
+            who = "this mount namespace" + (f" ({show(r['container'])})" if r["container"] else "")
+        else:
+            who = f"pid {r['pid']} ({show(r['comm'])}"
+            who += f", {show(r['container'])})" if r["container"] else ")"
         if r.get("also_in"):
             who += f" and {count_text(len(r['also_in']), 'other mount namespace')}"
         out.append(line((HEALTH_TONE.get(r["health"], "bad"), f"{r['health']:<10}"), " ",

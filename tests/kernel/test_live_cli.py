@@ -43,6 +43,11 @@ def test_mounts_lists_health(tmpfs: str) -> None:
         assert (row["lowers"], row["datas"], row["upper"]) == (2, 1, False)
         assert rc == 1 and row["health"] == "error" and "lowerdata-redirect-broken" in row["detail"]
         assert "quick" not in row["detail"]
+        # the mount is in this process's namespace: said so, not as the process that stood for
+        # it (the first one found in it, "pid 2 (kthreadd)" on a host)
+        assert row["own_namespace"] is True
+        _, out, _ = run_cli(["mounts"])
+        assert "this mount namespace" in next(x for x in out.splitlines() if target in x)
         rc, out, _ = run_cli(["mounts", "--json", "--deep"])
         row = next(r for r in json.loads(out) if r["mountpoint"] == target)
         assert row["health"] == "error" and "lowerdata-redirect-broken" in row["detail"]
