@@ -13,6 +13,7 @@ Problems panel use the same grouping.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -303,26 +304,35 @@ def check_causes(engine: Engine, progress: Callable[[int], None] | None = None,
     The findings are the same, in the same order, as ``engine.check`` gives them: the stack's
     own, then each path's as the walk meets it.
     """
-    import time
-
     start = time.monotonic()
     index = CauseIndex(engine)
     findings: list[Finding] = []
-    count = 0
-
-    def counted(n: int) -> None:
-        nonlocal count
-        count = n
-        if progress is not None:
-            progress(n)
-
-    from ..rules.scan import check_findings  # the lean walk: the same findings, faster
-
-    for res, f in check_findings(engine, counted, cancel):
+    walk = _Walk(engine, progress, cancel)
+    for res, f in walk:
         findings.append(f)
         index.add(f, res)
-    return CheckResult(findings, index.causes(), count, time.monotonic() - start,
+    return CheckResult(findings, index.causes(), walk.count, time.monotonic() - start,
                        refused=engine.mount_errno is not None)
+
+
+class _Walk:
+    """``check``'s lean walk (rules/scan.py: the engine's findings, faster), counting the
+    paths it has gone through."""
+
+    def __init__(self, engine: Engine, progress: Callable[[int], None] | None,
+                 cancel: Callable[[], bool] | None) -> None:
+        self.engine, self.progress, self.cancel = engine, progress, cancel
+        self.count = 0
+
+    def _counted(self, n: int) -> None:
+        self.count = n
+        if self.progress is not None:
+            self.progress(n)
+
+    def __iter__(self) -> Iterator[tuple[Resolution | None, Finding]]:
+        from ..rules.scan import check_findings
+
+        return check_findings(self.engine, self._counted, self.cancel)
 
 
 # ------------------------------------------------------------------ check, in bounded memory
@@ -523,28 +533,17 @@ def check_stream(engine: Engine, on_finding: Callable[[Finding], None] | None = 
     """:func:`check_causes` in bounded memory: each finding goes to ``on_finding`` as the
     walk meets it (in :func:`check_causes`'s order) and is not kept; the causes keep what
     :class:`LeanCauseIndex` says."""
-    import time
-
     start = time.monotonic()
     index = SpillCauseIndex(engine)
     counts: Counter = Counter()
-    count = 0
-
-    def counted(n: int) -> None:
-        nonlocal count
-        count = n
-        if progress is not None:
-            progress(n)
-
-    from ..rules.scan import check_findings
-
-    for res, f in check_findings(engine, counted, cancel):
+    walk = _Walk(engine, progress, cancel)
+    for res, f in walk:
         counts[f.severity] += 1
         if on_finding is not None:
             on_finding(f)
         index.add(f, res)
     index.finish()
-    return StreamedCheck(index, count, counts, time.monotonic() - start,
+    return StreamedCheck(index, walk.count, counts, time.monotonic() - start,
                          refused=engine.mount_errno is not None)
 
 
