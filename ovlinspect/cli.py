@@ -27,7 +27,7 @@ from .live.probe import probed_profile
 from .model.layers import LayerError
 from .model.stack import Stack
 from .report import text as txt
-from .report.causes import check_causes, check_stream
+from .report.causes import check_stream
 from .report.document import document
 from .rules.engine import Engine
 from .sources.containers import ENGINES, merged_root
@@ -696,7 +696,7 @@ def cmd_rules(ns: argparse.Namespace) -> int:
 def cmd_mounts(ns: argparse.Namespace) -> int:
 
     try:
-        rows = list_mounts(ns.pid, deep=ns.deep, check=check_causes)
+        rows = list_mounts(ns.pid, deep=ns.deep, check=check_stream)
     except OSError as e:  # the process went away, or its mountinfo cannot be read
         raise InputError(f"cannot read the mounts of {'process ' + str(ns.pid) if ns.pid else 'this process'}: "
                          f"{e.strerror}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 
 from ..sources.mountinfo import (Namespace, NotOverlayError, _comm, find_overlay_mount,
                                  layer_path_problem, mount_namespaces, overlay_mounts,
@@ -63,10 +64,10 @@ def list_mounts(pid: int | None = None, deep: bool = False, engines: bool = True
     reach every path); ``deep`` checks every path of every mount.  A mount that goes away while
     it is looked at is left out.
 
-    ``check(engine, progress, cancel)``, when given, checks each mount instead of
-    ``engine.check`` and returns an object with ``findings`` and ``causes`` (as
-    :func:`ovlinspect.report.causes.check_causes` does): each row then has ``causes``, the
-    JSON of each cause, the one to fix first first.
+    ``check(engine, on_finding, progress, cancel)``, when given, checks each mount instead of
+    ``engine.check``, gives each finding to ``on_finding`` and returns an object with
+    ``causes`` (as :func:`ovlinspect.report.causes.check_stream` does: no finding is kept):
+    each row then has ``causes``, the JSON of each cause, the one to fix first first.
     """
 
     own = _own_ns()
@@ -161,24 +162,29 @@ def _health(m, pid: int | None, deep: bool, check=None, causes: list | None = No
         stopped = stopped or (not deep and time.monotonic() > deadline)
         return stopped
 
+    # findings counted by severity and rule as they come, none kept: a mount checked --deep may
+    # have hundreds of thousands (the causes keep a few paths each)
+    tally: Counter = Counter()
+
+    def count(f) -> None:
+        tally[f.severity, f.rule] += 1
+
     try:
         engine = Engine(stack)
         deadline = time.monotonic() + QUICK_SECONDS
         if check is None:
-            findings = engine.check(progress, cancel)
+            for f in engine.check(progress, cancel):
+                count(f)
         else:
-            result = check(engine, progress, cancel)
-            findings = result.findings
+            result = check(engine, count, progress, cancel)
             if causes is not None:
                 causes.extend(result.causes)
     except (InputError, LayerError, ValueError, OSError) as e:
         stack.close()
         return "unreadable", str(e)
-    order = list(RULES)  # most important first
-    findings = sorted(findings, key=lambda f: order.index(f.rule))
-    errors = [f for f in findings if f.severity == "error"]
-    warnings = [f for f in findings if f.severity == "warning"]
     stack.close()
+    errors = _by_rule(tally, "error")
+    warnings = _by_rule(tally, "warning")
     partial = (f" (quick: the first {checked} paths, in {QUICK_SECONDS:g} s; --deep checks all)"
                if stopped else "")
     if errors:
@@ -220,10 +226,14 @@ def elsewhere_hint(target: str) -> str | None:
     return None
 
 
-def _counted(findings: list, what: str) -> str:
+def _by_rule(tally: Counter, severity: str) -> list[tuple[str, int]]:
+    """(rule, count) of one severity, the most important rule first."""
+    order = list(RULES)
+    return sorted(((rule, n) for (sev, rule), n in tally.items() if sev == severity),
+                  key=lambda rn: order.index(rn[0]))
+
+
+def _counted(counts: list[tuple[str, int]], what: str) -> str:
     """``3 error(s): lowerdata-redirect-broken ×2, lowerdata-missing ×1`` (most important rule
-    first, as the findings come sorted)."""
-    counts: dict[str, int] = {}
-    for f in findings:
-        counts[f.rule] = counts.get(f.rule, 0) + 1
-    return f"{len(findings)} {what}: " + ", ".join(f"{rule} ×{n}" for rule, n in counts.items())
+    first)."""
+    return f"{sum(n for _, n in counts)} {what}: " + ", ".join(f"{rule} ×{n}" for rule, n in counts)
