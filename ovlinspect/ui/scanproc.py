@@ -5,13 +5,16 @@ Why a process and not a thread (``bench/bench_ui.py``, 2 cores shared with other
 * in a thread, the scan and Textual share the GIL: each time the UI thread wants it back (many
   times per key) it waits up to the switch interval for the CPU-bound scan thread to let go,
   and the scan gets what the UI leaves.  On 350,318 paths on disk (``--disk --entries
-  300000``): the scan took 28.8-33.7 s in a thread against 12.9-13.5 s for ``check``; ``Down``
-  in a real terminal (tmux, key to changed screen) median 49-51 ms, p90 155-163 ms;
-* in a child process the scan runs on the other core with no lock to share, at ``check``'s
-  own pace (it IS ``check``'s walk, :func:`ovlinspect.rules.scan.check_findings`, with
-  :func:`~ovlinspect.model.layers.exclusive_reads` in effect since the child has one
-  thread): 10.3-10.8 s on the same stack; ``Down`` median 36-37 ms, p90 51-64 ms.  The UI
-  thread only unpickles a batch every quarter second.
+  300000``), on a quiet machine: the scan took 11.7 s in a thread against 5.2 s for
+  ``check``'s walk; on a loaded one 28.8-33.7 s, with ``Down`` in a real terminal (tmux, key
+  to changed screen) median 49-51 ms, p90 155-163 ms;
+* in a child process the scan runs on the other core with no lock to share, at about
+  ``check``'s own pace (it IS ``check``'s walk, :func:`ovlinspect.rules.scan.check_findings`,
+  with :func:`~ovlinspect.model.layers.exclusive_reads` in effect since the child has one
+  thread): 5.6 s on the same stack, quiet (its start-up and the hand-over of the findings are
+  the difference), ``Down`` median 31 ms; loaded, 10.3-10.8 s against 12.9-13.5 s for
+  ``check`` (before a fix to the shadowing-hazard check that both paid), ``Down`` median
+  36-37 ms, p90 51-64 ms.  The UI thread only unpickles a batch every quarter second.
 
 A memory stack is handed over as a pickle of every entry (1.9 s in the view and 1.3 s in the
 child for the 1.2-million-entry bench stack); a small one (:data:`THREAD_BELOW`) is scanned in
