@@ -3,11 +3,13 @@ hazard above the redirect, a metacopy in the wrong namespace, and `mounts` namin
 
 from __future__ import annotations
 
+from collections import Counter
+
 from memstack import T, engine, layer, metacopy
 
 from ovlinspect.sources.composefs import load_dump
 from ovlinspect.rules.engine import Engine
-from ovlinspect.live.mounts import _counted
+from ovlinspect.live.mounts import _by_rule, _counted
 from ovlinspect.rules.catalogue import Finding
 from ovlinspect.model.stack import Stack
 from ovlinspect.report.document import path_json
@@ -82,6 +84,11 @@ def test_userxattr_mount_with_trusted_metacopy_is_an_error():
 
 
 def test_mounts_detail_counts_each_rule():
-    fs = [Finding("lowerdata-redirect-broken", b"/a", ""), Finding("lowerdata-missing", b"/b", ""),
+    """The findings as mounts counts them (by severity and rule, as they come): the most
+    important rule first, whatever order they came in."""
+    fs = [Finding("lowerdata-missing", b"/b", ""), Finding("lowerdata-redirect-broken", b"/a", ""),
           Finding("lowerdata-redirect-broken", b"/c", "")]
-    assert _counted(fs, "error(s)") == "3 error(s): lowerdata-redirect-broken ×2, lowerdata-missing ×1"
+    tally = Counter((f.severity, f.rule) for f in fs)
+    assert _counted(_by_rule(tally, "error"), "error(s)") == \
+        "3 error(s): lowerdata-redirect-broken ×2, lowerdata-missing ×1"
+    assert _by_rule(tally, "warning") == []
