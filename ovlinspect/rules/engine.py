@@ -208,15 +208,20 @@ class Engine(Overlay):
                        [self.json_index(wh.layer)] if wh else [])
 
     def walk(self, progress: Callable[[int], None] | None = None,
-             cancel: Callable[[], bool] | None = None) -> Iterator[Resolution]:
+             cancel: Callable[[], bool] | None = None,
+             skip: Callable[[Resolution], Callable[[bytes], bool]] | None = None
+             ) -> Iterator[Resolution]:
         """Resolve every path the merged tree lists, directory by directory (depth first).
 
         Each layer directory is read once; only the current branch is held in memory.
+        ``skip(directory)``, when given, is asked once per directory before it is listed and
+        answers a test of its names: a name it passes is proved to end its lookup without a
+        finding, and is counted but not looked up (``check``'s fast paths, rules/scan.py).
         """
         if self.tracer.on:
             # a clone without a trace, and without caches shared with interactive resolution
             # that may run on another thread meanwhile
-            yield from self.clone(tracing=False).walk(progress, cancel)
+            yield from self.clone(tracing=False).walk(progress, cancel, skip)
             return
         count = 0
         stack: list[Resolution] = [self._root]
@@ -225,13 +230,20 @@ class Engine(Overlay):
             if cancel is not None and cancel():
                 return
             dirres = stack.pop()
-            listed = self.entries(dirres)
+            clean = skip(dirres) if skip is not None else None
+            listed = self.entries(dirres)  # sorted, each name once
             # what readdir leaves out because its lookup fails is a problem all the same
-            unlisted = dirres.unlisted_failures or []
-            for name in sorted(set(listed) | set(unlisted)):
-                child = self.lookup_child(dirres, name)
+            unlisted = dirres.unlisted_failures
+            names = sorted(set(listed) | set(unlisted)) if unlisted else listed
+            listed_set = set(listed) if unlisted else None
+            for name in names:
                 count += 1
-                if child.errno == "ENOENT" and name in listed:
+                if clean is not None and clean(name):
+                    continue
+                # the lookup of one name in its parent (resolve() would walk down from the
+                # root: quadratic in the depth, cubic over a deep tree)
+                child = self.lookup_child(dirres, name)
+                if child.errno == "ENOENT" and (listed_set is None or name in listed_set):
                     child.findings.append(self.phantom(dirres, name, child))
                 yield child
                 if child.is_dir:

@@ -31,6 +31,7 @@ Each fast path stops at the first condition it cannot prove; the conditions foll
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Iterator
 
 from ..kernel.entry import NAME_MAX, Ref, Resolution
@@ -177,35 +178,11 @@ def _walk(engine: Engine, progress, cancel) -> Iterator[Resolution]:
     # a clone without a trace, with its own caches, as Engine.walk uses
     e = engine.clone(tracing=False)
     fast = _Fast(e)
-    root = e.resolve(())
-    yield root
-    count = 0
-    stack: list[Resolution] = [root]
-    while stack:
-        if cancel is not None and cancel():
-            break
-        dirres = stack.pop()
+
+    def proved_clean(dirres: Resolution) -> Callable[[bytes], bool]:
         # this directory's copies, top first: the layers the lookup of a child consults (read
         # before its listing, which then reuses the layers' scans)
         refs = ([Ref(0, dirres.upper)] if dirres.upper is not None else []) + list(dirres.lowers)
-        scans = [(ref, e.layer(ref.layer).scan(ref.path)) for ref in refs]
-        listed = e.entries(dirres)
-        unlisted = dirres.unlisted_failures or []
-        names = sorted(set(listed) | set(unlisted)) if unlisted else listed
-        listed_set = set(listed) if unlisted else None
-        for name in names:
-            count += 1
-            if fast.clean(scans, name):
-                continue
-            # the lookup of one name in its parent, as Engine.walk does it (resolve() would
-            # walk down from the root: quadratic in the depth, cubic over a deep tree)
-            child = e.lookup_child(dirres, name)
-            if child.errno == "ENOENT" and (listed_set is None or name in listed_set):
-                child.findings.append(e.phantom(dirres, name, child))
-            yield child
-            if child.is_dir:
-                stack.append(child)
-        dirres._entries = None
-        dirres.unlisted_failures = None
-        if progress is not None:
-            progress(count)
+        return partial(fast.clean, [(ref, e.layer(ref.layer).scan(ref.path)) for ref in refs])
+
+    return e.walk(progress, cancel, skip=proved_clean)
