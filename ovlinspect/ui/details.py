@@ -24,7 +24,7 @@ from ..rules.engine import Engine
 from ..model.layers import Node, Path
 from .merged_tree import SEVERITY_MARK, SEVERITY_RANK, SEVERITY_STYLE, severity_of
 from .palette import LayerPalette
-from .render import esc, esc_str, path_text, size_text
+from .render import esc, esc_str, kind_short, path_text, size_text
 from .session import redirect_target
 from .style import Ink
 from .xattrs import Decoded, decode
@@ -62,14 +62,6 @@ ROLE_HELP: dict[str, str] = {str(r): h for r, h in _ROLE_HELP.items()}
 #: the width of a layer column that plays no part for the path, and the least of the others
 STUB = 14
 WIDE = 28
-
-
-def _kind_short(node: Node) -> str:
-    if node.is_whiteout_dev:
-        return "whiteout"
-    if node.is_reg:
-        return f"file {size_text(node.size)}"
-    return node.kind
 
 
 @dataclass
@@ -248,7 +240,7 @@ class LayerColumns(HorizontalScroll):
             t.append(role.upper(), "dim")
             if node is not None:
                 t.append("\n")
-                t.append(_kind_short(node), "dim")
+                t.append(kind_short(node), "dim")
             return t
         ink = self.ink
         t.append(role.upper(), ink(ROLE_STYLE[role]) if ROLE_STYLE.get(role) else pal.style(k, bold=True))

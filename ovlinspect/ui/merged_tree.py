@@ -29,10 +29,12 @@ from ..kernel.entry import Resolution
 from ..model.layers import Node, Path
 from ..rules.catalogue import RULES, Finding
 from .palette import LayerPalette
-from .render import esc, esc_str, path_text, size_text
+from .render import esc, esc_str, kind_short, path_text
 from .session import Child, Lister
 from .style import Ink
-from .style import Ink
+
+#: how a tree row names a whiteout (a 0/0 character device)
+WHITEOUT_LONG = "whiteout (0/0 chardev)"
 
 #: the label of a row not drawn yet (see :meth:`MergedTree.render_label`)
 _NO_LABEL = Text()
@@ -480,7 +482,7 @@ class MergedTree(Tree[Entry]):
             t.append_text(pal.tag(e.layer))
             t.append(" ")
             t.append_text(path_text(e.lpath or (), "dim"))
-            t.append(f"  {_kind_short(e.node)}", "dim")
+            t.append(f"  {kind_short(e.node, WHITEOUT_LONG)}", "dim")
             return t
         if e.kind == "datalayer":
             return node.label.copy()
@@ -490,7 +492,7 @@ class MergedTree(Tree[Entry]):
             if e.node is not None:
                 if e.node.is_dir:
                     t.append("/", pal.style(e.layer))
-                t.append(f"  {_kind_short(e.node)}", "dim")
+                t.append(f"  {kind_short(e.node, WHITEOUT_LONG)}", "dim")
             return t
         if e.kind == "asked":
             t.append_text(esc(b"/".join((e.path[-1], *e.rest)), ink("bold $text-error")))
@@ -598,11 +600,3 @@ class MergedTree(Tree[Entry]):
         if e.hidden_copies and self.show_hidden:
             t.append(f"  +{len(e.hidden_copies)} hidden", "dim italic")
         return t
-
-
-def _kind_short(n: Node) -> str:
-    if n.is_whiteout_dev:
-        return "whiteout (0/0 chardev)"
-    if n.is_reg:
-        return f"file {size_text(n.size)}"
-    return n.kind

@@ -13,7 +13,7 @@ from __future__ import annotations
 from rich.style import Style
 from rich.text import Text
 
-from ..model.layers import Path, join_path
+from ..model.layers import Node, Path, join_path
 
 #: Style of an escape sequence standing for a byte or character that cannot be shown.
 ESCAPE_STYLE = Style(color="#ff8700", bold=True)
@@ -86,6 +86,16 @@ def size_text(n: int | None) -> str:
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return str(n)
+
+
+def kind_short(node: Node, whiteout: str = "whiteout") -> str:
+    """A node's kind in a word or two (a regular file with its size); ``whiteout`` names a
+    0/0 character device."""
+    if node.is_whiteout_dev:
+        return whiteout
+    if node.is_reg:
+        return f"file {size_text(node.size)}"
+    return node.kind
 
 
 # ----------------------------------------------------------------------------- previews
