@@ -204,17 +204,13 @@ def _origin_fh(engine, upper_path):
 def _origin(engine, upper_path) -> tuple[int, os.stat_result] | None:
     """The lower object an upper non-directory's ``overlay.origin`` decodes to (any lower layer
     whose filesystem matches the handle's uuid; anywhere on that filesystem), and its lstat."""
-    from .origin import _open_handle, layer_ids, origin_uuid_used
+    from .origin import _open_handle, layer_ids, uses_origin_uuid
 
     fh = _origin_fh(engine, upper_path)
     if fh is None:
         return None
-    cached = getattr(engine, "_inode_ids", None)
-    if cached is None:  # the layers' identities, read once per engine
-        ids = layer_ids(engine)
-        same_fs = len({i.dev for i in ids[: engine.nlower + 1] if i is not None}) == 1
-        cached = engine._inode_ids = (ids, origin_uuid_used(engine.options, engine.profile, same_fs))  # noqa: SLF001
-    ids, origin_uuid = cached
+    ids = layer_ids(engine)  # read once per engine
+    origin_uuid = uses_origin_uuid(engine)
     for k in range(1, engine.nlower + 1):
         lid = ids[k]
         if lid is None:

@@ -162,6 +162,14 @@ def layer_ids(engine) -> list[LayerId | None]:
     return ids
 
 
+def uses_origin_uuid(engine) -> bool:
+    """:func:`origin_uuid_used` for ``engine``'s stack: whether the upper and regular lower
+    layers are on one filesystem is read from their identities."""
+    ids = layer_ids(engine)
+    same_fs = len({i.dev for i in ids[: engine.nlower + 1] if i is not None}) == 1
+    return origin_uuid_used(engine.options, engine.profile, same_fs)
+
+
 def pd2_of_dir(path: str) -> str:
     """The kernel's ``%pd2`` of a directory given by path: its last two components inside its
     filesystem (``/u`` right under the root of a mount, ``/`` for a filesystem root)."""
@@ -336,8 +344,7 @@ def mount_state(engine) -> MountState:
                 st.fallback["xino"] = "off"
             return st
         seen.setdefault(i.uuid, k)
-    same_fs = len({i.dev for i in ids[: engine.nlower + 1] if i is not None}) == 1
-    origin_uuid = origin_uuid_used(opts, engine.profile, same_fs)
+    origin_uuid = uses_origin_uuid(engine)
     first = lowers[0]
     assert first is not None
     if origin_uuid and (first.uuid is None or upper_id.uuid is None):
@@ -467,11 +474,9 @@ class IndexLookup:
 
     def __init__(self, engine) -> None:
         self.engine = engine
-        opts = engine.options
         self.index_dir = os.path.join(engine.stack.workdir, "index")
         self.ids = layer_ids(engine)
-        same_fs = len({i.dev for i in self.ids[: engine.nlower + 1] if i is not None}) == 1
-        self.origin_uuid = origin_uuid_used(opts, engine.profile, same_fs)
+        self.origin_uuid = uses_origin_uuid(engine)
         self.prefix = engine.prefix
         try:
             self.fd: int | None = os.open(self.index_dir, os.O_PATH | os.O_DIRECTORY
