@@ -351,12 +351,6 @@ def _xattrs_of(where: bytes, follow: bool) -> tuple[tuple[bytes, bytes], ...]:
         if e.errno in (_errno.ENOTSUP, _errno.ENODATA, _errno.ENOENT):
             return ()
         raise
-    return _overlay_values(where, names, follow)
-
-
-def _overlay_values(where: bytes, names: list[str], follow: bool = False
-                    ) -> tuple[tuple[bytes, bytes], ...]:
-    """The values of the overlay names among ``names`` (listed at ``where``)."""
     result = []
     for key in names:
         if not key.startswith(_STR_PREFIXES):
@@ -371,17 +365,7 @@ def _overlay_values(where: bytes, names: list[str], follow: bool = False
     return tuple(result)
 
 
-def _overlay_xattrs(dirfd: int, name: bytes, layer: str, where: bytes) -> tuple[tuple[bytes, bytes], ...]:
-    """:func:`read_overlay_xattrs`, any failure (EACCES on a mode-000 file for a user
-    without the capability, EIO, ...) a :class:`LayerError` naming the entry."""
-    try:
-        return read_overlay_xattrs(dirfd, name)
-    except OSError as e:
-        raise LayerError(f"{_shown(os.fsencode(layer) + where)}: cannot read its overlay xattrs: "
-                         f"{e.strerror or e}") from None
-
-
-# The slots of Node, written directly by the lazy node below (Node is frozen).
+# The slots of Node, written directly by the lazy node below (its properties hide them).
 _SLOT = {f: Node.__dict__[f] for f in ("kind", "mode", "size", "uid", "gid", "rdev", "target",
                                        "xattrs", "verity")}
 
@@ -576,7 +560,7 @@ class DiskLayer(Layer):
             except OSError:
                 target = b""
         if xattrs is None:
-            xattrs = (_overlay_xattrs(dirfd, name, self.path or "", join_path(parent + (name,)))
+            xattrs = (self._overlay_xattrs(dirfd, name, parent + (name,))
                       if self.want_xattrs else ())
         verity = None
         if kind == "file" and self.want_verity:
@@ -594,9 +578,18 @@ class DiskLayer(Layer):
             verity,
         )
 
+    def _overlay_xattrs(self, dirfd: int, name: bytes, path: Path) -> tuple[tuple[bytes, bytes], ...]:
+        """:func:`read_overlay_xattrs` of the entry at ``path`` (``name`` in ``dirfd``)."""
+        try:
+            return read_overlay_xattrs(dirfd, name)
+        except OSError as e:
+            raise self._xattr_error(path, e) from None
+
     def _xattr_error(self, path: Path, e: OSError) -> LayerError:
-        return LayerError(f"{_shown(os.fsencode(self.path or '') + join_path(path))}: cannot read "
-                          f"its overlay xattrs: {e.strerror or e}")
+        """A failure to read the overlay xattrs of the entry at ``path`` (EACCES on a mode-000
+        file for a user without the capability, EIO, ...), naming the entry."""
+        where = os.fsencode(self.path or "") + (join_path(path) if path else b"")
+        return LayerError(f"{_shown(where)}: cannot read its overlay xattrs: {e.strerror or e}")
 
     def _verity(self, dirfd: int, name: bytes) -> tuple[int, bytes] | None:
         try:
@@ -632,7 +625,7 @@ class DiskLayer(Layer):
     def _node_root(self) -> Node:
         st = os.stat(self._root)
         return Node("dir", _stat.S_IMODE(st.st_mode), st.st_size, st.st_uid, st.st_gid,
-                    xattrs=_overlay_xattrs(self._root, b"", self.path or "", b""))
+                    xattrs=self._overlay_xattrs(self._root, b"", ()))
 
     def _listdir(self, path: Path) -> list[bytes]:
         cached = self._scans.get(path)
@@ -673,7 +666,7 @@ class DiskLayer(Layer):
         # xattr path is one concatenation; an error message is built only on an error).
         want_x, lean = self.want_xattrs, not self.want_verity
         prefix = None if _cwd_at(dirfd) else b"/proc/self/fd/%d/" % dirfd
-        isreg, listxattr = _stat.S_ISREG, os.listxattr
+        isreg = _stat.S_ISREG
         try:
             for entry in os.scandir(fd):
                 name = entry.name.encode(*_FS)
@@ -684,19 +677,11 @@ class DiskLayer(Layer):
                 except FileNotFoundError:
                     continue
                 xattrs = ()
-                if want_x:  # _xattrs_of, inline
-                    where = name if prefix is None else prefix + name
+                if want_x:
                     try:
-                        keys = listxattr(where, follow_symlinks=False)
+                        xattrs = _xattrs_of(name if prefix is None else prefix + name, False)
                     except OSError as e:
-                        if e.errno not in (_errno.ENOTSUP, _errno.ENODATA, _errno.ENOENT):
-                            raise self._xattr_error(path + (name,), e) from None
-                        keys = None
-                    if keys:
-                        try:
-                            xattrs = _overlay_values(where, keys)
-                        except OSError as e:
-                            raise self._xattr_error(path + (name,), e) from None
+                        raise self._xattr_error(path + (name,), e) from None
                 # (a regular file's size is kept as the scan saw it: an export compares it
                 # with what it reads later, to flag a file that changed meanwhile)
                 if kind is not None and kind != "file" and lean and not xattrs:
