@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from ..kernel.entry import Ref, Resolution, show
 from ..rules.engine import Engine
@@ -161,7 +161,28 @@ def _j(b: bytes) -> str:
     return b.decode("utf-8", "surrogateescape")
 
 
-def _effect(f: Finding, res: Resolution | None) -> str | None:
+class CauseFacts(NamedTuple):
+    """What :class:`CauseIndex` reads of a finding's resolution, and nothing else.  The view's
+    scan in a child process sends these instead of resolutions: a resolution has some forty
+    fields, and copying, pickling and unpickling 9,772 of them cost the scan 0.6 s of 5.5."""
+
+    errno: str | None
+    open_errno: str | None
+    cause: Ref | None
+    data: Ref | None
+    metadata: Ref | None
+    lowerdata_redirect: bytes | None
+    redirect: bytes | None
+
+    @classmethod
+    def of(cls, res: Resolution | None) -> "CauseFacts | None":
+        if res is None:
+            return None
+        return cls(res.errno, res.open_errno, res.cause, res.data, res.metadata,
+                   res.lowerdata_redirect, res.redirect)
+
+
+def _effect(f: Finding, res: Resolution | CauseFacts | None) -> str | None:
     """How the merged path of this finding fails (plural verb form), or None if unknown."""
     if res is None:
         return None
@@ -192,8 +213,9 @@ class CauseIndex:
         for f in res.findings:
             self.add(f, res)
 
-    def add(self, f: Finding, res: Resolution | None = None) -> Cause:
-        """Add one finding (with the resolution of its path, when it has one)."""
+    def add(self, f: Finding, res: Resolution | CauseFacts | None = None) -> Cause:
+        """Add one finding (with the resolution of its path, or its :class:`CauseFacts`,
+        when it has one)."""
         key, how, what = self._key(f, res)
         cause = self._groups.get(key)
         if cause is None:
@@ -211,7 +233,7 @@ class CauseIndex:
         return cause
 
     @staticmethod
-    def _key(f: Finding, res: Resolution | None) -> tuple[tuple, str, object]:
+    def _key(f: Finding, res: Resolution | CauseFacts | None) -> tuple[tuple, str, object]:
         """(grouping key, how it is grouped, the layer entry / layer / redirect at fault).
 
         Cheap: the texts are made once per cause, by :meth:`_new`."""

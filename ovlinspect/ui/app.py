@@ -37,10 +37,11 @@ from .merged_tree import SEVERITY_RANK, Entry, MergedTree, severity_of
 from .palette import LayerPalette
 from .panels import PathList, SearchPanel, WhatIfPanel
 from .problems import ProblemsPanel, ProblemTree
+from .scanproc import Started, ahead
 from .messages import ScanUpdate, WhatIfUpdate
 from .render import esc_str, plain
 from .screens import HelpScreen, PreviewScreen, WhatIfScreen
-from .style import Ink
+from .style import ink_of
 from .session import Lister, choice_values, current_choices, whatif_engine
 
 #: How long after start a first error found by the scan is selected by itself.
@@ -121,6 +122,12 @@ class OvlInspectApp(App[int]):
         self.findings_at: dict[Path, list[Finding]] = {}
         self.problem_index = -1
         self.theme = "textual-dark"
+        #: the child process started ahead for the next scan (:mod:`.scanproc`)
+        self.spare: Started | None = None
+
+    def on_load(self) -> None:
+        # before the first screen: the child is up by the time the first scan wants it
+        self.spare = ahead(self.engine)
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -172,6 +179,9 @@ class OvlInspectApp(App[int]):
 
     def on_unmount(self) -> None:
         self.workers.cancel_all()
+        if self.spare is not None:
+            self.spare.stop()
+            self.spare = None
         self.lister.close()
 
     # ------------------------------------------------------------------ selection
@@ -186,14 +196,14 @@ class OvlInspectApp(App[int]):
             assert sel.layer is not None
             self.res = None
             columns.show(self.engine, self.palette, sel, None)
-            explain.show_text(raw_explanation(self.engine, self.palette, sel.layer, sel.path, Ink(explain)))
+            explain.show_text(raw_explanation(self.engine, self.palette, sel.layer, sel.path, ink_of(explain)))
             return
         res = self.engine.resolve(sel.path)
         self.res = res
         columns.show(self.engine, self.palette, sel, res)
         explain.show_text(explanation(self.engine, self.palette, res, self.findings_at.get(sel.path, []),
                                       self._observed(res), whatif=self.engine is not self.base,
-                                      ink=Ink(explain)))
+                                      ink=ink_of(explain)))
 
     def _observed(self, res: Resolution) -> tuple[str, list[str]] | None:
         mp = self.engine.stack.mountpoint
@@ -255,8 +265,12 @@ class OvlInspectApp(App[int]):
         tree.problems_below = {}
         tree.repaint_labels()  # labels made meanwhile counted the previous scan's problems
         self.problem_index = -1
+        started, self.spare = self.spare, None
         self.problems.scan(self.engine, self.palette,
-                           note="what-if options" if self.engine is not self.base else "")
+                           note="what-if options" if self.engine is not self.base else "",
+                           started=started)
+        # one more for the next scan (a what-if, a rescan): ready when it is asked for
+        self.spare = ahead(self.engine)
 
     @_while_on_screen
     def on_scan_update(self, msg: ScanUpdate) -> None:

@@ -26,7 +26,7 @@ from .merged_tree import SEVERITY_MARK, SEVERITY_RANK, SEVERITY_STYLE, severity_
 from .palette import LayerPalette
 from .render import esc, esc_str, kind_short, path_text, size_text
 from .session import redirect_target
-from .style import Ink
+from .style import Ink, ink_of
 from .xattrs import Decoded, decode
 from ..report.state import layer_state
 from ..report.view import ROLE_HELP as _ROLE_HELP, Role, layer_view
@@ -190,7 +190,7 @@ class LayerColumns(HorizontalScroll):
         self.engine = engine
         self.palette = palette
         self.targets = {}
-        ink = self.ink = Ink(self)
+        ink = self.ink = ink_of(self)
         for col in self.query(LayerColumn):
             col.remove_class("-target")
             col.remove_class("-focus")
@@ -309,7 +309,7 @@ class LayerColumns(HorizontalScroll):
             t.append_text(path_text(sel.path, "dim"))
             if node is not None:
                 t.append("\n")
-                t.append_text(kind_line(node, Ink(self)))
+                t.append_text(kind_line(node, ink_of(self)))
                 for d in decode(node, engine.prefix):
                     t.append("\n")
                     t.append_text(d.text)

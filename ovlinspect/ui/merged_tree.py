@@ -31,7 +31,7 @@ from ..rules.catalogue import RULES, Finding
 from .palette import LayerPalette
 from .render import esc, esc_str, kind_short, path_text
 from .session import Child, Lister
-from .style import Ink
+from .style import Ink, ink_of
 
 #: how a tree row names a whiteout (a 0/0 character device)
 WHITEOUT_LONG = "whiteout (0/0 chardev)"
@@ -120,7 +120,7 @@ class MergedTree(Tree[Entry]):
 
     # ------------------------------------------------------------------ loading
     def on_mount(self) -> None:
-        self.ink = Ink(self)
+        self.ink = ink_of(self)
         self.root.expand()
         self.start_load(self.root)
 
@@ -419,7 +419,7 @@ class MergedTree(Tree[Entry]):
 
     def repaint_labels(self) -> None:
         """Labels depend on scan results, what-if state and the theme: recompute the visible ones."""
-        self.ink = Ink(self)
+        self.ink = ink_of(self)
         self.gen += 1
         self._invalidate()
 

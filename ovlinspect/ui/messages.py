@@ -15,6 +15,7 @@ from textual.message import Message
 
 from ..kernel.entry import Resolution
 from ..model.layers import Path
+from ..report.causes import CauseFacts
 from ..rules.catalogue import Finding
 from .session import Change
 
@@ -32,7 +33,8 @@ class ScanUpdate(Message):
     #: the resolution each finding came from (None for the stack's own findings), in step with
     #: ``findings``: the panel groups findings by cause with it (from the scan's child process:
     #: a copy without its trace and listings, see :mod:`.scanproc`)
-    resolutions: list[Resolution | None] = field(default_factory=list)
+    #: each finding's resolution, or what the panel groups by (from a scan in a child)
+    resolutions: list[Resolution | CauseFacts | None] = field(default_factory=list)
 
 
 @dataclass

@@ -11,7 +11,6 @@ order: by severity, then by how many paths they break.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -28,7 +27,7 @@ from textual.worker import get_current_worker
 from humanize import intcomma, precisedelta
 
 from ..kernel.entry import Resolution
-from ..report.causes import Cause, CauseIndex
+from ..report.causes import Cause, CauseFacts, CauseIndex
 from ..rules.engine import Engine
 from ..rules.scan import check_findings
 from ..rules.catalogue import Finding, Severity
@@ -36,7 +35,7 @@ from .messages import ScanUpdate
 from .merged_tree import SEVERITY_MARK
 from .palette import LayerPalette
 from .render import esc, esc_str
-from .scanproc import CannotMove, ChildScan, in_thread
+from .scanproc import CannotMove, ChildScan, Started, wants_child
 from .session import EngineClone, Pacer
 from .style import themed
 
@@ -188,8 +187,10 @@ class ProblemsPanel(Vertical):
         self.child_pid: int | None = None
 
     # ------------------------------------------------------------------ the scan
-    def scan(self, engine: Engine, palette: LayerPalette, note: str = "") -> None:
-        """Start over: scan every path of ``engine`` in a thread, showing causes as they come.
+    def scan(self, engine: Engine, palette: LayerPalette, note: str = "",
+             started: Started | None = None) -> None:
+        """Start over: scan every path of ``engine`` in a thread, showing causes as they come
+        (in the child process ``started`` ahead for it, if the scan goes to a child).
 
         Each batch is posted as a :class:`ScanUpdate` to this panel, which groups it (one
         :class:`CauseIndex` per scan, fed as the batches come: no second walk) and lets it
@@ -197,22 +198,23 @@ class ProblemsPanel(Vertical):
         self.gen += 1
         self.index = CauseIndex(engine)
         self.restart(palette, note)
-        self._scan(engine, self.gen)
+        self._scan(engine, self.gen, started)
 
     @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
-    def _scan(self, engine: Engine, gen: int) -> None:
+    def _scan(self, engine: Engine, gen: int, started: Started | None = None) -> None:
         """The scan in a child process (:mod:`.scanproc` says why, with the figures); in this
         thread for a small memory stack, when the stack cannot be handed over, or with
         ``OVLINSPECT_SCAN=thread`` (``=process``: a child whatever the size)."""
         worker = get_current_worker()
         t0 = time.monotonic()
-        how = os.environ.get("OVLINSPECT_SCAN", "")
         child = None
-        if how == "process" or (how != "thread" and not in_thread(engine)):
+        if wants_child(engine):
             try:
-                child = ChildScan(engine)
+                child = ChildScan(engine, started)
             except (CannotMove, OSError):
                 child = None  # a layer kind that does not move, no fork possible: the thread
+        elif started is not None:
+            started.stop()
         self.child_pid = child.pid if child is not None else None
         if child is None:
             self._scan_here(engine, gen, worker, t0)
@@ -307,7 +309,7 @@ class ProblemsPanel(Vertical):
 
     # ------------------------------------------------------------------ causes as they come
     def add(self, findings: list[Finding], scanned: int,
-            resolutions: list[Resolution | None] | None = None) -> None:
+            resolutions: list[Resolution | CauseFacts | None] | None = None) -> None:
         self.scanned = scanned
         index = self.index
         if index is None:

@@ -27,10 +27,11 @@ It gets on stdin the stack (:func:`moved_stack`): memory layers pickled, disk la
 descriptor of their root (passed with ``pass_fds`` and opened through ``/proc/self/fd/N``: the
 child reads the very directory the parent has open, whatever became of its path), the
 effective options, kernel and profile.  It answers on stdout with length-prefixed pickled
-frames: ``("batch", scanned, [(resolution | None, finding), ...])`` every
+frames: ``("batch", scanned, [(facts | None, finding), ...])`` every
 :data:`~ovlinspect.ui.session.BATCH_SECONDS`, then ``("done", scanned, seconds)`` or
-``("error", scanned, text)``.  The resolutions are the engine's own, without their trace and
-listings (what :class:`~ovlinspect.report.causes.CauseIndex` groups by is kept whole).
+``("error", scanned, text)``.  In place of each finding's resolution goes what
+:class:`~ovlinspect.report.causes.CauseIndex` groups by, its
+:class:`~ovlinspect.report.causes.CauseFacts`.
 
 No orphan: the child dies with the thread that started it (``PR_SET_PDEATHSIG``), stops when
 its parent is gone (checked at every directory), and the parent kills and reaps it when the
@@ -39,12 +40,12 @@ scan is cancelled (a new what-if, a rescan, quitting).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import pickle
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -52,8 +53,8 @@ import tempfile
 import time
 from typing import Callable, Iterator
 
-from ..kernel.entry import Resolution
 from ..model.layers import DiskLayer, Layer, MemoryLayer
+from ..report.causes import CauseFacts
 from ..rules.catalogue import Finding
 from ..rules.engine import Engine
 
@@ -69,8 +70,13 @@ class CannotMove(Exception):
 # ------------------------------------------------------------------------------ the stack
 
 
-def _open_disk(fd: int, path: str | None, label: str, want_verity: bool, want_xattrs: bool) -> DiskLayer:
-    """In the child: the disk layer whose root the parent passed as descriptor ``fd``."""
+#: In the child: the layer roots the parent sent (``SCM_RIGHTS``), in the order of its list.
+_RECEIVED: list[int] = []
+
+
+def _open_disk(index: int, path: str | None, label: str, want_verity: bool, want_xattrs: bool) -> DiskLayer:
+    """In the child: the disk layer whose root the parent sent as descriptor ``index``."""
+    fd = _RECEIVED[index]
     try:
         layer = DiskLayer(f"/proc/self/fd/{fd}", label, want_verity=want_verity,
                           want_xattrs=want_xattrs)
@@ -82,16 +88,17 @@ def _open_disk(fd: int, path: str | None, label: str, want_verity: bool, want_xa
 
 @dataclasses.dataclass
 class _DiskRef:
-    """A disk layer on its way to the child: its root descriptor (a dup, passed) and fields."""
+    """A disk layer on its way to the child: where its root descriptor (a dup, sent beside
+    the pickle) is in the list sent, and its fields."""
 
-    fd: int
+    index: int
     path: str | None
     label: str
     want_verity: bool
     want_xattrs: bool
 
     def __reduce__(self):
-        return (_open_disk, (self.fd, self.path, self.label, self.want_verity, self.want_xattrs))
+        return (_open_disk, (self.index, self.path, self.label, self.want_verity, self.want_xattrs))
 
 
 def _layer_ref(layer: Layer, fds: list[int]) -> object:
@@ -101,9 +108,8 @@ def _layer_ref(layer: Layer, fds: list[int]) -> object:
         root = getattr(layer, "_root", -1)
         if root < 0:
             raise CannotMove(f"layer {layer.label} is closed")
-        fd = os.dup(root)
-        fds.append(fd)
-        return _DiskRef(fd, layer.path, layer.label, layer.want_verity, layer.want_xattrs)
+        fds.append(os.dup(root))
+        return _DiskRef(len(fds) - 1, layer.path, layer.label, layer.want_verity, layer.want_xattrs)
     from ..sources.composefs import DumpLayer
 
     if type(layer) is DumpLayer:
@@ -209,27 +215,118 @@ def child_command() -> list[str]:
     return [sys.executable, "-P", "-c", code]
 
 
-class ChildScan:
-    """One scan in a child process; :meth:`frames` yields its frames as they come.
+class Started:
+    """A child process started and waiting for a stack on its socket (its standard input).
 
-    ``cancel()`` is polled every :data:`POLL` seconds; once it is true (or the caller stops
-    iterating, or anything fails) the child is killed and reaped."""
+    Started ahead of a scan (:func:`ahead`), it has Python up and ovlinspect imported by the
+    time the scan needs it: 0.13 s a scan does not wait for.  Started from the app's own
+    thread, which lives as long as the app: the child dies with the thread that started it."""
 
-    def __init__(self, engine: Engine):
-        what, fds = moved_stack(engine)
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # its stderr (a traceback if it dies) in an unnamed file: a pipe could fill and block it
         self.errors = tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(
-                child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=self.errors, pass_fds=fds, cwd="/", close_fds=True,
+                child_command(), stdin=theirs, stdout=subprocess.PIPE, stderr=self.errors,
+                cwd="/", close_fds=True,
                 start_new_session=True)  # the terminal's ^C goes to the app, not to the scan
         except BaseException:
+            ours.close()
             self.errors.close()
             raise
         finally:
+            theirs.close()
+        self.sock = ours
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        """Kill the child (if still running) and reap it."""
+        proc = self.proc
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for f in (self.sock, proc.stdout, self.errors):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+
+def wants_child(engine: Engine) -> bool:
+    """Whether the view scans ``engine`` in a child process: ``OVLINSPECT_SCAN=process`` or
+    ``=thread`` say; else a child unless :func:`in_thread`."""
+    how = os.environ.get("OVLINSPECT_SCAN", "")
+    return how == "process" or (how != "thread" and not in_thread(engine))
+
+
+def ahead(engine: Engine) -> Started | None:
+    """A child started for the next scan of ``engine`` (None when that scan is for a thread,
+    or no process can be started)."""
+    if not wants_child(engine):
+        return None
+    try:
+        return Started()
+    except OSError:
+        return None
+
+
+#: descriptors per SCM_RIGHTS message (the kernel takes at most 253 in one)
+_FDS_PER_MESSAGE = 250
+_COUNT = struct.Struct("<I")
+
+
+def _send_fds(sock: socket.socket, fds: list[int]) -> None:
+    """How many descriptors, then the descriptors, a message of one byte per 250."""
+    sock.sendall(_COUNT.pack(len(fds)))
+    for i in range(0, len(fds), _FDS_PER_MESSAGE):
+        socket.send_fds(sock, [b"F"], fds[i:i + _FDS_PER_MESSAGE])
+
+
+def _recv_fds(sock: socket.socket) -> list[int]:
+    """In the child: what :func:`_send_fds` sent."""
+    head = b""
+    while len(head) < _COUNT.size:
+        got = sock.recv(_COUNT.size - len(head))
+        if not got:
+            raise EOFError("the parent sent no stack")
+        head += got
+    (n,) = _COUNT.unpack(head)
+    fds: list[int] = []
+    while len(fds) < n:
+        msg, got_fds, _, _ = socket.recv_fds(sock, 1, _FDS_PER_MESSAGE)
+        if not msg:
+            raise EOFError("the parent sent no stack")
+        fds += got_fds
+    return fds
+
+
+class ChildScan:
+    """One scan in a child process (``started`` ahead, or started now); :meth:`frames`
+    yields its frames as they come.
+
+    ``cancel()`` is polled every :data:`POLL` seconds; once it is true (or the caller stops
+    iterating, or anything fails) the child is killed and reaped."""
+
+    def __init__(self, engine: Engine, started: Started | None = None):
+        try:
+            what, fds = moved_stack(engine)
+        except BaseException:
+            if started is not None:
+                started.stop()
+            raise
+        try:
+            self.child = started or Started()
+        except BaseException:
             _close_all(fds)
+            raise
+        self.proc, self.errors = self.child.proc, self.child.errors
         self._what: tuple | None = what
+        self._fds = fds
 
     @property
     def pid(self) -> int:
@@ -238,14 +335,21 @@ class ChildScan:
     def frames(self, cancel: Callable[[], bool]) -> Iterator[tuple]:
         proc = self.proc
         try:
-            assert proc.stdin is not None and proc.stdout is not None
-            # pickled straight into the pipe, in this (worker) thread: each 64 KiB frame is a
-            # write that lets the UI thread have the GIL (a big memory stack pickles for a
-            # few tenths of a second)
+            assert proc.stdout is not None
+            sock = self.child.sock
+            # the layer roots, then the pickle straight into the socket, in this (worker)
+            # thread: each 64 KiB frame is a write that lets the UI thread have the GIL (a big
+            # memory stack pickles for a few tenths of a second)
             try:
-                pickle.Pickler(proc.stdin, protocol=pickle.HIGHEST_PROTOCOL).dump(self._what)
-                proc.stdin.close()
-            except BrokenPipeError:
+                try:
+                    _send_fds(sock, self._fds)
+                finally:
+                    _close_all(self._fds)
+                    self._fds = []
+                with sock.makefile("wb") as w:
+                    pickle.Pickler(w, protocol=pickle.HIGHEST_PROTOCOL).dump(self._what)
+                sock.shutdown(socket.SHUT_WR)
+            except (BrokenPipeError, ConnectionResetError):
                 pass  # it died at start: its stderr says why (below)
             except Exception as err:  # a field that does not pickle (a closure, a lock, ...)
                 raise CannotMove(f"{type(err).__name__}: {err}") from None
@@ -285,31 +389,12 @@ class ChildScan:
 
     def stop(self) -> None:
         """Kill the child (if still running) and reap it."""
-        proc = self.proc
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for f in (proc.stdin, proc.stdout, self.errors):
-            if f is not None:
-                try:
-                    f.close()
-                except OSError:
-                    pass
+        _close_all(self._fds)
+        self._fds = []
+        self.child.stop()
 
 
 # ------------------------------------------------------------------------------ the child
-
-
-def _light(res: Resolution | None) -> Resolution | None:
-    """The resolution without what the panel never reads (its trace and listings)."""
-    if res is None:
-        return None
-    out = copy.copy(res)
-    out.trace = []
-    out._entries = None
-    out._hidden = None
-    out.unlisted_failures = None
-    return out
 
 
 def _die_with_parent() -> None:
@@ -342,12 +427,17 @@ def child() -> None:
         out.flush()
 
     try:
-        parent, stack, options, kernel, profile = pickle.load(sys.stdin.buffer)
+        # the stack on our standard input, a socket: the layer roots, then the pickle
+        sock = socket.socket(fileno=os.dup(0))
+        _RECEIVED[:] = _recv_fds(sock)
+        with sock.makefile("rb") as r:
+            parent, stack, options, kernel, profile = pickle.load(r)
+        sock.close()
         if os.getppid() != parent:
             return  # the parent is gone already
         engine = Engine(stack, options=options, kernel=kernel, profile=profile)
         t0 = last = time.monotonic()
-        batch: list[tuple[Resolution | None, Finding]] = []
+        batch: list[tuple[CauseFacts | None, Finding]] = []
 
         def progress(n: int) -> None:  # once per directory: the count goes out even without findings
             nonlocal count, batch, last
@@ -358,7 +448,7 @@ def child() -> None:
                 batch, last = [], now
 
         for res, f in check_findings(engine, progress, lambda: os.getppid() != parent):
-            batch.append((_light(res), f))
+            batch.append((CauseFacts.of(res), f))
         if os.getppid() != parent:
             return
         if batch:

@@ -8,12 +8,15 @@ for light ones: ``$whiteout`` (whiteouts, opaque directories), ``$metacopy``, ``
 (a layer that intercepts data meant for a data-only layer), ``$whatif``.
 
 :class:`Ink` captures the variables once (a label drawn per row must not ask the theme each
-time); :func:`themed` is the one-off form.
+time); :func:`ink_of` gives the app's for its current theme, made once per theme (the theme's
+variables take 0.3 ms to make: a scan's labels asked for them 1,500 times, a fifth of the
+view's CPU time while it scanned); :func:`themed` is the one-off form.
 """
 
 from __future__ import annotations
 
 import re
+import weakref
 
 from rich.style import Style
 from textual.dom import DOMNode
@@ -61,6 +64,24 @@ class Ink:
         return style
 
 
+#: app -> (its theme's name, the Ink made for it)
+_INKS: "weakref.WeakKeyDictionary[object, tuple[str, Ink]]" = weakref.WeakKeyDictionary()
+
+
+def ink_of(node: DOMNode) -> Ink:
+    """The :class:`Ink` of ``node``'s app in its current theme (textual-dark's colours for a
+    node not in an app yet)."""
+    try:
+        app = node.app
+        theme = app.theme
+    except Exception:  # not mounted yet: no theme to ask
+        return Ink()
+    got = _INKS.get(app)
+    if got is None or got[0] != theme:
+        got = _INKS[app] = (theme, Ink(node))
+    return got[1]
+
+
 def themed(node: DOMNode, spec: str) -> Style:
     """``spec`` (a Rich style string) with each ``$name`` replaced by the theme's colour."""
-    return Ink(node)(spec)
+    return ink_of(node)(spec)
