@@ -356,12 +356,15 @@ class ChildScan:
             finally:
                 self._what = None
             out = proc.stdout.fileno()
+            # poll, not select: a stack of a few hundred layers (each root open) puts the pipe
+            # past descriptor 1023, which select() cannot watch
+            waiting = select.poll()
+            waiting.register(out, select.POLLIN)
             buf = bytearray()
             while True:
                 if cancel():
                     return
-                ready, _, _ = select.select([out], [], [], POLL)
-                if not ready:
+                if not waiting.poll(POLL * 1000):
                     continue
                 chunk = os.read(out, 1 << 20)
                 if not chunk:

@@ -391,3 +391,38 @@ async def test_counts_in_the_problems_status_are_proper_plurals():
         status = next(line for line in screen_text(app).splitlines() if "scanned" in line)
         assert "✖ 1 error " in status and "▲ 1 warning " in status
         assert "1 errors" not in status and "1 paths" not in status
+
+
+async def test_the_theme_colours_are_made_once_per_theme():
+    """Labels ask for the theme's colours (``themed``, ``ink_of``) each time they are drawn:
+    the app's theme variables are made once per theme, and a new theme gets its own."""
+    from ovlinspect.ui.style import ink_of, themed
+
+    app = demo_app("one-cause", auto_jump=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        made = []
+        real = type(app).get_css_variables
+
+        def counted(self):
+            made.append(self.theme)
+            return real(self)
+
+        type(app).get_css_variables = counted
+        try:
+            dark = ink_of(app.problems)
+            assert ink_of(app.tree) is dark and dark.dark
+            error_on_dark = themed(app.problems, "$text-error")
+            app.theme = "textual-light"
+            await pilot.pause()
+            made.clear()
+            light = ink_of(app.problems)
+            assert light is not dark and not light.dark
+            assert themed(app.problems, "$text-error") != error_on_dark
+            made.clear()
+            for _ in range(50):
+                themed(app.problems, "bold $text-success")
+                ink_of(app.tree)
+            assert made == []  # (Textual asks for them itself when the theme changes)
+        finally:
+            type(app).get_css_variables = real

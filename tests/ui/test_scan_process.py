@@ -165,13 +165,86 @@ async def test_a_what_if_and_quitting_stop_the_scans_child_at_once():
         while not app.problems.scanned:  # under way: the stack went over, the walk reports
             await pilot.pause(0.02)
         assert not app.problems.done  # still scanning: the test cancels a running scan
+        spare = app.spare.pid  # started for the next scan
         await pilot.press("V")  # a what-if: the scan starts over on the new engine
         took = _gone_within(first, 2.0)
         assert took is not None, "the first scan's child outlived its scan"
         assert took < 0.5  # the cancel flag is polled every 50 ms: prompt
         second = await _running_child(app, pilot, other=first)
-    # quit (while it scans, or just after): no child left
+        assert second == spare  # the what-if's scan took the child started ahead
+        third = app.spare.pid
+        assert _alive(third)
+    # quit (while it scans, or just after): no child left, the one started ahead included
     assert _gone_within(second, 2.0) is not None
+    assert _gone_within(third, 2.0) is not None
+
+
+async def test_the_first_scan_takes_the_child_started_at_load(monkeypatch):
+    """The child for the first scan is started before the first screen (Python and the imports
+    take 0.13 s): the scan takes it, and starts no other."""
+    import ovlinspect.ui.scanproc as scanproc
+
+    started = []
+    real = scanproc.Started.__init__
+
+    def counted(self):
+        real(self)
+        started.append(self.pid)
+
+    monkeypatch.setattr(scanproc.Started, "__init__", counted)
+    monkeypatch.setenv("OVLINSPECT_SCAN", "process")
+    app = OvlInspectApp(_engine(_problems_stack("metacopy=on", False)), auto_jump=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert app.problems.done and "scan failed" not in app.problems.note
+        # one at load, taken by the first scan; one started then for the next scan
+        assert started == [app.problems.child_pid, app.spare.pid]
+    assert _gone_within(started[1], 2.0) is not None
+
+
+def test_a_thread_scan_starts_no_child(monkeypatch):
+    """A small memory stack is scanned in a thread: no process is started ahead for it."""
+    import asyncio
+
+    import ovlinspect.ui.scanproc as scanproc
+
+    monkeypatch.delenv("OVLINSPECT_SCAN", raising=False)
+    monkeypatch.setattr(scanproc.Started, "__init__", lambda self: pytest.fail("a child was started"))
+    got = asyncio.run(_view_scan(_problems_stack("metacopy=on", False), "", monkeypatch))
+    assert got[3] is None
+
+
+@pytest.mark.kernel
+def test_more_layers_than_one_message_carries(tmp_path, monkeypatch):
+    """The layer roots go over the socket at most 250 to a message (the kernel takes 253): a
+    stack of 300 disk layers is scanned in the child as by check."""
+    import asyncio
+
+    from ovlinspect.sources.target import stack_from_args
+
+    dirs = []
+    for i in range(300):
+        d = tmp_path / f"l{i:03d}"
+        (d / "dir").mkdir(parents=True)
+        (d / "dir" / f"f{i}").write_bytes(b"x" * i)
+        if i % 50 == 0:
+            (d / "dir" / "same").write_bytes(b"%d" % i)
+        if i % 37 == 0 and os.geteuid() == 0:  # a finding naming this layer: a root sent
+            os.setxattr(d / "dir" / f"f{i}", "trusted.overlay.redirect", b"no\x00")  # astray shows
+        dirs.append(str(d))
+
+    def make() -> Stack:
+        stack = stack_from_args(":".join(dirs), options="")
+        stack.params = dict(PARAMS)
+        return stack
+
+    findings, causes, count = _expected(make)
+    assert count == 1 + 300 + 1  # /dir, its 300 files and one "same" (the root is not counted)
+    if os.geteuid() == 0:
+        assert len(findings) == 9 and len({tuple(f[3]) for f in findings}) == 9
+    got = asyncio.run(_view_scan(make(), "process", monkeypatch))
+    assert got[:3] == (findings, causes, count)
+    assert got[3] is not None
 
 
 def test_a_view_that_dies_hard_leaves_no_scan_behind(tmp_path):
