@@ -53,6 +53,11 @@ class Ref:
     layer: int
     path: Path
 
+    def __reduce__(self):
+        # a frozen dataclass with slots pickles through dataclasses' generic state functions,
+        # which ask for its fields each time: the view's scan sends thousands of these
+        return (Ref, (self.layer, self.path))
+
 
 
 class LookupFailed(Exception):

@@ -22,20 +22,24 @@ a thread, where a child would take longer to start than the scan.
 
 The child is started with ``subprocess`` (exec'd at once: nothing of the parent's threads is
 forked), as ``python -P -c`` with the directory of this very ``ovlinspect`` package first on
-its path (never the working directory: a layer could hold a package of that name), in ``/``.
-It gets on stdin the stack (:func:`moved_stack`): memory layers pickled, disk layers as the
-descriptor of their root (passed with ``pass_fds`` and opened through ``/proc/self/fd/N``: the
-child reads the very directory the parent has open, whatever became of its path), the
-effective options, kernel and profile.  It answers on stdout with length-prefixed pickled
-frames: ``("batch", scanned, [(facts | None, finding), ...])`` every
+its path (never the working directory: a layer could hold a package of that name), in ``/``,
+ahead of its scan (:class:`Started`: when the view loads, and after each scan for the next),
+so that Python and the imports (0.13 s) are done when the scan starts.  Its standard input is
+a socket, on which it then gets the stack (:func:`moved_stack`): the descriptors of the disk
+layers' roots (``SCM_RIGHTS``, opened through ``/proc/self/fd/N``: the child reads the very
+directory the parent has open, whatever became of its path), then a pickle of the stack
+(memory layers whole), the effective options, kernel and profile.  It answers on stdout with
+length-prefixed pickled frames: ``("batch", scanned, [(facts | None, finding), ...])`` every
 :data:`~ovlinspect.ui.session.BATCH_SECONDS`, then ``("done", scanned, seconds)`` or
 ``("error", scanned, text)``.  In place of each finding's resolution goes what
 :class:`~ovlinspect.report.causes.CauseIndex` groups by, its
 :class:`~ovlinspect.report.causes.CauseFacts`.
 
-No orphan: the child dies with the thread that started it (``PR_SET_PDEATHSIG``), stops when
-its parent is gone (checked at every directory), and the parent kills and reaps it when the
-scan is cancelled (a new what-if, a rescan, quitting).
+No orphan: the child dies with the thread that started it (``PR_SET_PDEATHSIG``; the app's own
+thread for one started ahead), ends when its socket closes before a stack came, stops when its
+parent is gone (checked at every directory), and the parent kills and reaps it when the scan
+is cancelled (a new what-if, a rescan, quitting); the app kills the one started ahead when it
+ends.
 """
 
 from __future__ import annotations
