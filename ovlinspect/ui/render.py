@@ -10,6 +10,7 @@ terminal.  Strings that come from the engine (trace lines, messages) go through
 
 from __future__ import annotations
 
+import humanize
 from rich.style import Style
 from rich.text import Text
 
@@ -79,13 +80,11 @@ def path_text(path: Path, style: str | Style = "") -> Text:
 
 
 def size_text(n: int | None) -> str:
+    """A size in a narrow column: ``18 B``, ``1.5 KiB`` (humanize's binary units; bytes as
+    ``B``, where the CLI writes ``18 bytes``)."""
     if n is None:
         return "?"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+    return f"{n} B" if n < 1024 else humanize.naturalsize(n, binary=True)
 
 
 def kind_short(node: Node, whiteout: str = "whiteout") -> str:

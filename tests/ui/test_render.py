@@ -81,3 +81,17 @@ def test_uuid_is_decoded_as_explain_decodes_it():
     node = Node("dir", 0o755, xattrs=((T + b"uuid", bytes.fromhex("959720d3edb3498b955d1e1350af117d")),))
     (d,) = decode(node, T, root=True)
     assert d.text.plain == "uuid 959720d3-edb3-498b-955d-1e1350af117d"
+
+
+def test_sizes_in_a_column():
+    from ovlinspect.ui.render import size_text
+
+    assert size_text(None) == "?"
+    assert size_text(0) == "0 B"
+    assert size_text(1023) == "1023 B"
+    assert size_text(1024) == "1.0 KiB"
+    assert size_text(1536) == "1.5 KiB"
+    assert size_text(10 * 1024 * 1024 - 1) == "10.0 MiB"
+    assert size_text(5 * 1024**4) == "5.0 TiB"
+    assert size_text(3 * 1024**5) == "3.0 PiB"  # past TiB, a unit of its own
+    assert size_text(2**63 - 1) == "8.0 EiB"  # the largest st_size
