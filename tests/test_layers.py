@@ -150,3 +150,23 @@ def test_the_layer_roots_own_xattrs_are_read(tmp_path):
     assert DiskLayer(str(tmp_path)).node(()).xattrs == ((b"user.overlay.opaque", b"y"),)
     with exclusive_reads():
         assert DiskLayer(str(tmp_path)).node(()).xattrs == ((b"user.overlay.opaque", b"y"),)
+
+
+def test_nodes_and_refs_pickle_whole():
+    """Node and Ref pickle through their own __reduce__ (the view's scan process gets memory
+    stacks and findings' places pickled): every field comes back, and a field added later
+    must be added there too."""
+    import dataclasses
+    import pickle
+
+    from ovlinspect.kernel.entry import Ref
+
+    node = Node("symlink", 0o7777, 5, 1000, 1001, (8, 1), b"tgt", ((b"trusted.overlay.opaque", b"y"),),
+                (2, b"\x01" * 64))
+    assert len(node.__reduce__()[1]) == len(dataclasses.fields(Node))
+    back = pickle.loads(pickle.dumps(node))
+    assert back == node and all(getattr(back, f.name) == getattr(node, f.name)
+                                for f in dataclasses.fields(Node))
+    ref = Ref(3, (b"a", b"b\xff"))
+    assert len(ref.__reduce__()[1]) == len(dataclasses.fields(Ref))
+    assert pickle.loads(pickle.dumps(ref)) == ref

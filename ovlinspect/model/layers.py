@@ -83,6 +83,13 @@ class Node:
     #: fs-verity digest of a regular file, as (algorithm id, digest bytes), if it has one.
     verity: tuple[int, bytes] | None = None
 
+    def __reduce__(self):
+        # a dataclass with slots pickles through dataclasses' generic state functions, which
+        # ask for its fields each time: a memory stack handed to the view's scan process is
+        # hundreds of thousands of these
+        return (Node, (self.kind, self.mode, self.size, self.uid, self.gid, self.rdev, self.target,
+                       self.xattrs, self.verity))
+
     def xattr(self, name: bytes) -> bytes | None:
         for key, value in self.xattrs:
             if key == name:
