@@ -11,10 +11,13 @@ Why a process and not a thread (``bench/bench_ui.py``, 2 cores shared with other
 * in a child process the scan runs on the other core with no lock to share, at about
   ``check``'s own pace (it IS ``check``'s walk, :func:`ovlinspect.rules.scan.check_findings`,
   with :func:`~ovlinspect.model.layers.exclusive_reads` in effect since the child has one
-  thread): 5.6 s on the same stack, quiet (its start-up and the hand-over of the findings are
-  the difference), ``Down`` median 31 ms; loaded, 10.3-10.8 s against 12.9-13.5 s for
-  ``check`` (before a fix to the shadowing-hazard check that both paid), ``Down`` median
-  36-37 ms, p90 51-64 ms.  The UI thread only unpickles a batch every quarter second.
+  thread): 5.59 s against 5.32 s for ``check``, interleaved, quiet (started ahead, sending
+  each finding's :class:`~ovlinspect.report.causes.CauseFacts`, the child's own walk is
+  ``check``'s: the 5% left is the view working on the other core, which slows ``check`` as
+  much beside any busy process here), ``Down`` median 34 ms; loaded, 10.3-10.8 s against
+  12.9-13.5 s for ``check`` (an earlier run, before a fix to the shadowing-hazard check that
+  both paid), ``Down`` median 36-37 ms, p90 51-64 ms.  The UI thread only unpickles a batch
+  every quarter second.
 
 A memory stack is handed over as a pickle of every entry (1.9 s in the view and 1.3 s in the
 child for the 1.2-million-entry bench stack); a small one (:data:`THREAD_BELOW`) is scanned in
