@@ -320,6 +320,9 @@ class ChildScan:
     iterating, or anything fails) the child is killed and reaped."""
 
     def __init__(self, engine: Engine, started: Started | None = None):
+        if started is not None and started.proc.poll() is not None:
+            started.stop()  # it died waiting (killed, out of memory): one started now instead
+            started = None
         try:
             what, fds = moved_stack(engine)
         except BaseException:

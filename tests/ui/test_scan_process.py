@@ -202,6 +202,28 @@ async def test_the_first_scan_takes_the_child_started_at_load(monkeypatch):
     assert _gone_within(started[1], 2.0) is not None
 
 
+async def test_a_child_started_ahead_that_died_is_replaced(monkeypatch):
+    """The child waiting for the next scan is killed meanwhile: the next scan starts another
+    and finishes, instead of reporting that its process ended."""
+    import signal
+
+    monkeypatch.setenv("OVLINSPECT_SCAN", "process")
+    app = OvlInspectApp(_engine(_problems_stack("metacopy=on", False)), auto_jump=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert app.problems.done
+        dead = app.spare.pid
+        os.kill(dead, signal.SIGKILL)
+        while app.spare.proc.poll() is None:
+            await pilot.pause(0.01)
+        await pilot.press("V")  # a what-if: a new scan
+        await pilot.pause(0.1)
+        await settle(pilot)
+        p = app.problems
+        assert p.done and "scan failed" not in p.note and "ended" not in p.note, p.note
+        assert p.child_pid not in (None, dead) and p.scanned > 40
+
+
 def test_a_thread_scan_starts_no_child(monkeypatch):
     """A small memory stack is scanned in a thread: no process is started ahead for it."""
     import asyncio
