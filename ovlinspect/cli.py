@@ -11,6 +11,7 @@ import difflib
 import errno as _errno
 import json
 import os
+import resource
 import sys
 import time
 from typing import Sequence
@@ -892,8 +893,22 @@ def view_app_args(argv: list[str]):
     return _view_engine(*view_target(argv))
 
 
+def _more_descriptors(most: int = 65536) -> None:
+    """The soft limit of open files raised to the hard one (at most ``most``): a layer keeps
+    its root open, the view a second descriptor per layer and the scan's child its own, and
+    a stack may have 500 layers, where a login's soft limit is often 1,024."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = most if hard == resource.RLIM_INFINITY else min(hard, most)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (OSError, ValueError):
+        pass  # as it was: a stack of many layers may then run out of descriptors
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _more_descriptors()
     try:
         bad = next((a for a in argv if "\0" in a), None)
         if bad is not None:  # never from a shell, but main(argv) is an API: no path holds a NUL

@@ -362,3 +362,23 @@ def test_a_mount_refused_for_another_reason_adds_no_why(capsys):
     lines = out.splitlines()
     i = next(i for i, l in enumerate(lines) if l.startswith("mount  fails: "))
     assert lines[i + 1:] in ([], [""]) or lines[i + 1] == "", lines  # the kernel's line says it all
+
+
+def test_the_open_file_limit_is_raised_for_stacks_of_many_layers():
+    """A login's soft limit of 1,024 descriptors is raised to the hard one (at most 65,536):
+    500 layers keep a root each open, and the view a second one."""
+    import resource
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, resource\n"
+            "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+            "from ovlinspect.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    main(['rules'])\n"
+            "print(*resource.getrlimit(resource.RLIMIT_NOFILE))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    soft, hard = (int(x) for x in out.stdout.split())
+    expect = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    assert soft == max(expect, 256)

@@ -242,7 +242,12 @@ class ProblemsPanel(Vertical):
     def _scan_here(self, engine: Engine, gen: int, worker, t0: float) -> None:
         """The scan in this thread: check's lean walk over a clone with its own layers."""
         pacer = Pacer()
-        clone = EngineClone(engine)
+        try:
+            clone = EngineClone(engine)
+        except Exception as err:  # its layers cannot be opened again (out of descriptors, ...)
+            self.post_message(ScanUpdate(gen, [], 0, done=True, elapsed=time.monotonic() - t0,
+                                         error=f"{type(err).__name__}: {err}"))
+            return
         count = 0
         batch: list[Finding] = []
         sources: list[Resolution | None] = []

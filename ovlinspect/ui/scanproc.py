@@ -115,7 +115,10 @@ def _layer_ref(layer: Layer, fds: list[int]) -> object:
         root = getattr(layer, "_root", -1)
         if root < 0:
             raise CannotMove(f"layer {layer.label} is closed")
-        fds.append(os.dup(root))
+        # the layer's own descriptor: sending it gives the child a copy, and ours stays the
+        # layer's (a dup each would take as many descriptors again: 500 layers under the
+        # common limit of 1024 did not fit)
+        fds.append(root)
         return _DiskRef(len(fds) - 1, layer.path, layer.label, layer.want_verity, layer.want_xattrs)
     from ..sources.composefs import DumpLayer
 
@@ -161,28 +164,16 @@ class _DumpRef:
 
 def moved_stack(engine: Engine) -> tuple[tuple, list[int]]:
     """What the child gets (the stack with its layers made movable, the options, kernel and
-    profile) and the descriptors to pass it (closed by the caller once the child is
-    started).  CannotMove when a layer is of a kind that does not move."""
+    profile) and the descriptors to send it: the disk layers' own roots, which stay theirs.
+    CannotMove when a layer is of a kind that does not move."""
     stack = engine.stack
     fds: list[int] = []
-    try:
-        moved = dataclasses.replace(
-            stack, lowers=[_layer_ref(l, fds) for l in stack.lowers],
-            data=[_layer_ref(l, fds) for l in stack.data],
-            upper=_layer_ref(stack.upper, fds) if stack.upper is not None else None,
-            observe_fd=None)  # --observe's detached mount: the scan never reads it
-    except BaseException:
-        _close_all(fds)
-        raise
+    moved = dataclasses.replace(
+        stack, lowers=[_layer_ref(l, fds) for l in stack.lowers],
+        data=[_layer_ref(l, fds) for l in stack.data],
+        upper=_layer_ref(stack.upper, fds) if stack.upper is not None else None,
+        observe_fd=None)  # --observe's detached mount: the scan never reads it
     return (os.getpid(), moved, engine.options, engine.kernel, engine.profile), fds
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 # ------------------------------------------------------------------------------ the parent
@@ -329,11 +320,7 @@ class ChildScan:
             if started is not None:
                 started.stop()
             raise
-        try:
-            self.child = started or Started()
-        except BaseException:
-            _close_all(fds)
-            raise
+        self.child = started or Started()
         self.proc, self.errors = self.child.proc, self.child.errors
         self._what: tuple | None = what
         self._fds = fds
@@ -351,11 +338,8 @@ class ChildScan:
             # thread: each 64 KiB frame is a write that lets the UI thread have the GIL (a big
             # memory stack pickles for a few tenths of a second)
             try:
-                try:
-                    _send_fds(sock, self._fds)
-                finally:
-                    _close_all(self._fds)
-                    self._fds = []
+                _send_fds(sock, self._fds)
+                self._fds = []
                 with sock.makefile("wb") as w:
                     pickle.Pickler(w, protocol=pickle.HIGHEST_PROTOCOL).dump(self._what)
                 sock.shutdown(socket.SHUT_WR)
@@ -402,8 +386,6 @@ class ChildScan:
 
     def stop(self) -> None:
         """Kill the child (if still running) and reap it."""
-        _close_all(self._fds)
-        self._fds = []
         self.child.stop()
 
 

@@ -224,6 +224,40 @@ async def test_a_child_started_ahead_that_died_is_replaced(monkeypatch):
         assert p.child_pid not in (None, dead) and p.scanned > 40
 
 
+def test_500_layers_under_a_soft_limit_of_1024_descriptors(tmp_path):
+    """The overlay maximum of 500 layers, in a process allowed 1,024 descriptors (the view
+    is not started by the CLI here, which would raise the limit): the layers' roots go to the
+    child as they are (no copy each) and the scan finishes with every path; it once stayed
+    at "scanning… 0 paths" for good."""
+    for i in range(500):
+        (tmp_path / f"l{i:03d}" / "d").mkdir(parents=True)
+        (tmp_path / f"l{i:03d}" / "d" / f"f{i}").write_bytes(b"x")
+    script = tmp_path / "many.py"
+    script.write_text(
+        "import asyncio, os, resource, sys, time\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        f"sys.path[:0] = [{os.path.abspath(os.path.dirname(__file__))!r}, {os.path.abspath(ROOT)!r}]\n"
+        "from ovlinspect.rules.engine import Engine\n"
+        "from ovlinspect.sources.target import stack_from_args\n"
+        "from ovlinspect.ui.app import OvlInspectApp\n"
+        f"top = {str(tmp_path)!r}\n"
+        "stack = stack_from_args(':'.join(f'{top}/l{i:03d}' for i in range(500)))\n"
+        "async def main():\n"
+        "    app = OvlInspectApp(Engine(stack), auto_jump=False)\n"
+        "    async with app.run_test(size=(120, 40)) as pilot:\n"
+        "        t = time.monotonic()\n"
+        "        while not app.problems.done and time.monotonic() - t < 60:\n"
+        "            await pilot.pause(0.05)\n"
+        "        print(app.problems.done, app.problems.scanned, app.problems.child_pid is not None,\n"
+        "              repr(app.problems.note))\n"
+        "asyncio.run(main())\n")
+    env = dict(os.environ, OVLINSPECT_SCAN="process")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "501", "True", "''"], out.stdout
+
+
 def test_a_thread_scan_starts_no_child(monkeypatch):
     """A small memory stack is scanned in a thread: no process is started ahead for it."""
     import asyncio
