@@ -45,6 +45,11 @@ SEVERITY_THEMED = {"error": "bold $text-error", "warning": "bold $text-warning",
 #: paths listed under a cause before its "… N more" row, and how many more each Enter adds
 FEW = 5
 PAGE = 200
+#: causes given a row of their own: while the scan runs, the first of each severity; once it
+#: is done, the first in order.  The rest wait behind one "… N more causes" row (enter shows
+#: PAGE more).  A missing object store is one cause per object: 80,544 of them once kept the
+#: view busy for a minute after the scan, keys waiting tens of seconds.
+SHOWN = 500
 
 
 @dataclass(eq=False)
@@ -65,13 +70,14 @@ class Row:
 class ProblemRef:
     """Tree data: a cause (``path`` None), its fix line, one of its paths, or its "more" row."""
 
-    row: Row
+    row: Row | None  # None: the "more causes" row
     path: bytes | None = None
     more: bool = False
     fix: bool = False
 
     @property
     def cause(self) -> Cause:
+        assert self.row is not None
         return self.row.cause
 
 
@@ -179,7 +185,19 @@ class ProblemsPanel(Vertical):
         self._first: dict[int, TreeNode] = {}
         self.scanned = 0
         self.done = False
+        #: seconds from the scan's start to its results all shown
         self.elapsed: float | None = None
+        self._t0 = time.monotonic()
+        #: causes by severity, and the distinct paths of the findings, counted as they come
+        self._counts = {"error": 0, "warning": 0, "info": 0}
+        self._paths: set[bytes] = set()
+        #: severity rank -> causes with a row so far (during the scan)
+        self._shown_by_rank: dict[int, int] = {}
+        #: causes without a row of their own, and the row that says how many
+        self._unshown = 0
+        self.more_causes: TreeNode | None = None
+        #: the rows in their final order (once the scan is done)
+        self._order: list[Row] = []
         self.note = ""
         #: the current scan: messages of an earlier one are dropped
         self.gen = 0
@@ -198,6 +216,7 @@ class ProblemsPanel(Vertical):
         self.gen += 1
         self.index = CauseIndex(engine)
         self.restart(palette, note)
+        self._t0 = time.monotonic()
         self._scan(engine, self.gen, started)
 
     @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
@@ -307,6 +326,12 @@ class ProblemsPanel(Vertical):
         self.scanned = 0
         self.done = False
         self.elapsed = None
+        self._counts = {"error": 0, "warning": 0, "info": 0}
+        self._paths = set()
+        self._shown_by_rank = {}
+        self._unshown = 0
+        self.more_causes = None
+        self._order = []
         self.note = note
         self.tree.clear()
         self.query_one("#scan-progress", ProgressBar).display = True
@@ -323,20 +348,29 @@ class ProblemsPanel(Vertical):
         touched: dict[int, Row] = {}
         for i, f in enumerate(findings):
             self.findings.append(f)
+            self._paths.add(f.path)
             res = resolutions[i] if resolutions and i < len(resolutions) else None
             cause = index.add(f, res)
             row = self.rows.get(id(cause))
             if row is None:
                 row = self.rows[id(cause)] = Row(cause)
+                self._counts[Severity(cause.severity).value] += 1
                 # meanwhile by severity, then as found (reach still grows): after the last
                 # cause of its severity, before the first of a milder one; sorted at the end
                 rank = Severity(cause.severity).rank
-                before = next((self._first[r] for r in range(rank + 1, 3) if r in self._first), None)
-                row.node = tree.root.add(Text(), ProblemRef(row), before=before,
-                                         expand=len(self.rows) == 1)
-                self._first.setdefault(rank, row.node)
-                row.fix = row.node.add_leaf(self._fix_label(cause), ProblemRef(row, fix=True))
+                if self._shown_by_rank.get(rank, 0) < SHOWN:
+                    self._shown_by_rank[rank] = self._shown_by_rank.get(rank, 0) + 1
+                    before = next((self._first[r] for r in range(rank + 1, 3) if r in self._first),
+                                  self.more_causes)
+                    row.node = tree.root.add(Text(), ProblemRef(row), before=before,
+                                             expand=len(self.rows) == 1)
+                    self._first.setdefault(rank, row.node)
+                    row.fix = row.node.add_leaf(self._fix_label(cause), ProblemRef(row, fix=True))
+                else:
+                    self._unshown += 1
             row.distinct.add(f.path)
+            if row.node is None:
+                continue
             if len(row.shown) < FEW and f.path not in row.shown:
                 self._add_path(row, f.path)
             touched[id(cause)] = row
@@ -347,6 +381,7 @@ class ProblemsPanel(Vertical):
             row.node.set_label(self._cause_label(row.cause))
             if row.fix is not None:
                 row.fix.set_label(self._fix_label(row.cause))  # one finding's own fix, or the cause's
+        self._update_more_causes()
         self.update_status()
 
     def _add_path(self, row: Row, path: bytes) -> None:
@@ -373,7 +408,49 @@ class ProblemsPanel(Vertical):
         else:
             row.more.set_label(label)
 
-    def show_more(self, row: Row) -> None:
+    def _update_more_causes(self) -> None:
+        """The row after the last cause shown: how many more there are."""
+        n = self._unshown
+        if n <= 0:
+            if self.more_causes is not None:
+                self.more_causes.remove()
+                self.more_causes = None
+            return
+        word = "cause" if n == 1 else "causes"
+        how = (f"enter to show {intcomma(min(n, PAGE))}" if self.done
+               else "in order once the scan is done")
+        label = Text(f"… {intcomma(n)} more {word} ({how})", style=themed(self, "italic $text-primary"))
+        if self.more_causes is None:
+            self.more_causes = self.tree.root.add_leaf(label, ProblemRef(None, more=True))
+        else:
+            self.more_causes.set_label(label)
+
+    def show_more_causes(self) -> None:
+        """Rows for the next :data:`PAGE` causes in order (once the scan is done)."""
+        if not self.done or not self._unshown:
+            return
+        start = len(self._order) - self._unshown
+        for row in self._order[start:start + PAGE]:
+            self._make_row(row, before=self.more_causes)
+            self._unshown -= 1
+        self._update_more_causes()
+
+    def _make_row(self, row: Row, before: TreeNode | None = None, expand: bool = False,
+                  keep: int = FEW) -> None:
+        """The cause's row, its fix and its first ``keep`` paths (sorted)."""
+        cause = row.cause
+        row.node = self.tree.root.add(self._cause_label(cause), ProblemRef(row), before=before,
+                                      expand=expand)
+        row.fix = row.node.add_leaf(self._fix_label(cause), ProblemRef(row, fix=True))
+        row.shown, row.more = [], None
+        for p in sorted(row.distinct)[:keep]:
+            self._add_path(row, p)
+        self._update_more(row)
+
+    def show_more(self, row: Row | None) -> None:
+        if row is None:
+            self.show_more_causes()
+            return
         shown = set(row.shown)
         added = 0
         for p in sorted(row.distinct):
@@ -385,9 +462,11 @@ class ProblemsPanel(Vertical):
         self._update_more(row)
 
     def finish(self, scanned: int, elapsed: float, error: str | None = None) -> None:
+        """The scan is over (``elapsed``: its own time; the panel tells the user's, up to the
+        results all shown)."""
         self.scanned = scanned
         self.done = True
-        self.elapsed = elapsed
+        self.elapsed = time.monotonic() - self._t0
         if error:
             self.note = f"scan failed: {error}"
         self.query_one("#scan-progress", ProgressBar).display = False
@@ -399,30 +478,33 @@ class ProblemsPanel(Vertical):
         their final order (severity, then reach) and each lists its first paths sorted."""
         tree = self.tree
         at = tree.cursor_node.data if tree.cursor_node is not None else None
-        at_key = (id(at.cause), at.path, at.more, at.fix) if at is not None else None
+        at_key = ((id(at.cause), at.path, at.more, at.fix) if at is not None and at.row is not None
+                  else None)
         expanded = {key for key, row in self.rows.items()
                     if row.node is not None and row.node.is_expanded and key in self.opened}
         first = True
         tree.clear()
+        self.more_causes = None
         found = None
-        for row in self.ordered_rows():
+        self._order = self.ordered_rows()
+        for n, row in enumerate(self._order):
             cause = row.cause
             key = id(cause)
-            row.node = tree.root.add(self._cause_label(cause), ProblemRef(row),
-                                     expand=first or key in expanded)
+            if n >= SHOWN:
+                row.node = row.fix = row.more = None
+                row.shown = []
+                continue
+            # as many paths as were listed (enter on "more")
+            self._make_row(row, expand=first or key in expanded, keep=max(FEW, len(row.shown)))
             first = False
-            row.fix = row.node.add_leaf(self._fix_label(cause), ProblemRef(row, fix=True))
-            keep = max(FEW, len(row.shown))  # as many as were listed (enter on "more")
-            row.shown, row.more = [], None
-            for p in sorted(row.distinct)[:keep]:
-                self._add_path(row, p)
-            self._update_more(row)
             if at_key is not None and at_key[0] == key:
                 found = row.node
                 for child in row.node.children:
                     d = child.data
                     if d is not None and (d.path, d.more, d.fix) == at_key[1:]:
                         found = child
+        self._unshown = max(0, len(self._order) - SHOWN)
+        self._update_more_causes()
         if found is not None:
             tree.call_after_refresh(tree.move_cursor, found)
 
@@ -465,10 +547,7 @@ class ProblemsPanel(Vertical):
 
     def counts(self) -> dict[str, int]:
         """Causes by severity."""
-        out = {"error": 0, "warning": 0, "info": 0}
-        for row in self.rows.values():
-            out[Severity(row.cause.severity).value] += 1
-        return out
+        return dict(self._counts)
 
     def update_status(self) -> None:
         c = self.counts()
@@ -482,7 +561,7 @@ class ProblemsPanel(Vertical):
                      themed(self, SEVERITY_THEMED[sev]) if n else "dim")
             t.append("  ")
         if self.findings:
-            paths = len({f.path for f in self.findings})
+            paths = len(self._paths)
             t.append(f"({intcomma(paths)} {'path' if paths == 1 else 'paths'})  ", "dim")
         t.append("· ", "dim")
         if self.done:

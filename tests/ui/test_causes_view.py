@@ -426,3 +426,52 @@ async def test_the_theme_colours_are_made_once_per_theme():
             assert made == []  # (Textual asks for them itself when the theme changes)
         finally:
             type(app).get_css_variables = real
+
+
+def _many_causes_stack(n: int) -> Stack:
+    """n metacopy files each redirected to its own missing object: n causes, one path each."""
+    from ovlinspect.model.layers import MemoryLayer
+
+    meta, objects = MemoryLayer(label="meta"), MemoryLayer(label="objects")
+    meta.add((), Node("dir", 0o755))
+    meta.add((b"d",), Node("dir", 0o755))
+    objects.add((), Node("dir", 0o755))
+    for i in range(n):
+        meta.add((b"d", b"f%04d" % i), Node("file", 0o644, 10, xattrs=(
+            (b"trusted.overlay.metacopy", b""), (b"trusted.overlay.redirect", b"/ob/%04d" % i))))
+    return Stack(lowers=[meta], data=[objects], options="metacopy=on", params=PARAMS)
+
+
+async def test_a_scan_of_thousands_of_causes_gives_rows_to_the_first_and_counts_the_rest(monkeypatch):
+    """A missing object store is a cause per object: the tree holds rows for the first SHOWN
+    causes (the worst first, once the scan is done) and one "… N more causes" row, which enter
+    turns into PAGE more rows; the status line counts them all."""
+    import ovlinspect.ui.problems as problems
+
+    monkeypatch.setattr(problems, "SHOWN", 4)
+    monkeypatch.setattr(problems, "PAGE", 3)
+    monkeypatch.setenv("OVLINSPECT_SCAN", "thread")
+    app = OvlInspectApp(Engine(_many_causes_stack(9)), auto_jump=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        panel = app.problems
+        assert panel.done and panel.counts() == {"error": 9, "warning": 0, "info": 0}
+        status = str(panel.query_one("#problems-status").render())
+        assert "9 errors" in status and "(9 paths)" in status
+        roots = panel.tree.root.children
+        heads = [n.data.row.cause for n in roots if n.data.row is not None]
+        assert heads == [r.cause for r in panel.ordered_rows()[:4]]
+        assert str(roots[-1].label) == "… 5 more causes (enter to show 3)"
+        panel.tree.focus()
+        panel.tree.move_cursor(roots[-1])
+        await pilot.pause()
+        await pilot.press("enter")
+        await pilot.pause()
+        roots = panel.tree.root.children
+        assert [n.data.row.cause for n in roots if n.data.row is not None] == [
+            r.cause for r in panel.ordered_rows()[:7]]
+        assert str(roots[-1].label) == "… 2 more causes (enter to show 2)"
+        panel.show_more_causes()
+        await pilot.pause()
+        assert all(n.data.row is not None for n in panel.tree.root.children)
+        assert len(panel.tree.root.children) == 9 and panel.more_causes is None
