@@ -258,7 +258,9 @@ def _parse_line(raw: bytes, line: int) -> DumpEntry:
     digest = _digest(fields[10], line)
     xattrs = []
     for f in fields[len(FIELDS):]:
-        key_raw, _, value_raw = f.partition(b"=")
+        key_raw, eq, value_raw = f.partition(b"=")
+        if not eq:  # composefs's own parsers refuse it too ("Missing = in xattrs")
+            raise DumpError(line, f"xattr {escape(f)} has no '=' (NAME=VALUE)")
         key = _unescape(key_raw, line, "xattr name")
         if not key:
             raise DumpError(line, f"xattr {escape(f)} has an empty name")

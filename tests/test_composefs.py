@@ -162,6 +162,7 @@ def test_parent_not_a_directory():
         ("f 0 100644 1 0 0 0 0.0 - - -", "PATH f is not absolute"),
         ("/a/../f 0 100644 1 0 0 0 0.0 - - -", "has a '..' component"),
         ("/f 0 100644 1 0 0 0 0.0 - - - =v", "empty name"),
+        ("/f 0 100644 1 0 0 0 0.0 - - - user.a=1 noeq", "xattr noeq has no '=' (NAME=VALUE)"),
         ("/d 0 @40755 1 0 0 0 0.0 /x - -", "a directory cannot be a hard link"),
         ("/h 0 @100644 1 0 0 0 0.0 - - -", "has no target"),
         ("/h 0 @100644 1 0 0 0 0.0 /nowhere - -", "hard link /h points to /nowhere, which the dump does not define"),

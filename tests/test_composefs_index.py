@@ -89,10 +89,10 @@ def random_dump(rng: random.Random, n: int, broken: float) -> str:
                         for _ in range(3))
         line = f"{path} {size} {mode} {nums} {rdev} {mtime} {payload} {content} {digest}"
         for _ in range(rng.choice([0, 0, 1, 2])):
-            line += " " + rng.choice(["user.a=b", "user.flag", "trusted.overlay.redirect=/x", "user.overlay.opaque=y",
+            line += " " + rng.choice(["user.a=b", "trusted.overlay.redirect=/x", "user.overlay.opaque=y",
                                       "user.k\\x3d=v=w", "user.e=", "security.selinux=s\\x00",
                                       "trusted.overlay.overlay.whiteouts="]
-                                     + ["=novalue", "user.bad=\\x"] * (rng.random() < broken))
+                                     + ["=novalue", "user.bad=\\x", "user.flag"] * (rng.random() < broken))
         if rng.random() < broken / 5:
             line += rng.choice([" ", "\r", ""])
         if rng.random() < 0.03:
