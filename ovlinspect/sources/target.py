@@ -37,6 +37,9 @@ def _disk(path: str, label: str, base: str | None = None, want_verity: bool = Fa
         if base is None:
             raise InputError(f"layer path {p!r} is relative and cannot be resolved; give an absolute path")
         p = os.path.join(base, p)
+    if not os.path.lexists(p):
+        raise InputError(f"layer does not exist: {p} (a layer is a directory, a composefs dump "
+                         "or an EROFS image)")
     if os.path.isfile(p) and erofs_file(p):  # an EROFS image (mkfs.erofs, mkcomposefs)
         if os.geteuid() != 0:
             raise InputError(f"{p} is an EROFS image: reading it needs a mount, and so "
