@@ -79,6 +79,12 @@ def whatif_engine(base: Engine, choices: dict[str, str]) -> Engine:
     if not profile.verity_option and choices.get("verity") == "off":
         # a kernel without the option: "off" is what it does anyway, and typing it is refused
         choices = {k: v for k, v in choices.items() if k != "verity"}
+    # an option the mount did not give, left as the kernel made it, stays untyped: the kernel
+    # derives it again from the others (metacopy=on turns an untyped redirect_dir on, where a
+    # typed redirect_dir=follow makes it refuse the mount)
+    given = {k for k, _ in split_options(base.stack.options)}
+    now = current_choices(base)
+    choices = {k: v for k, v in choices.items() if k in given or v != now.get(k)}
     return base.with_options(whatif_options(base.stack.options, choices), profile=profile)
 
 

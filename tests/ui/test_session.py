@@ -128,3 +128,40 @@ async def test_disk_layers_in_worker_threads(tmp_path):
         await pilot.pause()
         await pilot.press("escape")
     assert os.path.isdir(tmp_path / "a")
+
+
+def test_a_whatif_types_only_what_the_mount_gave_or_the_user_changed():
+    """A container's mount gives neither metacopy nor redirect_dir: metacopy=on as a what-if
+    is the mount with metacopy=on typed, where the kernel turns redirect_dir on itself (a typed
+    redirect_dir=follow beside it makes the kernel refuse the mount, and M said nothing could
+    change)."""
+    from ovlinspect.ui.session import whatif_engine
+
+    up, lo = MemoryLayer(label="up"), MemoryLayer(label="lo")
+    for layer in (up, lo):
+        layer.add((), Node("dir", 0o755))
+    base = Engine(Stack(lowers=[lo], upper=up, workdir="/w", options="", params=PARAMS), kernel=KERNEL)
+    assert current_choices(base)["redirect_dir"] == "follow"
+    on = whatif_engine(base, {**current_choices(base), "metacopy": "on"})
+    assert on.mount_errno is None and on.stack.options == "metacopy=on"
+    assert on.options.metacopy and on.options.redirect_dir == "on"
+    # typed by the mount, a value stays typed
+    given = Engine(Stack(lowers=[lo], upper=up, workdir="/w", options="redirect_dir=follow",
+                         params=PARAMS), kernel=KERNEL)
+    refused = whatif_engine(given, {**current_choices(given), "metacopy": "on"})
+    assert refused.mount_errno == "EINVAL"
+
+
+async def test_m_turns_metacopy_on_for_a_mount_that_gave_no_options():
+    up, lo = MemoryLayer(label="up"), MemoryLayer(label="lo")
+    for layer in (up, lo):
+        layer.add((), Node("dir", 0o755))
+    lo.add((b"f",), Node("file", 0o644, 3))
+    app = OvlInspectApp(Engine(Stack(lowers=[lo], upper=up, workdir="/w", options="", params=PARAMS),
+                               kernel=KERNEL), auto_jump=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("M")
+        await settle(pilot)
+        assert app.engine is not app.base and app.engine.options.metacopy
+        assert app.engine.options.redirect_dir == "on" and app.engine.mount_errno is None
