@@ -8,8 +8,10 @@ slow operation runs in a worker thread with its own engine (see :mod:`.session`)
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path as FsPath
@@ -104,8 +106,11 @@ class OvlInspectApp(App[int]):
 
     def __init__(self, engine: Engine, *, auto_jump: bool = True,
                  auto_jump_window: float | None = AUTO_JUMP_WINDOW, observe: bool = True,
-                 start: Path | None = None) -> None:
+                 start: Path | None = None, sigterm: bool = False) -> None:
         super().__init__()
+        #: quit as on ``q`` when sent SIGTERM (the terminal given back, the scan's children
+        #: stopped), instead of dying with the terminal left in the view's screen
+        self.sigterm = sigterm
         #: the merged path to open at (the path the user named), instead of the root
         self.start = start
         self.base = engine
@@ -156,6 +161,11 @@ class OvlInspectApp(App[int]):
         return self.query_one("#problems", ProblemsPanel)
 
     def on_mount(self) -> None:
+        if self.sigterm:
+            try:
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.exit, 128 + signal.SIGTERM)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread, or no signals here: SIGTERM kills as before
         self.started = time.monotonic()
         self.query_one("#left").border_title = "merged tree"
         self.query_one("#explain").border_title = "explanation"
@@ -590,7 +600,7 @@ def run_app(engine: Engine, start: Path | None = None) -> int:
     """Run the interactive view on ``engine`` until the user quits; the exit status.
 
     ``start``: a merged path to open at, selected with its ancestors expanded."""
-    app = OvlInspectApp(engine, start=start)
+    app = OvlInspectApp(engine, start=start, sigterm=True)
     result = app.run()
     return result if isinstance(result, int) else 0
 

@@ -191,3 +191,15 @@ def test_mounted_stack_in_a_real_terminal(tmux, tmp_path):
         assert "matches the prediction" in screen
         tmux.send("q")
         assert tmux.wait_exit() == 0
+
+
+def test_sigterm_gives_the_terminal_back(tmux):
+    """``kill`` (SIGTERM) quits as ``q`` does: the view's screen is left (the pane shows
+    the terminal as it was, not the view) and the exit status says SIGTERM."""
+    tmux.start("demo", "seed")
+    tmux.wait_for("shadowed-lowerdata", "INTERCEPTING")
+    pid = int(tmux.show("#{pane_pid}"))
+    os.kill(pid, 15)
+    assert tmux.wait_exit() == 143
+    screen = tmux.screen()
+    assert "INTERCEPTING" not in screen and "explanation" not in screen, screen
