@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from humanize import intcomma
 from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
@@ -82,6 +83,10 @@ def kind_line(node: Node, ink: Ink | None = None) -> Text:
     elif node.is_reg:
         t.append("file ", "bold")
         t.append(size_text(node.size))
+        if node.size >= 1024:
+            # the exact size beside the rounded one: a metacopy file and its data file one
+            # byte apart (a size mismatch) both read 1.0 MiB
+            t.append(f" ({intcomma(node.size)} B)", "dim")
     elif node.kind == "symlink":
         t.append("symlink ", "bold")
         t.append("→ ", "dim")

@@ -95,3 +95,13 @@ def test_sizes_in_a_column():
     assert size_text(5 * 1024**4) == "5.0 TiB"
     assert size_text(3 * 1024**5) == "3.0 PiB"  # past TiB, a unit of its own
     assert size_text(2**63 - 1) == "8.0 EiB"  # the largest st_size
+
+
+def test_a_columns_kind_line_gives_the_exact_size_beside_the_rounded_one():
+    """A metacopy file and its data file one byte apart both round to 1.0 MiB: the column
+    says the bytes too."""
+    from ovlinspect.ui.details import kind_line
+
+    assert kind_line(Node("file", 0o644, 1048575)).plain.startswith("file 1.0 MiB (1,048,575 B)  0644")
+    assert kind_line(Node("file", 0o644, 1048576)).plain.startswith("file 1.0 MiB (1,048,576 B)  0644")
+    assert kind_line(Node("file", 0o644, 18)).plain.startswith("file 18 B  0644")
