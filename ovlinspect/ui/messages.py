@@ -28,12 +28,10 @@ class ScanUpdate(Message):
     findings: list[Finding]
     scanned: int
     done: bool = False
-    elapsed: float = 0.0
     error: str | None = None
     #: the resolution each finding came from (None for the stack's own findings), in step with
-    #: ``findings``: the panel groups findings by cause with it (from the scan's child process:
-    #: a copy without its trace and listings, see :mod:`.scanproc`)
-    #: each finding's resolution, or what the panel groups by (from a scan in a child)
+    #: ``findings``: the panel groups findings by cause with it (from the scan's child process,
+    #: only what it groups by: :class:`~ovlinspect.report.causes.CauseFacts`)
     resolutions: list[Resolution | CauseFacts | None] = field(default_factory=list)
 
 

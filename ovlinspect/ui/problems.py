@@ -225,7 +225,6 @@ class ProblemsPanel(Vertical):
         thread for a small memory stack, when the stack cannot be handed over, or with
         ``OVLINSPECT_SCAN=thread`` (``=process``: a child whatever the size)."""
         worker = get_current_worker()
-        t0 = time.monotonic()
         child = None
         if wants_child(engine):
             try:
@@ -236,7 +235,7 @@ class ProblemsPanel(Vertical):
             started.stop()
         self.child_pid = child.pid if child is not None else None
         if child is None:
-            self._scan_here(engine, gen, worker, t0)
+            self._scan_here(engine, gen, worker)
             return
         count = 0
         try:
@@ -244,7 +243,7 @@ class ProblemsPanel(Vertical):
             first = next(frames, None)
         except CannotMove:  # a field of the stack does not pickle: it was killed; the thread
             self.child_pid = None
-            self._scan_here(engine, gen, worker, t0)
+            self._scan_here(engine, gen, worker)
             return
         if first is None:
             return  # cancelled before the first frame
@@ -253,20 +252,14 @@ class ProblemsPanel(Vertical):
                 self.post_message(ScanUpdate(gen, [f for _, f in data], count,
                                              resolutions=[r for r, _ in data]))
             elif kind == "done":
-                self.post_message(ScanUpdate(gen, [], count, done=True, elapsed=time.monotonic() - t0))
+                self.post_message(ScanUpdate(gen, [], count, done=True))
             else:
-                self.post_message(ScanUpdate(gen, [], count, done=True, elapsed=time.monotonic() - t0,
-                                             error=data))
+                self.post_message(ScanUpdate(gen, [], count, done=True, error=data))
 
-    def _scan_here(self, engine: Engine, gen: int, worker, t0: float) -> None:
+    def _scan_here(self, engine: Engine, gen: int, worker) -> None:
         """The scan in this thread: check's lean walk over a clone with its own layers."""
         pacer = Pacer()
-        try:
-            clone = EngineClone(engine)
-        except Exception as err:  # its layers cannot be opened again (out of descriptors, ...)
-            self.post_message(ScanUpdate(gen, [], 0, done=True, elapsed=time.monotonic() - t0,
-                                         error=f"{type(err).__name__}: {err}"))
-            return
+        clone = None
         count = 0
         batch: list[Finding] = []
         sources: list[Resolution | None] = []
@@ -279,6 +272,7 @@ class ProblemsPanel(Vertical):
                 batch, sources = [], []
 
         try:
+            clone = EngineClone(engine)  # its layers opened again (out of descriptors: reported)
             # check's own lean walk (rules/scan.py): the same findings as `ovlinspect check`
             for res, f in check_findings(clone.engine, progress, lambda: worker.is_cancelled):
                 batch.append(f)
@@ -288,13 +282,13 @@ class ProblemsPanel(Vertical):
                     batch, sources = [], []
             if worker.is_cancelled:
                 return
-            self.post_message(ScanUpdate(gen, batch, count, done=True, elapsed=time.monotonic() - t0,
-                                         resolutions=sources))
+            self.post_message(ScanUpdate(gen, batch, count, done=True, resolutions=sources))
         except Exception as err:  # a layer vanished, a permission changed: report, don't crash
-            self.post_message(ScanUpdate(gen, [], count, done=True, elapsed=time.monotonic() - t0,
+            self.post_message(ScanUpdate(gen, [], count, done=True,
                                          error=f"{type(err).__name__}: {err}"))
         finally:
-            clone.close()
+            if clone is not None:
+                clone.close()
 
     def on_scan_update(self, msg: ScanUpdate) -> None:
         if msg.gen != self.gen:
@@ -302,7 +296,7 @@ class ProblemsPanel(Vertical):
             return
         self.add(msg.findings, msg.scanned, msg.resolutions)
         if msg.done:
-            self.finish(msg.scanned, msg.elapsed, msg.error)
+            self.finish(msg.scanned, msg.error)
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="problems-status-row"):
@@ -344,7 +338,6 @@ class ProblemsPanel(Vertical):
         index = self.index
         if index is None:
             return
-        tree = self.tree
         touched: dict[int, Row] = {}
         for i, f in enumerate(findings):
             self.findings.append(f)
@@ -362,10 +355,8 @@ class ProblemsPanel(Vertical):
                     self._shown_by_rank[rank] = self._shown_by_rank.get(rank, 0) + 1
                     before = next((self._first[r] for r in range(rank + 1, 3) if r in self._first),
                                   self.more_causes)
-                    row.node = tree.root.add(Text(), ProblemRef(row), before=before,
-                                             expand=len(self.rows) == 1)
+                    self._make_row(row, before=before, expand=len(self.rows) == 1, keep=0)
                     self._first.setdefault(rank, row.node)
-                    row.fix = row.node.add_leaf(self._fix_label(cause), ProblemRef(row, fix=True))
                 else:
                     self._unshown += 1
             row.distinct.add(f.path)
@@ -461,9 +452,8 @@ class ProblemsPanel(Vertical):
                 added += 1
         self._update_more(row)
 
-    def finish(self, scanned: int, elapsed: float, error: str | None = None) -> None:
-        """The scan is over (``elapsed``: its own time; the panel tells the user's, up to the
-        results all shown)."""
+    def finish(self, scanned: int, error: str | None = None) -> None:
+        """The scan is over: its time is the user's, up to the results all shown."""
         self.scanned = scanned
         self.done = True
         self.elapsed = time.monotonic() - self._t0

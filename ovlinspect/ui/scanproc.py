@@ -202,8 +202,6 @@ def in_thread(engine: Engine) -> bool:
     return total < THREAD_BELOW
 
 
-
-
 def child_command() -> list[str]:
     """``python -P -c ...`` importing this copy of ovlinspect (never one in the cwd)."""
     import ovlinspect
