@@ -22,7 +22,8 @@ import stat as _stat
 import sys
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Iterable, Iterator
 
 
@@ -87,8 +88,7 @@ class Node:
         # a dataclass with slots pickles through dataclasses' generic state functions, which
         # ask for its fields each time: a memory stack handed to the view's scan process is
         # hundreds of thousands of these
-        return (Node, (self.kind, self.mode, self.size, self.uid, self.gid, self.rdev, self.target,
-                       self.xattrs, self.verity))
+        return (Node, _node_fields(self))
 
     def xattr(self, name: bytes) -> bytes | None:
         for key, value in self.xattrs:
@@ -373,8 +373,9 @@ def _xattrs_of(where: bytes, follow: bool) -> tuple[tuple[bytes, bytes], ...]:
 
 
 # The slots of Node, written directly by the lazy node below (its properties hide them).
-_SLOT = {f: Node.__dict__[f] for f in ("kind", "mode", "size", "uid", "gid", "rdev", "target",
-                                       "xattrs", "verity")}
+_SLOT = {f.name: Node.__dict__[f.name] for f in fields(Node)}
+#: a node's fields in order, as one tuple (for pickling)
+_node_fields = attrgetter(*_SLOT)
 
 
 def _lazy(field_name: str) -> property:
